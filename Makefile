@@ -1,0 +1,48 @@
+# mlprod: two commands set everything up on a fresh machine.
+#   make demo   creates .venv, installs mlprod, runs `mlprod demo` on the embedded defaults
+#   make test   installs and runs every check and test (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test check-sync nbtest pytest bench clean sync
+
+install: $(STAMP)
+
+# Reinstall only when the packaging inputs change; repeated runs skip the install.
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mlprod demo
+
+# 1. package and notebooks in sync, 2. notebook tests, 3. pytest (closing line is pytest's)
+test: $(STAMP) check-sync nbtest pytest
+
+check-sync: $(STAMP)
+	@bash .ci/check-sync $(BIN)
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --flags "slow" --timing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider
+
+# regenerate mlprod/ and README.md from the notebooks and clean the notebooks
+sync: $(STAMP)
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python .ci/readme.py
+
+clean:
+	rm -rf $(VENV) .mlprod

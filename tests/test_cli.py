@@ -1,0 +1,56 @@
+"""The `mlprod` command as a user runs it: a subprocess with the network closed."""
+import tomllib
+from conftest import run_cli
+
+
+def test_help_lists_commands():
+    r = run_cli('--help')
+    assert r.returncode == 0, r.stderr
+    for cmd in ('init', 'demo', 'config'): assert cmd in r.stdout
+    for cmd in ('init', 'demo', 'config'):
+        r = run_cli(cmd, '--help')
+        assert r.returncode == 0 and 'usage: mlprod' in r.stdout, (cmd, r.stderr)
+
+
+def test_no_command_is_an_error():
+    r = run_cli()
+    assert r.returncode == 2 and 'usage' in r.stdout
+
+
+def test_init_writes_a_working_project(tmp_path):
+    r = run_cli('init', tmp_path / 'proj')
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / 'proj' / 'mlprod.toml').read_text()
+    assert tomllib.loads(text)['models']['flights']['target'] == 'delayed'
+    assert '# ' in text  # commented for the reader
+    r = run_cli('--project', tmp_path / 'proj', 'config')
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / 'proj' / '.mlprod' / 'mlflow.db') in r.stdout
+    # a second init refuses to overwrite
+    r = run_cli('init', tmp_path / 'proj')
+    assert r.returncode == 2 and '--force' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_bad_config_names_key_value_and_allowed(tmp_path):
+    run_cli('init', tmp_path)
+    p = tmp_path / 'mlprod.toml'
+    p.write_text(p.read_text().replace('task = "binary"', 'task = "multiclass"'))
+    r = run_cli('config', cwd=tmp_path)
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert line == "mlprod: error: models.flights.task: got 'multiclass'; allowed: 'binary' or 'regression'", line
+    p.write_text(p.read_text().replace('[alerts]', '[alert]'))
+    r = run_cli('config', cwd=tmp_path)
+    assert 'alert' in r.stderr and 'allowed: sections project, models, alerts' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+    r = run_cli('--debug', 'config', cwd=tmp_path)
+    assert 'Traceback' in r.stderr  # --debug shows it
+
+
+def test_env_overrides(tmp_path):
+    from conftest import offline_env
+    env = offline_env(MLPROD_HOME=str(tmp_path / 'state'), MLFLOW_TRACKING_URI='http://127.0.0.1:5999',
+                      MLPROD_DB_URL='postgresql://u@127.0.0.1/db')
+    r = run_cli('config', cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / 'state') in r.stdout and 'http://127.0.0.1:5999' in r.stdout and 'postgresql://u@127.0.0.1/db' in r.stdout
