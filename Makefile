@@ -42,7 +42,7 @@ bench: $(STAMP)
 
 # regenerate mlprod/ and README.md from the notebooks and clean the notebooks
 sync: $(STAMP)
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python .ci/readme.py
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/python .ci/readme.py
 
 clean:
 	rm -rf $(VENV) .mlprod
