@@ -1,0 +1,112 @@
+"""End-to-end runs of job notebooks through the `mlprod run` command: reports, records, failures, timeouts, injection."""
+import json, re, sqlite3, subprocess, sys, time, uuid
+from pathlib import Path
+import pytest
+from conftest import BIN, offline_env
+
+CLI = ("import sys, importlib.util, mlprod.cli as c\n"
+       "for m in ('mlprod.jobs', 'mlprod.dashboard', 'mlprod.schedule'):\n"
+       "    if m not in c.COMMAND_MODULES and importlib.util.find_spec(m): c.COMMAND_MODULES.append(m)\n"
+       "sys.exit(c.main(sys.argv[1:]))")
+
+
+def mlprod(*args, cwd, timeout=300):
+    "Run the mlprod command (with the job commands registered) as a subprocess, offline."
+    return subprocess.run([str(BIN/'python'), '-c', CLI, *map(str, args)], cwd=cwd, env=offline_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def db_rows(project, sql):
+    con = sqlite3.connect(project/'.mlprod'/'mlprod.db')
+    try: return con.execute(sql).fetchall()
+    finally: con.close()
+
+
+EXTERNAL = re.compile(r'''<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//''', re.I)
+
+
+def test_parameters_are_data_never_code(tmp_path):
+    marker = Path('/tmp')/f"pwned-{uuid.uuid4().hex}"
+    evil = f"__import__('os').system('touch {marker}')"
+    t0 = time.perf_counter()
+    r = mlprod('run', 'smoke', '-p', 'message', evil, '--json', '--no-dashboard', cwd=tmp_path)
+    took = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)
+    assert run['status'] == 'success' and run['figures']['message'] == evil
+    assert not marker.exists()
+    page = Path(run['report_path']).read_text()
+    assert not EXTERNAL.search(page) and 'http://' not in page and 'https://' not in page
+    assert 'Smoke test' in page and 'The job runner works' in page and 'import' not in page.split('<main>')[1].split('parameters')[0]
+    assert Path(run['report_path']).parent == tmp_path/'reports'/'_project'/'smoke'
+    assert Path(run['notebook_path']).is_file() and str(tmp_path/'.mlprod'/'runs') in run['notebook_path']
+    rows = db_rows(tmp_path, "select job, status, params, figures from job_runs")
+    assert rows[0][:2] == ('smoke', 'success') and json.loads(rows[0][2]) == {'message': evil}
+    print(f"\nsmoke job: {run['duration_s']:.1f} s inside run_job, {took:.1f} s for the whole command")
+
+
+def test_unknown_parameter_is_rejected_with_the_known_ones(tmp_path):
+    r = mlprod('run', 'smoke', '-p', 'mesage', 'x', cwd=tmp_path)
+    assert r.returncode == 2
+    assert "unknown 'mesage'" in r.stderr and 'message, sleep, fail' in r.stderr
+    r = mlprod('run', 'smoke', '-p', 'sleep', 'soon', cwd=tmp_path)
+    assert r.returncode == 2 and 'a value of type float' in r.stderr
+    r = mlprod('run', 'nosuchjob', cwd=tmp_path)
+    assert r.returncode == 2 and 'monitor' in r.stderr and 'smoke' in r.stderr
+
+
+def test_failing_job_writes_a_red_report_alerts_and_exits_nonzero(tmp_path):
+    r = mlprod('run', 'smoke', '-p', 'fail', 'true', '-p', 'message', '<script>alert(1)</script>', cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'failed' in r.stdout and 'RuntimeError' in r.stdout
+    report = Path(re.search(r'report: (\S+)', r.stdout).group(1))
+    page = report.read_text()
+    assert page.index('This job failed') < page.index('The job runner works')
+    assert 'code cell 3' in page and 'RuntimeError: failed on purpose' in page
+    assert '<script>alert(1)' not in page and '&lt;script&gt;alert(1)&lt;/script&gt;' in page
+    assert not EXTERNAL.search(page)
+    assert db_rows(tmp_path, "select status from job_runs") == [('failed',)]
+    assert db_rows(tmp_path, "select rule, severity, state, count from alerts") == [('job_failed', 'critical', 'open', 1)]
+    line = json.loads((tmp_path/'.mlprod'/'alerts.jsonl').read_text().splitlines()[-1])
+    assert line['rule'] == 'job_failed' and line['report'] == str(report)
+    # the dashboard was rebuilt and shows the failure
+    index = (tmp_path/'reports'/'index.html')
+    if index.exists(): assert 'failed' in index.read_text()
+
+
+def test_hanging_job_is_stopped_at_the_timeout(tmp_path):
+    t0 = time.perf_counter()
+    r = mlprod('run', 'smoke', '-p', 'sleep', '120', '--timeout', '12', '--no-dashboard', '--json', cwd=tmp_path)
+    took = time.perf_counter() - t0
+    assert r.returncode == 1
+    run = json.loads(r.stdout)
+    assert run['status'] == 'failed' and 'timeout' in run['error']['error']
+    assert took < 60
+    page = Path(run['report_path']).read_text()
+    assert 'wall-clock timeout of 12 s' in page
+    # per-cell timeout
+    r = mlprod('run', 'smoke', '-p', 'sleep', '120', '--cell-timeout', '3', '--no-dashboard', '--json', cwd=tmp_path)
+    run = json.loads(r.stdout)
+    assert r.returncode == 1 and 'per-cell timeout' in run['error']['what'] and run['error']['where'] == 'code cell 3'
+    assert db_rows(tmp_path, "select count from alerts where state='open'") == [(2,)]
+    # no kernel is left behind
+    time.sleep(2)
+    ps = subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps
+
+
+def test_monitor_job_on_100k_rows(tmp_path):
+    t0 = time.perf_counter()
+    r = mlprod('run', 'monitor', '-p', 'model', 'flights', '-p', 'start', '2013-03-01', '-p', 'end', '2013-07-01', '--json', cwd=tmp_path)
+    took = time.perf_counter() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(r.stdout)
+    assert run['figures']['rows'] > 100_000 and 0 <= run['figures']['drift_share'] <= 1
+    assert run['figures']['status'] in ('SUCCESS', 'WARNING', 'FAIL')
+    page = Path(run['report_path']).read_text()
+    assert 'Monitoring report' in page and 'What to do' in page and 'data:image/png;base64' in page
+    assert not EXTERNAL.search(page)
+    assert Path(run['report_path']).parent == tmp_path/'reports'/'flights'/'monitor'
+    r = mlprod('jobs', cwd=tmp_path)
+    assert r.returncode == 0 and 'monitor' in r.stdout and 'success' in r.stdout
+    print(f"\nmonitor job on {run['figures']['rows']} rows: {run['duration_s']:.1f} s in run_job, {took:.1f} s for the command")
