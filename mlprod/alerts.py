@@ -25,7 +25,7 @@ __all__ = ['log', 'DEFAULT_RULES', 'alert_streaks', 'alert_deliveries', 'CHANNEL
            'redact_url', 'WebhookChannel', 'EmailChannel', 'channel_types', 'make_channel', 'configured_channels',
            'RetryPolicy', 'Delivery', 'deliver', 'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire',
            'resolve', 'AlertRecord', 'AlertHistory', 'alert_history', 'delivery_history', 'send_test_alert',
-           'add_commands']
+           'channel_test_check', 'add_commands']
 
 # %% ../nbs/07_alerts.ipynb #e61abd4d
 class AlertError(MlprodError):
@@ -621,6 +621,19 @@ def send_test_alert(cfg:Optional[ProjectConfig]=None, retry:Optional[RetryPolicy
                             f"{ch.type} {where}: " + (f"delivered in {d.duration_ms:.0f} ms" if d.ok else d.error),
                             {'type':ch.type, 'duration_ms':d.duration_ms}))
     return Checks('Alert channel test', checks)
+
+def channel_test_check(cfg:Optional[ProjectConfig]=None,
+                       max_age_days:float=7.0, # how recent the successful test must be
+                       now=None) -> Check:
+    "A check for readiness: has every configured channel passed `mlprod alerts test` recently?"
+    cfg, now = cfg or get_config(), _now(now)
+    names = [c.name or c.type for c in (cfg.alerts.channels or (DEFAULT_CHANNEL,))]
+    ok = {d.channel for d in delivery_history(cfg, kind='test', since=now - dt.timedelta(days=max_age_days)) if d.ok}
+    missing = [n for n in names if n not in ok]
+    return Check('alerts:channel_test', Status.WARNING if missing else Status.SUCCESS, len(names) - len(missing),
+                 f"{len(names)} channel(s) tested within {fmt(max_age_days)} days",
+                 f"no successful test within {fmt(max_age_days)} days for: {', '.join(missing)}; run `mlprod alerts test`"
+                 if missing else 'every alert channel passed a test recently', {'untested':missing})
 
 # %% ../nbs/07_alerts.ipynb #de18702f
 def _cmd_alerts(args):

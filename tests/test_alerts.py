@@ -257,6 +257,7 @@ def test_cli_alerts_test_and_list(project, hook, smtp, monkeypatch, capsys):
     assert file_lines(cfg)[-1]['kind'] == 'test'
     tests = delivery_history(cfg, kind='test', since=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
     assert sorted((d.channel, d.ok) for d in tests) == [('file', True), ('oncall', True), ('slack', True)]
+    assert alerts.channel_test_check(cfg).status == Status.SUCCESS  # what a readiness check asks
 
     hook.status = 500
     monkeypatch.setattr(alerts, 'DEFAULT_RETRY', RetryPolicy(tries=2, backoff_s=0.01))
