@@ -38,7 +38,7 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider
+	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider -o python_files='bench_*.py'
 
 # regenerate mlprod/ and README.md from the notebooks and clean the notebooks
 sync: $(STAMP)
