@@ -32,7 +32,7 @@ check-sync: $(STAMP)
 	@bash .ci/check-sync $(BIN)
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2 --flags "slow" --timing
+	@bash .ci/nbtest $(BIN)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider
