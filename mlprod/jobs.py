@@ -225,7 +225,11 @@ def report_page(nb, # executed notebook (nbformat node)
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))
     nb.cells = [c for c in nb.cells if 'papermill-error-cell-tag' not in c.get('metadata', {}).get('tags', [])
                 and 'injected-parameters' not in c.get('metadata', {}).get('tags', [])]
-    exp = HTMLExporter(template_name='basic', exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    for c in nb.cells[:3]:  # the header repeats the notebook's title
+        if c.cell_type == 'markdown' and re.match(r'\s*#\s+' + re.escape(title) + r'\s*(\n|$)', c.source):
+            c.source = re.sub(r'^\s*#\s+.*(\n|$)', '', c.source, count=1); break
+    exp = HTMLExporter(template_name='basic', exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+                       anchor_link_text='')
     body, _ = exp.from_notebook_node(nb)
     params = info.get('parameters') or {}
     prow = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>" for k, v in params.items())

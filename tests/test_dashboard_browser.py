@@ -1,0 +1,84 @@
+"""The dashboard and a job report open in headless Chromium with no network: no console errors, no
+request to a non-file URL, the expected text; screenshots land in reports/screenshots/ for a person to look at."""
+import os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import ROOT
+
+CHROMIUM = '/usr/bin/chromium'
+FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync']
+SHOTS = ROOT/'reports'/'screenshots'
+
+
+def ensure_chromium():
+    "Install Debian's chromium when it is missing (needs root and the apt mirror)."
+    if Path(CHROMIUM).exists(): return
+    if os.geteuid() != 0 or not shutil.which('apt-get'): pytest.skip('chromium is missing and cannot be installed here')
+    env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+    r = subprocess.run(['apt-get', 'install', '-y', '-q', 'chromium'], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        subprocess.run(['apt-get', 'update', '-q'], env=env, capture_output=True, check=True)
+        subprocess.run(['apt-get', 'install', '-y', '-q', 'chromium'], env=env, capture_output=True, check=True)
+    assert Path(CHROMIUM).exists()
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "A project with a successful monitor run, a failing job with hostile text, and a dashboard."
+    from mlprod.config import parse_config, DEFAULT_TOML
+    from mlprod.jobs import run_job
+    root = tmp_path_factory.mktemp('site')
+    cfg = parse_config(DEFAULT_TOML, root=root, env={})
+    ok = run_job('monitor', {'start': '2013-03-01', 'end': '2013-03-15'}, cfg=cfg, dashboard=False)
+    ok2 = run_job('monitor', {'start': '2013-06-01', 'end': '2013-06-15'}, cfg=cfg, dashboard=False)
+    bad = run_job('smoke', {'fail': True, 'message': '<script>alert(1)</script>'}, cfg=cfg)
+    assert ok.ok and ok2.ok and not bad.ok
+    return cfg, ok2, bad
+
+
+@pytest.fixture(scope='module')
+def browser():
+    ensure_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def open_page(browser, path: Path, shot: str):
+    "Open `path` from disk; return the page text, console errors, non-file requests."
+    ctx = browser.new_context(viewport={'width': 1280, 'height': 900}, offline=True)
+    page = ctx.new_page()
+    errors, foreign = [], []
+    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.on('request', lambda r: foreign.append(r.url) if not r.url.startswith(('file://', 'data:')) else None)
+    page.goto(path.as_uri(), wait_until='load')
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS/shot), full_page=True)
+    text = page.inner_text('body')
+    dialogs = page.evaluate('typeof window.__pwned')
+    ctx.close()
+    return text, errors, foreign, dialogs
+
+
+def test_dashboard_renders_offline(site, browser):
+    cfg, ok, bad = site
+    text, errors, foreign, _ = open_page(browser, cfg.reports_dir/'index.html', 'dashboard.png')
+    assert errors == [] and foreign == []
+    assert 'model health' in text and 'Model flights' in text and 'Open alerts' in text
+    assert 'job_failed' in text and '<script>alert(1)</script>' in text  # shown as text, not executed
+    assert 'drift share' in text and 'never ran' in text and 'Project jobs' in text
+
+
+def test_reports_render_offline(site, browser):
+    cfg, ok, bad = site
+    text, errors, foreign, _ = open_page(browser, Path(ok.report_path), 'monitor_report.png')
+    assert errors == [] and foreign == []
+    assert 'Monitoring report' in text and 'What to do' in text and 'Data drift' in text
+    text, errors, foreign, _ = open_page(browser, Path(bad.report_path), 'failed_report.png')
+    assert errors == [] and foreign == []
+    assert text.index('This job failed') < text.index('The job runner works')
+    assert 'RuntimeError' in text and '<script>alert(1)</script>' in text
