@@ -49,24 +49,43 @@ class FeatureEncoding:
         m, unk, miss = self.maps[c], self.unknown[c], self.missing[c]
         return [m.get(v, unk) if type(v) is str else (miss if _is_missing(v) else m.get(v, unk)) for v in vals]
 
+    def _encode_rows(self, V) -> np.ndarray:
+        "Row by row: the fast way for a few rows of Python objects (columns in `features` order)."
+        plan = [(self.maps.get(c), self.unknown.get(c), self.missing.get(c)) for c in self.features]
+        rows = []
+        for r in V:
+            out = []
+            for (m, unk, miss), v in zip(plan, r):
+                if m is None: out.append(v if type(v) is float else (math.nan if _is_missing(v) else v))
+                else: out.append(m.get(v, unk) if type(v) is str else (miss if _is_missing(v) else m.get(v, unk)))
+            rows.append(out)
+        return np.array(rows, dtype=np.float64).reshape(len(rows), len(self.features))
+
     def encode(self, X) -> np.ndarray:
         "The float64 matrix of a DataFrame, a record (dict) or a list of records."
         if isinstance(X, Mapping): X = [X]
         if isinstance(X, pd.DataFrame):
-            missing = [c for c in self.features if c not in X.columns]
-            if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {list(self.features)}")
+            same = tuple(X.columns) == self.features
+            if not same:
+                missing = [c for c in self.features if c not in X.columns]
+                if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {list(self.features)}")
+            if len(X) <= 32:  # a few rows: one object array, then plain Python (no per-column pandas calls)
+                V = X.to_numpy(dtype=object)
+                return self._encode_rows(V if same else V[:, X.columns.get_indexer(list(self.features))])
             out = np.empty((len(X), len(self.features)), dtype=np.float64)
             for j, c in enumerate(self.features):
-                if c in self.maps: out[:, j] = self._cat_codes(c, X[c].to_numpy())
-                else: out[:, j] = X[c].to_numpy(dtype=np.float64, na_value=np.nan)
+                s = X[c]
+                if c in self.maps: out[:, j] = self._cat_codes(c, s.to_numpy())
+                elif s.dtype.kind in 'fiub': out[:, j] = s.to_numpy(dtype=np.float64)
+                else: out[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
             return out
         if isinstance(X, (list, tuple)) and all(isinstance(r, Mapping) for r in X):
-            cols = {c: [r.get(c) for r in X] for c in self.features}
-            return self.encode_columns(cols, len(X))
+            return self._encode_rows([[r.get(c) for c in self.features] for r in X])
         raise DataError(f"data: got {type(X).__name__}; allowed: a DataFrame, a record (dict) or a list of records")
 
     def encode_columns(self, columns:Mapping, n_rows:int) -> np.ndarray:
         "The float64 matrix of a column → list-of-values mapping (what a JSON payload parses into)."
+        if n_rows <= 32: return self._encode_rows(list(zip(*[columns[c] for c in self.features])))
         out = np.empty((n_rows, len(self.features)), dtype=np.float64)
         for j, c in enumerate(self.features):
             vals = columns[c]
