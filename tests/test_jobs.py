@@ -110,3 +110,26 @@ def test_monitor_job_on_100k_rows(tmp_path):
     r = mlprod('jobs', cwd=tmp_path)
     assert r.returncode == 0 and 'monitor' in r.stdout and 'success' in r.stdout
     print(f"\nmonitor job on {run['figures']['rows']} rows: {run['duration_s']:.1f} s in run_job, {took:.1f} s for the command")
+
+
+def test_schedule_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    from mlprod.config import DEFAULT_TOML
+    (tmp_path/'mlprod.toml').write_text(DEFAULT_TOML.replace('retrain = "0 3 1 * *"', 'smoke = "* * * * *"'))
+    r = mlprod('schedule', '--list', cwd=tmp_path)
+    assert r.returncode == 0 and 'flights:smoke' in r.stdout and '* * * * *' in r.stdout
+    proc = subprocess.Popen([str(BIN/'python'), '-c', CLI, 'schedule'], cwd=tmp_path, env=offline_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if 'scheduler running' in line: break
+        assert 'scheduler running 2 job(s)' in ''.join(lines)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert 'scheduler stopped' in out and time.perf_counter() - t0 < 30
+    finally:
+        if proc.poll() is None: proc.kill()
