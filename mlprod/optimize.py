@@ -292,6 +292,22 @@ void mlprod_predict_rows(double* data, long n, double* out) {
 }
 """
 
+class _CapturedStderr:
+    "Route the process's stderr (fd 2) to a file while native code prints notices, then log them at debug level."
+    _lock = threading.Lock()
+    def __enter__(self):
+        self._lock.acquire()
+        self.tmp = tempfile.TemporaryFile(mode='w+b'); self.saved = os.dup(2)
+        try: __import__('sys').stderr.flush()
+        except Exception: pass
+        os.dup2(self.tmp.fileno(), 2)
+        return self
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2); os.close(self.saved)
+        self.tmp.seek(0); text = self.tmp.read().decode(errors='replace').strip(); self.tmp.close()
+        self._lock.release()
+        if text: log.debug('native output: %s', text)
+
 def build_compiled_trees(est, encoding:FeatureEncoding, opt:str='-O1', jobs:int|None=None) -> OptimizedClassifier:
     "The trees as C (treelite → tl2cgen), compiled with gcc into a shared library."
     try:
@@ -301,11 +317,12 @@ def build_compiled_trees(est, encoding:FeatureEncoding, opt:str='-O1', jobs:int|
     cc = shutil.which('gcc') or shutil.which('cc')
     if cc is None: raise BackendUnavailable('compiled-trees: no C compiler (gcc or cc) on PATH')
     import platform
-    tm = treelite.frontend.from_lightgbm(lgb.Booster(model_str=_booster_string(est)))
     jobs = jobs or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix='mlprod-tl2cgen-') as d:
         d = Path(d)
-        tl2cgen.generate_c_code(tm, str(d), params={'parallel_comp': jobs} if jobs > 1 else {}, verbose=False)
+        with _CapturedStderr():  # tl2cgen's bundled treelite prints version and progress notices
+            tm = treelite.frontend.from_lightgbm(lgb.Booster(model_str=_booster_string(est)))
+            tl2cgen.generate_c_code(tm, str(d), params={'parallel_comp': jobs} if jobs > 1 else {}, verbose=False)
         (d/'mlprod_wrap.c').write_text(_WRAPPER_C % len(encoding.features))
         sources = sorted(p.name for p in d.glob('*.c'))
         def compile_one(src):
