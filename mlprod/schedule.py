@@ -47,18 +47,24 @@ class ScheduledJob:
     model:str # model name
     job:str # job name
     cron:str # cron expression (UTC)
+    problem:str='' # why it cannot run (e.g. no such job notebook); empty when it can
     @property
     def id(self) -> str: return f"{self.model}:{self.job}"
     def to_dict(self) -> dict: return _jsonable(self)
 
-def scheduled_jobs(cfg:ProjectConfig) -> list:
-    "Every (model, job, cron) in the project's schedules; unknown jobs are an error that lists the known ones."
+def scheduled_jobs(cfg:ProjectConfig, # project
+                   strict:bool=False, # raise on a job that has no notebook instead of reporting it in `problem`
+                  ) -> list:
+    "Every (model, job, cron) in the project's schedules."
     out = []
     for model, m in cfg.models.items():
         for job, cron in m.schedules.items():
-            job_notebook(job)  # raises with the list of jobs when unknown
             cron_trigger(cron)
-            out.append(ScheduledJob(model, job, cron))
+            try: job_notebook(job); problem = ''
+            except MlprodError as e:
+                if strict: raise
+                problem = str(e)
+            out.append(ScheduledJob(model, job, cron, problem))
     return out
 
 # %% ../nbs/08b_schedule.ipynb #c012
@@ -79,6 +85,7 @@ def build_scheduler(cfg:ProjectConfig, # project whose schedules to run
     from apscheduler.schedulers.background import BackgroundScheduler
     scheduler = scheduler or BackgroundScheduler(timezone=UTC)
     for sj in scheduled_jobs(cfg):
+        if sj.problem: log.warning('not scheduling %s: %s', sj.id, sj.problem); continue
         scheduler.add_job(runner or _run_scheduled, cron_trigger(sj.cron), args=[cfg, sj], id=sj.id, name=sj.id,
                           max_instances=1, coalesce=True, misfire_grace_time=MISFIRE_GRACE_S, replace_existing=True)
     return scheduler
@@ -148,6 +155,7 @@ def export_airflow(cfg:ProjectConfig, # project whose schedules to export
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     out = []
     for sj in scheduled_jobs(cfg):
+        if sj.problem: log.warning('not exporting %s: %s', sj.id, sj.problem); continue
         nb = job_notebook(sj.job)
         declared = job_parameters(nb)
         params = {'model': sj.model} if 'model' in declared else {}
@@ -172,9 +180,10 @@ def _cmd_schedule(args):
         return 0
     jobs = scheduled_jobs(cfg)
     for sj in jobs:
-        print(f"{sj.id:<24} {sj.cron:<16} next: " + ', '.join(t.strftime('%Y-%m-%d %H:%M') for t in next_runs(sj.cron, 2)))
+        print(f"{sj.id:<24} {sj.cron:<16} " + (f"NOT SCHEDULED: {sj.problem}" if sj.problem else
+              'next: ' + ', '.join(t.strftime('%Y-%m-%d %H:%M') for t in next_runs(sj.cron, 2))))
     if args.list: return 0
-    if not jobs: print('no schedules in mlprod.toml: add a [models.NAME.schedules] table'); return 0
+    if not [sj for sj in jobs if not sj.problem]: print('nothing to schedule: add a [models.NAME.schedules] table with known jobs'); return 0
     run_schedule(cfg, on_start=lambda s: print(f"scheduler running {len(s.get_jobs())} job(s); stop with Ctrl-C or SIGTERM", flush=True))
     print('scheduler stopped', flush=True)
     return 0
