@@ -49,19 +49,24 @@ class Server:
 
 @pytest.fixture(scope='module')
 def store(tmp_path_factory):
-    "A project with model `flights`: version 1 (production) and version 2 (staging), trained on real flights."
+    "A project with model `flights`: version 1 (production) and version 2 (staging), trained on real flights (built once per session)."
     from mlprod.config import get_config
     from mlprod.data import load_flights
     from mlprod.recipes import train_lightgbm
     from mlprod import registry
-    home = tmp_path_factory.mktemp('serve')
+    home = tmp_path_factory.getbasetemp() / 'serve-store'
+    home.mkdir(exist_ok=True)
     cfg = get_config(str(home))
-    mc = dataclasses.replace(cfg.model('flights'), params={'n_estimators': 40})
-    jan, feb = load_flights('2013-01-01', '2013-01-15').iloc[:3000], load_flights('2013-02-01', '2013-02-15').iloc[:3000]
-    v1 = registry.register(train_lightgbm(jan, mc), 'flights', jan, cfg=cfg).version
-    v2 = registry.register(train_lightgbm(feb, mc), 'flights', feb, cfg=cfg).version
-    _set_alias(cfg, 'production', v1)
-    registry.deploy('flights', v2, to='staging', cfg=cfg)
+    if not (home / 'versions.json').exists():
+        mc = dataclasses.replace(cfg.model('flights'), params={'n_estimators': 40})
+        jan, feb = load_flights('2013-01-01', '2013-01-15').iloc[:3000], load_flights('2013-02-01', '2013-02-15').iloc[:3000]
+        v1 = registry.register(train_lightgbm(jan, mc), 'flights', jan, cfg=cfg).version
+        v2 = registry.register(train_lightgbm(feb, mc), 'flights', feb, cfg=cfg).version
+        _set_alias(cfg, 'production', v1)
+        registry.deploy('flights', v2, to='staging', cfg=cfg)
+        (home / 'versions.json').write_text(json.dumps([v1, v2]))
+    v1, v2 = json.loads((home / 'versions.json').read_text())
+    assert registry.resolve_version('flights', 'production', cfg=cfg) == v1
     rows = load_flights('2013-03-01', '2013-03-02')[FEATURES].iloc[:200].reset_index(drop=True)
     import mlflow
     mlflow.set_tracking_uri(cfg.tracking_uri); mlflow.set_registry_uri(cfg.tracking_uri)
@@ -84,8 +89,8 @@ def _set_alias(cfg, alias, version, reason='test'):
 def _records(df): return json.loads(df.to_json(orient='records'))
 
 
-def _db_rows(cfg, where=''):
-    path = cfg.db_url.split('///', 1)[1]
+def _db_rows(url, where=''):
+    path = url.split('///', 1)[1]
     con = sqlite3.connect(path)
     con.row_factory = sqlite3.Row
     try: return [dict(r) for r in con.execute(f"select * from requests {where}")]
@@ -102,7 +107,9 @@ class Tally:
 @pytest.fixture(scope='module')
 def s1(store):
     "The production model with staging in the shadow and a bearer token."
-    srv = Server(store['home'], shadow='staging', token_env='MLPROD_TEST_TOKEN', env={'MLPROD_TEST_TOKEN': TOKEN}).wait_ready()
+    db_url = f"sqlite:///{store['home']}/s1.db"
+    srv = Server(store['home'], shadow='staging', token_env='MLPROD_TEST_TOKEN', env={'MLPROD_TEST_TOKEN': TOKEN, 'MLPROD_DB_URL': db_url}).wait_ready()
+    srv.db_url = db_url
     srv.tally = Tally()
     srv.client = httpx.Client(base_url=srv.url, trust_env=False, timeout=30, headers={'Authorization': f'Bearer {TOKEN}'})
     yield srv
@@ -189,6 +196,7 @@ def _bad_cases(good, schema):
         ('bad event time', {'json': {'dataframe_records': [g]}, 'headers': {'X-Event-Time': 'last tuesday'}}, 400, 'X-Event-Time'),
         ('no token', {'json': {'dataframe_records': [g]}, 'headers': {'Authorization': ''}}, 401, 'Authorization'),
         ('wrong token', {'json': {'dataframe_records': [g]}, 'headers': {'Authorization': 'Bearer nope-nope-nope'}}, 401, 'Authorization'),
+        ('token without Bearer', {'json': {'dataframe_records': [g]}, 'headers': {'Authorization': TOKEN}}, 401, 'Authorization'),
     ]
 
 
@@ -222,7 +230,7 @@ def test_shadow_is_logged_never_returned(store, s1):
         assert abs(r.json()['predictions'][0] - store['score1'](df.iloc[[i]])[0]) < 1e-9
     assert s1.client.get('/version').json()['shadow']['version'] == store['v2']
     time.sleep(1.5)  # > flush interval
-    rows = {r['request_id']: r for r in _db_rows(store['cfg'], "where request_id like 'shadow-%'")}
+    rows = {r['request_id']: r for r in _db_rows(s1.db_url, "where request_id like 'shadow-%'")}
     assert sorted(rows) == sorted(ids)
     np.testing.assert_allclose([json.loads(rows[i]['shadow_predictions'])[0] for i in ids], store['score2'](df), atol=1e-9)
     np.testing.assert_allclose([json.loads(rows[i]['predictions'])[0] for i in ids], store['score1'](df), atol=1e-9)
@@ -241,15 +249,17 @@ def test_event_time_labels_and_metrics(store, s1):
     assert 'mlprod_request_latency_seconds_bucket' in m and 'mlprod_prediction_bucket{le="0.5"}' in m
     assert s1.client.get('/ping').status_code == 200 and s1.client.get('/health').json()['status'] == 'ready'
     time.sleep(1.5)
-    row = _db_rows(store['cfg'], "where request_id = 'evt-1'")[0]
+    row = _db_rows(s1.db_url, "where request_id = 'evt-1'")[0]
     assert row['n_rows'] == 3 and row['event_time'].startswith('2013-03-01 11:00:00')
     assert [r[c] for r in json.loads(row['features']) for c in ('carrier',)] == df['carrier'].tolist()
     p = store['home'] / 'labels.csv'
     pd.DataFrame({'request_id': ['evt-1'] * 3, 'row': [2, 0, 1], 'label': [1, 0, 0]}).to_csv(p, index=False)
     from mlprod import cli
     if 'mlprod.serve' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append('mlprod.serve')
-    assert cli.main(['--project', str(store['home']), 'labels', 'ingest', str(p)]) == 0
-    con = sqlite3.connect(store['cfg'].db_url.split('///', 1)[1])
+    os.environ['MLPROD_DB_URL'] = s1.db_url
+    try: assert cli.main(['--project', str(store['home']), 'labels', 'ingest', str(p)]) == 0
+    finally: del os.environ['MLPROD_DB_URL']
+    con = sqlite3.connect(s1.db_url.split('///', 1)[1])
     assert json.loads(con.execute("select labels from labels where request_id='evt-1'").fetchone()[0]) == [0, 0, 1]
     con.close()
 
@@ -257,7 +267,7 @@ def test_event_time_labels_and_metrics(store, s1):
 def test_request_log_rows_equal_responses(store, s1):
     "After a graceful stop, the log holds one row per 2xx response and one per refused request."
     s1.stop()
-    rows = _db_rows(store['cfg'])
+    rows = _db_rows(s1.db_url)
     by_status = {}
     for r in rows: by_status[r['status']] = by_status.get(r['status'], 0) + 1
     seen = {k: v for k, v in s1.tally.by_status.items() if k not in (404, 405)}
@@ -296,9 +306,16 @@ def _wait_version(url, version, timeout=10):
     raise AssertionError(f"/version did not show {version} within {timeout} s")
 
 
-def test_hot_reload_under_load(store):
-    cfg, v1, v2 = store['cfg'], store['v1'], store['v2']
+@pytest.fixture(scope='module')
+def s2(store):
+    "The production model, no token, the project's request log; the kill -9 test ends it."
     srv = Server(store['home']).wait_ready()
+    yield srv
+    srv.kill()
+
+
+def test_hot_reload_under_load(store, s2):
+    cfg, v1, v2, srv = store['cfg'], store['v1'], store['v2'], s2
     stop, out = threading.Event(), []
     try:
         threads = _hammer(srv.url, store['rows'], stop, out)
@@ -313,8 +330,7 @@ def test_hot_reload_under_load(store):
         time.sleep(1.0)
         stop.set()
         for t in threads: t.join(30)
-    finally:
-        stop.set(); srv.stop()
+    finally: stop.set()
     statuses = {o[1] for o in out}
     assert statuses == {200}, statuses
     assert up <= 5 and down <= 5, (up, down)
@@ -328,9 +344,8 @@ def test_hot_reload_under_load(store):
     print(f"\nhot reload: {len(out)} requests, 0 failed; switch to v{v2} seen after {up:.2f} s, back to v{v1} after {down:.2f} s")
 
 
-def test_kill_9_mid_load_loses_at_most_the_flush_interval(store):
-    cfg = store['cfg']
-    srv = Server(store['home']).wait_ready()
+def test_kill_9_mid_load_loses_at_most_the_flush_interval(store, s2):
+    cfg, srv = store['cfg'], s2
     stop, out = threading.Event(), []
     threads = _hammer(srv.url, store['rows'], stop, out, prefix='k9')
     time.sleep(3)
@@ -355,18 +370,4 @@ def test_kill_9_mid_load_loses_at_most_the_flush_interval(store):
             r = c.post('/invocations', json={'dataframe_records': _records(store['rows'].iloc[:1])}, headers={'X-Request-ID': 'after-restart'})
             assert r.status_code == 200
     finally: srv2.stop()
-    assert len(_db_rows(cfg, "where request_id = 'after-restart'")) == 1
-
-
-def test_token_is_required_when_configured(store):
-    "A wrong or missing bearer token gets 401 and nothing else changes; /ping and /health stay open."
-    srv = Server(store['home'], token_env='MLPROD_TEST_TOKEN2', env={'MLPROD_TEST_TOKEN2': TOKEN}).wait_ready()
-    try:
-        rec = {'dataframe_records': _records(store['rows'].iloc[:1])}
-        with httpx.Client(base_url=srv.url, trust_env=False) as c:
-            assert c.post('/invocations', json=rec).status_code == 401
-            assert c.post('/invocations', json=rec, headers={'Authorization': f'Bearer {TOKEN}x'}).status_code == 401
-            assert c.post('/invocations', json=rec, headers={'Authorization': TOKEN}).status_code == 401
-            assert c.post('/invocations', json=rec, headers={'Authorization': f'Bearer {TOKEN}'}).status_code == 200
-            assert c.get('/health').status_code == 200
-    finally: srv.stop()
+    assert len(_db_rows(cfg.db_url, "where request_id = 'after-restart'")) == 1
