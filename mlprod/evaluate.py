@@ -230,7 +230,8 @@ def compare_versions(name:str, # registered model name
                     ) -> VersionComparison:
     "Compare two registered versions of `name` on a time window, record the decision, log it and write a report."
     t0 = time.perf_counter()
-    cfg = ensure_state(registry._cfg(cfg)); mc = registry._model_cfg(cfg, name)
+    cfg = ensure_state(cfg if isinstance(cfg, ProjectConfig) else get_config(cfg))
+    mc = cfg.models.get(name) or ModelConfig()  # a registered model the project does not configure: the defaults
     ch = registry.load(name, str(challenger), cfg)
     cp, champion_ref = None, None if champion is None else str(champion)
     if champion_ref not in (None, 'baseline'):
