@@ -293,19 +293,25 @@ void mlprod_predict_rows(double* data, long n, double* out) {
 """
 
 class _CapturedStderr:
-    "Route the process's stderr (fd 2) to a file while native code prints notices, then log them at debug level."
+    "Route stderr (fd 2) and Python's stdout to buffers while native code prints notices, then log them at debug level."
     _lock = threading.Lock()
     def __enter__(self):
+        import sys
         self._lock.acquire()
         self.tmp = tempfile.TemporaryFile(mode='w+b'); self.saved = os.dup(2)
-        try: __import__('sys').stderr.flush()
+        try: sys.stderr.flush()
         except Exception: pass
         os.dup2(self.tmp.fileno(), 2)
+        self.out, self.stdout = io.StringIO(), sys.stdout
+        sys.stdout = self.out  # tl2cgen's log callback uses print()
         return self
     def __exit__(self, *exc):
+        import sys
+        sys.stdout = self.stdout
         os.dup2(self.saved, 2); os.close(self.saved)
         self.tmp.seek(0); text = self.tmp.read().decode(errors='replace').strip(); self.tmp.close()
         self._lock.release()
+        text = '\n'.join(t for t in (text, self.out.getvalue().strip()) if t)
         if text: log.debug('native output: %s', text)
 
 def build_compiled_trees(est, encoding:FeatureEncoding, opt:str='-O1', jobs:int|None=None) -> OptimizedClassifier:
