@@ -14,8 +14,8 @@ from .jobs import REPORT_CSS, JobRun, recent_runs, _row_to_run, _db, external_re
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'DASHBOARD_CSS', 'sparkline_svg', 'age_text', 'stale_after',
-           'dashboard_data', 'render_dashboard', 'build_dashboard', 'add_commands']
+__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'DASHBOARD_CSS', 'sparkline_svg', 'age_text',
+           'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'add_commands']
 
 # %% ../nbs/08a_dashboard.ipynb #c006
 def sparkline_svg(values:Sequence, # the series, oldest first (None and NaN are skipped)
@@ -59,8 +59,11 @@ def stale_after(cron:str|None, now:dt.datetime|None=None) -> dt.timedelta:
 
 # %% ../nbs/08a_dashboard.ipynb #c012
 TREND_FIGURES = ('drift_share', 'prediction_drift', 'realized_metric', 'estimated_metric', 'roc_auc', 'estimated_roc_auc',
-                 'latency_p95_ms', 'error_rate', 'label_rate', 'rows')  # the figures drawn as trends, when jobs publish them
+                 'latency_p95_ms', 'error_rate', 'label_rate', 'champion_metric', 'rows')  # the figures drawn as trends, per job
 _ALIASES = ('production', 'staging')
+HEALTH_JOBS = ('monitor',)  # jobs whose published status is the model's health
+
+def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 def _versions(cfg:ProjectConfig, name:str) -> dict:
     "Alias → version of model `name` (None when unset or when the registry has no such model)."
@@ -110,10 +113,12 @@ def dashboard_data(cfg:ProjectConfig|None=None, # project (default: `get_config(
                              stale_after_s=limit.total_seconds()))
         ok_runs = [r for r in reversed(mruns) if r.status == 'success']
         trends = {}
-        for fig in TREND_FIGURES:
-            pts = [(r.started_at, r.figures.get(fig)) for r in ok_runs if isinstance(r.figures.get(fig), (int, float)) and not isinstance(r.figures.get(fig), bool)]
-            if pts: trends[fig] = pts[-trend_points:]
-        health = next((r.figures.get('status') for r in mruns if r.status == 'success' and r.figures.get('status') in Status.__members__), None)
+        for job in sorted({r.job for r in ok_runs}):
+            for fig in TREND_FIGURES:
+                pts = [(r.started_at, r.figures.get(fig)) for r in ok_runs if r.job == job and _number(r.figures.get(fig))]
+                if pts: trends[(job, fig)] = pts[-trend_points:]
+        health = next((r.figures.get('status') for r in mruns if r.job in HEALTH_JOBS and r.status == 'success'
+                       and r.figures.get('status') in Status.__members__), None)
         models.append(dict(name=name, versions=_versions(cfg, name) if name in cfg.models else dict.fromkeys(_ALIASES),
                            jobs=jobs, trends=trends, health=health))
     project_runs = [r for r in runs if not r.model]
@@ -134,7 +139,8 @@ svg.spark{display:block;margin-top:2px}
 _RUN_STATUS = {'success': Status.SUCCESS, 'failed': Status.FAIL}
 _FIGURE_LABELS = {'drift_share': 'drift share', 'prediction_drift': 'prediction drift', 'realized_metric': 'realized metric',
                   'estimated_metric': 'estimated metric', 'latency_p95_ms': 'latency p95 (ms)', 'error_rate': 'error rate', 'rows': 'rows', 'label_rate': 'label rate',
-                  'n_drifted': 'drifted columns', 'reference_rows': 'reference rows'}
+                  'n_drifted': 'drifted columns', 'reference_rows': 'reference rows',
+                  'champion_metric': 'production metric', 'challenger_metric': 'challenger metric'}
 
 def _run_badge(status:str) -> str:
     if status in _RUN_STATUS: return status_badge(_RUN_STATUS[status])
@@ -148,7 +154,8 @@ def _href(path:str, base:Path) -> str:
 def _when(t) -> str: return esc(to_utc(t).strftime('%Y-%m-%d %H:%M')) if t is not None else '—'
 
 def _figs(figures:dict) -> str:
-    return ', '.join(f"{esc(_FIGURE_LABELS.get(k, k))} {esc(v)}" for k, v in figures.items() if k != 'status' and not isinstance(v, (dict, list)))
+    return ', '.join(f"{esc(_FIGURE_LABELS.get(k, k))} {esc(v)}" for k, v in figures.items()
+                     if k != 'status' and not k.endswith('_id') and not isinstance(v, (dict, list)))
 
 def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     v = m['versions']
@@ -170,10 +177,10 @@ def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     jobs = (f'<table><thead><tr><th>job</th><th>schedule (UTC)</th><th>last run</th><th>health</th><th>when</th><th>took</th><th>key figures</th><th></th></tr></thead>'
             f'<tbody>{rows}</tbody></table>') if rows else '<p class="muted">no jobs yet</p>'
     cards = ''
-    for fig, pts in m['trends'].items():
+    for (job, fig), pts in m['trends'].items():
         vals = [p[1] for p in pts]
-        cards += (f'<div class="card"><div class="k">{esc(_FIGURE_LABELS.get(fig, fig))}</div><div class="v">{esc(vals[-1])}</div>'
-                  f'{sparkline_svg(vals, label=f"{fig} over the last {len(vals)} runs")}<div class="k">{_when(pts[0][0])} → {_when(pts[-1][0])}</div></div>')
+        cards += (f'<div class="card"><div class="k">{esc(job)} · {esc(_FIGURE_LABELS.get(fig, fig))}</div><div class="v">{esc(vals[-1])}</div>'
+                  f'{sparkline_svg(vals, label=f"{job} {fig} over the last {len(vals)} runs")}<div class="k">{_when(pts[0][0])} → {_when(pts[-1][0])}</div></div>')
     trends = f'<h3>Trends</h3><div class="cards">{cards}</div>' if cards else ''
     return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}</div>'
             f'<h3>Jobs</h3>{jobs}{trends}</section>')

@@ -45,7 +45,7 @@ def status_html(name:str, # model name
                     f"<td>{esc(v['created'].strftime('%Y-%m-%d %H:%M') if v['created'] else '')}</td></tr>" for v in versions)
     prod = next((v['version'] for v in versions if 'production' in v['aliases']), None)
     stag = next((v['version'] for v in versions if 'staging' in v['aliases']), None)
-    health = next((r.figures.get('status') for r in runs if r.ok and r.figures.get('status') in Status.__members__), None)
+    health = next((r.figures.get('status') for r in runs if r.ok and r.job == 'monitor' and r.figures.get('status') in Status.__members__), None)
     arows = ''.join(f"<li>{esc(a['severity'])}: {esc(a['message'])} (×{esc(a['count'])})</li>" for a in alerts)
     rrows = ''.join(f"<tr><td>{esc(r.started_at.strftime('%Y-%m-%d %H:%M'))}</td><td>{esc(r.job)}</td>"
                     f"<td>{status_badge(Status.SUCCESS if r.ok else Status.FAIL if r.status == 'failed' else Status.SKIPPED)}</td>"

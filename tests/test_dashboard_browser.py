@@ -70,7 +70,7 @@ def test_dashboard_renders_offline(site, browser):
     assert errors == [] and foreign == []
     assert 'model health' in text and 'Model flights' in text and 'Open alerts' in text
     assert 'job_failed' in text and '<script>alert(1)</script>' in text  # shown as text, not executed
-    assert 'drift share' in text and 'never ran' in text and 'Project jobs' in text
+    assert 'monitor · drift share' in text and 'never ran' in text and 'Project jobs' in text
 
 
 def test_reports_render_offline(site, browser):
