@@ -45,6 +45,7 @@ def _env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG')}
     for k in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'ALL_PROXY'): env.pop(k, None)
     env.update(MLFLOW_DISABLE_TELEMETRY='true', DO_NOT_TRACK='true', NO_PROXY='127.0.0.1,localhost', **extra)
+    env['PATH'] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # mlflow serve execs `uvicorn`
     return env
 
 
