@@ -1,0 +1,276 @@
+"""mlprod.monitor on real flights data: drift findings, realized and estimated (CBPE) performance, the request log,
+service health, alerts and the CLI. Run with `-s` to see the per-month CBPE figures."""
+import dataclasses, json, re, time
+import numpy as np, pandas as pd, pytest
+from sklearn.metrics import roc_auc_score
+
+from mlprod.core import Status, utcnow, to_utc
+from mlprod.config import parse_config, DEFAULT_TOML
+from mlprod.data import load_flights
+from mlprod.recipes import train_lightgbm
+from mlprod import db as _db, registry
+from mlprod.monitor import (monitor, fit_calibration, estimate_check, expected_roc_auc, read_requests, monitor_history,
+                            monitor_report_html, PREDICTION)
+
+WEATHER_FREE = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance']
+HOLDOUT_START = '2013-02-15'
+
+
+@pytest.fixture(scope='module')
+def flights():
+    return load_flights('2013-01-01', '2014-01-01')
+
+
+@pytest.fixture(scope='module')
+def trained(flights):
+    "A LightGBM trained on Jan 1 - Feb 14 (the project's recipe, one thread), and the Feb 15-28 holdout."
+    mc = dataclasses.replace(parse_config(DEFAULT_TOML).model('flights'), params={'n_jobs': 1})
+    cut = pd.Timestamp(HOLDOUT_START, tz='UTC')
+    train = flights[flights.time_hour < cut]
+    holdout = flights[(flights.time_hour >= cut) & (flights.time_hour < pd.Timestamp('2013-03-01', tz='UTC'))]
+    model = train_lightgbm(train, mc)
+    return model, train, holdout, list(mc.features)
+
+
+@pytest.fixture(scope='module')
+def proj(tmp_path_factory, trained):
+    "A project folder with mlprod.toml and the model registered as version 1 with its holdout AUC."
+    root = tmp_path_factory.mktemp('monproj')
+    toml = DEFAULT_TOML.replace('reference_sample = 100000', 'reference_sample = 20000')
+    (root / 'mlprod.toml').write_text(toml)
+    cfg = parse_config(toml, root=root, env={})
+    model, train, holdout, feats = trained
+    auc = roc_auc_score(holdout.delayed, model.predict_proba(holdout[feats])[:, 1])
+    vi = registry.register(model, 'flights', train, metrics={'holdout_roc_auc': auc}, cfg=cfg)
+    return cfg, vi.version, auc
+
+
+def month(flights, m):
+    "Flights of month `m` of 2013 by their UTC time (the `month` column is the local date)."
+    t0, t1 = pd.Timestamp(2013, m, 1, tz='UTC'), pd.Timestamp(2013 + m // 12, m % 12 + 1, 1, tz='UTC')
+    return flights[(flights.time_hour >= t0) & (flights.time_hour < t1)].reset_index(drop=True)
+
+
+def test_drift_on_real_months(proj, trained, flights):
+    "Feb (after training) shows no drift on weather-independent inputs; July drifts in temperature and dewpoint."
+    cfg, version, _ = proj
+    _, _, holdout, _ = trained
+    feb = monitor('flights', HOLDOUT_START, '2013-03-01', cfg=cfg, data=holdout, version=version, log_to_mlflow=False,
+                  record=False, alerts=False)
+    jul = monitor('flights', '2013-07-01', '2013-08-01', cfg=cfg, data=month(flights, 7), version=version,
+                  log_to_mlflow=False, record=False, alerts=False)
+    print('\nFeb 15-28 drifted:', feb.drift.drifted_columns, 'share', round(feb.drift.drift_share, 3))
+    print('July drifted:', jul.drift.drifted_columns, 'share', round(jul.drift.drift_share, 3))
+    print('Feb statistics: ', {c.column: round(c.statistic, 3) for c in feb.drift.columns})
+    print('July statistics:', {c.column: round(c.statistic, 3) for c in jul.drift.columns})
+    # weather is autocorrelated over days: two weeks of it differ from the six weeks before, so the share of
+    # drifted columns is not a fair "near-stationary" test; the weather-independent inputs are
+    for c in WEATHER_FREE:
+        assert feb[f'drift:{c}'].status == Status.SUCCESS, feb[f'drift:{c}'].message
+    for c in ('temp', 'dewp'):
+        assert jul[f'drift:{c}'].status == Status.WARNING, jul[f'drift:{c}'].message
+        assert jul.drift[c].statistic > 2 * feb.drift[c].statistic and jul.drift[c].statistic > 1.0
+    assert jul.drift.drift_share > feb.drift.drift_share
+    assert jul['drift:share'].status in (Status.WARNING, Status.FAIL)
+    # the reference profile was built once and cached
+    assert (cfg.state_dir / 'profiles' / 'flights' / f'{version}.npz').exists()
+
+
+def test_realized_performance_matches_sklearn(proj, trained, flights):
+    cfg, version, holdout_auc = proj
+    model, _, _, feats = trained
+    mar = month(flights, 3)
+    r = monitor('flights', '2013-03-01', '2013-04-01', cfg=cfg, data=mar, version=version, log_to_mlflow=False, record=False,
+                alerts=False)
+    expected = roc_auc_score(mar.delayed, model.predict_proba(mar[feats])[:, 1])
+    c = r['performance:roc_auc']
+    assert c.observed == pytest.approx(expected, abs=1e-9)
+    assert c.details['ci_low'] < expected < c.details['ci_high'] and c.details['ci_high'] - c.details['ci_low'] < 0.02
+    assert c.details['baseline'] == pytest.approx(holdout_auc) and c.details['baseline_source'] == 'registered holdout_roc_auc'
+    assert r.figures['label_coverage'] == 1.0
+    # half the labels still missing: coverage 0.5, metric on the labelled half only
+    part = mar.assign(delayed=mar.delayed.where(mar.index % 2 == 0))
+    r2 = monitor('flights', '2013-03-01', '2013-04-01', cfg=cfg, data=part, version=version, log_to_mlflow=False,
+                 record=False, alerts=False)
+    assert r2.figures['label_coverage'] == pytest.approx(0.5, abs=1e-3)
+    lab = mar[mar.index % 2 == 0]
+    assert r2['performance:roc_auc'].observed == pytest.approx(roc_auc_score(lab.delayed, model.predict_proba(lab[feats])[:, 1]))
+    # no labels at all: performance is skipped, the estimate stands in
+    r3 = monitor('flights', '2013-03-01', '2013-04-01', cfg=cfg, data=mar.drop(columns='delayed'), version=version,
+                 log_to_mlflow=False, record=False, alerts=False)
+    assert r3['performance:roc_auc'].status == Status.SKIPPED and 'estimated:roc_auc' in [x.name for x in r3.checks.checks]
+
+
+def _row(v):
+    if v is None or (isinstance(v, float) and np.isnan(v)): return None
+    return v.item() if hasattr(v, 'item') else v
+
+
+def test_request_log_service_health_and_labels(proj, trained, flights):
+    "Rows written the way the scoring service writes them: service health, expansion, label join, history, MLflow."
+    cfg, version, _ = proj
+    model, _, _, feats = trained
+    apr = month(flights, 4).sample(2000, random_state=3).reset_index(drop=True)
+    p = model.predict_proba(apr[feats])[:, 1]
+    rng = np.random.default_rng(7)
+    lat_ok = rng.gamma(2.0, 3.0, 1000)
+    rows, now = [], utcnow()
+    for i in range(1000):  # 1000 requests of 2 rows each
+        chunk = apr.iloc[2 * i:2 * i + 2]
+        rows.append(dict(request_id=f'ok{i}', model='flights', version=version, alias='production', at=now, n_rows=2,
+                         features=json.dumps([{k: _row(v) for k, v in r.items()} for r in chunk[feats].to_dict('records')]),
+                         predictions=json.dumps([float(x) for x in p[2 * i:2 * i + 2]]), latency_ms=float(lat_ok[i]), status=200,
+                         error=None, shadow_version=None, shadow_predictions=None,
+                         event_time=chunk.time_hour.iloc[0].to_pydatetime()))
+    errs = [500] * 15 + [503] * 5 + [422] * 30
+    for j, s in enumerate(errs):
+        rows.append(dict(request_id=f'err{j}', model='flights', version=version, alias='production', at=now, n_rows=1,
+                         features=None, predictions=None, latency_ms=100.0 + j, status=s, error='x', shadow_version=None,
+                         shadow_predictions=None, event_time=to_utc('2013-04-10')))
+    # another model and another month must not leak in
+    rows.append(dict(rows[0], request_id='other-model', model='other'))
+    rows.append(dict(rows[0], request_id='other-month', event_time=to_utc('2013-05-02')))
+    with _db.engine(cfg.db_url).begin() as conn:
+        conn.execute(_db.requests_log.insert(), rows)
+        conn.execute(_db.labels.insert(), [dict(request_id=f'ok{i}', labels=json.dumps([int(v) for v in apr.delayed.iloc[2 * i:2 * i + 2]]),
+                                                at=now) for i in range(0, 1000, 4)])
+    assert len(read_requests(cfg, 'flights', '2013-04-01', '2013-05-01')) == 1050
+    t = time.perf_counter()
+    r = monitor('flights', '2013-04-01', '2013-05-01', cfg=cfg, version=version, alerts=False, sample_rows=1500)
+    print(f"\nmonitor over the request log ({len(rows)} requests): {time.perf_counter() - t:.2f} s")
+    lat = np.r_[lat_ok, 100.0 + np.arange(50)]
+    assert r.source == 'request log' and r.figures['requests'] == 1050 and r.figures['rows'] == 2000
+    assert r['service:error_rate'].observed == pytest.approx(20 / 1050)
+    assert r['service:error_rate'].status == Status.FAIL  # 1.9% > 1%
+    assert r['service:error_rate'].details['client_error_rate'] == pytest.approx(30 / 1050)
+    for q in (50, 95, 99):
+        assert r[f'service:latency_p{q}'].observed == pytest.approx(np.percentile(lat, q))
+    assert r['service:throughput'].observed == pytest.approx(2000 / (30 * 86400))
+    assert r.figures['label_coverage'] == pytest.approx(0.25)
+    lab = np.zeros(2000, bool)
+    for i in range(0, 1000, 4): lab[2 * i:2 * i + 2] = True
+    assert r['performance:roc_auc'].observed == pytest.approx(roc_auc_score(apr.delayed[lab], p[lab]))
+    assert r.status == Status.FAIL and not r.ok
+    hist = monitor_history('flights', cfg)
+    assert hist['id'].iloc[0] == r.id and hist['status'].iloc[0] == 'FAIL'
+    from mlflow.tracking import MlflowClient
+    h = MlflowClient(tracking_uri=cfg.tracking_uri).get_metric_history(r.mlflow_run_id, 'error_rate')
+    assert h[-1].value == pytest.approx(20 / 1050) and h[-1].step == int(to_utc('2013-05-01').timestamp() // 86400)
+
+
+def test_cbpe_estimate_tracks_realized_auc(trained, flights):
+    "CBPE calibrated on the Feb 15-28 holdout, against the realized AUC of every later month."
+    model, train, holdout, feats = trained
+    cal = fit_calibration(holdout.delayed.to_numpy(), model.predict_proba(holdout[feats])[:, 1], 'holdout')
+    raw = fit_calibration(train.delayed.to_numpy(), model.predict_proba(train[feats])[:, 1], 'training snapshot')
+    print(f"\ncalibration on the holdout: ECE raw {cal.ece_raw:.4f}, after isotonic (cross-fitted) {cal.ece:.4f}; "
+          f"on the training rows: ECE {raw.ece_raw:.4f}")
+    rows = []
+    for m in range(3, 13):
+        cur = month(flights, m).sample(10_000, random_state=m)  # a sample keeps the test fast; AUC s.e. ≈ 0.006
+        s = model.predict_proba(cur[feats])[:, 1]
+        realized = roc_auc_score(cur.delayed, s)
+        c = estimate_check(s, cal)
+        naive = expected_roc_auc(raw.apply(s))
+        rows.append(dict(month=m, realized=realized, estimated=c.observed, error=c.observed - realized, low=c.details['ci_low'],
+                         high=c.details['ci_high'], uncalibrated=naive, status=c.status.value))
+    t = pd.DataFrame(rows)
+    print(t.round(4).to_string(index=False))
+    mae, worst = t.error.abs().mean(), t.error.abs().max()
+    mae_raw = (t.uncalibrated - t.realized).abs().mean()
+    print(f"mean abs error {mae:.4f}, worst {worst:.4f}; without recalibration {mae_raw:.4f}")
+    assert cal.problems() == [] and (t.status != 'WARNING').all()   # trusted: holdout calibration is good
+    assert mae <= 0.035 and worst <= 0.07
+    assert mae < mae_raw  # recalibrating on the holdout helps
+    # the estimate follows the direction of a loss of signal: scramble the strongest inputs of one month
+    cur = month(flights, 5).sample(10_000, random_state=5)
+    bad = cur.copy()
+    rng = np.random.default_rng(0)
+    for c in ('sched_dep_time', 'hour', 'carrier', 'dest'): bad[c] = rng.permutation(bad[c].to_numpy())
+    s0, s1 = model.predict_proba(cur[feats])[:, 1], model.predict_proba(bad[feats])[:, 1]
+    r0, r1 = roc_auc_score(cur.delayed, s0), roc_auc_score(bad.delayed, s1)
+    e0, e1 = estimate_check(s0, cal).observed, estimate_check(s1, cal).observed
+    print(f"May: realized {r0:.4f} -> {r1:.4f} when inputs are scrambled; estimated {e0:.4f} -> {e1:.4f}")
+    assert r1 < r0 - 0.03 and e1 < e0 - 0.005  # CBPE sees only part of the loss: the scrambled rows break P(y|x)
+
+
+def test_monitor_with_holdout_calibration(proj, trained, flights):
+    "With a labelled holdout the estimate is trusted; with only the training snapshot it says it cannot be."
+    cfg, version, _ = proj
+    model, _, holdout, feats = trained
+    aug = month(flights, 8).drop(columns='delayed')
+    r = monitor('flights', '2013-08-01', '2013-09-01', cfg=cfg, data=aug, version=version, calibration=holdout,
+                log_to_mlflow=False, record=False, alerts=False)
+    c = r['estimated:roc_auc']
+    assert c.details['trusted'] and c.status in (Status.SUCCESS, Status.FAIL)
+    cal = fit_calibration(holdout.delayed.to_numpy(), model.predict_proba(holdout[feats])[:, 1], 'holdout')
+    assert c.observed == pytest.approx(expected_roc_auc(cal.apply(model.predict_proba(aug[feats])[:, 1])))
+    r2 = monitor('flights', '2013-08-01', '2013-09-01', cfg=cfg, data=aug, version=version, log_to_mlflow=False,
+                 record=False, alerts=False)
+    assert r2['estimated:roc_auc'].status == Status.WARNING and 'cannot be trusted' in r2['estimated:roc_auc'].message
+
+
+def test_drift_failure_opens_an_alert_and_a_passing_window_resolves_it(proj, trained, flights):
+    cfg, version, _ = proj
+    _, train, _, _ = trained
+    from mlprod.alerts import alert_history
+    jul = month(flights, 7)
+    shifted = jul.assign(distance=jul.distance * 3, sched_dep_time=(jul.sched_dep_time + 600) % 2400,
+                         hour=(jul.hour + 6) % 24, carrier='ZZ', origin='XXX')
+    bad = monitor('flights', '2013-07-01', '2013-08-01', cfg=cfg, data=shifted, version=version, log_to_mlflow=False)
+    assert bad['drift:share'].status == Status.FAIL
+    fired = [e for e in bad.alert_events if e.key == 'flights/drift:share']
+    assert fired and fired[0].action == 'fired' and fired[0].delivered
+    assert any(a.key == 'flights/drift:share' for a in alert_history('flights', open_only=True, cfg=cfg))
+    # a window like the training data (the weather of late February alone drifts: see test_drift_on_real_months)
+    good = monitor('flights', '2013-01-01', HOLDOUT_START, cfg=cfg, data=train.sample(5000, random_state=1), version=version,
+                   log_to_mlflow=False)
+    assert good['drift:share'].status == Status.SUCCESS
+    assert [e.action for e in good.alert_events if e.key == 'flights/drift:share'] == ['resolved']
+    assert not any(a.key == 'flights/drift:share' for a in alert_history('flights', open_only=True, cfg=cfg))
+    lines = (cfg.state_dir / 'alerts.jsonl').read_text().splitlines()
+    kinds = [json.loads(l)['kind'] for l in lines if json.loads(l).get('key') == 'flights/drift:share']
+    assert kinds == ['alert', 'resolved']
+
+
+def test_cli_exit_codes_and_report(proj, trained, capsys):
+    "0 when nothing failed (warnings allowed), 1 when a check failed, 2 on an error; --report writes the page."
+    cfg, version, _ = proj
+    model, train, _, feats = trained
+    from mlprod import cli
+    sample = train.sample(1000, random_state=5).reset_index(drop=True)
+    p = model.predict_proba(sample[feats])[:, 1]
+    now = utcnow()
+    rows = [dict(request_id=f'cli{i}', model='flights', version=version, alias='production', at=now, n_rows=1,
+                 features=json.dumps([{k: _row(v) for k, v in sample.loc[i, feats].items()}]), predictions=json.dumps([float(p[i])]),
+                 latency_ms=5.0, status=200, error=None, shadow_version=None, shadow_predictions=None,
+                 event_time=sample.time_hour[i].to_pydatetime()) for i in range(len(sample))]
+    with _db.engine(cfg.db_url).begin() as conn: conn.execute(_db.requests_log.insert(), rows)
+    added = 'mlprod.monitor' not in cli.COMMAND_MODULES
+    if added: cli.COMMAND_MODULES.append('mlprod.monitor')
+    try:
+        args = ['--project', str(cfg.root), 'monitor', 'flights', '--start', '2013-01-01', '--end', HOLDOUT_START, '--version', version,
+                '--no-alerts', '--no-mlflow']
+        code = cli.main(args)
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert out.startswith(f'flights version {version}')
+        with _db.engine(cfg.db_url).begin() as conn:
+            conn.execute(_db.requests_log.insert(), [dict(rows[0], request_id=f'cli-err{j}', status=500, features=None, predictions=None)
+                                                     for j in range(30)])
+        code = cli.main(args + ['--json', '--report'])
+        d = json.loads(capsys.readouterr().out)
+        assert code == 1 and d['status'] == 'FAIL'
+        assert [c['status'] for c in d['checks'] if c['name'] == 'service:error_rate'] == ['FAIL']
+        assert d['report_path'] and d['report_path'].startswith(str(cfg.reports_dir / 'flights' / 'monitor'))
+        # the HTML report: our summary, then Evidently's sections on a bounded sample, nothing loaded from the network
+        page = open(d['report_path'], encoding='utf-8').read()
+        assert 'service:error_rate' in page and 'computed on a <b>sample</b>' in page and 'evidently' in page.lower()
+        assert not re.search(r'''<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', page, re.I)
+        # a window without traffic, an unknown model: errors (exit 2) with a one-line message
+        code = cli.main(args[:4] + ['--start', '2013-11-01', '--end', '2013-11-02', '--version', version, '--no-mlflow'])
+        assert code == 2 and 'got no scored rows' in capsys.readouterr().err
+        code = cli.main(['--project', str(cfg.root), 'monitor', 'nope', '--start', '2013-11-01', '--end', '2013-11-02'])
+        assert code == 2 and 'nope' in capsys.readouterr().err
+    finally:
+        if added: cli.COMMAND_MODULES.remove('mlprod.monitor')
