@@ -16,7 +16,7 @@ __all__ = ['log', 'COMMAND_MODULES', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #255eef87
 COMMAND_MODULES = ['mlprod.registry', 'mlprod.evaluate', 'mlprod.optimize', 'mlprod.serve', 'mlprod.alerts',
-                   'mlprod.jobs', 'mlprod.dashboard', 'mlprod.schedule', 'mlprod.retrain']  # each defines add_commands(subparsers)
+                   'mlprod.monitor', 'mlprod.jobs', 'mlprod.dashboard', 'mlprod.schedule', 'mlprod.retrain']  # each defines add_commands(subparsers)
 
 def _cmd_init(args):
     "Write a commented mlprod.toml that works as is."
@@ -31,10 +31,11 @@ def _cmd_init(args):
     return 0
 
 def _cmd_demo(args):
-    "Run the demo on the embedded defaults and print what happened."
+    "Play 2013 on the flights data with the whole loop and print what happened."
     from mlprod.demo import run_demo
-    r = run_demo(args.project, model=args.model)
-    print(to_json(r.to_dict(), indent=2) if args.json else r.summary())
+    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    r = run_demo(args.project, model=args.model, months=args.months, sample=args.sample, jobs=not args.no_jobs, progress=say)
+    print(to_json(r.to_dict(), indent=2) if args.json else '\n' + r.footer())
     return 0
 
 def _cmd_config(args):
@@ -55,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('dir', nargs='?', default='.', help='project folder (default: here)')
     s.add_argument('--force', action='store_true', help='overwrite an existing mlprod.toml')
     s.set_defaults(func=_cmd_init)
-    s = sub.add_parser('demo', help='train, register and evaluate the demo model on real flights data', description=_cmd_demo.__doc__)
+    s = sub.add_parser('demo', help='play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back', description=_cmd_demo.__doc__)
     s.add_argument('--model', default='flights', help='model name from mlprod.toml')
+    s.add_argument('--months', type=int, default=10, help='months replayed after February (1-10, default 10)')
+    s.add_argument('--sample', type=int, default=300, help='flights replayed per month (default 300)')
+    s.add_argument('--no-jobs', action='store_true', help='call the monitor directly instead of running the papermill job')
     s.add_argument('--json', action='store_true', help='print the result as JSON')
     s.set_defaults(func=_cmd_demo)
     s = sub.add_parser('config', help='show the effective project config', description=_cmd_config.__doc__)
