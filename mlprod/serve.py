@@ -164,6 +164,31 @@ class RowValidator:
         self._known = frozenset(self.names)
         self.numeric = frozenset(c.name for c in schema.columns if c.kind == 'numeric')
         self._cats = {c.name: (frozenset(c.categories) if c.categories is not None else None) for c in schema.columns}
+        self._plan = tuple((c.name, c.kind == 'numeric', c.min, c.max, c.nullable, self._cats[c.name]) for c in schema.columns)
+
+    def valid_row(self, columns:dict) -> bool:
+        "True when the single row in `columns` breaks nothing (one tight loop; call `self(...)` for the violations)."
+        for name, numeric, lo, hi, nullable, cats in self._plan:
+            vals = columns.get(name)
+            if vals is None: return False
+            v = vals[0]; t = type(v)
+            if numeric:
+                if t is float:
+                    if v != v:
+                        if not nullable: return False
+                        continue
+                    if v == math.inf or v == -math.inf: return False
+                elif v is None:
+                    if not nullable: return False
+                    continue
+                elif t is not int: return False
+                if lo is not None and (v < lo or v > hi): return False
+            elif t is str:
+                if cats is not None and v not in cats: return False
+            elif v is None:
+                if not nullable: return False
+            else: return False
+        return True
 
     def _numeric(self, col, vals) -> list:
         nulls, infs, oor, bad = [], [], [], []
@@ -300,6 +325,13 @@ class LightGBMScorer:
 
     def matrix(self, columns:dict, n_rows:int) -> np.ndarray:
         "The float64 matrix the booster sees."
+        if n_rows == 1:  # one row: a Python list, one numpy call
+            row = []
+            for p in self.plan:
+                v = columns[p[0]][0]
+                if p[1] is None: row.append(math.nan if v is None else v)
+                else: row.append(p[1].get(v, p[3]) if type(v) is str else (p[2] if v is None or v != v else p[1].get(str(v), p[3])))
+            return np.array([row], dtype=np.float64)
         X = np.empty((n_rows, len(self.plan)), dtype=np.float64)
         for j, p in enumerate(self.plan):
             vals = columns[p[0]]
@@ -746,7 +778,9 @@ class ScoringService:
 
     def check(self, served:Served, batch:Batch):
         "Raise a 422 naming every contract violation of `batch`."
-        problems = [violation_dict(v) for v in served.validator(batch.columns, batch.n_rows)]
+        val = served.validator
+        if batch.n_rows == 1 and len(batch.columns) == len(val.names) and val.valid_row(batch.columns): return  # the common case
+        problems = [violation_dict(v) for v in val(batch.columns, batch.n_rows)]
         if self.extra_columns == 'reject':
             problems += [unexpected_violation(c, batch.n_rows, served.validator.names) for c in served.validator.unexpected(batch.columns)]
         if problems:

@@ -4,7 +4,7 @@ vs a bare FastAPI app calling the LightGBM booster, on the same registered model
 Prints single-row sequential p50/p99 latency and 8-client throughput, and the ratios. Goals (not asserted, the
 machine decides absolute times): throughput >= 10x mlflow serve, p50 within 1.5x of the bare app.
 MLPROD_BENCH_REQUESTS (default 500) and MLPROD_BENCH_SECONDS (default 10) shorten a run."""
-import dataclasses, json, os, signal, socket, subprocess, sys, textwrap, threading, time
+import dataclasses, http.client, json, os, signal, socket, subprocess, sys, textwrap, threading, time
 from pathlib import Path
 
 import httpx, numpy as np, pytest
@@ -75,16 +75,29 @@ class Proc:
         self.proc.wait(); self.log.close()
 
 
+def _connect(url):
+    "A keep-alive HTTP/1.1 connection (http.client: a light client, so the servers, not the client, are measured)."
+    host, port = url.rsplit('/', 1)[-1].split(':')
+    return http.client.HTTPConnection(host, int(port), timeout=30)
+
+
+def _post(conn, body):
+    conn.request('POST', '/invocations', body=body, headers={'Content-Type': 'application/json'})
+    r = conn.getresponse(); r.read()
+    return r.status
+
+
 def sequential(url, body, n=N_SEQ, warmup=50):
     "Latencies (ms) of `n` single-row requests, one after another on a keep-alive connection."
-    out = []
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
+    out, conn = [], _connect(url)
+    try:
         for i in range(warmup + n):
             t = time.perf_counter()
-            r = c.post('/invocations', content=body, headers={'Content-Type': 'application/json'})
+            status = _post(conn, body)
             dt = (time.perf_counter() - t) * 1000
-            assert r.status_code == 200, r.text
+            assert status == 200
             if i >= warmup: out.append(dt)
+    finally: conn.close()
     return np.array(out)
 
 
@@ -92,11 +105,12 @@ def throughput(url, body, seconds=SECONDS, clients=8):
     "Responses per second with `clients` threads sending single rows for `seconds`."
     counts, errors, deadline = [0] * clients, [0] * clients, time.monotonic() + seconds
     def run(k):
-        with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
+        conn = _connect(url)
+        try:
             while time.monotonic() < deadline:
-                r = c.post('/invocations', content=body, headers={'Content-Type': 'application/json'})
-                if r.status_code == 200: counts[k] += 1
+                if _post(conn, body) == 200: counts[k] += 1
                 else: errors[k] += 1
+        finally: conn.close()
     ts = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
     t0 = time.monotonic()
     for t in ts: t.start()
