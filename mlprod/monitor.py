@@ -89,7 +89,7 @@ def metric_interval(y_true, scores, metric:str='roc_auc', task:str='binary', n_b
         try:
             _, cov = delong_cov(y, s[None, :])
             se = math.sqrt(max(float(cov[0, 0]), 0.0))
-            return value, max(0.0, value - z * se), min(1.0, value + z * se), 'DeLong'
+            return value, float(max(0.0, value - z * se)), float(min(1.0, value + z * se)), 'DeLong'
         except MlprodError: return value, None, None, 'DeLong'
     rng, vals = np.random.default_rng(seed), []
     for _ in range(n_boot):
@@ -265,7 +265,7 @@ def estimate_check(scores, # the model's scores of the window (no labels needed)
     return Check('estimated:roc_auc', Status.FAIL if fails else Status.SUCCESS, value, ' and '.join(expected),
                  msg + (': ' + '; '.join(fails) if fails else ''), details)
 
-# %% ../nbs/06_monitor.ipynb #63b7ce55
+# %% ../nbs/06_monitor.ipynb #6855f88e
 PREDICTION = 'prediction' # column of model scores in frames given to `monitor` and in the reference profile
 
 def drift_checks(drift:DriftResult, # per-feature drift of the window
@@ -283,7 +283,7 @@ def drift_checks(drift:DriftResult, # per-feature drift of the window
                      dict(n_drifted=drift.n_drifted, n_columns=len(drift), drifted=drift.drifted_columns)))
     if prediction is not None:
         out.append(Check('drift:prediction', Status.FAIL if prediction.drifted else Status.SUCCESS, prediction.statistic,
-                         prediction.rule, f"model scores: {prediction.stattest} {fmt(prediction.statistic)} against the reference "
+                         f"no drift (drift when {prediction.rule})", f"model scores: {prediction.stattest} {fmt(prediction.statistic)} against the reference "
                          f"({'drift' if prediction.drifted else 'no drift'} when {prediction.rule})",
                          dict(stattest=prediction.stattest, threshold=prediction.threshold)))
     return out
@@ -292,7 +292,7 @@ def _thresholds_for(profile:ReferenceProfile, columns:Sequence[str], value:float
     "`value` as the threshold of every column whose default test is a distance (more than 1,000 reference values)."
     return {c: float(value) for c in columns if profile[c].n > SMALL_REFERENCE}
 
-# %% ../nbs/06_monitor.ipynb #4fd38ab7
+# %% ../nbs/06_monitor.ipynb #1b35faae
 def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
     "Where the reference profile of `name` version `version` is cached."
     return Path(cfg.state_dir)/'profiles'/name/f"{version}.npz"
@@ -322,7 +322,7 @@ def reference_profile(model, # a `mlprod.registry.LoadedModel`
     except (OSError, DataError) as e: log.warning('reference profile of %s version %s not cached: %s', model.name, model.version, e)
     return prof
 
-# %% ../nbs/06_monitor.ipynb #1b35faae
+# %% ../nbs/06_monitor.ipynb #91e592b3
 def read_requests(cfg:ProjectConfig, # project (its `db_url`)
                   name:str, # model name
                   start, end, # the window [start, end), UTC
@@ -385,7 +385,7 @@ def align_dtypes(current:pd.DataFrame, reference:pd.DataFrame, columns:Sequence[
             except (TypeError, ValueError): pass
     return out
 
-# %% ../nbs/06_monitor.ipynb #900f81e3
+# %% ../nbs/06_monitor.ipynb #f42f0905
 monitor_runs = sa.Table('monitor_runs', _db.metadata,
     sa.Column('id', sa.String(64), primary_key=True),
     sa.Column('model', sa.String(200), nullable=False, index=True),
@@ -403,7 +403,7 @@ monitor_runs = sa.Table('monitor_runs', _db.metadata,
     sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
     extend_existing=True)
 
-# %% ../nbs/06_monitor.ipynb #7622e16b
+# %% ../nbs/06_monitor.ipynb #930e805d
 _CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"
         ".mlprod-monitor table{border-collapse:collapse;margin:.5em 0 1.2em}.mlprod-monitor td,.mlprod-monitor th"
         "{border:1px solid #d0d7de;padding:3px 8px;text-align:left;font-size:90%}.mlprod-monitor th{background:#f6f8fa}")
@@ -416,7 +416,7 @@ class MonitorResult:
     alias:str|None
     start:dt.datetime # window start (inclusive, UTC)
     end:dt.datetime # window end (exclusive, UTC)
-    source:str # 'request log' or 'data'
+    source:str # 'request log' or 'data frame'
     checks:Checks
     figures:dict # key numbers: rows, drift_share, realized/estimated metric, latency p95, error rate…
     drift:DriftResult|None=None
@@ -465,12 +465,12 @@ class MonitorResult:
         notes = ''.join(f"<li>{esc(n)}</li>" for n in self.notes)
         alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
         return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
-                f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC), data from the {esc(self.source)}.</p>"
+                f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
                 f"<table>{figs}</table>{checks_table_html(main)}"
                 + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
                 + (self.drift._repr_html_() if self.drift is not None else '') + '</div>')
 
-# %% ../nbs/06_monitor.ipynb #930e805d
+# %% ../nbs/06_monitor.ipynb #4efe0fd2
 def _record(cfg:ProjectConfig, r:MonitorResult):
     with _db.engine(cfg.db_url).begin() as conn:
         conn.execute(monitor_runs.insert().values(
@@ -516,7 +516,7 @@ def _log_mlflow(cfg:ProjectConfig, r:MonitorResult) -> str:
     client.set_terminated(run_id)
     return run_id
 
-# %% ../nbs/06_monitor.ipynb #4efe0fd2
+# %% ../nbs/06_monitor.ipynb #33161684
 def _baseline(model, metric:str, calibration:Calibration|None) -> tuple:
     "(value, source) of the metric a window is compared with: tagged holdout metric, else the calibration rows' metric."
     try: tagged = json.loads(model.tags.get('mlprod.metrics') or '{}')
@@ -543,7 +543,7 @@ def _window_seconds(t0, t1) -> float: return (t1 - t0).total_seconds()
 def _sample(df:pd.DataFrame, n:int, seed=0) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed) if len(df) > n else df
 
-# %% ../nbs/06_monitor.ipynb #eaacfe56
+# %% ../nbs/06_monitor.ipynb #d03234f2
 def monitor(name:str, # model name from mlprod.toml
             start, # window start (inclusive), a date or datetime, UTC
             end, # window end (exclusive)
@@ -585,7 +585,7 @@ def monitor(name:str, # model name from mlprod.toml
             figures['requests_by_version'] = {str(k): int(v) for k, v in requests['version'].astype(str).value_counts().items()}
         current = expand_requests(mine, model.target)
     else:
-        source = 'data'
+        source = 'data frame'
         if not isinstance(data, pd.DataFrame): raise DataError(f"data: got {type(data).__name__}; allowed: a pandas DataFrame")
         model = registry.load(name, str(version) if version is not None else alias, cfg)
         current = data
@@ -679,7 +679,7 @@ def monitor(name:str, # model name from mlprod.toml
         result = dataclasses.replace(result, alert_events=tuple(_alerts.evaluate(result.checks, model=name, cfg=cfg)))
     return result
 
-# %% ../nbs/06_monitor.ipynb #d03234f2
+# %% ../nbs/06_monitor.ipynb #389cd644
 def evidently_html(reference:pd.DataFrame, # reference rows (features, optionally target and prediction)
                    current:pd.DataFrame, # current rows, same columns
                    columns:Sequence[str], # feature columns to test for drift
@@ -708,7 +708,7 @@ def evidently_html(reference:pd.DataFrame, # reference rows (features, optionall
                                    Dataset.from_pandas(reference[keep].reset_index(drop=True), data_definition=dd))
         return snap.get_html_str(as_iframe=False)
 
-# %% ../nbs/06_monitor.ipynb #490c7237
+# %% ../nbs/06_monitor.ipynb #d6c741a9
 def monitor_report_html(result:MonitorResult, # from `monitor`
                         reference_sample:pd.DataFrame|None=None, # default: the sample kept in `result`
                         current_sample:pd.DataFrame|None=None, # default: the sample kept in `result`
@@ -734,6 +734,7 @@ def monitor_report_html(result:MonitorResult, # from `monitor`
             log.error('Evidently could not render the report: %s', e)
             return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>"
                     f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p></div></body></html>")
+        page = page.replace('<head>', f"<head><title>{esc(title)}</title><style>{_CSS.split('}', 1)[1]}</style>", 1)
         m = re.search(r'<body[^>]*>', page)
         return page[:m.end()] + head + note + page[m.end():] if m else page + head + note
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>"
@@ -750,7 +751,7 @@ def save_monitor_report(result:MonitorResult, cfg:ProjectConfig|None=None, evide
     p.write_text(monitor_report_html(result, evidently=evidently), encoding='utf-8')
     return p
 
-# %% ../nbs/06_monitor.ipynb #68298fa0
+# %% ../nbs/06_monitor.ipynb #06ae47db
 def _cmd_monitor(args):
     "Monitor a model over a window: service health, drift, realized and estimated performance."
     cfg = get_config(args.project)

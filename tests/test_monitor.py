@@ -156,6 +156,18 @@ def test_request_log_service_health_and_labels(proj, trained, flights):
     from mlflow.tracking import MlflowClient
     h = MlflowClient(tracking_uri=cfg.tracking_uri).get_metric_history(r.mlflow_run_id, 'error_rate')
     assert h[-1].value == pytest.approx(20 / 1050) and h[-1].step == int(to_utc('2013-05-01').timestamp() // 86400)
+    # the next window (400 rows + the 2 of 'other-month') has no labels yet: CBPE is calibrated on the labelled April rows of the log
+    may = month(flights, 5).sample(400, random_state=4).reset_index(drop=True)
+    pm = model.predict_proba(may[feats])[:, 1]
+    with _db.engine(cfg.db_url).begin() as conn:
+        conn.execute(_db.requests_log.insert(), [dict(rows[0], request_id=f'may{i}', n_rows=1, predictions=json.dumps([float(pm[i])]),
+                                                      features=json.dumps([{k: _row(v) for k, v in may.loc[i, feats].items()}]),
+                                                      event_time=may.time_hour[i].to_pydatetime()) for i in range(len(may))])
+    rm = monitor('flights', '2013-05-01', '2013-06-01', cfg=cfg, version=version, alerts=False, log_to_mlflow=False)
+    cal = rm['estimated:roc_auc'].details['calibration']
+    assert rm.figures['rows'] == 402 and cal['source'] == 'request log' and cal['isotonic']
+    assert cal['n'] == sum(1 for i in range(0, 1000, 4) for t in [apr.time_hour[2 * i]] if t >= to_utc('2013-04-03')) * 2
+    assert rm['performance:roc_auc'].status == Status.SKIPPED
 
 
 def test_cbpe_estimate_tracks_realized_auc(trained, flights):
