@@ -14,8 +14,8 @@ from .jobs import REPORT_CSS, JobRun, recent_runs, _row_to_run, _db, external_re
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'DASHBOARD_CSS', 'sparkline_svg', 'age_text',
-           'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'add_commands']
+__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'DASHBOARD_CSS', 'KEY_FIGURES', 'sparkline_svg',
+           'age_text', 'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'add_commands']
 
 # %% ../nbs/08a_dashboard.ipynb #c006
 def sparkline_svg(values:Sequence, # the series, oldest first (None and NaN are skipped)
@@ -153,9 +153,14 @@ def _href(path:str, base:Path) -> str:
 
 def _when(t) -> str: return esc(to_utc(t).strftime('%Y-%m-%d %H:%M')) if t is not None else '—'
 
-def _figs(figures:dict) -> str:
-    return ', '.join(f"{esc(_FIGURE_LABELS.get(k, k))} {esc(v)}" for k, v in figures.items()
-                     if k != 'status' and not k.endswith('_id') and not isinstance(v, (dict, list)))
+KEY_FIGURES = ('version', 'decision', 'retrain_status', 'readiness_score', 'rows', 'drift_share', 'prediction_drift', 'realized_metric',
+               'estimated_metric', 'estimated_roc_auc', 'latency_p95_ms', 'error_rate', 'champion_metric', 'challenger_metric', 'message')
+
+def _figs(figures:dict, n:int=6) -> str:
+    "The first `n` key figures of a run (known ones first), escaped."
+    keys = [k for k in KEY_FIGURES if figures.get(k) is not None] + \
+           [k for k, v in figures.items() if k not in KEY_FIGURES and k != 'status' and not k.endswith('_id') and not isinstance(v, (dict, list, bool)) and v is not None]
+    return ', '.join(f"{esc(_FIGURE_LABELS.get(k, k))} {esc(figures[k])}" for k in keys[:n])
 
 def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     v = m['versions']

@@ -233,11 +233,13 @@ def report_page(nb, # executed notebook (nbformat node)
     body, _ = exp.from_notebook_node(nb)
     params = info.get('parameters') or {}
     prow = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>" for k, v in params.items())
-    status = info.get('status', '')
-    badge = status_badge(Status.SUCCESS if status == 'success' else Status.FAIL) if status else ''
+    status, health = info.get('status', ''), info.get('health')
+    if status and status != 'success': badge = status_badge(Status.FAIL)
+    elif health in Status.__members__: badge = status_badge(health)  # the job ran; its verdict is what a reader needs
+    else: badge = status_badge(Status.SUCCESS) if status else ''
     head = (f'<header class="mlprod-head"><h1>{esc(title)} {badge}</h1><div class="meta">'
             f"job <b>{esc(info.get('job'))}</b> · model <b>{esc(info.get('model'))}</b> · started {esc(info.get('started'))} UTC"
-            f" · {esc(info.get('duration'))} s · status {esc(status)}"
+            f" · {esc(info.get('duration'))} s · job run {esc(status)}" + (f" · health {esc(health)}" if health else '')
             + (f' · <a href="{html.escape(home, quote=True)}">dashboard</a>' if home else '') + '</div>'
             + (f'<details><summary>parameters</summary><table>{prow}</table></details>' if prow else '') + '</header>')
     fail = _failure_html(failure) if failure else ''
@@ -474,7 +476,7 @@ def run_job(job:str, # job name ('monitor', 'compare', …; see `list_jobs()`)
     home = os.path.relpath(Path(cfg.reports_dir)/'index.html', report.parent)
     page = report_page(nb or nbformat.read(path, as_version=4), title,
                        {'job': job, 'model': model, 'status': status, 'started': started.strftime('%Y-%m-%d %H:%M:%S'),
-                        'duration': round(duration, 1), 'parameters': params}, failure, home=home)
+                        'duration': round(duration, 1), 'parameters': params, 'health': figures.get('status')}, failure, home=home)
     report.write_text(page, encoding='utf-8')
     run = dataclasses.replace(run, duration_s=time.perf_counter() - t0, status=status, figures=figures, error=failure)
     _record(cfg, run)

@@ -135,24 +135,28 @@ def test_schedule_stops_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None: proc.kill()
 
 
-def test_compare_job_decides_and_records(tmp_path):
+def test_retrain_compare_and_monitor_jobs_with_the_registry(tmp_path):
+    "The release loop as jobs: retrain stages a candidate, compare decides, monitor watches production."
     import dataclasses
     from mlprod.config import DEFAULT_TOML, parse_config
     from mlprod.data import load_flights
     from mlprod.recipes import train_lightgbm
     from mlprod import registry
-    toml = DEFAULT_TOML.replace('reference_sample = 100000', 'reference_sample = 500')
+    toml = DEFAULT_TOML.replace('reference_sample = 100000', 'reference_sample = 2000').replace('n_estimators = 200', 'n_estimators = 40')
     (tmp_path/'mlprod.toml').write_text(toml)
     cfg = parse_config(toml, root=tmp_path, env={})
-    df = load_flights('2013-01-01', '2013-02-01')
-    mc = cfg.model('flights')
-    weak = train_lightgbm(df.sample(1500, random_state=0), dataclasses.replace(mc, params={'n_estimators': 5, 'num_leaves': 3}))
-    strong = train_lightgbm(df.sample(8000, random_state=1), dataclasses.replace(mc, params={'n_estimators': 40, 'num_leaves': 15}))
-    v1 = registry.register(weak, 'flights', df.head(1000), cfg=cfg)
-    v2 = registry.register(strong, 'flights', df.head(1000), cfg=cfg)
+    df = load_flights('2013-01-01', '2013-01-15')
+    weak = train_lightgbm(df.sample(1500, random_state=0), dataclasses.replace(cfg.model('flights'), params={'n_estimators': 5, 'num_leaves': 3}))
+    v1 = registry.register(weak, 'flights', df, cfg=cfg)
     registry.promote('flights', v1.version, reason='first release', cfg=cfg)
-    registry.deploy('flights', v2.version, cfg=cfg)
-    r = mlprod('run', 'compare', '-p', 'start', '2013-02-01', '-p', 'end', '2013-02-08', '-p', 'n_boot', '100', '--json', cwd=tmp_path)
+
+    r = mlprod('run', 'retrain', '-p', 'as_of', '2013-02-01', '--json', '--no-dashboard', cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    retrain = json.loads(r.stdout)
+    assert retrain['figures']['retrain_status'] == 'staged' and retrain['figures']['version'] == '2'
+    assert registry.resolve_version('flights', 'staging', cfg=cfg) == '2'
+
+    r = mlprod('run', 'compare', '-p', 'start', '2013-02-01', '-p', 'end', '2013-02-08', '-p', 'n_boot', '100', '--json', '--no-dashboard', cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     run = json.loads(r.stdout)
     f = run['figures']
@@ -160,9 +164,16 @@ def test_compare_job_decides_and_records(tmp_path):
     assert f['challenger_metric'] > f['champion_metric'] and f['decision'] in ('promote', 'needs_review')
     page = Path(run['report_path']).read_text()
     assert 'Champion vs challenger' in page and 'v2 (staging)' in page and not EXTERNAL.search(page)
-    # the recorded decision lets the challenger through the registry's gate
-    if f['decision'] == 'promote':
+    if f['decision'] == 'promote':  # the recorded decision lets the challenger through the registry's gate
         registry.promote('flights', '2', reason='won the comparison', decision=f['decision_id'], cfg=cfg)
         assert registry.resolve_version('flights', 'production', cfg=cfg) == '2'
+
+    r = mlprod('run', 'monitor', '-p', 'start', '2013-02-08', '-p', 'end', '2013-02-15', '--json', cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    mon = json.loads(r.stdout)
+    assert mon['figures']['version'] == registry.resolve_version('flights', 'production', cfg=cfg)
+    assert 0.5 < mon['figures']['realized_metric'] < 1 and 'prediction_drift' in mon['figures']
     index = (tmp_path/'reports'/'index.html').read_text()
-    assert '>v1<' in index and '>v2<' in index  # production and staging versions on the dashboard
+    prod, stag = registry.resolve_version('flights', 'production', cfg=cfg), registry.resolve_version('flights', 'staging', cfg=cfg)
+    assert f'>v{prod}<' in index and f'>v{stag}<' in index and 'monitor · realized metric' in index
+    print(f"\nretrain {retrain['duration_s']:.0f} s, compare {run['duration_s']:.0f} s, monitor with the production model {mon['duration_s']:.0f} s")
