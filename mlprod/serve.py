@@ -707,13 +707,13 @@ class ScoringService:
                  max_body_bytes:int=10 * 2**20, # larger bodies get 413
                  reload_interval:float=1.0, # seconds between alias checks
                  extra_columns:str='reject', # 'reject' (422) or 'ignore' columns the contract does not know
-                 thread_rows:int=256): # batches larger than this are scored in a worker thread
+                 thread_bytes:int=65536): # bodies larger than this are parsed, checked and scored in a worker thread
         if extra_columns not in ('reject', 'ignore'): raise ConfigError('extra_columns', extra_columns, "'reject' or 'ignore'")
         if not 0 < reload_interval <= 2: raise ConfigError('reload_interval', reload_interval, 'seconds in (0, 2]')
         if token is not None and (not isinstance(token, str) or len(token) < 8):
             raise ConfigError('token', '***', 'a string of at least 8 characters')
         self.name, self.provider, self.shadow_provider, self.request_log = name, provider, shadow_provider, request_log
-        self.max_body_bytes, self.reload_interval, self.extra_columns, self.thread_rows = max_body_bytes, reload_interval, extra_columns, thread_rows
+        self.max_body_bytes, self.reload_interval, self.extra_columns, self.thread_bytes = max_body_bytes, reload_interval, extra_columns, thread_bytes
         self._token = f"Bearer {token}".encode() if token else None
         self.metrics = ServiceMetrics()
         if request_log is not None:
@@ -786,6 +786,13 @@ class ScoringService:
         if problems:
             raise RequestError(422, 'schema', f"{len(problems)} violation(s) of the data contract of {served.name} version {served.version}", problems)
 
+    def process(self, served:Served, body:bytes, kind:str) -> tuple:
+        "Parse, check and score a request body: (batch, predictions), or a RequestError."
+        batch = parse_payload(body, kind, served.validator.numeric)
+        try: self.check(served, batch)
+        except RequestError as e: e.batch = batch; raise
+        return batch, served.scorer(batch.columns, batch.n_rows)
+
     # --- endpoints
     async def invocations(self, request):
         "POST /invocations: the MLflow scoring protocol."
@@ -801,18 +808,16 @@ class ScoringService:
             kind = content_kind(request.headers.get('content-type'))
             body = await self._read_body(request)
             event_time = parse_event_time(request.headers.get('x-event-time'))
-            batch = parse_payload(body, kind, served.validator.numeric)
-            self.check(served, batch)
-            if batch.n_rows > self.thread_rows:
+            if len(body) > self.thread_bytes:  # big batches: parse, check and score off the event loop
                 import anyio
-                preds = await anyio.to_thread.run_sync(served.scorer, batch.columns, batch.n_rows)
-            else: preds = served.scorer(batch.columns, batch.n_rows)
+                batch, preds = await anyio.to_thread.run_sync(self.process, served, body, kind)
+            else: batch, preds = self.process(served, body, kind)
             status = 200
             content = b'{"predictions": ' + json.dumps([_clean(p) for p in preds.tolist()]).encode() + b'}'
         except RequestError as e:
             status, error = e.status, str(e)
             content = json.dumps(e.body(), default=str).encode()
-            if status != 422: batch = None
+            batch = getattr(e, 'batch', None)  # 422: the rows are logged too
         except Exception as e:
             status, error = 500, f"{type(e).__name__}: {e}"
             log.exception('request %s failed', rid)
@@ -838,7 +843,7 @@ class ScoringService:
         "Score `batch` with the shadow model (after the response), then log the request with both predictions."
         try:
             if shadow.validator(batch.columns, batch.n_rows): raise DataError('rows break the shadow model contract')
-            if batch.n_rows > self.thread_rows:
+            if batch.n_rows > 256:
                 import anyio
                 sp = await anyio.to_thread.run_sync(shadow.scorer, batch.columns, batch.n_rows)
             else: sp = shadow.scorer(batch.columns, batch.n_rows)
