@@ -48,6 +48,12 @@ def ensure_postgres() -> Path:
                        check=True, capture_output=True, timeout=900)
     b = pg_bin()
     if not b: raise RuntimeError('apt-get install postgresql did not provide initdb')
+    # the package may have created and started a default cluster: stop what this installation started
+    lsc = subprocess.run(['pg_lsclusters', '--no-header'], capture_output=True, text=True)
+    for line in lsc.stdout.splitlines():
+        f = line.split()
+        if len(f) >= 4 and f[3] == 'online':
+            subprocess.run(['pg_ctlcluster', f[0], f[1], 'stop'], capture_output=True, timeout=60)
     return b
 
 
