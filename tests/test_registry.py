@@ -12,7 +12,7 @@ CATS = ['carrier', 'origin', 'dest']
 TIMINGS = {}
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def trained():
     "Two small LightGBM models on 3,000 January flights, and a held-out week."
     from mlprod.config import parse_config, DEFAULT_TOML
@@ -26,21 +26,21 @@ def trained():
     return dict(df=df, m1=m1, m2=m2, hold=hold)
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def postgres():
     pg = start_postgres()
     yield pg
     pg.stop()
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def mlflow_server(postgres):
     srv = start_mlflow_server(postgres.create_database('mlflow'))
     yield srv
     srv.stop()
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def stores(request, tmp_path_factory):
     "Per backend kind, the environment that points a project at its stores (shared by the tests, one model name each)."
     cache = {}
