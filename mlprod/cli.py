@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('demo', help='play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back', description=_cmd_demo.__doc__)
     s.add_argument('--model', default='flights', help='model name from mlprod.toml')
     s.add_argument('--months', type=int, default=10, help='months replayed after February (1-10, default 10)')
-    s.add_argument('--sample', type=int, default=300, help='flights replayed per month (default 300)')
+    s.add_argument('--sample', type=int, default=1200, help='flights replayed per month (default 1200)')
     s.add_argument('--no-jobs', action='store_true', help='call the monitor directly instead of running the papermill job')
     s.add_argument('--json', action='store_true', help='print the result as JSON')
     s.set_defaults(func=_cmd_demo)

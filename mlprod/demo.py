@@ -118,7 +118,7 @@ def _auc(y, s) -> float:
 def run_demo(project:str|Path|None=None, # project folder (default: the working folder)
              model:str='flights', # model name from mlprod.toml
              months:int=10, # months to replay after February (1–10)
-             sample:int=300, # flights replayed per month
+             sample:int=1200, # flights replayed per month (> 1,000: Evidently's large-sample drift tests apply)
              jobs:bool=True, # run the monthly monitor as a papermill job (else call monitor() directly)
              progress=None, # callable(str) told about each step (the CLI prints)
             ) -> DemoResult:

@@ -40,7 +40,7 @@ def config_gates(metric:str, # headline metric, e.g. 'roc_auc'
              Gate(metric, min_value=th.min_metric if m.greater_is_better else None, min_improvement=improvement,
                   non_inferiority_margin=None if baseline else th.non_inferiority_margin),
              SliceGate(th.non_inferiority_margin)]
-    if latency and th.latency_p95_ms: gates.append(LatencyBudget(p50_ms=th.latency_p95_ms, critical=False))
+    if latency and th.latency_budget_ms: gates.append(LatencyBudget(p50_ms=th.latency_budget_ms, critical=False))
     return tuple(gates)
 
 # %% ../nbs/03a_compare_models.ipynb #adad64e9

@@ -19,7 +19,7 @@ def flights(tmp_path_factory):
     root = tmp_path_factory.mktemp('evaluate')
     mp.chdir(root); mp.setenv('MLPROD_ACTOR', 'tester')
     # one-row timings on a busy test machine are noisy: a generous latency budget keeps the decision about accuracy
-    (root/'mlprod.toml').write_text(DEFAULT_TOML.replace('latency_p95_ms = 50.0', 'latency_p95_ms = 1000.0'), encoding='utf-8')
+    (root/'mlprod.toml').write_text(DEFAULT_TOML, encoding='utf-8')
     reset_config()
     cfg = get_config()
     mc = dataclasses.replace(cfg.model('flights'), params=FAST)
