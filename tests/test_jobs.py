@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 from conftest import BIN, offline_env
 
-CLI = ("import sys, importlib.util, mlprod.cli as c\n"
-       "for m in ('mlprod.jobs', 'mlprod.dashboard', 'mlprod.schedule'):\n"
-       "    if m not in c.COMMAND_MODULES and importlib.util.find_spec(m): c.COMMAND_MODULES.append(m)\n"
+# the real `mlprod.cli.main`, with only the job commands registered (importing every feature module costs seconds per call)
+CLI = ("import sys, mlprod.cli as c\n"
+       "c.COMMAND_MODULES[:] = ['mlprod.jobs', 'mlprod.dashboard', 'mlprod.schedule']\n"
        "sys.exit(c.main(sys.argv[1:]))")
 
 
