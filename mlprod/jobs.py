@@ -365,27 +365,22 @@ def _record(cfg:ProjectConfig, run:JobRun, insert:bool=False):
         if insert: c.execute(job_runs.insert().values(**row))
         else: c.execute(job_runs.update().where(job_runs.c.id == run.id).values(**row))
 
+def _job_alert_key(run:JobRun) -> str:
+    from mlprod.alerts import alert_key
+    return alert_key(run.model, f"job:{run.job}")
+
 def _alert_job_failure(cfg:ProjectConfig, run:JobRun):
-    "Raise (or count up) the open 'job failed' alert of this model and job; append it to alerts.jsonl."
-    import sqlalchemy as sa
-    from mlprod.db import alerts
-    key, now = f"job_failed:{run.model or '-'}:{run.job}", utcnow()
+    "Fire the critical alert `<model>/job:<job>` for a failed run (a channel failure is logged, never raised)."
+    from mlprod import alerts
     msg = f"job {run.job} ({run.model or 'project'}) failed: {run.error_text}; report: {run.report_path}"
-    with _db(cfg).begin() as c:
-        cur = c.execute(sa.select(alerts.c.id, alerts.c.count).where(alerts.c.key == key, alerts.c.state == 'open')).first()
-        if cur: c.execute(alerts.update().where(alerts.c.id == cur.id).values(last_at=now, last_sent_at=now, count=cur.count + 1, message=msg))
-        else: c.execute(alerts.insert().values(key=key, model=run.model, rule='job_failed', severity='critical', state='open',
-                                               message=msg, first_at=now, last_at=now, last_sent_at=now, count=1))
-    line = {'at': now, 'key': key, 'model': run.model, 'rule': 'job_failed', 'severity': 'critical', 'message': msg,
-            'run_id': run.id, 'report': run.report_path}
-    with open(Path(cfg.state_dir)/'alerts.jsonl', 'a', encoding='utf-8') as f: f.write(to_json(line) + '\n')
+    try: alerts.fire(_job_alert_key(run), 'critical', msg, model=run.model, rule='job:*', cfg=cfg)
+    except MlprodError as e: log.error('could not raise the alert for %s: %s', run.job, e)
     log.warning(msg)
 
 def _resolve_job_alert(cfg:ProjectConfig, run:JobRun):
-    from mlprod.db import alerts
-    key = f"job_failed:{run.model or '-'}:{run.job}"
-    with _db(cfg).begin() as c:
-        c.execute(alerts.update().where(alerts.c.key == key, alerts.c.state == 'open').values(state='resolved', resolved_at=utcnow()))
+    from mlprod import alerts
+    try: alerts.resolve(_job_alert_key(run), f"job {run.job} succeeded; report: {run.report_path}", cfg=cfg)
+    except MlprodError as e: log.error('could not resolve the alert for %s: %s', run.job, e)
 
 # %% ../nbs/08_jobs.ipynb #c041
 def _row_to_run(r) -> JobRun:

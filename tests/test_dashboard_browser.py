@@ -69,7 +69,7 @@ def test_dashboard_renders_offline(site, browser):
     text, errors, foreign, _ = open_page(browser, cfg.reports_dir/'index.html', 'dashboard.png')
     assert errors == [] and foreign == []
     assert 'model health' in text and 'Model flights' in text and 'Open alerts' in text
-    assert 'job_failed' in text and '<script>alert(1)</script>' in text  # shown as text, not executed
+    assert 'job smoke (project) failed' in text and '<script>alert(1)</script>' in text  # shown as text, not executed
     assert 'monitor · drift share' in text and 'never ran' in text and 'Project jobs' in text
 
 

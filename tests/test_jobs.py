@@ -66,9 +66,9 @@ def test_failing_job_writes_a_red_report_alerts_and_exits_nonzero(tmp_path):
     assert '<script>alert(1)' not in page and '&lt;script&gt;alert(1)&lt;/script&gt;' in page
     assert not EXTERNAL.search(page)
     assert db_rows(tmp_path, "select status from job_runs") == [('failed',)]
-    assert db_rows(tmp_path, "select rule, severity, state, count from alerts") == [('job_failed', 'critical', 'open', 1)]
+    assert db_rows(tmp_path, "select key, severity, state, count from alerts") == [('job:smoke', 'critical', 'open', 1)]
     line = json.loads((tmp_path/'.mlprod'/'alerts.jsonl').read_text().splitlines()[-1])
-    assert line['rule'] == 'job_failed' and line['report'] == str(report)
+    assert line['key'] == 'job:smoke' and line['severity'] == 'critical' and str(report) in line['message']
     # the dashboard was rebuilt and shows the failure
     index = (tmp_path/'reports'/'index.html')
     if index.exists(): assert 'failed' in index.read_text()
