@@ -209,7 +209,7 @@ class Candidate:
         if 'champion' not in self._cache:
             from mlprod import registry
             ref = self.champion_ref
-            v = ref if ref.isdigit() else registry.resolve_version(self.name, ref, self.cfg)
+            v = None if ref == 'baseline' else ref if ref.isdigit() else registry.resolve_version(self.name, ref, self.cfg)
             self._cache['champion'] = None if v is None else registry.load(self.name, v, self.cfg)
         return self._cache['champion']
     def evaluation_window(self) -> tuple:
@@ -305,7 +305,8 @@ def pytest_addoption(parser):
     g.addoption('--mlprod-project', default=None, metavar='DIR', help='mlprod project folder or mlprod.toml (default: found from the working folder)')
     g.addoption('--mlprod-window', nargs=2, default=None, metavar=('START', 'END'),
                 help='evaluation window for the contract and the gates (default: 30 days after the training windows)')
-    g.addoption('--mlprod-champion', default='production', help="what the candidate must beat: an alias or a version (default: production)")
+    g.addoption('--mlprod-champion', default='production',
+                help="what the candidate must beat: production, staging, a version, or baseline (the prior; default: production)")
     g.addoption('--mlprod-n-boot', type=int, default=1000, help='bootstrap replicates of the comparison (default 1000)')
     g.addoption('--mlprod-max-unseen', type=float, default=0.01,
                 help='share of rows with unseen category values allowed per column in the window (default 0.01)')
@@ -315,6 +316,9 @@ def pytest_configure(config):
     if not target: return
     try: name, ref = parse_target(target)
     except ConfigError as e: raise pytest.UsageError(str(e)) from None
+    champ = config.getoption('--mlprod-champion')
+    if not (champ.isdigit() or champ in (*REFS, 'baseline')):
+        raise pytest.UsageError(f"--mlprod-champion: got {champ!r}; allowed: production, staging, a version number or baseline")
     mu = config.getoption('--mlprod-max-unseen')
     if not 0 <= mu <= 1: raise pytest.UsageError(f"--mlprod-max-unseen: got {mu}; allowed: a share from 0 to 1")
     config.stash[_KEY] = Candidate(name, ref, config.getoption('--mlprod-project'), config.getoption('--mlprod-window'),

@@ -42,7 +42,9 @@ def ci_project(tmp_path_factory):
 
 def _pytest_run(root, *extra):
     "The plugin run a team's CI does, in a subprocess: (exit code, output)."
-    cmd = [sys.executable, '-m', 'pytest', '-p', 'mlprod.testing', '--mlprod-model', 'flights@staging', '--mlprod-project', str(root),
+    from mlprod.testing import _plugin_loaded_by_entry_point
+    plugin = [] if _plugin_loaded_by_entry_point() else ['-p', 'mlprod.testing']  # installed under another name: -p would load it twice
+    cmd = [sys.executable, '-m', 'pytest', *plugin, '--mlprod-model', 'flights@staging', '--mlprod-project', str(root),
            str(root/'tests'/'model'), '-p', 'no:cacheprovider', '--mlprod-n-boot', N_BOOT, *extra]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=root, env=offline_env(), capture_output=True, text=True, timeout=300)
