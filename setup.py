@@ -44,5 +44,6 @@ setuptools.setup(
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d'],
+        'pytest11': ['mlprod.testing = mlprod.testing'],  # the name equals the module, so `-p mlprod.testing` is a no-op
     },
     **setup_cfg)
