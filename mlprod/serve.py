@@ -974,7 +974,7 @@ def serve(name:str, # registered model name
     uvicorn.run('mlprod.serve:app_from_env', factory=True, host=host, port=port, workers=workers, access_log=False,
                 log_level=log_level, timeout_graceful_shutdown=10, server_header=False)
 
-# %% ../nbs/05_serve.ipynb #416c1e23
+# %% ../nbs/05_serve.ipynb #b6bad88e
 def _cmd_serve(args):
     "Serve a registered model over HTTP (the MLflow scoring protocol), following its alias."
     serve(args.name, args.alias, args.host, args.port, args.workers, args.shadow, args.token_env, args.project,

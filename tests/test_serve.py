@@ -39,12 +39,12 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             try: self.proc.wait(60)
             except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
-        self.log.close()
+        if not self.log.closed: self.log.close()
         return self.proc.returncode
 
     def kill(self):
         if self.proc.poll() is None: self.proc.kill(); self.proc.wait()
-        self.log.close()
+        if not self.log.closed: self.log.close()
 
 
 @pytest.fixture(scope='module')
@@ -105,11 +105,20 @@ class Tally:
 
 
 @pytest.fixture(scope='module')
-def s1(store):
-    "The production model with staging in the shadow and a bearer token."
+def servers(store):
+    "Two servers started together (each takes seconds to import and load): s1 and s2 below."
     db_url = f"sqlite:///{store['home']}/s1.db"
-    srv = Server(store['home'], shadow='staging', token_env='MLPROD_TEST_TOKEN', env={'MLPROD_TEST_TOKEN': TOKEN, 'MLPROD_DB_URL': db_url}).wait_ready()
-    srv.db_url = db_url
+    s1 = Server(store['home'], shadow='staging', token_env='MLPROD_TEST_TOKEN', env={'MLPROD_TEST_TOKEN': TOKEN, 'MLPROD_DB_URL': db_url})
+    s2 = Server(store['home'])
+    s1.db_url = db_url
+    try: yield s1.wait_ready(), s2.wait_ready()
+    finally: s1.kill(); s2.kill()
+
+
+@pytest.fixture(scope='module')
+def s1(servers):
+    "The production model with staging in the shadow, a bearer token and its own request log."
+    srv = servers[0]
     srv.tally = Tally()
     srv.client = httpx.Client(base_url=srv.url, trust_env=False, timeout=30, headers={'Authorization': f'Bearer {TOKEN}'})
     yield srv
@@ -307,11 +316,9 @@ def _wait_version(url, version, timeout=10):
 
 
 @pytest.fixture(scope='module')
-def s2(store):
+def s2(servers):
     "The production model, no token, the project's request log; the kill -9 test ends it."
-    srv = Server(store['home']).wait_ready()
-    yield srv
-    srv.kill()
+    return servers[1]
 
 
 def test_hot_reload_under_load(store, s2):
