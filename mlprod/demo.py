@@ -54,7 +54,7 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 @contextlib.contextmanager
-def running_server(name:str, cfg:ProjectConfig, alias:str='production', timeout:float=60):
+def running_server(name:str, cfg:ProjectConfig, alias:str='production', timeout:float=180):
     "Run `mlprod serve` for `name` in a subprocess; yield its base URL; stop it gracefully."
     import httpx
     port = _free_port()
