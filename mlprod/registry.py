@@ -160,6 +160,15 @@ def _window_of(df:pd.DataFrame, time_column:str, window) -> tuple:
         return (t.min().isoformat(), t.max().isoformat())
     return (None, None)
 
+def _model_params(model) -> dict:
+    "The parameters of the final estimator of `model` that differ from the estimator's defaults."
+    est = _unwrap(model)
+    if hasattr(est, 'steps'): est = est.steps[-1][1]
+    try:
+        got, default = est.get_params(deep=False), type(est)().get_params(deep=False)
+    except Exception: return {}
+    return {k: v for k, v in got.items() if k not in default or repr(default[k]) != repr(v)}
+
 def _tag_value(v) -> str:
     return v if isinstance(v, str) else to_json(v)
 
@@ -172,7 +181,7 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary, 
              categorical:Sequence[str]|None=None, # which features are categorical; default from the config
              window=None, # (start, end) of the training window; default the time range of `train_df`
              recipe:str|None=None, # recipe that trained the model; default from the config
-             params:dict|None=None, # training parameters; default the recipe parameters of the config
+             params:dict|None=None, # training parameters; default the final estimator's parameters that differ from its defaults
              metrics:dict|None=None, # evaluation figures to keep with the version
              description:str='', # a sentence for the MLflow UI
              cfg=None, # ProjectConfig or project folder; default `get_config()`
@@ -203,7 +212,7 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary, 
     ref = train_df[keep]
     if len(ref) > mc.reference_sample: ref = ref.sample(n=mc.reference_sample, random_state=0).sort_index()
     win = _window_of(train_df, mc.time_column, window)
-    params = dict(mc.params if params is None else params)
+    params = dict(_model_params(fitted) if params is None else params)
     recipe = recipe or mc.recipe
     tags = {'mlprod.task': task, 'mlprod.target': mc.target, 'mlprod.time_column': mc.time_column,
             'mlprod.window_start': win[0] or '', 'mlprod.window_end': win[1] or '',
@@ -673,7 +682,8 @@ def rollback(name:str, # registered model name
         prev = _previous_production(_history_rows(conn, name, 'production'), current)
         if prev is None:
             raise RollbackError(f"rollback {name}: production is version {current} and no earlier production version is recorded; "
-                                f"allowed: to= a version number ({', '.join(v for v in _versions(_client(_cfg(cfg)), name) if v != current) or 'none'})")
+                                f"allowed: a version to go back to with --to VERSION (to= in Python): "
+                                f"{', '.join(v for v in _versions(_client(_cfg(cfg)), name) if v != current) or 'none'}")
         return prev
     return _move(cfg, name, 'production', 'rollback', reason, target=target, actor=actor)
 
@@ -716,7 +726,7 @@ _CARD_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margi
              ".alias{background:#0969da;color:#fff;border-radius:4px;padding:1px 6px;margin-left:4px;font-size:80%}")
 
 def _kv_table(d:dict) -> str:
-    rows = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in d.items())
+    rows = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(None if v == '' else v)}</td></tr>" for k, v in d.items())
     return f"<table>{rows}</table>" if rows else '<p>(none)</p>'
 
 @dataclass(frozen=True)
