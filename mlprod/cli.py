@@ -120,3 +120,5 @@ def main(argv=None) -> int:
         return getattr(e, 'exit_code', 2)
     except KeyboardInterrupt:
         print('mlprod: interrupted', file=sys.stderr); return 130
+    except BrokenPipeError:  # `mlprod history flights | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 0

@@ -321,7 +321,8 @@ def mlflow_setup(cfg:ProjectConfig|None=None, experiment:str|None=None) -> str:
     mlflow.set_registry_uri(cfg.tracking_uri)
     name = experiment or cfg.name
     key = (cfg.tracking_uri, name)
-    if key in _SETUP_DONE: return _SETUP_DONE[key]
+    if key in _SETUP_DONE:  # a process may have switched projects since: point MLflow back at this one
+        mlflow.set_experiment(experiment_id=_SETUP_DONE[key]); return _SETUP_DONE[key]
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         loc = (cfg.artifacts_dir/name).as_uri() if cfg.tracking_uri.startswith('sqlite') else None
