@@ -142,8 +142,10 @@ def mlprod_commands(code:str) -> list:
 
 # %% ../nbs/10_readiness.ipynb #7b15306c
 def _parser():
-    from mlprod.cli import build_parser
-    return build_parser()
+    "The full `mlprod` parser, every command with its options."
+    from mlprod import cli
+    try: return cli.build_parser('*')
+    except TypeError: return cli.build_parser()  # a CLI that always builds everything
 
 def parse_command(argv:Sequence[str], # arguments after `mlprod`
                   parser=None, # the `mlprod` parser (default: `mlprod.cli.build_parser()`)
