@@ -150,8 +150,9 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
             prod = _current(name, 'production', cfg)
             if prod is None: return 'no production version yet: nothing to check against', 'SKIPPED'
             schema = registry.load(name, prod, cfg=cfg).schema
-            # new categories are what retraining is for; everything else must hold
-            bad = [v for v in schema.validate(train).violations if v.kind != 'unseen_category']
+            # new categories and missing values the last window happened not to have are what retraining
+            # learns (LightGBM handles both); a missing column, a wrong type, an implausible or infinite value must not pass
+            bad = [v for v in schema.validate(train).violations if v.kind not in ('unseen_category', 'null')]
             for c in (mc.target,):
                 if train[c].isna().any(): bad.append(f"column {c!r} has {int(train[c].isna().sum())} missing label(s)")
             if bad: raise DataError('data contract: ' + '; '.join(v if isinstance(v, str) else v.message for v in bad))
@@ -174,6 +175,7 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
                 metrics = {}
                 if mc.task == 'binary' and y.nunique() == 2: metrics['holdout_roc_auc'] = float(roc_auc_score(y, state['model'].predict_proba(X)[:, 1]))
                 vi = registry.register(state['model'], name, state['train'], window=(start, hold), metrics=metrics, cfg=cfg,
+                                       recipe=mc.recipe, params=params,
                                        description=f"retrained as of {end.date()}")
                 state['version'] = vi.version
                 return f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items()), 'SUCCESS'
