@@ -169,9 +169,9 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
             current = registry.load(model, prod, cfg=cfg).predict_scores(df)
             rows.append(dict(month=label, requests=len(sent), ok=int((sent.status == 200).sum()), rejected=int((sent.status // 100 == 4).sum()),
                              production=prod, auc_frozen=_auc(df[mc.target], frozen), auc_production=_auc(df[mc.target], current),
-                             job_status=job_status, alerts=[a.split(':')[0] for a in open_alerts]))
+                             job_status=job_status, alerts=[a.split(': ')[0] for a in open_alerts]))
             if open_alerts:
-                tell(f"{label}: monitor {job_status}; open alerts: " + '; '.join(open_alerts))
+                tell(f"{label}: monitor job {job_status}; open alerts: " + ', '.join(a.split(': ')[0] for a in open_alerts))
                 rr = retrain(model, end, cfg=cfg, auto_promote=True)
                 tell(f"{label}: retrained as of {end[:10]} -> v{rr.version}: {rr.status}" + (f" ({rr.decision})" if rr.decision else '') +
                      (f"; error: {rr.error}" if rr.error else ''))

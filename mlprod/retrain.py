@@ -217,7 +217,7 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
 
 # %% ../nbs/09_retrain.ipynb #28cd3d92
 def triggers(name:str, cfg=None) -> list:
-    "Reasons to retrain `name` now: open drift or performance alerts (the schedule is the scheduler's)."
+    "Reasons to retrain `name` now: its open drift or performance alerts, as 'check: message' (the schedule is the scheduler's)."
     import sqlalchemy as sa
     from mlprod import db
     cfg = cfg if isinstance(cfg, ProjectConfig) else get_config(cfg)
@@ -226,10 +226,9 @@ def triggers(name:str, cfg=None) -> list:
                          .where(db.alerts.c.model == name, db.alerts.c.state == 'open')).fetchall()
     out = []
     for r in rows:
-        what = f"{r.key} {r.rule or ''}"
-        if 'drift' in what: out.append(f"drift alert open: {r.message or r.key}")
-        elif any(k in what for k in ('performance', 'auc', 'metric', 'estimated')): out.append(f"performance alert open: {r.message or r.key}")
-    return out
+        check = r.key.split('/', 1)[-1]  # alert keys are MODEL/CHECK
+        if check.startswith(('drift:', 'performance:', 'estimated:')): out.append(f"{check}: {r.message or r.key}")
+    return sorted(out)
 
 # %% ../nbs/09_retrain.ipynb #3fef3880
 @dataclass(frozen=True)
