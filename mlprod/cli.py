@@ -40,6 +40,8 @@ COMMANDS = {
     'guard': ('mlprod.retrain', 'roll production back if it does worse than the champion it replaced'),
     'reproduce': ('mlprod.retrain', 'retrain a version from its lineage and compare predictions'),
     'ci': ('mlprod.testing', 'CI checks and promotion of a candidate'),
+    'readiness': ('mlprod.readiness', 'production-readiness scorecard of a model (exit 1 when an item fails)'),
+    'runbooks': ('mlprod.readiness', 'install the runbooks into the project, or check them'),
 }
 COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
 
