@@ -206,7 +206,18 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
             tell(f"Rollback drill over: v{champion} restored with its comparison {last_ok.decision_id[:8]}")
         else:
             tell('Rollback drill skipped: only one production version so far')
-    dash = build_dashboard(cfg)
+    # 7. what an operator sets up once: runbooks in the project (commands checked), a channel test, the model card
+    from mlprod.readiness import install_runbooks, check_runbooks, record_runbook_check, readiness
+    from mlprod.alerts import send_test_alert
+    folder = Path(cfg.root)/'runbooks'
+    install_runbooks(folder)
+    record_runbook_check(check_runbooks(folder), folder, cfg=cfg)
+    send_test_alert(cfg)
     final = registry.resolve_version(model, 'production', cfg=cfg)
+    registry.card(model, final, cfg=cfg).save(cfg.reports_dir)
+    dash = build_dashboard(cfg)
+    card = readiness(model, cfg=cfg)
+    card.save(cfg.reports_dir)
+    tell(f"Readiness: {card.passed}/{len(card.items)} items pass" + ('' if card.ok else ': ' + '; '.join(f"{i.name}: {i.reason}" for i in card.failed)))
     return DemoResult(model, tuple(story), tuple(rows), first, final, str(dash), cfg.tracking_uri, str(cfg.state_dir),
                       time.perf_counter() - t0)
