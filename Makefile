@@ -35,7 +35,7 @@ nbtest: $(STAMP)
 	@bash .ci/nbtest $(BIN)
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider -o python_files='bench_*.py'
