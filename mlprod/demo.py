@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_demo.ipynb #1258a1f3
 from __future__ import annotations
-import contextlib, dataclasses, json, logging, os, socket, subprocess, sys, time
+import json, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -49,35 +49,12 @@ class DemoResult:
     def _repr_html_(self): return '<pre>' + esc(self.summary()) + '</pre>'
 
 # %% ../nbs/12_demo.ipynb #ac9b17e6
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-@contextlib.contextmanager
-def running_server(name:str, cfg:ProjectConfig, alias:str='production', timeout:float=180):
-    "Run `mlprod serve` for `name` in a subprocess; yield its base URL; stop it gracefully."
-    import httpx
-    port = _free_port()
-    exe = Path(sys.executable).parent/'mlprod'
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ['-m', 'mlprod.cli']),
-           '--project', str(cfg.root), 'serve', name, '--alias', alias, '--port', str(port)]
-    env = {**os.environ, 'MLPROD_HOME': str(cfg.state_dir), 'MLFLOW_TRACKING_URI': cfg.tracking_uri, 'MLPROD_DB_URL': cfg.db_url}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        t0 = time.time()
-        while True:
-            if proc.poll() is not None: raise MlprodError(f"serve: the server exited with code {proc.returncode}: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(url + '/health', timeout=1).status_code == 200: break
-            except httpx.HTTPError: pass
-            if time.time() - t0 > timeout: raise MlprodError(f"serve: not ready after {timeout} s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=20)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+def running_server(name:str, cfg:ProjectConfig, timeout:float=180):
+    "Run `mlprod serve` for `name` in a subprocess on this project's stores; a context manager yielding its URL."
+    from mlprod.readiness import running_service, sandbox_env
+    env = sandbox_env(cfg, MLPROD_HOME=cfg.state_dir, MLFLOW_TRACKING_URI=cfg.tracking_uri, MLPROD_DB_URL=cfg.db_url,
+                      MLPROD_ACTOR=os.environ.get('MLPROD_ACTOR', 'mlprod-demo'))
+    return running_service(cfg, name, env=env, timeout=timeout)
 
 def wait_for_version(url:str, version:str, timeout:float=10.0) -> float:
     "Seconds until the server at `url` serves `version` (raises after `timeout`)."
