@@ -156,8 +156,16 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
                     secs = wait_for_version(url, rr.version)
                     tell(f"{label}: server switched to v{rr.version} in {secs:.1f} s")
 
-        # 5. a deliberately bad candidate is rejected and cannot reach production
+        # the monthly scheduled retrain job (papermill) for the same window: the identical version is reused
         last = _MONTHS[months]
+        if jobs:
+            run = run_job('retrain', {'model': model, 'as_of': last, 'auto_promote': 'true'}, cfg=cfg, dashboard=False)
+            f = run.figures
+            tell(f"{pd.Timestamp(last):%b} 1: the scheduled retrain job {run.status}: {f.get('retrain_status')}"
+                 + (f", version {f.get('version')}" if f.get('version') else '') + (' (identical data: reused, no duplicate)' if f.get('reused') else ''))
+            if f.get('retrain_status') == 'promoted': wait_for_version(url, str(f.get('version')))
+
+        # 5. a deliberately bad candidate is rejected and cannot reach production
         train = load(pd.Timestamp(last) - pd.Timedelta(days=mc.train_window_days), pd.Timestamp(last) - pd.Timedelta(days=7))
         shuffled = train.assign(**{mc.target: rng.permutation(train[mc.target].to_numpy())})
         bad = registry.register(resolve(mc.recipe)(shuffled, mc), model, shuffled, cfg=cfg, description='demo: trained on shuffled labels')
@@ -183,6 +191,9 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
             tell(f"Rollback drill over: v{champion} restored with its comparison {last_ok.decision_id[:8]}")
         else:
             tell('Rollback drill skipped: only one production version so far')
+        # verify recovery as the runbook says: production answers real traffic
+        smoke = replay(url, batch.head(20), feats, mc.time_column)
+        tell(f"Smoke traffic on production v{registry.resolve_version(model, 'production', cfg=cfg)}: {int((smoke.status == 200).sum())}/{len(smoke)} answered 200")
     # 7. what an operator sets up once: runbooks in the project (commands checked), a channel test, the model card
     from mlprod.readiness import install_runbooks, check_runbooks, record_runbook_check, readiness
     from mlprod.alerts import send_test_alert

@@ -571,7 +571,7 @@ def _documentation_items(cfg, name, prod) -> list:
     return items
 
 # %% ../nbs/10_readiness.ipynb #d554ba42
-_RETRAIN_STATUS = re.compile(r'\b(promoted|staged|rejected|failed)</h3>')
+_RETRAIN_STATUS = re.compile(r'\b(promoted|current|staged|rejected|failed)</h3>')
 
 def last_retraining(cfg:ProjectConfig, name:str) -> Optional[dict]:
     "The newest retraining of `name`: dict(at, status, source, link), or None."

@@ -22,7 +22,7 @@ __all__ = ['log', 'RETRAIN_STATUSES', 'Step', 'RetrainResult', 'windows', 'find_
            'guard', 'ReproduceResult', 'reproduce', 'add_commands']
 
 # %% ../nbs/09_retrain.ipynb #18cf2f58
-RETRAIN_STATUSES = ('promoted', 'staged', 'rejected', 'failed')
+RETRAIN_STATUSES = ('promoted', 'current', 'staged', 'rejected', 'failed')
 
 @dataclass(frozen=True)
 class Step:
@@ -37,7 +37,7 @@ class RetrainResult:
     "What a retraining run did, step by step."
     model:str
     as_of:str
-    status:str # promoted, staged (awaiting a human decision), rejected, failed
+    status:str # promoted, current (production already is this model), staged (awaiting a human decision), rejected, failed
     version:Optional[str]=None # the candidate version (None when it failed before registering)
     reused:bool=False # an identical earlier version was reused
     train_window:tuple=() # (start, end) ISO
@@ -58,7 +58,7 @@ class RetrainResult:
         if self.status == 'staged': lines.append(f"  next: review the comparison and run `mlprod promote {self.model} {self.version} --to production --reason ... --decision {self.comparison_id}` or leave production as is")
         return '\n'.join(lines)
     def _repr_html_(self) -> str:
-        st = {'promoted':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
+        st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
         rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
         err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
         return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
@@ -181,6 +181,11 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
                 return f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items()), 'SUCCESS'
             step('register', _register)
         result['version'] = state['version']
+        if _current(name, 'production', cfg) == state['version']:
+            steps.append(Step('stage', 'SKIPPED', f"version {state['version']} is already in production: nothing to stage or compare"))
+            res = RetrainResult(status='current', steps=tuple(steps), **result)
+            if report: res = dataclasses.replace(res, report_path=_write_report(cfg, name, 'retrain', f"Retraining {name}", res._repr_html_()))
+            return res
         def _stage():
             if _current(name, 'staging', cfg) == state['version']: return f"version {state['version']} already in staging", 'SUCCESS'
             registry.deploy(name, state['version'], to='staging', reason=f"retrained as of {end.date()}", actor=actor, cfg=cfg)
