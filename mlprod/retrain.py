@@ -61,6 +61,9 @@ class RetrainResult:
         st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
         rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
         err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
+        if self.status == 'staged':
+            err += (f"<p><b>Next:</b> review the comparison, then <code>mlprod promote {esc(self.model)} {esc(self.version)} --to production "
+                    f"--decision {esc(self.comparison_id)} --reason …</code>, or leave production as it is.</p>")
         return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
                 f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(str, self.train_window)))}"
                 f" · holdout {esc(' → '.join(map(str, self.holdout_window)))} · decision {esc(self.decision)}</p>"
