@@ -319,8 +319,16 @@ def mlflow_setup(cfg:ProjectConfig|None=None, experiment:str|None=None) -> str:
     "Point MLflow at the project's stores; return the experiment id (created once)."
     import mlflow
     cfg = ensure_state(cfg or get_config())
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_registry_uri(cfg.tracking_uri)
+    # MLflow 3 also writes MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ, where our config would then read
+    # them as the user's override for every other project in this process: keep the environment as the user set it
+    saved = {k: os.environ.get(k) for k in ('MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI')}
+    try:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        mlflow.set_registry_uri(cfg.tracking_uri)
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     name = experiment or cfg.name
     key = (cfg.tracking_uri, name)
     if key in _SETUP_DONE:  # a process may have switched projects since: point MLflow back at this one

@@ -31,6 +31,19 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+_STORE_VARS = ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG')
+
+
+@pytest.fixture(autouse=True)
+def _keep_store_env():
+    "A test that calls mlflow.set_tracking_uri (which writes os.environ) must not redirect the tests after it."
+    saved = {k: os.environ.get(k) for k in _STORE_VARS}
+    yield
+    for k, v in saved.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     "An empty project folder as the working folder, with a clean config cache."
