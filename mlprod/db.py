@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_db.ipynb #8e367aa2
 from __future__ import annotations
-import logging, threading
+import logging, threading, time
 import sqlalchemy as sa
 from sqlalchemy import event
 from .core import MlprodError, ConfigError
@@ -111,9 +111,15 @@ def engine(url:str) -> sa.Engine:
             _ENGINES[url] = eng
         missing = set(metadata.tables) - _CREATED.get(url, set())
         if missing:
-            try: metadata.create_all(eng, checkfirst=True)
-            except sa.exc.OperationalError as e:
-                if 'already exists' not in str(e): raise MlprodError(f"db_url: cannot open {url!r}: {e.orig}") from None
+            for attempt in range(5):
+                # replicas starting together race to create the same tables; the loser sees "already exists"
+                # (SQLite) or a unique violation in pg_type (PostgreSQL) and tries again, now finding them
+                try: metadata.create_all(eng, checkfirst=True); break
+                except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as e:
+                    raced = any(m in str(e) for m in ('already exists', 'duplicate key', 'UniqueViolation'))
+                    if not raced: raise MlprodError(f"db_url: cannot open {url!r}: {e.orig}") from None
+                    if attempt == 4: raise MlprodError(f"db_url: tables of {url!r} could not be created: {e.orig}") from None
+                    time.sleep(0.2 * (attempt + 1))
             _CREATED[url] = set(metadata.tables)
     return eng
 
