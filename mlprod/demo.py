@@ -119,9 +119,15 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
 
     # 1. the first model, through the same gates as every later one
     r = retrain(model, '2013-03-01', cfg=cfg, auto_promote=True)
-    if r.status != 'promoted': raise MlprodError(f"demo: the first model was not promoted ({r.status}): {r.error or r.reasons}")
+    if r.status == 'promoted':
+        tell(f"Mar 1: trained v{r.version} on Jan 1–Feb 21, compared with a prior-rate baseline on Feb 22–28: {r.decision}; promoted to production")
+    elif r.reused and r.version:
+        # a project that played the demo before: the first model exists (retraining is idempotent); replay 2013 from it
+        prod = registry.resolve_version(model, 'production', cfg=cfg)
+        if prod != r.version: registry.rollback(model, reason='demo re-run: replay 2013 from the first model', to=r.version, cfg=cfg)
+        tell(f"Mar 1: this project played the demo before: the first model is v{r.version} (identical data, reused); production v{prod} -> v{r.version}")
+    else: raise MlprodError(f"demo: the first model was not promoted ({r.status}): {r.error or r.reasons}")
     first = r.version
-    tell(f"Mar 1: trained v{first} on Jan 1–Feb 21, compared with a prior-rate baseline on Feb 22–28: {r.decision}; promoted to production")
 
     rows, rng = [], np.random.default_rng(0)
     with running_server(model, cfg) as url:
