@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import sqlalchemy as sa
 
-from .core import (MlprodError, ConfigError, NotFoundError, Status, Check, Checks, _jsonable, to_json, esc,
+from .core import (MlprodError, ConfigError, NotFoundError, Status, Check, Checks, jsonable, to_json, esc,
                          fmt, utcnow, to_utc)
 from .config import ChannelConfig, ProjectConfig, SEVERITIES, get_config
 from . import db as _db
@@ -59,7 +59,7 @@ class AlertRule:
     def matches(self, check:str, model:Optional[str]=None) -> bool:
         "Whether this rule applies to check name `check` of model `model`."
         return fnmatch.fnmatchcase(check, self.check) and fnmatch.fnmatchcase(model or '', self.model)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 DEFAULT_RULES = (
     AlertRule('service:*', 'critical'),      # the service is failing its users now
@@ -170,7 +170,7 @@ class WebhookChannel(Channel):
     type = 'webhook'
     def send(self, notice:dict):
         import httpx
-        r = httpx.post(self.config.url, json=_jsonable(notice), timeout=self.timeout_s)
+        r = httpx.post(self.config.url, json=jsonable(notice), timeout=self.timeout_s)
         if r.status_code >= 300: raise DeliveryError(self.name, f"HTTP {r.status_code} from {redact_url(self.config.url)}: {r.text[:200]}")
 
 class EmailChannel(Channel):
@@ -240,7 +240,7 @@ class Delivery:
     at:Optional[dt.datetime]=None
     alert_id:Optional[int]=None
     key:Optional[str]=None
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self): return _deliveries_html([self])
 
 def _deliveries_html(ds) -> str:
@@ -282,8 +282,8 @@ def _notice(kind:str, key:str, severity:str, message:str, *, model=None, check=N
     else: title = f"[TEST] mlprod alert channel test"
     text = title + (f": {message}" if message else '')
     return {'kind':kind, 'status':_KIND_LABEL.get(kind, kind), 'title':title, 'text':text, 'key':key, 'model':model,
-            'check':check, 'rule':rule, 'severity':severity, 'message':message, 'observed':_jsonable(observed),
-            'expected':_jsonable(expected), 'count':count, 'first_at':first_at, 'at':at, 'alert_id':alert_id,
+            'check':check, 'rule':rule, 'severity':severity, 'message':message, 'observed':jsonable(observed),
+            'expected':jsonable(expected), 'count':count, 'first_at':first_at, 'at':at, 'alert_id':alert_id,
             'project':project}
 
 def _check_message(c:Check) -> str:
@@ -366,7 +366,7 @@ class AlertEvent:
     def notified(self) -> bool: return bool(self.deliveries)
     @property
     def delivered(self) -> bool: return any(d.ok for d in self.deliveries)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self): return AlertEvents([self])._repr_html_()
 
 class AlertEvents(tuple):
@@ -540,7 +540,7 @@ class AlertRecord:
     last_sent_at:Optional[dt.datetime]
     count:int
     resolved_at:Optional[dt.datetime]
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 @dataclass(frozen=True)
 class AlertHistory:

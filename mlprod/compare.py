@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 import numpy as np, pandas as pd
 from scipy import stats
-from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, _jsonable, to_json as _to_json,
+from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, jsonable, to_json as _to_json,
                          fmt, esc, status_badge, checks_table_html, utcnow)
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class DeLongResult:
     alpha:float=0.05
     n_pos:int=0
     n_neg:int=0
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 def delong(y_true, champion_scores, challenger_scores, alpha:float=0.05) -> DeLongResult:
     "DeLong's test for the difference of two paired ROC AUCs, with a normal confidence interval."
@@ -266,7 +266,7 @@ class McNemarResult:
     statistic:float # chi-square statistic (with continuity correction) or min(b, c) for exact tests
     p_value:float # two-sided
     method:str # 'midp', 'exact' or 'chi2'
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 MCNEMAR_METHODS = ('midp', 'exact', 'chi2')
 
@@ -301,7 +301,7 @@ class BootstrapResult:
     n_boot:int # replicates drawn
     n_valid:int # replicates where the metric was defined (e.g. both classes drawn)
     alpha:float=0.05
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 def _boot_counts(rng, n:int, b:int) -> np.ndarray:
     "Resampling counts (b, n): how often each row was drawn in each of b replicates."
@@ -427,7 +427,7 @@ class OpsFigures:
     batch_ms_per_10k:float|None=None # wall time to score 10,000 rows in one batch
     cpu_seconds_per_million:float|None=None # CPU seconds to score a million rows in batches
     size_bytes:int|None=None # pickled size (or the artifact size given)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 def model_size_bytes(model) -> int|None:
     "Length of the model pickled with cloudpickle (or pickle); None when it cannot be pickled."
@@ -509,7 +509,7 @@ class MetricRow:
         if self.greater_is_better: return self.diff, self.ci_low, self.ci_high
         flip = lambda v: None if v is None else -v
         return -self.diff, flip(self.ci_high), flip(self.ci_low)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 @dataclass(frozen=True)
 class SliceRow:
@@ -532,7 +532,7 @@ class SliceRow:
         "(gain, low, high) with bigger meaning better for the challenger."
         return MetricRow(self.metric, self.greater_is_better, self.champion, self.challenger, self.diff, self.ci_low,
                          self.ci_high, self.p_value, '').oriented()
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 @dataclass(frozen=True)
 class Evidence:
@@ -727,7 +727,7 @@ class Comparison:
         return (f"{self.decision}: {self.challenger_name} {r.metric} {fmt(r.challenger)} vs {self.champion_name} "
                 f"{fmt(r.champion)} (diff {fmt(r.diff)}, {_ci_text(r.ci_low, r.ci_high, r.alpha)}, p={fmt(r.p_value)})")
     def to_dict(self) -> dict:
-        d = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'checks'}
+        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'checks'}
         d['checks'] = self.checks.to_dict(); d['ok'] = self.ok
         return d
     def to_json(self, **kw) -> str: return _to_json(self.to_dict(), **kw)

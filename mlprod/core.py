@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 # %% auto #0
-__all__ = ['MlprodError', 'ConfigError', 'DataError', 'NotFoundError', 'Status', 'to_json', 'fmt', 'esc', 'status_badge', 'Check',
-           'CheckFailed', 'checks_table_html', 'Checks', 'utcnow', 'to_utc']
+__all__ = ['MlprodError', 'ConfigError', 'DataError', 'NotFoundError', 'Status', 'jsonable', 'to_json', 'fmt', 'esc',
+           'status_badge', 'Check', 'CheckFailed', 'checks_table_html', 'Checks', 'utcnow', 'to_utc']
 
 # %% ../nbs/00_core.ipynb #a33d281c
 class MlprodError(Exception):
@@ -47,12 +47,12 @@ class Status(str, enum.Enum):
     def __str__(self): return self.value
 
 # %% ../nbs/00_core.ipynb #461fd20b
-def _jsonable(v):
+def jsonable(v):
     "Turn numpy scalars, dates, enums and dataclasses into plain JSON values."
     if isinstance(v, enum.Enum): return v.value
-    if dataclasses.is_dataclass(v) and not isinstance(v, type): return {f.name:_jsonable(getattr(v,f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, dict): return {str(k):_jsonable(x) for k,x in v.items()}
-    if isinstance(v, (list,tuple,set)): return [_jsonable(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type): return {f.name:jsonable(getattr(v,f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, dict): return {str(k):jsonable(x) for k,x in v.items()}
+    if isinstance(v, (list,tuple,set)): return [jsonable(x) for x in v]
     if isinstance(v, (dt.datetime, dt.date)): return v.isoformat()
     if hasattr(v, 'item') and callable(v.item):
         try: v = v.item()
@@ -62,7 +62,7 @@ def _jsonable(v):
 
 def to_json(obj, **kw) -> str:
     "Serialize `obj` (dataclasses, numpy values, enums, dates) to JSON."
-    return json.dumps(_jsonable(obj), **kw)
+    return json.dumps(jsonable(obj), **kw)
 
 # %% ../nbs/00_core.ipynb #5242da9b
 def fmt(v, digits:int=4) -> str:
@@ -96,7 +96,7 @@ class Check:
     def __post_init__(self): object.__setattr__(self, 'status', Status(self.status))
     @property
     def ok(self) -> bool: return self.status not in (Status.FAIL, Status.ERROR)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/00_core.ipynb #6668c4c8
 class CheckFailed(MlprodError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt, html, json, logging, math, os
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from .core import Status, esc, fmt, status_badge, utcnow, to_utc, _jsonable
+from .core import Status, esc, fmt, status_badge, utcnow, to_utc, jsonable
 from .config import ProjectConfig, get_config, ensure_state
 from .jobs import REPORT_CSS, JobRun, recent_runs, _row_to_run, _db, external_references
 

@@ -8,7 +8,7 @@ import dataclasses, functools, hashlib, logging, math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 import numpy as np, pandas as pd
-from .core import DataError, MlprodError, Status, esc, fmt, status_badge, to_utc, _jsonable
+from .core import DataError, MlprodError, Status, esc, fmt, status_badge, to_utc, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Violation:
                 'unseen_category':f"has {self.count} unseen value(s), e.g. {self.value!r}",
                 'non_finite':f"has {self.count} infinite value(s)", 'empty':'has no rows'}[self.kind]
         return f"column {self.column!r} {what}; allowed: {self.allowed}"
-    def to_dict(self): return {**_jsonable(self), 'message': self.message}
+    def to_dict(self): return {**jsonable(self), 'message': self.message}
 
 class ContractError(DataError):
     "Data broke the contract; carries every violation."
@@ -214,7 +214,7 @@ Schema.validate = validate
 # %% ../nbs/01_data.ipynb #a507f4b3
 def schema_to_dict(schema:Schema) -> dict:
     "A JSON-ready dict of a schema."
-    return {'columns':[_jsonable(c) for c in schema.columns]}
+    return {'columns':[jsonable(c) for c in schema.columns]}
 
 def schema_from_dict(d:dict) -> Schema:
     "Rebuild a schema from `schema_to_dict` output."

@@ -8,7 +8,7 @@ import json, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import MlprodError, esc, fmt, to_utc, _jsonable
+from .core import MlprodError, esc, fmt, to_utc, jsonable
 from .config import get_config, ProjectConfig, ensure_state
 from .recipes import resolve, feature_columns
 
@@ -30,7 +30,7 @@ class DemoResult:
     tracking_uri:str
     state_dir:str
     seconds:float
-    def to_dict(self): return _jsonable(self)
+    def to_dict(self): return jsonable(self)
     @property
     def auc_march(self) -> float: return self.months[0]['auc_frozen'] if self.months else float('nan')
     def table(self) -> str:

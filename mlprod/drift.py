@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
-from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, Check, Checks, _jsonable, esc, fmt,
+from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, Check, Checks, jsonable, esc, fmt,
                          status_badge)
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class ReferenceProfile:
         raise KeyError(name)
     def __len__(self): return len(self.columns)
     def to_dict(self) -> dict:
-        return _jsonable(dict(n_rows=self.n_rows, columns=[c.summary() for c in self.columns],
+        return jsonable(dict(n_rows=self.n_rows, columns=[c.summary() for c in self.columns],
                               skipped=self.skipped, meta=self.meta))
     def _repr_html_(self):
         rows = ''.join(f"<tr><td>{esc(c.name)}</td><td>{esc(c.kind)}</td><td>{esc(c.n)}</td><td>{esc(c.n_missing)}</td>"
@@ -228,13 +228,13 @@ def _save(self, path) -> Path:
     "Write the profile to one `.npz` file (no pickle) and return its path."
     path = Path(path)
     header = dict(format=PROFILE_FORMAT, version=PROFILE_VERSION, n_rows=self.n_rows, skipped=self.skipped,
-                  meta=_jsonable(self.meta), columns=[])
+                  meta=jsonable(self.meta), columns=[])
     arrays = {}
     for i, c in enumerate(self.columns):
         h = dict(name=c.name, kind=c.kind, n_missing=c.n_missing, std=None if math.isnan(c.std) else c.std,
                  integer=c.integer)
         if c.kind == CATEGORICAL:
-            cats = _jsonable(list(c.values))
+            cats = jsonable(list(c.values))
             bad = [v for v in cats if not isinstance(v, (str, int, float, bool))]
             if bad: raise DataError(f"reference column {c.name!r}: got categories {bad[:3]!r}; allowed: strings, numbers or booleans")
             h['categories'] = cats
@@ -312,7 +312,7 @@ class ColumnDrift:
         "The drift condition in words, e.g. `p <= 0.05` or `distance >= 0.1`."
         if not self.is_p_value: return f"distance >= {fmt(self.threshold)}"
         return f"p {'<=' if STATTESTS[self.stattest][3] else '<'} {fmt(self.threshold)}"
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/05a_drift.ipynb #d0bb762f
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ class DriftResult:
             if c.column == name: return c
         raise KeyError(name)
     def __len__(self): return len(self.columns)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def to_frame(self) -> pd.DataFrame:
         "One row per column."
         return pd.DataFrame([dict(c.to_dict(), rule=c.rule) for c in self.columns])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 import numpy as np, pandas as pd
-from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, _jsonable, to_json, fmt, esc, utcnow, to_utc)
+from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, jsonable, to_json, fmt, esc, utcnow, to_utc)
 from .config import get_config, ProjectConfig, ModelConfig, Thresholds, mlflow_setup, ensure_state
 from .compare import (compare, decide, Comparison, PriorBaseline, Gate, MinSamples, LatencyBudget, SliceGate,
                             get_metric, model_size_bytes, HEADLINE)
@@ -128,7 +128,7 @@ class VersionComparison:
         return '\n'.join(out)
 
     def to_dict(self) -> dict:
-        d = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'comparison'}
+        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'comparison'}
         d.update(id=self.id, decision=self.decision, ok=self.ok, flagged_slices=[f.to_dict() for f in self.flagged_slices],
                  comparison=self.comparison.to_dict())
         return d

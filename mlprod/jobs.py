@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from .core import (MlprodError, ConfigError, NotFoundError, Status, esc, fmt, status_badge, to_json,
-                         utcnow, to_utc, _jsonable)
+                         utcnow, to_utc, jsonable)
 from .config import ProjectConfig, get_config, ensure_state
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def publish(figures_path:str|None, # where the runner wants the figures ('' when
             **figures, # name → number, string or status
            ) -> dict:
     "Record key figures of this run for the runner and the dashboard (merged into `figures_path`)."
-    figures = _jsonable(figures)
+    figures = jsonable(figures)
     if not figures_path: return figures
     p = Path(figures_path)
     old = json.loads(p.read_text(encoding='utf-8')) if p.is_file() else {}
@@ -167,7 +167,7 @@ class Summary:
     def __post_init__(self):
         object.__setattr__(self, 'status', Status(self.status))
         for k in ('changed', 'todo'): object.__setattr__(self, k, tuple([getattr(self, k)] if isinstance(getattr(self, k), str) else getattr(self, k)))
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self):
         lst = lambda xs: ''.join(f"<li>{esc(x)}</li>" for x in xs) or '<li>nothing</li>'
         return (f'<div class="mlprod-summary mlprod-{self.status.value.lower()}"><h2>{status_badge(self.status)} {esc(self.headline)}</h2>'
@@ -265,7 +265,7 @@ class JobRun:
     def ok(self) -> bool: return self.status == 'success'
     @property
     def error_text(self) -> str: return '' if not self.error else f"{self.error.get('what', '')}: {self.error.get('error', '')}".strip(': ')
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def raise_on_failure(self):
         "Raise `JobFailed` when the run failed; return self otherwise."
         if not self.ok: raise JobFailed(self)

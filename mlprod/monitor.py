@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, Check, Checks, _jsonable, to_json,
+from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, Check, Checks, jsonable, to_json,
                          esc, fmt, status_badge, checks_table_html, utcnow, to_utc)
 from .config import ProjectConfig, Thresholds, get_config, ensure_state
 from . import db as _db
@@ -203,7 +203,7 @@ class Calibration:
         if not (self.n_pos >= 30 and self.n - self.n_pos >= 30): out.append(f"too few of one class ({self.n_pos} positive of {self.n})")
         if not self.ece <= max_ece: out.append(f"calibration error {fmt(self.ece)} above {fmt(max_ece)}")
         return out
-    def to_dict(self) -> dict: return _jsonable(dict(ece_raw=self.ece_raw, ece=self.ece, n=self.n, n_pos=self.n_pos,
+    def to_dict(self) -> dict: return jsonable(dict(ece_raw=self.ece_raw, ece=self.ece, n=self.n, n_pos=self.n_pos,
                                                      source=self.source, metric=self.metric, isotonic=bool(len(self.x))))
 
 def _isotonic(y, s) -> tuple:
@@ -439,7 +439,7 @@ class MonitorResult:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ('samples', 'checks', 'alert_events')}
         d['calibration'] = self.calibration.to_dict() if self.calibration else None
-        return _jsonable(dict(d, status=self.status.value, ok=self.ok, checks=[c.to_dict() for c in self.checks.checks],
+        return jsonable(dict(d, status=self.status.value, ok=self.ok, checks=[c.to_dict() for c in self.checks.checks],
                               alert_events=[e.to_dict() for e in self.alert_events]))
     def summary(self) -> str:
         "A few lines for a terminal."

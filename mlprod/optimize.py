@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
-from .core import MlprodError, ConfigError, DataError, Status, _jsonable, esc, fmt, status_badge
+from .core import MlprodError, ConfigError, DataError, Status, jsonable, esc, fmt, status_badge
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class FeatureEncoding:
             else: out[:, j] = [math.nan if _is_missing(v) else v for v in vals]
         return out
 
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/04_optimize.ipynb #79551d1e
 def encoding_of(model) -> tuple:
@@ -393,7 +393,7 @@ class Equivalence:
         verdict = 'within' if self.ok else 'exceeds'
         return (f"max abs difference {self.max_abs_diff:.3g} at row {self.worst_row!r} over {self.rows} rows "
                 f"{verdict} the tolerance {self.tolerance:.3g}")
-    def to_dict(self) -> dict: return _jsonable(self) | {'ok': self.ok}
+    def to_dict(self) -> dict: return jsonable(self) | {'ok': self.ok}
 
 def check_equivalence(reference:np.ndarray, # the original scores
                       candidate:np.ndarray, # the backend's scores of the same rows
@@ -407,7 +407,7 @@ def check_equivalence(reference:np.ndarray, # the original scores
     d = _abs_diff(reference, candidate)
     i = int(np.argmax(d))
     label = index[i] if index is not None else i
-    return Equivalence(len(d), float(d[i]), _jsonable(label), float(tolerance))
+    return Equivalence(len(d), float(d[i]), jsonable(label), float(tolerance))
 
 # %% ../nbs/04_optimize.ipynb #61fd0e34
 def _timed(fn, args:Sequence, repeats:int, max_seconds:float) -> np.ndarray:
@@ -458,7 +458,7 @@ class BackendResult:
     build_s:float|None=None # conversion time
     @property
     def ok(self) -> bool: return self.status == Status.SUCCESS
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 _COLUMNS = [('backend', 'backend'), ('status', 'status'), ('max_abs_diff', 'max |Δ|'), ('single_p50_us', '1-row p50 µs'),
             ('single_p99_us', '1-row p99 µs'), ('core_p50_us', 'core p50 µs'), ('batch_ms', 'batch ms'),
@@ -497,7 +497,7 @@ class OptimizationResult:
         r = self[backend]
         return self.original.single_p50_us / r.single_p50_us if r.single_p50_us else None
     def to_dict(self) -> dict:
-        return {k: _jsonable(getattr(self, k)) for k in ('name', 'source_version', 'tolerance', 'rows', 'original', 'backends',
+        return {k: jsonable(getattr(self, k)) for k in ('name', 'source_version', 'tolerance', 'rows', 'original', 'backends',
                                                          'winner', 'new_version', 'batch_rows', 'message')} | {'ok': self.ok}
     def table(self) -> str:
         "A plain-text table for the terminal."

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 import sqlalchemy as sa
 from .core import (MlprodError, ConfigError, NotFoundError, Status, Check, Checks, esc, fmt, status_badge,
-                         utcnow, to_utc, to_json, _jsonable)
+                         utcnow, to_utc, to_json, jsonable)
 from .config import get_config, parse_config, ProjectConfig, ensure_state, DEFAULT_TOML
 from . import db as _db
 
@@ -67,7 +67,7 @@ class RunbookBlock:
     expect_exit:int=0 # from a `# expect-exit: N` line
     @property
     def label(self) -> str: return f"{self.runbook}#{self.index} (line {self.line})"
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 _FENCE = re.compile(r'^(\s*)(`{3,}|~{3,})\s*([^`\s]*)\s*(.*)$')
 _SHELLS = ('sh', 'bash', 'shell', 'console')
@@ -248,7 +248,7 @@ class RunbookCheckRecord:
     mode:str
     ok:bool
     summary:str
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 def record_runbook_check(checks:Checks, # from `check_runbooks` or the merged `run_runbook` results
                          folder, # the runbooks folder that was checked
@@ -382,7 +382,7 @@ class Item:
     evidence:str # what was found
     link:str='' # where to look, relative to the project folder (reports/… or runbooks/…)
     reason:str='' # why it fails and what to do (empty when it passes)
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/10_readiness.ipynb #9668ad30
 _CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"

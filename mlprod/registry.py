@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 import numpy as np, pandas as pd
 import sqlalchemy as sa
-from .core import (MlprodError, ConfigError, DataError, NotFoundError, _jsonable, to_json, fmt, esc, utcnow, to_utc)
+from .core import (MlprodError, ConfigError, DataError, NotFoundError, jsonable, to_json, fmt, esc, utcnow, to_utc)
 from .config import get_config, ProjectConfig, ModelConfig, mlflow_setup, ensure_state
 from . import db as _db
 from .data import Schema, fingerprint, schema_to_dict, schema_from_dict
@@ -128,7 +128,7 @@ class VersionInfo:
     def lineage(self) -> dict:
         "The mlprod lineage tags, without the prefix."
         return {k[len('mlprod.'):]: v for k, v in self.tags.items() if k.startswith('mlprod.')}
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self) -> str:
         rows = ''.join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in self.lineage.items())
         return (f"<div><h4>{esc(self.name)} version {esc(self.version)} {esc(', '.join(self.aliases))}</h4>"
@@ -290,7 +290,7 @@ class LoadedModel:
         return self._ref['df'].copy()
     def to_dict(self) -> dict:
         return {'name': self.name, 'version': self.version, 'alias': self.alias, 'task': self.task, 'features': self.features,
-                'categorical': self.categorical, 'tags': self.tags, 'run_id': self.run_id, 'loaded_at': _jsonable(self.loaded_at)}
+                'categorical': self.categorical, 'tags': self.tags, 'run_id': self.run_id, 'loaded_at': jsonable(self.loaded_at)}
     def _repr_html_(self) -> str:
         return (f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
                 f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(str(self.loaded_at))}</div>")
@@ -443,7 +443,7 @@ class Move:
     at:Any # UTC time
     id:int|None=None
     seconds:float|None=None # how long the move took
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def summary(self) -> str:
         "One line for a person."
         frm = f"v{self.from_version}" if self.from_version else '(none)'
@@ -745,7 +745,7 @@ class ModelCard:
     moves:tuple # alias moves that involve this version
     run_id:str
     model_uri:str
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def _body(self) -> str:
         badges = ''.join(f'<span class="alias">{esc(a)}</span>' for a in self.aliases)
         cols = ''.join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c.get('nullable'))}</td>"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 import numpy as np, pandas as pd
-from .core import MlprodError, DataError, NotFoundError, ConfigError, Status, esc, fmt, status_badge, to_utc, utcnow, _jsonable, to_json
+from .core import MlprodError, DataError, NotFoundError, ConfigError, Status, esc, fmt, status_badge, to_utc, utcnow, jsonable, to_json
 from .config import get_config, ProjectConfig, ensure_state
 from .data import Schema, fingerprint
 from .recipes import resolve, feature_columns
@@ -50,7 +50,7 @@ class RetrainResult:
     report_path:Optional[str]=None
     @property
     def ok(self) -> bool: return self.status != 'failed'
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def summary(self) -> str:
         lines = [f"retrain {self.model} as of {self.as_of}: {self.status.upper()}" + (f" (version {self.version}{', reused' if self.reused else ''})" if self.version else '')]
         lines += [f"  {s.status:8} {s.name}: {s.message}" for s in self.steps]
@@ -254,7 +254,7 @@ class GuardResult:
     message:str
     @property
     def status(self) -> Status: return Status.FAIL if self.rolled_back else Status.SUCCESS
-    def to_dict(self): return _jsonable(self)
+    def to_dict(self): return jsonable(self)
     def _repr_html_(self):
         return (f"<div><b>Guard {esc(self.model)}</b> {status_badge(self.status)} production v{esc(self.production)} "
                 f"{esc(self.metric)} {esc(self.production_value)} vs previous v{esc(self.previous)} {esc(self.previous_value)} "
@@ -306,7 +306,7 @@ class ReproduceResult:
     message:str
     @property
     def ok(self) -> bool: return self.data_match and self.predictions_match
-    def to_dict(self): return _jsonable(self)
+    def to_dict(self): return jsonable(self)
     def _repr_html_(self): return f"<div><b>Reproduce {esc(self.model)} v{esc(self.version)}</b> {status_badge('SUCCESS' if self.ok else 'FAIL')} {esc(self.message)}</div>"
 
 def reproduce(name:str, version:str, *, cfg=None, tolerance:float=1e-9, data:Optional[pd.DataFrame]=None) -> ReproduceResult:

@@ -8,7 +8,7 @@ import datetime as dt, logging, signal, threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
-from .core import ConfigError, MlprodError, utcnow, _jsonable, esc
+from .core import ConfigError, MlprodError, utcnow, jsonable, esc
 from .config import ProjectConfig, get_config
 from .jobs import job_notebook, job_parameters, run_job, JOBS_DIR, _check_name, _project_arg
 
@@ -72,7 +72,7 @@ class ScheduledJob:
     problem:str='' # why it cannot run (e.g. no such job notebook); empty when it can
     @property
     def id(self) -> str: return f"{self.model}:{self.job}"
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
 
 def scheduled_jobs(cfg:ProjectConfig, # project
                    strict:bool=False, # raise on a job that has no notebook instead of reporting it in `problem`

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .core import MlprodError, ConfigError, DataError, NotFoundError, _jsonable, esc, utcnow
+from .core import MlprodError, ConfigError, DataError, NotFoundError, jsonable, esc, utcnow
 from .data import Schema, Violation
 
 log = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ class LabelReport:
     n_labels:int # labels stored (rows)
     n_unknown:int # request ids not found in the request log (stored anyway)
     unknown:tuple=() # up to 10 of them
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self): return f"<div>labels: {self.n_requests} request(s), {self.n_labels} label(s), {self.n_unknown} unknown id(s) {esc(', '.join(self.unknown))}</div>"
 
 def _label_value(v, where):
@@ -865,7 +865,7 @@ class ScoringService:
 
 def _json(obj, status=200, headers=None):
     from starlette.responses import Response
-    return Response(json.dumps(_jsonable(obj)).encode(), status_code=status, media_type='application/json', headers=headers)
+    return Response(json.dumps(jsonable(obj)).encode(), status_code=status, media_type='application/json', headers=headers)
 
 # %% ../nbs/05_serve.ipynb #56d7ff8b
 def create_app(name:str, # registered model name

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 import numpy as np, pandas as pd
 import pytest
-from .core import MlprodError, ConfigError, DataError, NotFoundError, Status, esc, fmt, status_badge, to_utc, _jsonable, to_json
+from .core import MlprodError, ConfigError, DataError, NotFoundError, Status, esc, fmt, status_badge, to_utc, jsonable, to_json
 from .config import get_config, ProjectConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Expectation:
     message:str
     @property
     def status(self) -> Status: return Status.SUCCESS if self.passed else Status.FAIL
-    def to_dict(self) -> dict: return {**_jsonable(self), 'status': self.status.value}
+    def to_dict(self) -> dict: return {**jsonable(self), 'status': self.status.value}
     def _repr_html_(self) -> str:
         return (f"<div>{status_badge(self.status)} <b>{esc(self.kind)}</b> of {esc(self.model)} to "
                 f"<code>{esc(self.column)}</code>: {esc(self.message)}</div>")
@@ -449,7 +449,7 @@ class CiPromotion:
     comparison_text:str=''
     @property
     def ok(self) -> bool: return self.promoted or self.decision is None
-    def to_dict(self) -> dict: return _jsonable(self)
+    def to_dict(self) -> dict: return jsonable(self)
     def text(self) -> str: return '\n'.join(x for x in (self.comparison_text, self.message) if x)
     def _repr_html_(self) -> str:
         return f"<div>{status_badge(Status.SUCCESS if self.ok else Status.FAIL)} {esc(self.message)}<pre>{esc(self.comparison_text)}</pre></div>"
