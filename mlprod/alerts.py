@@ -25,7 +25,7 @@ __all__ = ['log', 'DEFAULT_RULES', 'alert_streaks', 'alert_deliveries', 'CHANNEL
            'redact_url', 'WebhookChannel', 'EmailChannel', 'channel_types', 'make_channel', 'configured_channels',
            'RetryPolicy', 'Delivery', 'deliver', 'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire',
            'resolve', 'AlertRecord', 'AlertHistory', 'alert_history', 'delivery_history', 'send_test_alert',
-           'channel_test_check', 'add_commands']
+           'channel_test_check', 'cmd_alerts', 'cmd_alerts_test', 'cmd_alerts_resolve']
 
 # %% ../nbs/07_alerts.ipynb #e61abd4d
 class AlertError(MlprodError):
@@ -636,43 +636,36 @@ def channel_test_check(cfg:Optional[ProjectConfig]=None,
                  if missing else 'every alert channel passed a test recently', {'untested':missing})
 
 # %% ../nbs/07_alerts.ipynb #de18702f
-def _cmd_alerts(args):
+def cmd_alerts(*, open:bool=False, # only alerts not resolved yet
+               json:bool=False, # print JSON
+               model:str|None=None, # only alerts of this model
+               limit:int=50, # most recent alerts to show
+               project=None, # project folder or mlprod.toml (the global `--project`)
+              ) -> int:
     "List alerts, newest first."
-    cfg = get_config(args.project)
-    h = alert_history(model=args.model, open_only=args.open_only, cfg=cfg, limit=args.limit)
-    print(to_json(h.to_dict(), indent=2) if args.json else h.summary())
+    h = alert_history(model=model, open_only=open, cfg=get_config(project), limit=limit)
+    print(to_json(h.to_dict(), indent=2) if json else h.summary())
     return 0
 
-def _cmd_alerts_test(args):
+# %% ../nbs/07_alerts.ipynb #1f3cb755
+def cmd_alerts_test(*, json:bool=False, # print JSON
+                    project=None, # project folder or mlprod.toml (the global `--project`)
+                   ) -> int:
     "Send a test message through every configured channel; exit 1 when any channel failed."
-    r = send_test_alert(get_config(args.project))
-    if getattr(args, 'json', False): print(to_json(r.to_dict(), indent=2))
+    r = send_test_alert(get_config(project))
+    if json: print(to_json(r.to_dict(), indent=2))
     else:
         for c in r.checks: print(f"{'ok  ' if c.ok else 'FAIL'}  {c.name[len('channel:'):]}: {c.message} ({c.observed} attempt(s))")
     return 0 if r.ok else 1
 
-def _cmd_alerts_resolve(args):
+# %% ../nbs/07_alerts.ipynb #fe110694
+def cmd_alerts_resolve(key:str, # alert key, e.g. 'flights/job:monitor'
+                       *, message:str='resolved by hand', # reason sent with the resolve notice
+                       project=None, # project folder or mlprod.toml (the global `--project`)
+                      ) -> int:
     "Resolve an open alert by its key and send the resolve notice."
-    e = resolve(args.key, args.message, cfg=get_config(args.project))
-    if e is None: raise NotFoundError(f"alert key: got {args.key!r}; allowed: the key of an open alert (see `mlprod alerts --open`)")
+    e = resolve(key, message, cfg=get_config(project))
+    if e is None: raise NotFoundError(f"alert key: got {key!r}; allowed: the key of an open alert (see `mlprod alerts --open`)")
     print(f"resolved {e.key} (alert {e.alert_id}, {e.count} failing evaluation(s)); notified: "
           + (', '.join(f"{d.channel} {'ok' if d.ok else 'failed'}" for d in e.deliveries) or 'no channel'))
     return 0
-
-def add_commands(subparsers):
-    "Add `mlprod alerts` (list), `mlprod alerts test` and `mlprod alerts resolve` to the CLI."
-    s = subparsers.add_parser('alerts', help='list alerts; `alerts test` sends a test message through every channel',
-                              description=_cmd_alerts.__doc__)
-    s.add_argument('--open', action='store_true', dest='open_only', help='only alerts not resolved yet')
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.add_argument('--model', default=None, help='only alerts of this model')
-    s.add_argument('--limit', type=int, default=50, help='most recent alerts to show (default 50)')
-    s.set_defaults(func=_cmd_alerts)
-    sub = s.add_subparsers(dest='alerts_command', metavar='ACTION')
-    t = sub.add_parser('test', help='send a test message through every configured channel', description=_cmd_alerts_test.__doc__)
-    t.add_argument('--json', action='store_true', default=argparse.SUPPRESS, help='print JSON')
-    t.set_defaults(func=_cmd_alerts_test)
-    r = sub.add_parser('resolve', help='resolve an open alert by its key', description=_cmd_alerts_resolve.__doc__)
-    r.add_argument('key', help="alert key, e.g. 'flights/job:monitor'")
-    r.add_argument('--message', default='resolved by hand', help='reason sent with the resolve notice')
-    r.set_defaults(func=_cmd_alerts_resolve)

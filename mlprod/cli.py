@@ -6,45 +6,57 @@
 from __future__ import annotations
 import argparse, importlib, json, logging, os, sys, traceback
 from pathlib import Path
+from typing import Callable
 from .core import MlprodError, ConfigError, to_json
 from . import config as _config
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'COMMANDS', 'COMMAND_MODULES', 'build_parser', 'main']
+__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'COMMAND_MODULES', 'cmd_demo', 'cmd_config', 'command_function', 'build_parser',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #255eef87
-# command -> (module that defines it with add_commands(subparsers), one line of help).
-# Only the module of the command being run is imported, so `mlprod --help` and light commands
-# start in a fraction of a second instead of importing MLflow, SciPy and Evidently first.
 COMMANDS = {
-    'models': ('mlprod.registry', 'list registered models and their aliases'),
-    'register': ('mlprod.registry', 'register a logged model with lineage'),
-    'deploy': ('mlprod.registry', 'put a version on staging'),
-    'promote': ('mlprod.registry', 'move staging or production to a version (production is gated)'),
-    'rollback': ('mlprod.registry', 'move production back to the previous version'),
-    'history': ('mlprod.registry', 'show every alias move of a model'),
-    'card': ('mlprod.registry', 'write the model card of a version'),
-    'compare': ('mlprod.evaluate', 'compare a challenger with the champion (exit 0 promote, 1 reject/review)'),
-    'optimize': ('mlprod.optimize', 'faster inference backends with an equivalence proof'),
-    'serve': ('mlprod.serve', 'serve a model over HTTP (MLflow protocol)'),
-    'labels': ('mlprod.serve', 'record ground truth for logged requests'),
-    'monitor': ('mlprod.monitor', 'check health, drift and performance over a window'),
-    'alerts': ('mlprod.alerts', 'list, test and resolve alerts'),
-    'run': ('mlprod.jobs', 'run a job notebook and write its HTML report'),
-    'jobs': ('mlprod.jobs', 'list recent job runs'),
-    'dashboard': ('mlprod.dashboard', 'rebuild reports/index.html'),
-    'schedule': ('mlprod.schedule', 'run the cron schedules (or export them to Airflow)'),
-    'retrain': ('mlprod.retrain', 'retrain, stage, compare and (if allowed) promote'),
-    'guard': ('mlprod.retrain', 'roll production back if it does worse than the champion it replaced'),
-    'reproduce': ('mlprod.retrain', 'retrain a version from its lineage and compare predictions'),
-    'ci': ('mlprod.testing', 'CI checks and promotion of a candidate'),
-    'readiness': ('mlprod.readiness', 'production-readiness scorecard of a model (exit 1 when an item fails)'),
-    'runbooks': ('mlprod.readiness', 'install the runbooks into the project, or check them'),
+    'demo': ('mlprod.cli', 'cmd_demo', 'play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back'),
+    'config': ('mlprod.cli', 'cmd_config', 'show the effective project config'),
+    'models': ('mlprod.registry', 'cmd_models', 'list registered models and their aliases'),
+    'register': ('mlprod.registry', 'cmd_register', 'register a logged model with lineage'),
+    'deploy': ('mlprod.registry', 'cmd_deploy', 'put a version on staging'),
+    'promote': ('mlprod.registry', 'cmd_promote', 'move staging or production to a version (production is gated)'),
+    'rollback': ('mlprod.registry', 'cmd_rollback', 'move production back to the previous version'),
+    'history': ('mlprod.registry', 'cmd_history', 'show every alias move of a model'),
+    'card': ('mlprod.registry', 'cmd_card', 'write the model card of a version (HTML under reports/)'),
+    'compare': ('mlprod.evaluate', 'cmd_compare', 'compare a challenger with the champion (exit 0 promote, 1 reject/review)'),
+    'optimize': ('mlprod.optimize', 'cmd_optimize', 'faster inference backends with an equivalence proof'),
+    'serve': ('mlprod.serve', 'cmd_serve', 'serve a model over HTTP (MLflow protocol)'),
+    'labels': ('mlprod.serve', 'add_commands', 'record ground truth for logged requests'),
+    'monitor': ('mlprod.monitor', 'cmd_monitor', 'check health, drift and performance over a window'),
+    'alerts': ('mlprod.alerts', 'cmd_alerts', 'list, test and resolve alerts'),
+    'alerts test': ('mlprod.alerts', 'cmd_alerts_test', 'send a test message through every configured channel'),
+    'alerts resolve': ('mlprod.alerts', 'cmd_alerts_resolve', 'resolve an open alert by its key'),
+    'run': ('mlprod.jobs', 'cmd_run', 'run a job notebook and write its HTML report'),
+    'jobs': ('mlprod.jobs', 'cmd_jobs', 'list recent job runs'),
+    'dashboard': ('mlprod.dashboard', 'cmd_dashboard', 'rebuild reports/index.html'),
+    'schedule': ('mlprod.schedule', 'cmd_schedule', 'run the cron schedules (or export them to Airflow)'),
+    'retrain': ('mlprod.retrain', 'cmd_retrain', 'retrain, stage, compare and (if allowed) promote'),
+    'guard': ('mlprod.retrain', 'cmd_guard', 'roll production back if it does worse than the champion it replaced'),
+    'reproduce': ('mlprod.retrain', 'cmd_reproduce', 'retrain a version from its lineage and compare predictions'),
+    'ci': ('mlprod.testing', None, 'CI checks and promotion of a candidate'),
+    'ci check': ('mlprod.testing', 'cmd_ci_check', 'run the candidate checks and model tests with pytest'),
+    'ci promote': ('mlprod.testing', 'cmd_ci_promote', 'promote staging to production when it beats production'),
+    'readiness': ('mlprod.readiness', 'cmd_readiness', 'production-readiness scorecard of a model (exit 1 when an item fails)'),
+    'runbooks': ('mlprod.readiness', None, 'install the runbooks into the project, or check them'),
+    'runbooks install': ('mlprod.readiness', 'cmd_runbooks_install', 'copy the shipped runbooks into ./runbooks'),
+    'runbooks check': ('mlprod.readiness', 'cmd_runbooks_check', 'check the mlprod commands of the runbooks (--run: run the runnable blocks in a sandbox)'),
 }
-COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
+_WINDOW = {'metavar': {'window': ('START', 'END')}}
+OPTION_SPELLING = {'register': _WINDOW, 'compare': _WINDOW, 'ci check': _WINDOW, 'ci promote': _WINDOW,
+                   'run': {'short': {'param': '-p'}, 'metavar': {'param': ('KEY', 'VALUE')}},
+                   'schedule': {'metavar': {'export': ('airflow', 'DIR')}}}
+COMMAND_MODULES = list(dict.fromkeys(m for m, _, _ in COMMANDS.values()))
 
+# %% ../nbs/13_cli.ipynb #2db947f7
 def _cmd_init(args):
     "Write a commented mlprod.toml that works as is."
     d = Path(args.dir); d.mkdir(parents=True, exist_ok=True)
@@ -60,55 +72,73 @@ def _cmd_init(args):
         print(f"wrote {write_github_workflow(d, model=args.model)} (checks on pull requests, promotes on merge; see tests/model/)")
     return 0
 
-def _cmd_demo(args):
-    "Play 2013 on the flights data with the whole loop and print what happened."
-    from mlprod.demo import run_demo
-    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
-    r = run_demo(args.project, model=args.model, months=args.months, sample=args.sample, jobs=not args.no_jobs, progress=say)
-    print(to_json(r.to_dict(), indent=2) if args.json else '\n' + r.footer())
-    return 0
-
-def _cmd_config(args):
-    "Show the effective project config."
-    cfg = _config.get_config(args.project)
-    print(to_json({'source':cfg.source, 'root':cfg.root, 'state_dir':cfg.state_dir, 'reports_dir':cfg.reports_dir,
-                   'tracking_uri':cfg.tracking_uri, 'db_url':cfg.db_url, 'models':dict(cfg.models),
-                   'alerts':cfg.alerts}, indent=2, default=str))
-    return 0
-
-def build_parser(command:str|None=None) -> argparse.ArgumentParser:
-    "The `mlprod` parser; the full options of `command` (every command with '*') are loaded."
-    p = argparse.ArgumentParser(prog='mlprod', description='Take a tabular model from a notebook to production and keep it healthy.')
-    p.add_argument('--debug', action='store_true', help='show tracebacks and debug logs')
-    p.add_argument('--project', default=None, help='project folder or mlprod.toml (default: found from the working folder)')
-    sub = p.add_subparsers(dest='command', metavar='COMMAND')
+def _add_init(sub):
     s = sub.add_parser('init', help='write a commented mlprod.toml', description=_cmd_init.__doc__)
     s.add_argument('dir', nargs='?', default='.', help='project folder (default: here)')
     s.add_argument('--force', action='store_true', help='overwrite an existing mlprod.toml')
     s.add_argument('--ci', choices=['github'], help='also write a CI workflow that checks candidates on pull requests and promotes on merge')
     s.add_argument('--model', default='flights', help='model the CI workflow checks (with --ci)')
     s.set_defaults(func=_cmd_init)
-    s = sub.add_parser('demo', help='play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back', description=_cmd_demo.__doc__)
-    s.add_argument('--model', default='flights', help='model name from mlprod.toml')
-    s.add_argument('--months', type=int, default=10, help='months replayed after February (1-10, default 10)')
-    s.add_argument('--sample', type=int, default=1200, help='flights replayed per month (default 1200)')
-    s.add_argument('--no-jobs', action='store_true', help='call the monitor directly instead of running the papermill job')
-    s.add_argument('--json', action='store_true', help='print the result as JSON')
-    s.set_defaults(func=_cmd_demo)
-    s = sub.add_parser('config', help='show the effective project config', description=_cmd_config.__doc__)
-    s.set_defaults(func=_cmd_config)
-    wanted = [command] if command else []
-    mods = list(dict.fromkeys(COMMANDS[c][0] for c in wanted if c in COMMANDS)) if command != '*' else COMMAND_MODULES
-    for m in mods: importlib.import_module(m).add_commands(sub)
-    for c, (m, text) in COMMANDS.items():  # the others: listed in --help, parsed when they run
-        if m not in mods: sub.add_parser(c, help=text)
+
+# %% ../nbs/13_cli.ipynb #915fed52
+def cmd_demo(*, model:str='flights', # model name from mlprod.toml
+             months:int=10, # months replayed after February (1-10, default 10)
+             sample:int=1200, # flights replayed per month (default 1200)
+             jobs:bool=True, # run the monitor as the papermill job (default; --no-jobs calls it directly)
+             json:bool=False, # print the result as JSON
+             project=None, # project folder or mlprod.toml (the global `--project`)
+            ) -> int:
+    "Play 2013 on the flights data with the whole loop and print what happened."
+    from mlprod.demo import run_demo
+    say = (lambda s: None) if json else (lambda s: print(s, flush=True))
+    r = run_demo(project, model=model, months=months, sample=sample, jobs=jobs, progress=say)
+    print(to_json(r.to_dict(), indent=2) if json else '\n' + r.footer())
+    return 0
+
+# %% ../nbs/13_cli.ipynb #a414bb39
+def cmd_config(project=None, # project folder or mlprod.toml (the global `--project`)
+              ) -> int:
+    "Show the effective project config."
+    cfg = _config.get_config(project)
+    print(to_json({'source':cfg.source, 'root':cfg.root, 'state_dir':cfg.state_dir, 'reports_dir':cfg.reports_dir,
+                   'tracking_uri':cfg.tracking_uri, 'db_url':cfg.db_url, 'models':dict(cfg.models),
+                   'alerts':cfg.alerts}, indent=2, default=str))
+    return 0
+
+# %% ../nbs/13_cli.ipynb #7863b10f
+def command_function(name:str, # a key of `COMMANDS`, e.g. 'promote' or 'alerts test'
+                    ) -> Callable:
+    "The function that implements command `name` (its module is imported now)."
+    if COMMANDS.get(name, (None, None))[1] in (None, 'add_commands'):
+        raise ConfigError('command', name, ', '.join(n for n, (_, f, _) in COMMANDS.items() if f not in (None, 'add_commands')))
+    module, func, _ = COMMANDS[name]
+    return getattr(importlib.import_module(module), func)
+
+# %% ../nbs/13_cli.ipynb #c67cf9bd
+def build_parser(command:str|None=None, # the command about to run (only its module is imported); '*': every command
+                ) -> argparse.ArgumentParser:
+    "The `mlprod` parser: every command listed, the options of `command` derived from its function."
+    p = argparse.ArgumentParser(prog='mlprod', description='Take a tabular model from a notebook to production and keep it healthy.')
+    p.add_argument('--debug', action='store_true', help='show tracebacks and debug logs')
+    p.add_argument('--project', default=None, help='project folder or mlprod.toml (default: found from the working folder)')
+    sub = p.add_subparsers(dest='command', metavar='COMMAND')
+    _add_init(sub)
+    for name, (module, func, text) in COMMANDS.items():
+        top = name.split()[0]
+        if command not in ('*', top):
+            if name == top: sub.add_parser(name, help=text)  # listed in --help, parsed when it runs
+        elif func == 'add_commands': importlib.import_module(module).add_commands(sub)
+        elif func is None: sub.add_parser(name, help=text, description=text)  # a group of actions
+        else:
+            from mlprod.commands import add_command
+            add_command(sub, name, command_function(name), help=text, **OPTION_SPELLING.get(name, {}))
     return p
 
 # %% ../nbs/13_cli.ipynb #c5cf9395
 def main(argv=None) -> int:
     "Entry point of the `mlprod` console script."
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in COMMANDS or a in ('init', 'demo', 'config')), None)
+    command = next((a for a in argv if a == 'init' or a in COMMANDS), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'DASHBOARD_CSS', 'KEY_FIGURES', 'sparkline_svg',
-           'age_text', 'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'add_commands']
+           'age_text', 'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'cmd_dashboard']
 
 # %% ../nbs/08a_dashboard.ipynb #c006
 def sparkline_svg(values:Sequence, # the series, oldest first (None and NaN are skipped)
@@ -234,13 +234,8 @@ def build_dashboard(cfg:ProjectConfig|None=None, # project (default: `get_config
     return out
 
 # %% ../nbs/08a_dashboard.ipynb #c021
-def _cmd_dashboard(args):
+def cmd_dashboard(project=None, # project folder or mlprod.toml (the global `--project`)
+                 ) -> int:
     "Rebuild reports/index.html from the job runs, alerts and registry."
-    out = build_dashboard(get_config(args.project))
-    print(f"wrote {out}")
+    print(f"wrote {build_dashboard(get_config(project))}")
     return 0
-
-def add_commands(sub):
-    "Add `dashboard` to the `mlprod` command."
-    s = sub.add_parser('dashboard', help='rebuild reports/index.html', description=_cmd_dashboard.__doc__)
-    s.set_defaults(func=_cmd_dashboard)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'EvaluateError', 'config_gates', 'evaluation_window', 'window_check', 'VersionComparison', 'compare_versions',
-           'add_commands']
+           'cmd_compare']
 
 # %% ../nbs/03a_compare_models.ipynb #e4b25e36
 class EvaluateError(MlprodError):
@@ -301,34 +301,25 @@ def compare_versions(name:str, # registered model name
     return vc
 
 # %% ../nbs/03a_compare_models.ipynb #68984981
-def _cmd_compare(args):
+def cmd_compare(name:str, # registered model name
+                *, challenger:str, # version number or alias of the challenger
+                champion:str='production', # version number, alias, or 'baseline' (default: production; the prior baseline when the alias is not set)
+                window:tuple[str, str]|None=None, # evaluation window [START, END) (default: the 30 days after both training windows)
+                n_boot:int|None=None, # bootstrap replicates (default 1000)
+                ops:bool=True, # measure latency and cost (default; --no-ops skips them)
+                mlflow:bool=True, # log an MLflow run (default; --no-mlflow skips it)
+                report:bool=True, # write the HTML report (default; --no-report skips it)
+                json:bool=False, # print the result as JSON
+                project=None, # project folder or mlprod.toml (the global `--project`)
+               ) -> int:
     "Compare a challenger version with the champion (default: production) on a time window; exit 0 only when it may be promoted."
-    cfg = get_config(args.project)
-    start, end = args.window or (None, None)
-    kw = {'n_boot': args.n_boot} if args.n_boot is not None else {}
-    if args.no_ops: kw['measure_ops'] = False
-    try:
-        vc = compare_versions(args.name, args.challenger, args.champion, start, end, cfg=cfg,
-                              log_to_mlflow=not args.no_mlflow, save_report=not args.no_report, **kw)
+    cfg = get_config(project)
+    start, end = window or (None, None)
+    kw = {'n_boot': n_boot} if n_boot is not None else {}
+    if not ops: kw['measure_ops'] = False
+    try: vc = compare_versions(name, challenger, champion, start, end, cfg=cfg, log_to_mlflow=mlflow, save_report=report, **kw)
     except MlprodError: raise
     except Exception as e:  # an unexpected failure is still an error (exit 2), with one line
-        raise EvaluateError(f"compare {args.name}: {type(e).__name__}: {e}") from e
-    print(vc.to_json(indent=2) if args.json else vc.text())
+        raise EvaluateError(f"compare {name}: {type(e).__name__}: {e}") from e
+    print(vc.to_json(indent=2) if json else vc.text())
     return 0 if vc.ok else 1
-
-def add_commands(sub):
-    "Add `compare` to the `mlprod` command."
-    s = sub.add_parser('compare', help='compare a challenger version with the champion; exit 0 promote, 1 reject/needs_review, 2 error',
-                       description=_cmd_compare.__doc__)
-    s.add_argument('name', help='registered model name')
-    s.add_argument('--challenger', required=True, help='version number or alias of the challenger')
-    s.add_argument('--champion', default='production', help="version number, alias, or 'baseline' (default: production; "
-                   "the prior baseline when the alias is not set)")
-    s.add_argument('--window', nargs=2, metavar=('START', 'END'), default=None,
-                   help='evaluation window [START, END) (default: the 30 days after both training windows)')
-    s.add_argument('--n-boot', type=int, default=None, help='bootstrap replicates (default 1000)')
-    s.add_argument('--no-ops', action='store_true', help='skip latency and cost measurements')
-    s.add_argument('--no-mlflow', action='store_true', help='do not log an MLflow run')
-    s.add_argument('--no-report', action='store_true', help='do not write the HTML report')
-    s.add_argument('--json', action='store_true', help='print the result as JSON')
-    s.set_defaults(func=_cmd_compare)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'JOBS_DIR', 'RUNNER_PARAMETERS', 'REPORT_CSS', 'DEFAULT_TIMEOUT', 'JobError', 'JobFailed', 'list_jobs',
            'job_notebook', 'job_parameters', 'check_parameters', 'injected_source', 'publish', 'Summary',
-           'external_references', 'report_page', 'JobRun', 'recent_runs', 'run_job', 'add_commands']
+           'external_references', 'report_page', 'JobRun', 'recent_runs', 'run_job', 'cmd_run', 'cmd_jobs']
 
 # %% ../nbs/08_jobs.ipynb #c006
 def _import_nbformat():
@@ -497,16 +497,26 @@ def _rebuild_dashboard(cfg:ProjectConfig):
     except Exception as e: log.warning('could not rebuild the dashboard: %s', e)
 
 # %% ../nbs/08_jobs.ipynb #c049
-def _cmd_run(args):
+def cmd_run(job:str, # job name (`mlprod jobs --available` lists them) or a name for --notebook
+            *, param:list[tuple[str, str]]|None=None, # a parameter of the job (repeatable)
+            model:str|None=None, # model name from mlprod.toml
+            notebook:str|None=None, # run this notebook instead of the shipped job
+            timeout:float|None=None, # wall-clock limit in seconds (default 3600)
+            cell_timeout:float|None=None, # per-cell limit in seconds (default: the wall-clock limit)
+            kernel:str='python3', # Jupyter kernel name
+            dashboard:bool=True, # rebuild reports/index.html (default; --no-dashboard skips it)
+            json:bool=False, # print the run as JSON
+            project=None, # project folder or mlprod.toml (the global `--project`)
+           ) -> int:
     "Run a job notebook with papermill and write its HTML report."
-    cfg = get_config(args.project)
+    cfg = get_config(project)
     params = {}
-    for k, v in args.param or []:
+    for k, v in param or []:
         if k in params: raise ConfigError(f"parameter {k}", v, 'each parameter once')
         params[k] = v
-    run = run_job(args.job, params, model=args.model, notebook=args.notebook, cfg=cfg, timeout=args.timeout,
-                  cell_timeout=args.cell_timeout, kernel=args.kernel, dashboard=not args.no_dashboard)
-    if args.json: print(to_json(run.to_dict(), indent=2))
+    run = run_job(job, params, model=model, notebook=notebook, cfg=cfg, timeout=timeout,
+                  cell_timeout=cell_timeout, kernel=kernel, dashboard=dashboard)
+    if json: print(to_json(run.to_dict(), indent=2))
     else:
         print(f"{run.job} ({run.model or 'project'}): {run.status} in {run.duration_s:.1f} s")
         if run.error: print(f"  {run.error_text}" + (f" [{run.error['where']}]" if run.error.get('where') else ''))
@@ -514,37 +524,23 @@ def _cmd_run(args):
         print(f"  report: {run.report_path}")
     return 0 if run.ok else 1
 
-def _cmd_jobs(args):
+# %% ../nbs/08_jobs.ipynb #002a3df4
+def cmd_jobs(*, job:str|None=None, # only this job
+             model:str|None=None, # only this model
+             limit:int=20, # how many runs
+             available:bool=False, # list the shipped jobs and their parameters instead
+             json:bool=False, # print JSON
+             project=None, # project folder or mlprod.toml (the global `--project`)
+            ) -> int:
     "List recent job runs, or the jobs that ship with mlprod."
-    if args.available:
+    if available:
         for j in list_jobs():
             ps = job_parameters(job_notebook(j))
             print(j + ': ' + ', '.join(f"{k}={v['default']!r}" for k, v in ps.items() if k not in RUNNER_PARAMETERS))
         return 0
-    runs = recent_runs(get_config(args.project), job=args.job, model=args.model, limit=args.limit)
-    if args.json: print(to_json([r.to_dict() for r in runs], indent=2)); return 0
+    runs = recent_runs(get_config(project), job=job, model=model, limit=limit)
+    if json: print(to_json([r.to_dict() for r in runs], indent=2)); return 0
     for r in runs:
         print(f"{r.started_at:%Y-%m-%d %H:%M:%S}  {r.job:<10} {r.model or '-':<12} {r.status:<8} {r.duration_s:7.1f} s  {r.report_path}")
     if not runs: print('no job runs yet')
     return 0
-
-def add_commands(sub):
-    "Add `run` and `jobs` to the `mlprod` command."
-    s = sub.add_parser('run', help='run a job notebook (monitor, compare, …) and write its HTML report', description=_cmd_run.__doc__)
-    s.add_argument('job', help=f"job name ({', '.join(list_jobs())}) or a name for --notebook")
-    s.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='a parameter of the job (repeatable)')
-    s.add_argument('--model', default=None, help='model name from mlprod.toml')
-    s.add_argument('--notebook', default=None, help='run this notebook instead of the shipped job')
-    s.add_argument('--timeout', type=float, default=None, help='wall-clock limit in seconds (default 3600)')
-    s.add_argument('--cell-timeout', type=float, default=None, help='per-cell limit in seconds (default: the wall-clock limit)')
-    s.add_argument('--kernel', default='python3', help='Jupyter kernel name')
-    s.add_argument('--no-dashboard', action='store_true', help='do not rebuild reports/index.html')
-    s.add_argument('--json', action='store_true', help='print the run as JSON')
-    s.set_defaults(func=_cmd_run)
-    s = sub.add_parser('jobs', help='list recent job runs', description=_cmd_jobs.__doc__)
-    s.add_argument('--job', default=None, help='only this job')
-    s.add_argument('--model', default=None, help='only this model')
-    s.add_argument('--limit', type=int, default=20, help='how many runs')
-    s.add_argument('--available', action='store_true', help='list the shipped jobs and their parameters instead')
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.set_defaults(func=_cmd_jobs)

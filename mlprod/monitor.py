@@ -26,7 +26,7 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'monitor_runs', 'MonitorE
            'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
            'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'profile_path',
            'reference_profile', 'read_requests', 'expand_requests', 'align_dtypes', 'MonitorResult', 'monitor_history',
-           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'add_commands']
+           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -752,32 +752,29 @@ def save_monitor_report(result:MonitorResult, cfg:ProjectConfig|None=None, evide
     return p
 
 # %% ../nbs/06_monitor.ipynb #06ae47db
-def _cmd_monitor(args):
-    "Monitor a model over a window: service health, drift, realized and estimated performance."
-    cfg = get_config(args.project)
+from typing import Literal
+
+def cmd_monitor(name:str, # model name from mlprod.toml
+                *, start:str, # window start, inclusive (ISO date or datetime, UTC)
+                end:str, # window end, exclusive
+                version:str|None=None, # model version (default: the one behind --alias)
+                alias:str='production', # alias naming the version
+                time_field:Literal['event_time', 'at']='event_time', # request time used for the window (default: event_time, else at)
+                json:bool=False, # print the result as JSON
+                report:bool=False, # write the HTML report under reports/<model>/monitor/
+                alerts:bool=True, # evaluate alert rules (default; --no-alerts skips them)
+                mlflow:bool=True, # log figures to MLflow (default; --no-mlflow skips it)
+                project=None, # project folder or mlprod.toml (the global `--project`)
+               ) -> int:
+    "Monitor a model over a window: service health, drift, realized and estimated performance; exit 1 when a check failed."
+    cfg = get_config(project)
     try:
-        r = monitor(args.name, args.start, args.end, cfg=cfg, version=args.version, alias=args.alias, time_field=args.time_field,
-                    log_to_mlflow=not args.no_mlflow, alerts=not args.no_alerts, save_report=args.report)
+        r = monitor(name, start, end, cfg=cfg, version=version, alias=alias, time_field=time_field,
+                    log_to_mlflow=mlflow, alerts=alerts, save_report=report)
     except MlprodError: raise
-    except Exception as e: raise MonitorError(f"monitor {args.name}: {type(e).__name__}: {e}") from e
-    if args.json: print(to_json(r.to_dict(), indent=2))
+    except Exception as e: raise MonitorError(f"monitor {name}: {type(e).__name__}: {e}") from e
+    if json: print(to_json(r.to_dict(), indent=2))
     else:
         print(r.summary())
         if r.report_path: print(f"report: {r.report_path}")
     return 1 if any(c.status in (Status.FAIL, Status.ERROR) for c in r.checks.checks) else 0
-
-def add_commands(subparsers):
-    "Add `mlprod monitor` to the CLI."
-    s = subparsers.add_parser('monitor', help='check a model over a time window: service, drift, performance',
-                              description=_cmd_monitor.__doc__ + ' Exit code 0: no check failed (warnings allowed), 1: a check failed, 2: error.')
-    s.add_argument('name', help='model name from mlprod.toml')
-    s.add_argument('--start', required=True, help='window start, inclusive (ISO date or datetime, UTC)')
-    s.add_argument('--end', required=True, help='window end, exclusive')
-    s.add_argument('--version', default=None, help='model version (default: the one behind --alias)')
-    s.add_argument('--alias', default='production', help='alias naming the version (default: production)')
-    s.add_argument('--time-field', default='event_time', choices=('event_time', 'at'), help='request time used for the window (default: event_time, else at)')
-    s.add_argument('--json', action='store_true', help='print the result as JSON')
-    s.add_argument('--report', action='store_true', help='write the HTML report under reports/<model>/monitor/')
-    s.add_argument('--no-alerts', action='store_true', help='do not evaluate alert rules')
-    s.add_argument('--no-mlflow', action='store_true', help='do not log figures to MLflow')
-    s.set_defaults(func=_cmd_monitor)

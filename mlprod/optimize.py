@@ -20,7 +20,7 @@ __all__ = ['log', 'BACKENDS', 'UNSEEN', 'OptimizeError', 'UnsupportedModelError'
            'OptimizedClassifier', 'LightGBMNumpyClassifier', 'OnnxBinaryClassifier', 'CompiledTreesClassifier',
            'BackendUnavailable', 'build_lightgbm_numpy', 'build_onnx', 'build_compiled_trees', 'register_backend',
            'edge_rows', 'Equivalence', 'check_equivalence', 'measure_latency', 'BackendResult', 'OptimizationResult',
-           'optimize_model', 'optimize', 'add_commands']
+           'optimize_model', 'optimize', 'cmd_optimize']
 
 # %% ../nbs/04_optimize.ipynb #6f6e9998
 class OptimizeError(MlprodError):
@@ -647,22 +647,17 @@ def optimize(name:str, # registered model name
     return res
 
 # %% ../nbs/04_optimize.ipynb #c45086db
-def _cmd_optimize(args) -> int:
+def cmd_optimize(name:str, # registered model name
+                 version:str, # version number (or alias) to optimize
+                 *, register:bool=True, # register the winner (default; --no-register only measures)
+                 backend:list[str]|None=None, # limit to this backend (repeatable): lightgbm-numpy, onnx, compiled-trees or a registered one
+                 tolerance:float=1e-5, # largest allowed absolute difference of the probability
+                 json:bool=False, # print the result as JSON
+                 project=None, # project folder or mlprod.toml (the global `--project`)
+                ) -> int:
     "Convert a registered model version to faster backends, prove equivalence, time them, register the winner."
     from mlprod.config import get_config
-    res = optimize(args.name, args.version, cfg=get_config(args.project), tolerance=args.tolerance,
-                   register=not args.no_register, backends=args.backend or None)
-    print(json.dumps(res.to_dict(), indent=2) if args.json else res.table())
+    from mlprod.core import to_json
+    res = optimize(name, version, cfg=get_config(project), tolerance=tolerance, register=register, backends=backend or None)
+    print(to_json(res.to_dict(), indent=2) if json else res.table())
     return 0 if res.ok else 1
-
-def add_commands(sub):
-    "Add `mlprod optimize` to the CLI."
-    s = sub.add_parser('optimize', help='faster inference backends with an equivalence proof; registers the winner',
-                       description=_cmd_optimize.__doc__)
-    s.add_argument('name', help='registered model name')
-    s.add_argument('version', help='version number (or alias) to optimize')
-    s.add_argument('--no-register', action='store_true', help='measure only; do not register the winner')
-    s.add_argument('--backend', action='append', choices=sorted(BACKENDS), help='limit to this backend (repeatable)')
-    s.add_argument('--tolerance', type=float, default=1e-5, help='largest allowed absolute difference of the probability (default 1e-5)')
-    s.add_argument('--json', action='store_true', help='print the result as JSON')
-    s.set_defaults(func=_cmd_optimize)

@@ -22,7 +22,7 @@ __all__ = ['log', 'EXPECTED_RUNBOOKS', 'RUNBOOK_SECTIONS', 'runbook_checks', 'CA
            'mlprod_commands', 'parse_command', 'runbooks_fingerprint', 'check_runbooks', 'run_runbook',
            'RunbookCheckRecord', 'record_runbook_check', 'last_runbook_check', 'sandbox_toml', 'build_sandbox',
            'sandbox_env', 'free_port', 'running_service', 'stop_started_services', 'run_runbooks', 'Item', 'Scorecard',
-           'last_retraining', 'readiness', 'add_commands']
+           'last_retraining', 'readiness', 'cmd_readiness', 'cmd_runbooks_install', 'cmd_runbooks_check']
 
 # %% ../nbs/10_readiness.ipynb #1bb0e493
 EXPECTED_RUNBOOKS = ('README.md', 'on-call.md', 'data-drift.md', 'performance-degradation.md', 'latency-errors.md',
@@ -660,39 +660,54 @@ def readiness(name:str, # model name from mlprod.toml
     return Scorecard(name, tuple(items), tuple(_warning_signs(items)), now, cfg.name, str(cfg.root))
 
 # %% ../nbs/10_readiness.ipynb #fbe0c693
-def _cmd_readiness(args):
+def cmd_readiness(name:str, # model name from mlprod.toml
+                  *, json:bool=False, # print JSON
+                  serve_url:str|None=None, # check this service's /health instead of the request log
+                  drill_max_age_days:float=30, # a rollback drill must be this recent
+                  fresh_hours:float=36, # dashboard and traffic must be this recent
+                  channel_test_max_age_days:float=7, # an alert channel test must be this recent
+                  save:bool=True, # write the HTML and JSON scorecard (default; --no-save skips it)
+                  project=None, # project folder or mlprod.toml (the global `--project`)
+                 ) -> int:
     "Score a model's production readiness; exit 0 when every item passes, 1 otherwise."
-    cfg = get_config(args.project)
-    sc = readiness(args.name, cfg, drill_max_age_days=args.drill_max_age_days, fresh_hours=args.fresh_hours,
-                   channel_test_max_age_days=args.channel_test_max_age_days, serve_url=args.serve_url)
-    path = None if args.no_save else sc.save(cfg.reports_dir)
-    if args.json: print(to_json({**sc.to_dict(), 'report': str(path) if path else None}, indent=2))
+    cfg = get_config(project)
+    sc = readiness(name, cfg, drill_max_age_days=drill_max_age_days, fresh_hours=fresh_hours,
+                   channel_test_max_age_days=channel_test_max_age_days, serve_url=serve_url)
+    path = sc.save(cfg.reports_dir) if save else None
+    if json: print(to_json({**sc.to_dict(), 'report': str(path) if path else None}, indent=2))
     else:
         print(sc.text())
         if path: print(f"report: {path}")
     return 0 if sc.ok else 1
 
-def _cmd_runbooks_install(args):
+# %% ../nbs/10_readiness.ipynb #35fd0069
+def cmd_runbooks_install(dir:str|None=None, # destination (default: <project>/runbooks)
+                         *, force:bool=False, # overwrite existing files
+                         project=None, # project folder or mlprod.toml (the global `--project`)
+                        ) -> int:
     "Copy the runbooks that ship with mlprod into the project's runbooks folder."
-    cfg = get_config(args.project)
-    dest = Path(args.dir) if args.dir else Path(cfg.root)/'runbooks'
-    written = install_runbooks(dest, force=args.force)
-    print(f"copied {len(written)} runbook(s) to {dest}" + ('' if args.force else ' (existing files kept; --force overwrites)'))
+    cfg = get_config(project)
+    dest = Path(dir) if dir else Path(cfg.root)/'runbooks'
+    written = install_runbooks(dest, force=force)
+    print(f"copied {len(written)} runbook(s) to {dest}" + ('' if force else ' (existing files kept; --force overwrites)'))
     return 0
 
-def _cmd_runbooks_check(args):
+# %% ../nbs/10_readiness.ipynb #97ba8acd
+def cmd_runbooks_check(*, dir:str|None=None, # runbooks folder (default: <project>/runbooks)
+                       run:bool=False, # also run every runnable block in a throwaway sandbox project (minutes)
+                       timeout:float=600, # seconds per block with --run
+                       project=None, # project folder or mlprod.toml (the global `--project`)
+                      ) -> int:
     "Check every mlprod command in the project's runbooks (and with --run, run the runnable blocks in a sandbox); record the outcome."
-    cfg = get_config(args.project)
-    folder = Path(args.dir) if args.dir else Path(cfg.root)/'runbooks'
+    cfg = get_config(project)
+    folder = Path(dir) if dir else Path(cfg.root)/'runbooks'
     if not folder.is_dir(): raise NotFoundError(f"runbooks folder: {str(folder)!r} does not exist; allowed: a folder of runbooks (`mlprod runbooks install`)")
-    result = check_runbooks(folder)
-    mode = 'commands'
-    if args.run:
+    result, mode = check_runbooks(folder), 'commands'
+    if run:
         import tempfile
         with tempfile.TemporaryDirectory(prefix='mlprod-sandbox-') as d:
             print(f"building a sandbox project in {d} …", flush=True)
-            sb = build_sandbox(d)
-            ran = run_runbooks(folder, sb, timeout=args.timeout)
+            ran = run_runbooks(folder, build_sandbox(d), timeout=timeout)
             _db.dispose_all()
         result, mode = Checks(f"Runbooks in {folder}", result.checks + ran.checks), 'run'
     rec = record_runbook_check(result, folder, mode, cfg)
@@ -700,27 +715,3 @@ def _cmd_runbooks_check(args):
         print(f"{c.status.value:<8} {c.name[c.name.index(':') + 1:]}: {c.message}")
     print(f"{rec.summary} (recorded; fingerprint {rec.fingerprint})")
     return 0 if result.ok else 1
-
-def add_commands(sub):
-    "Add `readiness` and `runbooks install|check` to the `mlprod` command."
-    s = sub.add_parser('readiness', help='production-readiness scorecard of a model (exit 1 when an item fails)', description=_cmd_readiness.__doc__)
-    s.add_argument('name', help='model name from mlprod.toml')
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.add_argument('--serve-url', default=None, help="check this service's /health instead of the request log")
-    s.add_argument('--drill-max-age-days', type=float, default=30, help='a rollback drill must be this recent (default 30)')
-    s.add_argument('--fresh-hours', type=float, default=36, help='dashboard and traffic must be this recent (default 36)')
-    s.add_argument('--channel-test-max-age-days', type=float, default=7, help='an alert channel test must be this recent (default 7)')
-    s.add_argument('--no-save', action='store_true', help='do not write the HTML and JSON scorecard')
-    s.set_defaults(func=_cmd_readiness)
-    s = sub.add_parser('runbooks', help='install the runbooks into the project, or check them')
-    rs = s.add_subparsers(dest='runbooks_command', metavar='ACTION', required=True)
-    i = rs.add_parser('install', help='copy the shipped runbooks into ./runbooks', description=_cmd_runbooks_install.__doc__)
-    i.add_argument('dir', nargs='?', default=None, help='destination (default: <project>/runbooks)')
-    i.add_argument('--force', action='store_true', help='overwrite existing files')
-    i.set_defaults(func=_cmd_runbooks_install)
-    c = rs.add_parser('check', help='check the mlprod commands of the runbooks (--run: run the runnable blocks in a sandbox)',
-                      description=_cmd_runbooks_check.__doc__)
-    c.add_argument('--dir', default=None, help='runbooks folder (default: <project>/runbooks)')
-    c.add_argument('--run', action='store_true', help='also run every runnable block in a throwaway sandbox project (minutes)')
-    c.add_argument('--timeout', type=float, default=600, help='seconds per block with --run (default 600)')
-    c.set_defaults(func=_cmd_runbooks_check)

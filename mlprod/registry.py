@@ -23,7 +23,8 @@ os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 __all__ = ['log', 'ALIASES', 'ACTIONS', 'comparisons', 'locks', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError',
            'PromotionBlocked', 'RollbackError', 'PositiveScore', 'VersionInfo', 'register', 'LoadedModel',
            'resolve_version', 'load', 'clear_cache', 'Move', 'deploy', 'record_comparison', 'promote', 'rollback',
-           'History', 'history', 'ModelCard', 'card', 'add_commands']
+           'History', 'history', 'ModelCard', 'card', 'cmd_models', 'cmd_register', 'cmd_deploy', 'cmd_promote',
+           'cmd_rollback', 'cmd_history', 'cmd_card']
 
 # %% ../nbs/02_registry.ipynb #236943cc
 ALIASES = ('staging', 'production')
@@ -801,9 +802,11 @@ def card(name:str, # registered model name
                      lineage, schema, moves, mv.run_id, f"models:/{name}/{version}")
 
 # %% ../nbs/02_registry.ipynb #5d9eb34d
-def _cmd_models(args):
+def cmd_models(*, json:bool=False, # print JSON
+               project=None, # project folder or mlprod.toml (the global `--project`)
+              ) -> int:
     "List registered models with their staging and production versions."
-    cfg = get_config(args.project); client = _client(cfg)
+    cfg = get_config(project); client = _client(cfg)
     models = client.search_registered_models(max_results=1000)
     if not models: print('no registered models'); return 0
     rows = []
@@ -811,97 +814,94 @@ def _cmd_models(args):
         al = m.aliases or {}
         latest = max((int(v.version) for v in client.search_model_versions(f"name='{m.name}'")), default=None)
         rows.append((m.name, str(latest or '-'), str(al.get('staging', '-')), str(al.get('production', '-'))))
-    if args.json: print(json.dumps([dict(zip(('name', 'latest', 'staging', 'production'), r)) for r in rows])); return 0
+    if json: print(to_json([dict(zip(('name', 'latest', 'staging', 'production'), r)) for r in rows])); return 0
     print(f"{'model':<24} {'latest':>6} {'staging':>8} {'production':>11}")
     for r in rows: print(f"{r[0]:<24} {r[1]:>6} {r[2]:>8} {r[3]:>11}")
     return 0
 
-def _cmd_register(args):
+# %% ../nbs/02_registry.ipynb #bf10f7bb
+def cmd_register(name:str, # registered model name
+                 *, model_uri:str, # runs:/RUN_ID/model, models:/NAME/VERSION or a model folder
+                 train_data:str, # Parquet file of the training rows (features, target, time)
+                 window:tuple[str, str]|None=None, # training window (default: time range of the data)
+                 recipe:str|None=None, # recipe that trained it (default: from mlprod.toml)
+                 metrics:str|None=None, # JSON object of evaluation figures, e.g. '{"roc_auc": 0.71}'
+                 project=None, # project folder or mlprod.toml (the global `--project`)
+                ) -> int:
     "Register a model already logged in MLflow (by URI) with its training data, schema, snapshot and lineage."
     import mlflow
-    cfg = get_config(args.project)
+    cfg = get_config(project)
     mlflow_setup(cfg)
-    p = Path(args.train_data)
+    p = Path(train_data)
     if not p.is_file(): raise DataError(f"--train-data: got {str(p)!r}, not a file; allowed: a Parquet file of the training rows")
     try: df = pd.read_parquet(p)
     except Exception as e: raise DataError(f"--train-data: cannot read {str(p)!r} as Parquet ({e})") from None
-    try: model = _unwrap(mlflow.sklearn.load_model(args.model_uri))
+    try: model = _unwrap(mlflow.sklearn.load_model(model_uri))
     except Exception as e:
-        raise NotFoundError(f"--model-uri: cannot load {args.model_uri!r} as a scikit-learn model ({type(e).__name__}: {str(e)[:200]}); "
+        raise NotFoundError(f"--model-uri: cannot load {model_uri!r} as a scikit-learn model ({type(e).__name__}: {str(e)[:200]}); "
                             "allowed: runs:/RUN_ID/model, models:/NAME/VERSION or a model folder logged with mlflow.sklearn") from None
-    metrics = json.loads(args.metrics) if args.metrics else None
-    v = register(model, args.name, df, window=tuple(args.window) if args.window else None, recipe=args.recipe, metrics=metrics, cfg=cfg)
+    v = register(model, name, df, window=tuple(window) if window else None, recipe=recipe,
+                 metrics=json.loads(metrics) if metrics else None, cfg=cfg)
     lin = v.lineage
     print(f"registered {v.name} version {v.version} (window {lin.get('window_start') or '?'} .. {lin.get('window_end') or '?'}, "
           f"{lin.get('train_rows')} training rows, {lin.get('reference_rows')} reference rows, data {lin.get('data_fingerprint', '')[:12]})")
     return 0
 
+# %% ../nbs/02_registry.ipynb #2e4f896a
 def _print_move(m:Move) -> int:
     print(m.summary() + (f" [{m.seconds:.2f} s]" if m.seconds is not None else ''))
     return 0
 
-def _cmd_deploy(args):
+def cmd_deploy(name:str, # registered model name
+               version:str, # version number or alias
+               *, reason:str='deploy to staging', # why (kept in the history)
+               actor:str|None=None, # who acts (default: $MLPROD_ACTOR or the login name)
+               project=None, # project folder or mlprod.toml (the global `--project`)
+              ) -> int:
     "Put a version on staging."
-    return _print_move(deploy(args.name, args.version, reason=args.reason, actor=args.actor, cfg=get_config(args.project)))
+    return _print_move(deploy(name, version, reason=reason, actor=actor, cfg=get_config(project)))
 
-def _cmd_promote(args):
+# %% ../nbs/02_registry.ipynb #217a89c6
+def cmd_promote(name:str, # registered model name
+                version:str, # version number or alias
+                *, to:str='production', # staging or production
+                reason:str, # why (kept in the history)
+                decision:str|None=None, # id of a recorded comparison that allows the promotion
+                force:bool=False, # promote to production without a passing comparison (recorded as forced)
+                actor:str|None=None, # who acts (default: $MLPROD_ACTOR or the login name)
+                project=None, # project folder or mlprod.toml (the global `--project`)
+               ) -> int:
     "Point staging or production at a version; production needs a passing comparison (--decision) or --force."
-    return _print_move(promote(args.name, args.version, to=args.to, reason=args.reason, decision=args.decision, force=args.force,
-                               actor=args.actor, cfg=get_config(args.project)))
+    return _print_move(promote(name, version, to=to, reason=reason, decision=decision, force=force, actor=actor,
+                               cfg=get_config(project)))
 
-def _cmd_rollback(args):
+# %% ../nbs/02_registry.ipynb #19961c81
+def cmd_rollback(name:str, # registered model name
+                 *, reason:str, # why (kept in the history)
+                 to:str|None=None, # version to go back to (default: the previous production version)
+                 actor:str|None=None, # who acts (default: $MLPROD_ACTOR or the login name)
+                 project=None, # project folder or mlprod.toml (the global `--project`)
+                ) -> int:
     "Move production back to the version it had before (or --to VERSION)."
-    return _print_move(rollback(args.name, reason=args.reason, to=args.to, actor=args.actor, cfg=get_config(args.project)))
+    return _print_move(rollback(name, reason=reason, to=to, actor=actor, cfg=get_config(project)))
 
-def _cmd_history(args):
+# %% ../nbs/02_registry.ipynb #bfd83a5c
+def cmd_history(name:str, # registered model name
+                *, alias:str|None=None, # only staging or production
+                json:bool=False, # print JSON
+                project=None, # project folder or mlprod.toml (the global `--project`)
+               ) -> int:
     "Show every alias move of a model."
-    h = history(args.name, alias=args.alias, cfg=get_config(args.project))
-    print(to_json(h.to_dict(), indent=2) if args.json else h.text())
+    h = history(name, alias=alias, cfg=get_config(project))
+    print(to_json(h.to_dict(), indent=2) if json else h.text())
     return 0
 
-def _cmd_card(args):
+# %% ../nbs/02_registry.ipynb #fcd1dcad
+def cmd_card(name:str, # registered model name
+             version:str, # version number or alias
+             project=None, # project folder or mlprod.toml (the global `--project`)
+            ) -> int:
     "Write the model card of a version as HTML under reports/."
-    cfg = get_config(args.project)
-    c = card(args.name, args.version, cfg=cfg)
-    p = c.save(cfg.reports_dir)
-    print(f"wrote {p}")
+    cfg = get_config(project)
+    print(f"wrote {card(name, version, cfg=cfg).save(cfg.reports_dir)}")
     return 0
-
-def add_commands(sub):
-    "Add the registry sub-commands to the `mlprod` parser."
-    s = sub.add_parser('models', help='list registered models and their aliases', description=_cmd_models.__doc__)
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.set_defaults(func=_cmd_models)
-    s = sub.add_parser('register', help='register a logged model with lineage', description=_cmd_register.__doc__)
-    s.add_argument('name', help='registered model name')
-    s.add_argument('--model-uri', required=True, help='runs:/RUN_ID/model, models:/NAME/VERSION or a model folder')
-    s.add_argument('--train-data', required=True, help='Parquet file of the training rows (features, target, time)')
-    s.add_argument('--window', nargs=2, metavar=('START', 'END'), help='training window (default: time range of the data)')
-    s.add_argument('--recipe', default=None, help='recipe that trained it (default: from mlprod.toml)')
-    s.add_argument('--metrics', default=None, help='JSON object of evaluation figures, e.g. \'{"roc_auc": 0.71}\'')
-    s.set_defaults(func=_cmd_register)
-    def common(s):
-        s.add_argument('--actor', default=None, help='who acts (default: $MLPROD_ACTOR or the login name)')
-    s = sub.add_parser('deploy', help='put a version on staging', description=_cmd_deploy.__doc__)
-    s.add_argument('name'); s.add_argument('version')
-    s.add_argument('--reason', default='deploy to staging', help='why (kept in the history)')
-    common(s); s.set_defaults(func=_cmd_deploy)
-    s = sub.add_parser('promote', help='move staging or production to a version (production is gated)', description=_cmd_promote.__doc__)
-    s.add_argument('name'); s.add_argument('version')
-    s.add_argument('--to', default='production', help='staging or production (default: production)')
-    s.add_argument('--reason', required=True, help='why (kept in the history)')
-    s.add_argument('--decision', default=None, help='id of a recorded comparison that allows the promotion')
-    s.add_argument('--force', action='store_true', help='promote to production without a passing comparison (recorded as forced)')
-    common(s); s.set_defaults(func=_cmd_promote)
-    s = sub.add_parser('rollback', help='move production back to the previous version', description=_cmd_rollback.__doc__)
-    s.add_argument('name')
-    s.add_argument('--reason', required=True, help='why (kept in the history)')
-    s.add_argument('--to', default=None, help='version to go back to (default: the previous production version)')
-    common(s); s.set_defaults(func=_cmd_rollback)
-    s = sub.add_parser('history', help='show every alias move of a model', description=_cmd_history.__doc__)
-    s.add_argument('name'); s.add_argument('--alias', default=None, help='only staging or production')
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.set_defaults(func=_cmd_history)
-    s = sub.add_parser('card', help='write the model card of a version (HTML under reports/)', description=_cmd_card.__doc__)
-    s.add_argument('name'); s.add_argument('version', help='version number or alias')
-    s.set_defaults(func=_cmd_card)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'RETRAIN_STATUSES', 'Step', 'RetrainResult', 'windows', 'find_identical', 'retrain', 'triggers', 'GuardResult',
-           'guard', 'ReproduceResult', 'reproduce', 'add_commands']
+           'guard', 'ReproduceResult', 'reproduce', 'cmd_retrain', 'cmd_guard', 'cmd_reproduce']
 
 # %% ../nbs/09_retrain.ipynb #18cf2f58
 RETRAIN_STATUSES = ('promoted', 'current', 'staged', 'rejected', 'failed')
@@ -336,32 +336,42 @@ def reproduce(name:str, version:str, *, cfg=None, tolerance:float=1e-9, data:Opt
     return ReproduceResult(name, str(version), data_match, same, diff, len(X), msg)
 
 # %% ../nbs/09_retrain.ipynb #d557771a
-def _cmd_retrain(args):
-    auto = {'on': True, 'off': False, None: None}[args.auto_promote]
-    r = retrain(args.name, args.as_of, cfg=get_config(args.project), auto_promote=auto, holdout_days=args.holdout_days)
-    print(to_json(r.to_dict(), indent=2) if args.json else r.summary())
+from typing import Literal
+
+def cmd_retrain(name:str, # registered model name (a [models.NAME] section of mlprod.toml)
+                *, as_of:str, # end of the training window, e.g. 2013-08-01
+                auto_promote:Literal['on', 'off']|None=None, # override the model's auto_promote
+                holdout_days:int=7, # newest days used to compare, not to train
+                json:bool=False, # print the result as JSON
+                project=None, # project folder or mlprod.toml (the global `--project`)
+               ) -> int:
+    "Retrain a model on the window ending at --as-of, stage it, compare it and (if allowed) promote it."
+    auto = {'on': True, 'off': False, None: None}[auto_promote]
+    r = retrain(name, as_of, cfg=get_config(project), auto_promote=auto, holdout_days=holdout_days)
+    print(to_json(r.to_dict(), indent=2) if json else r.summary())
     if r.report_path: print(f"report: {r.report_path}")
     return 0 if r.ok else 1
 
-def _cmd_guard(args):
-    r = guard(args.name, args.start, args.end, cfg=get_config(args.project), margin=args.margin)
-    print(to_json(r.to_dict(), indent=2) if args.json else f"guard {r.model}: {'ROLLED BACK' if r.rolled_back else 'OK'}: {r.message}")
+# %% ../nbs/09_retrain.ipynb #85ac730a
+def cmd_guard(name:str, # registered model name
+              *, start:str, # start of a labelled window after the promotion
+              end:str, # end of that window (exclusive)
+              margin:float|None=None, # allowed drop of the metric (default: the model's max_metric_drop)
+              json:bool=False, # print the result as JSON
+              project=None, # project folder or mlprod.toml (the global `--project`)
+             ) -> int:
+    "Roll production back to the previous champion when it does worse than it; exit 1 when it rolled back."
+    r = guard(name, start, end, cfg=get_config(project), margin=margin)
+    print(to_json(r.to_dict(), indent=2) if json else f"guard {r.model}: {'ROLLED BACK' if r.rolled_back else 'OK'}: {r.message}")
     return 1 if r.rolled_back else 0
 
-def _cmd_reproduce(args):
-    r = reproduce(args.name, args.version, cfg=get_config(args.project))
-    print(to_json(r.to_dict(), indent=2) if args.json else f"reproduce {r.model} v{r.version}: {'OK' if r.ok else 'DIFFERENT'}: {r.message}")
+# %% ../nbs/09_retrain.ipynb #813011d0
+def cmd_reproduce(name:str, # registered model name
+                  version:str, # version number or alias
+                  *, json:bool=False, # print the result as JSON
+                  project=None, # project folder or mlprod.toml (the global `--project`)
+                 ) -> int:
+    "Retrain a version from its recorded lineage and compare predictions; exit 1 when they differ."
+    r = reproduce(name, version, cfg=get_config(project))
+    print(to_json(r.to_dict(), indent=2) if json else f"reproduce {r.model} v{r.version}: {'OK' if r.ok else 'DIFFERENT'}: {r.message}")
     return 0 if r.ok else 1
-
-def add_commands(sub):
-    "Add `retrain`, `guard` and `reproduce` to the mlprod CLI."
-    s = sub.add_parser('retrain', help='retrain, stage, compare and (if allowed) promote a model', description=retrain.__doc__)
-    s.add_argument('name'); s.add_argument('--as-of', required=True, help='end of the training window, e.g. 2013-08-01')
-    s.add_argument('--auto-promote', choices=['on', 'off'], default=None, help="override the model's auto_promote")
-    s.add_argument('--holdout-days', type=int, default=7, help='newest days used to compare, not to train (default 7)')
-    s.add_argument('--json', action='store_true'); s.set_defaults(func=_cmd_retrain)
-    s = sub.add_parser('guard', help='roll production back if it does worse than the champion it replaced', description=guard.__doc__)
-    s.add_argument('name'); s.add_argument('--start', required=True); s.add_argument('--end', required=True)
-    s.add_argument('--margin', type=float, default=None); s.add_argument('--json', action='store_true'); s.set_defaults(func=_cmd_guard)
-    s = sub.add_parser('reproduce', help='retrain a version from its lineage and compare predictions', description=reproduce.__doc__)
-    s.add_argument('name'); s.add_argument('version'); s.add_argument('--json', action='store_true'); s.set_defaults(func=_cmd_reproduce)

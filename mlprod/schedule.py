@@ -17,7 +17,7 @@ UTC = dt.timezone.utc
 
 # %% auto #0
 __all__ = ['log', 'UTC', 'MISFIRE_GRACE_S', 'DAG_TEMPLATE', 'cron_trigger', 'next_runs', 'previous_fire', 'window_params',
-           'ScheduledJob', 'scheduled_jobs', 'build_scheduler', 'run_schedule', 'export_airflow', 'add_commands']
+           'ScheduledJob', 'scheduled_jobs', 'build_scheduler', 'run_schedule', 'export_airflow', 'cmd_schedule']
 
 # %% ../nbs/08b_schedule.ipynb #c006
 def cron_trigger(expr:str, # 5-field cron expression, UTC
@@ -196,28 +196,24 @@ def export_airflow(cfg:ProjectConfig, # project whose schedules to export
     return out
 
 # %% ../nbs/08b_schedule.ipynb #c025
-def _cmd_schedule(args):
+def cmd_schedule(*, list:bool=False, # only list the schedules and their next runs
+                 export:tuple[str, str]|None=None, # `airflow DIR`: write one Airflow DAG per scheduled job into DIR
+                 kernel:str='python3', # Jupyter kernel the exported DAGs run the notebooks with
+                 project=None, # project folder or mlprod.toml (the global `--project`)
+                ) -> int:
     "Run the cron schedules of mlprod.toml until SIGTERM, list them, or export them as Airflow DAGs."
-    cfg = get_config(args.project)
-    if args.export:
-        kind, folder = args.export
+    cfg = get_config(project)
+    if export:
+        kind, folder = export
         if kind != 'airflow': raise ConfigError('--export', kind, 'airflow')
-        for p in export_airflow(cfg, folder, kernel=args.kernel): print(f"wrote {p}")
+        for p in export_airflow(cfg, folder, kernel=kernel): print(f"wrote {p}")
         return 0
     jobs = scheduled_jobs(cfg)
     for sj in jobs:
         print(f"{sj.id:<24} {sj.cron:<16} " + (f"NOT SCHEDULED: {sj.problem}" if sj.problem else
               'next: ' + ', '.join(t.strftime('%Y-%m-%d %H:%M') for t in next_runs(sj.cron, 2))))
-    if args.list: return 0
+    if list: return 0
     if not [sj for sj in jobs if not sj.problem]: print('nothing to schedule: add a [models.NAME.schedules] table with known jobs'); return 0
     run_schedule(cfg, on_start=lambda s: print(f"scheduler running {len(s.get_jobs())} job(s); stop with Ctrl-C or SIGTERM", flush=True))
     print('scheduler stopped', flush=True)
     return 0
-
-def add_commands(sub):
-    "Add `schedule` to the `mlprod` command."
-    s = sub.add_parser('schedule', help='run the cron schedules of mlprod.toml (or export them to Airflow)', description=_cmd_schedule.__doc__)
-    s.add_argument('--list', action='store_true', help='only list the schedules and their next runs')
-    s.add_argument('--export', nargs=2, metavar=('airflow', 'DIR'), default=None, help='write one Airflow DAG per scheduled job into DIR')
-    s.add_argument('--kernel', default='python3', help='Jupyter kernel the exported DAGs run the notebooks with')
-    s.set_defaults(func=_cmd_schedule)

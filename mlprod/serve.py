@@ -21,7 +21,7 @@ __all__ = ['log', 'FORMS', 'LATENCY_BUCKETS', 'PREDICTION_BUCKETS', 'ServeError'
            'unexpected_violation', 'fast_path_problem', 'LightGBMScorer', 'FrameScorer', 'make_scorer', 'Served',
            'prepare', 'ModelProvider', 'StaticProvider', 'CallbackProvider', 'RegistryProvider', 'RequestLog',
            'LabelReport', 'log_labels', 'ingest_labels', 'ServiceMetrics', 'content_kind', 'ScoringService',
-           'create_app', 'app_from_env', 'serve', 'add_commands']
+           'create_app', 'app_from_env', 'serve', 'cmd_serve', 'add_commands']
 
 # %% ../nbs/05_serve.ipynb #3f816345
 class ServeError(MlprodError):
@@ -975,12 +975,21 @@ def serve(name:str, # registered model name
                 log_level=log_level, timeout_graceful_shutdown=10, server_header=False)
 
 # %% ../nbs/05_serve.ipynb #b6bad88e
-def _cmd_serve(args):
+def cmd_serve(name:str, # registered model name
+              *, alias:str='production', # alias to serve and follow
+              host:str='127.0.0.1', # interface to bind
+              port:int=8080, # TCP port
+              workers:int=1, # worker processes
+              shadow:str|None=None, # alias of a model that scores in the shadow, e.g. staging
+              token_env:str|None=None, # environment variable holding the bearer token for /invocations
+              project=None, # project folder or mlprod.toml (the global `--project`)
+             ) -> int:
     "Serve a registered model over HTTP (the MLflow scoring protocol), following its alias."
-    serve(args.name, args.alias, args.host, args.port, args.workers, args.shadow, args.token_env, args.project,
-          'debug' if getattr(args, 'debug', False) else 'warning')
+    serve(name, alias, host, port, workers, shadow, token_env, project,
+          'debug' if logging.getLogger().isEnabledFor(logging.DEBUG) else 'warning')
     return 0
 
+# %% ../nbs/05_serve.ipynb #f7a9caeb
 def _cmd_labels_ingest(args):
     "Record ground-truth labels from a CSV or Parquet file (request_id, label, optional row)."
     from mlprod.config import get_config
@@ -989,16 +998,7 @@ def _cmd_labels_ingest(args):
     return 0
 
 def add_commands(sub):
-    "Add `serve` and `labels ingest` to the `mlprod` command."
-    s = sub.add_parser('serve', help='serve a model over HTTP (MLflow protocol, validated, logged, hot-reloading)', description=_cmd_serve.__doc__)
-    s.add_argument('name', help='registered model name')
-    s.add_argument('--alias', default='production', help='alias to serve and follow (default: production)')
-    s.add_argument('--host', default='127.0.0.1', help='interface to bind (default: 127.0.0.1)')
-    s.add_argument('--port', type=int, default=8080, help='TCP port (default: 8080)')
-    s.add_argument('--workers', type=int, default=1, help='worker processes (default: 1)')
-    s.add_argument('--shadow', default=None, help='alias of a model that scores in the shadow, e.g. staging')
-    s.add_argument('--token-env', default=None, help='environment variable holding the bearer token for /invocations')
-    s.set_defaults(func=_cmd_serve)
+    "Add `labels ingest` to the `mlprod` command."
     s = sub.add_parser('labels', help='record ground truth for logged requests')
     lsub = s.add_subparsers(dest='labels_command', metavar='ACTION', required=True)
     i = lsub.add_parser('ingest', help='record labels from a CSV or Parquet file', description=_cmd_labels_ingest.__doc__)

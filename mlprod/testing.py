@@ -21,7 +21,7 @@ __all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'ExpectationFailed', 'Expectat
            'MlprodWarning', 'check_gates', 'pytest_addoption', 'pytest_configure', 'pytest_sessionstart', 'MlprodCheck',
            'MlprodCandidate', 'pytest_collection_modifyitems', 'mlprod_config', 'model', 'reference_data', 'champion',
            'pytest_report_header', 'pytest_terminal_summary', 'ci_check_command', 'ci_check', 'CiPromotion',
-           'ci_promote', 'add_commands', 'write_github_workflow']
+           'ci_promote', 'cmd_ci_check', 'cmd_ci_promote', 'write_github_workflow']
 
 # %% ../nbs/09a_testing.ipynb #c967edff
 class ExpectationFailed(MlprodError, AssertionError):
@@ -483,38 +483,33 @@ def ci_promote(name:str, # registered model name
     return CiPromotion(name, staging, prod, True, vc.decision, vc.id, f"promoted: {move.summary()}", done)
 
 # %% ../nbs/09a_testing.ipynb #0064457f
-def _cmd_ci_check(args):
+def cmd_ci_check(name:str, # registered model name
+                 *, ref:str='staging', # candidate alias or version
+                 tests:str|None=None, # model tests folder (default: tests/model in the project)
+                 window:tuple[str, str]|None=None, # evaluation window (default: after the training windows)
+                 n_boot:int|None=None, # bootstrap replicates (default 1000)
+                 project=None, # project folder or mlprod.toml (the global `--project`; default: here)
+                ) -> int:
     "Run the built-in checks and the project's model tests (tests/model) on NAME@REF with pytest; exit code is pytest's."
-    project = args.project or str(Path.cwd())
-    extra = ['--mlprod-n-boot', str(args.n_boot)] if args.n_boot else []
-    if args.window: extra += ['--mlprod-window', *args.window]
-    print('$ ' + shlex.join([x or '<built-in checks only>' for x in ci_check_command(args.name, args.ref, project, args.tests, extra)]), flush=True)
-    return ci_check(args.name, args.ref, project, args.tests, extra)
+    project = project or str(Path.cwd())
+    extra = ['--mlprod-n-boot', str(n_boot)] if n_boot else []
+    if window: extra += ['--mlprod-window', *window]
+    print('$ ' + shlex.join([x or '<built-in checks only>' for x in ci_check_command(name, ref, project, tests, extra)]), flush=True)
+    return ci_check(name, ref, project, tests, extra)
 
-def _cmd_ci_promote(args):
+# %% ../nbs/09a_testing.ipynb #38c63d35
+def cmd_ci_promote(name:str, # registered model name
+                   *, reason:str='merged PR', # why (kept in the history)
+                   window:tuple[str, str]|None=None, # evaluation window (default: after the training windows)
+                   n_boot:int|None=None, # bootstrap replicates (default 1000)
+                   actor:str|None=None, # who (default: $MLPROD_ACTOR or the login name)
+                   json:bool=False, # print JSON
+                   project=None, # project folder or mlprod.toml (the global `--project`)
+                  ) -> int:
     "Compare staging with production and promote staging when the decision is 'promote' (exit 0), else exit 1."
-    r = ci_promote(args.name, reason=args.reason, window=tuple(args.window) if args.window else None, n_boot=args.n_boot,
-                   actor=args.actor, cfg=get_config(args.project))
-    print(to_json(r.to_dict(), indent=2) if args.json else r.text())
+    r = ci_promote(name, reason=reason, window=window, n_boot=n_boot, actor=actor, cfg=get_config(project))
+    print(to_json(r.to_dict(), indent=2) if json else r.text())
     return 0 if r.ok else 1
-
-def add_commands(sub):
-    "Add `ci check` and `ci promote` to the mlprod CLI."
-    ci = sub.add_parser('ci', help='checks and promotion for CI: ci check NAME, ci promote NAME', description='Commands a CI workflow runs.')
-    csub = ci.add_subparsers(dest='ci_command', metavar='CI_COMMAND', required=True)
-    s = csub.add_parser('check', help='run the candidate checks and model tests with pytest', description=_cmd_ci_check.__doc__)
-    s.add_argument('name'); s.add_argument('--ref', default='staging', help='candidate alias or version (default: staging)')
-    s.add_argument('--tests', default=None, help='model tests folder (default: tests/model in the project)')
-    s.add_argument('--window', nargs=2, metavar=('START', 'END'), default=None, help='evaluation window (default: after the training windows)')
-    s.add_argument('--n-boot', type=int, default=None, help='bootstrap replicates (default 1000)')
-    s.set_defaults(func=_cmd_ci_check)
-    s = csub.add_parser('promote', help='promote staging to production when it beats production', description=_cmd_ci_promote.__doc__)
-    s.add_argument('name'); s.add_argument('--reason', default='merged PR', help='why (kept in the history)')
-    s.add_argument('--window', nargs=2, metavar=('START', 'END'), default=None, help='evaluation window (default: after the training windows)')
-    s.add_argument('--n-boot', type=int, default=None, help='bootstrap replicates (default 1000)')
-    s.add_argument('--actor', default=None, help='who (default: $MLPROD_ACTOR or the login name)')
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.set_defaults(func=_cmd_ci_promote)
 
 # %% ../nbs/09a_testing.ipynb #7419ffa1
 def _install_command(root:Path) -> str:
