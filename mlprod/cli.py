@@ -84,7 +84,7 @@ def _add_init(sub):
 def cmd_demo(*, model:str='flights', # model name from mlprod.toml
              months:int=10, # months replayed after February (1-10, default 10)
              sample:int=1200, # flights replayed per month (default 1200)
-             jobs:bool=True, # run the monitor as the papermill job (default; --no-jobs calls it directly)
+             jobs:bool=True, # run the monitor as the papermill job (on by default; --no-jobs calls it directly)
              json:bool=False, # print the result as JSON
              project=None, # project folder or mlprod.toml (the global `--project`)
             ) -> int:

@@ -306,9 +306,9 @@ def cmd_compare(name:str, # registered model name
                 champion:str='production', # version number, alias, or 'baseline' (default: production; the prior baseline when the alias is not set)
                 window:tuple[str, str]|None=None, # evaluation window [START, END) (default: the 30 days after both training windows)
                 n_boot:int|None=None, # bootstrap replicates (default 1000)
-                ops:bool=True, # measure latency and cost (default; --no-ops skips them)
-                mlflow:bool=True, # log an MLflow run (default; --no-mlflow skips it)
-                report:bool=True, # write the HTML report (default; --no-report skips it)
+                ops:bool=True, # measure latency and cost (on by default; --no-ops skips them)
+                mlflow:bool=True, # log an MLflow run (on by default; --no-mlflow skips it)
+                report:bool=True, # write the HTML report (on by default; --no-report skips it)
                 json:bool=False, # print the result as JSON
                 project=None, # project folder or mlprod.toml (the global `--project`)
                ) -> int:

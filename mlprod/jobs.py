@@ -504,7 +504,7 @@ def cmd_run(job:str, # job name (`mlprod jobs --available` lists them) or a name
             timeout:float|None=None, # wall-clock limit in seconds (default 3600)
             cell_timeout:float|None=None, # per-cell limit in seconds (default: the wall-clock limit)
             kernel:str='python3', # Jupyter kernel name
-            dashboard:bool=True, # rebuild reports/index.html (default; --no-dashboard skips it)
+            dashboard:bool=True, # rebuild reports/index.html (on by default; --no-dashboard skips it)
             json:bool=False, # print the run as JSON
             project=None, # project folder or mlprod.toml (the global `--project`)
            ) -> int:

@@ -762,8 +762,8 @@ def cmd_monitor(name:str, # model name from mlprod.toml
                 time_field:Literal['event_time', 'at']='event_time', # request time used for the window (default: event_time, else at)
                 json:bool=False, # print the result as JSON
                 report:bool=False, # write the HTML report under reports/<model>/monitor/
-                alerts:bool=True, # evaluate alert rules (default; --no-alerts skips them)
-                mlflow:bool=True, # log figures to MLflow (default; --no-mlflow skips it)
+                alerts:bool=True, # evaluate alert rules (on by default; --no-alerts skips them)
+                mlflow:bool=True, # log figures to MLflow (on by default; --no-mlflow skips it)
                 project=None, # project folder or mlprod.toml (the global `--project`)
                ) -> int:
     "Monitor a model over a window: service health, drift, realized and estimated performance; exit 1 when a check failed."

@@ -649,7 +649,7 @@ def optimize(name:str, # registered model name
 # %% ../nbs/04_optimize.ipynb #c45086db
 def cmd_optimize(name:str, # registered model name
                  version:str, # version number (or alias) to optimize
-                 *, register:bool=True, # register the winner (default; --no-register only measures)
+                 *, register:bool=True, # register the winner (on by default; --no-register only measures)
                  backend:list[str]|None=None, # limit to this backend (repeatable): lightgbm-numpy, onnx, compiled-trees or a registered one
                  tolerance:float=1e-5, # largest allowed absolute difference of the probability
                  json:bool=False, # print the result as JSON

@@ -666,7 +666,7 @@ def cmd_readiness(name:str, # model name from mlprod.toml
                   drill_max_age_days:float=30, # a rollback drill must be this recent
                   fresh_hours:float=36, # dashboard and traffic must be this recent
                   channel_test_max_age_days:float=7, # an alert channel test must be this recent
-                  save:bool=True, # write the HTML and JSON scorecard (default; --no-save skips it)
+                  save:bool=True, # write the HTML and JSON scorecard (on by default; --no-save skips it)
                   project=None, # project folder or mlprod.toml (the global `--project`)
                  ) -> int:
     "Score a model's production readiness; exit 0 when every item passes, 1 otherwise."
