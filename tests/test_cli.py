@@ -54,3 +54,24 @@ def test_env_overrides(tmp_path):
     r = run_cli('config', cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert str(tmp_path / 'state') in r.stdout and 'http://127.0.0.1:5999' in r.stdout and 'postgresql://u@127.0.0.1/db' in r.stdout
+
+
+# every command and action users and runbooks type today, with an option that only that command has
+EVERY_COMMAND = {
+    'models': '--json', 'register': '--model-uri', 'deploy': '--actor', 'promote': '--decision', 'rollback': '--reason',
+    'history': '--alias', 'card': 'version', 'compare': '--no-report', 'optimize': '--no-register', 'serve': '--token-env',
+    'labels ingest': 'file', 'monitor': '--time-field', 'alerts': '--open', 'alerts test': '--json',
+    'alerts resolve': '--message', 'run': '-p KEY VALUE, --param KEY VALUE', 'jobs': '--available',
+    'dashboard': 'usage: mlprod dashboard', 'schedule': '--export airflow DIR', 'retrain': '--auto-promote {on,off}',
+    'guard': '--margin', 'reproduce': 'version', 'ci check': '--window START END', 'ci promote': '--n-boot',
+    'readiness': '--channel-test-max-age-days', 'runbooks install': '--force', 'runbooks check': '--run',
+    'demo': '--no-jobs', 'config': 'usage: mlprod config', 'init': '--ci {github}'}
+
+
+def test_every_command_has_its_options():
+    "`mlprod COMMAND --help` works for every command (each loads only its module) and shows the options users type."
+    for cmd, option in EVERY_COMMAND.items():
+        r = run_cli(*cmd.split(), '--help')
+        assert r.returncode == 0 and option in r.stdout, (cmd, r.stdout, r.stderr)
+    r = run_cli('--help')
+    for cmd in EVERY_COMMAND: assert f"    {cmd.split()[0]} " in r.stdout, cmd
