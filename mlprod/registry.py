@@ -205,9 +205,9 @@ def label_classes(model, # the fitted model
             raise DataError(f"target: got non-numeric values {seen[:6]} for task 'regression'; allowed: numbers, or task = 'binary' or 'multiclass'")
         return None, None
     if y is not None and task == 'binary' and len(seen) != 2:
-        raise DataError(f"target: got {len(seen)} distinct value(s) {seen[:10]} for task 'binary'; allowed: exactly two values, or task = 'multiclass'")
+        raise DataError(f"target: got {len(seen)} distinct value{'' if len(seen) == 1 else 's'} {seen[:10]} for task 'binary'; allowed: exactly two values, or task = 'multiclass'")
     if y is not None and task == 'multiclass' and len(seen) < 2:
-        raise DataError(f"target: got {len(seen)} distinct value(s) {seen[:10]} for task 'multiclass'; allowed: at least two values")
+        raise DataError(f"target: got {len(seen)} distinct value{'' if len(seen) == 1 else 's'} {seen[:10]} for task 'multiclass'; allowed: at least two values")
     fitted = _unwrap(model)
     if getattr(fitted, 'classes_', None) is None or not hasattr(fitted, 'predict_proba'):
         raise DataError(f"model: got {type(fitted).__name__} without classes_ and predict_proba; allowed: a fitted classifier for task {task!r}")
