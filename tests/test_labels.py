@@ -1,4 +1,4 @@
-"""Labels of any type and the multiclass task through the whole registry loop: register, `mlprod compare`, `mlprod promote`.
+"""Labels of any type and the multiclass task through the registry loop: register, `mlprod compare`, `mlprod promote`, the pytest plugin.
 
 Real data sets that ship with scikit-learn: breast cancer with the labels 'malignant'/'benign' (binary, the positive
 class set in the config to 'malignant', which is *not* what the 0/1 target would say) and wine cultivars (multiclass).
@@ -178,3 +178,30 @@ def test_multiclass_through_compare_and_promote(labels_project):
         skm.f1_score(rows['cultivar'], v2.model.predict(rows[v2.features]), average='macro'), abs=1e-12)
     _promote(p, 'wine', 2, d['id'])
     assert registry.resolve_version('wine', 'production', p.cfg) == '2'
+
+
+@pytest.mark.parametrize('name', ['cancer', 'wine'])
+def test_plugin_checks_string_label_and_multiclass_candidates(labels_project, name):
+    "The pytest plugin on a staging candidate with string labels / several classes: contract, gates and the example tests pass."
+    import re, subprocess, sys
+    from mlprod import registry
+    from mlprod.testing import write_github_workflow, _plugin_loaded_by_entry_point
+    p = labels_project
+    mc = p.cfg.model(name)
+    start, end = TRAIN if name == 'cancer' else WINE_TRAIN
+    df = (p.src.load_cancer if name == 'cancer' else p.src.load_wine)(start, end)
+    v = registry.register(p.src.train(df, mc), name, df, features=list(mc.features), categorical=[], window=(start, end), cfg=p.cfg).version
+    registry.deploy(name, v, reason='candidate from a PR', cfg=p.cfg)
+    tests = p.root/'tests'/name
+    write_github_workflow(p.root, model=name, tests=f"tests/{name}", force=True)  # and the example tests of the model
+    assert 'model.classes or [0, 1]' in (tests/'test_behaviour.py').read_text()
+    plugin = [] if _plugin_loaded_by_entry_point() else ['-p', 'mlprod.testing']
+    window = EVAL if name == 'cancer' else WINE_EVAL
+    r = subprocess.run([sys.executable, '-m', 'pytest', *plugin, '--mlprod-model', f"{name}@staging", '--mlprod-project', str(p.root),
+                        str(tests), '-p', 'no:cacheprovider', '--mlprod-n-boot', '200', '--mlprod-window', *window, '-rA'],
+                       cwd=p.root, env=p.env, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    metric = 'roc_auc' if name == 'cancer' else 'roc_auc_ovr'
+    assert re.search(rf'gates: {name} v{v} \(staging\) vs v\d \(production\): decision PROMOTE; {metric} v\d 0\.\d+ -> v{v} 0\.\d+', out), out
+    assert re.search(r'\b6 passed\b', out), out  # 3 built-in checks + 3 example tests
