@@ -306,6 +306,20 @@ def _labelled_scores(model, current:pd.DataFrame, labelled:np.ndarray):
     if model.task == 'multiclass': return model.predict_scores(current.loc[labelled])
     return current.loc[labelled, PREDICTION].to_numpy(float)
 
+def _report_samples(model, samples:dict) -> dict:
+    "The report's samples with binary labels as 0/1 (1 = the positive class), a multiclass model's without the predicted class."
+    from mlprod.compare import encode_labels
+    out = {}
+    for k, df in samples.items():
+        if model.task == 'binary' and model.target in df.columns:
+            lab, codes = df[model.target], np.full(len(df), np.nan)
+            try: codes[lab.notna().to_numpy()] = encode_labels(lab[lab.notna()], 'binary', model.classes, model.positive_class)
+            except MlprodError as e: log.warning('report sample labels left out: %s', e)
+            df = df.assign(**{model.target: codes})
+        if model.task == 'multiclass': df = df.drop(columns=[PREDICTION])  # Evidently's sections take a numeric prediction column
+        out[k] = df
+    return out
+
 # %% ../nbs/06_monitor.ipynb #1b35faae
 def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
     "Where the reference profile of `name` version `version` is cached."
@@ -688,8 +702,8 @@ def monitor(name:str, # model name from mlprod.toml
     ref_s = _sample(ref, sample_rows)
     ref_s = ref_s.assign(**{PREDICTION: prediction_column(model, ref_s)})
     cur_cols = [c for c in [*model.features, PREDICTION, target] if c in current.columns]
-    samples = dict(reference=ref_s[[c for c in [*model.features, PREDICTION, target] if c in ref_s.columns]].reset_index(drop=True),
-                   current=_sample(current[cur_cols], sample_rows).reset_index(drop=True))
+    samples = _report_samples(model, dict(reference=ref_s[[c for c in [*model.features, PREDICTION, target] if c in ref_s.columns]].reset_index(drop=True),
+                   current=_sample(current[cur_cols], sample_rows).reset_index(drop=True)))
     result = MonitorResult(name, str(model.version), model.alias or (alias if data is None and version is None else None), t0, t1, source,
                            Checks(f"Monitor {name} v{model.version}", checks), figures, drift, pdrift, cal,
                            uuid.uuid4().hex, utcnow(), notes=tuple(notes), samples=samples)
