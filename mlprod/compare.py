@@ -9,18 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 import numpy as np, pandas as pd
 from scipy import stats
+from fastcore.basics import patch
 from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, jsonable, to_json as _to_json,
                          fmt, esc, status_badge, checks_table_html, utcnow)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TASKS', 'HEADLINE', 'METRICS', 'MCNEMAR_METHODS', 'DECISIONS', 'InvalidLabels', 'InvalidScores',
-           'CompareError', 'Metric', 'get_metric', 'roc_auc', 'log_loss', 'brier', 'f1', 'accuracy', 'rmse', 'mae',
-           'r2', 'delong_cov', 'DeLongResult', 'delong', 'McNemarResult', 'mcnemar', 'BootstrapResult',
-           'paired_bootstrap', 'as_scorer', 'PriorBaseline', 'OpsFigures', 'model_size_bytes', 'single_row_latency',
-           'operational_figures', 'prediction_agreement', 'MetricRow', 'SliceRow', 'Evidence', 'Gate', 'MinSamples',
-           'LatencyBudget', 'SliceGate', 'decide', 'Comparison', 'default_gates', 'compare']
+__all__ = ['log', 'TASKS', 'HEADLINE', 'METRICS', 'MULTICLASS_METRICS', 'MCNEMAR_METHODS', 'DECISIONS', 'InvalidLabels',
+           'InvalidScores', 'CompareError', 'task_scores', 'encode_labels', 'Metric', 'get_metric', 'roc_auc',
+           'log_loss', 'brier', 'f1', 'accuracy', 'rmse', 'mae', 'r2', 'delong_cov', 'DeLongResult', 'delong',
+           'McNemarResult', 'mcnemar', 'BootstrapResult', 'paired_bootstrap', 'as_scorer', 'PriorBaseline',
+           'OpsFigures', 'model_size_bytes', 'single_row_latency', 'operational_figures', 'prediction_agreement',
+           'MetricRow', 'SliceRow', 'Evidence', 'Gate', 'MinSamples', 'LatencyBudget', 'SliceGate', 'decide',
+           'Comparison', 'default_gates', 'compare']
 
 # %% ../nbs/03_compare.ipynb #417cb118
 class InvalidLabels(DataError):
@@ -33,8 +35,9 @@ class CompareError(MlprodError):
     "A comparison cannot be made as asked (e.g. an unusable model)."
 
 # %% ../nbs/03_compare.ipynb #adcf35f0
-TASKS = {'binary': ('roc_auc','log_loss','brier','f1','accuracy'), 'regression': ('rmse','mae','r2')}
-HEADLINE = {'binary':'roc_auc', 'regression':'rmse'}
+TASKS = {'binary': ('roc_auc','log_loss','brier','f1','accuracy'), 'regression': ('rmse','mae','r2'),
+         'multiclass': ('roc_auc_ovr','log_loss','accuracy','f1_macro')}
+HEADLINE = {'binary':'roc_auc', 'regression':'rmse', 'multiclass':'roc_auc_ovr'}
 
 def _check_task(task):
     if task not in TASKS: raise ConfigError('task', task, ' or '.join(map(repr, TASKS)))
@@ -48,16 +51,20 @@ def _as_1d(a, name:str) -> np.ndarray:
     return arr
 
 def _labels(y, task:str, name:str='y_true') -> np.ndarray:
-    "Labels as floats: 0/1 for a binary task, finite numbers for regression."
+    "Labels already encoded: 0/1 (binary), class indices (multiclass) or finite numbers (regression)."
     y = _as_1d(y, name)
     if y.dtype == bool: return y.astype(float)
     try: yf = y.astype(float)
     except (TypeError, ValueError): yf = None
-    if task == 'binary':
-        if yf is None or np.isnan(yf).any() or not np.isin(yf, (0., 1.)).all():
+    if task in ('binary', 'multiclass'):
+        ok = yf is not None and not np.isnan(yf).any() and (np.isin(yf, (0., 1.)).all() if task == 'binary' else
+                                                             ((yf >= 0) & (yf == np.round(yf))).all())
+        if not ok:
             vals = list(pd.unique(pd.Series(y))[:6])
-            raise InvalidLabels(f"{name}: got values {vals}; allowed: 0/1 or True/False for a binary task")
-        return yf
+            allowed = ('0/1 or True/False for a binary task, or the label values with `positive_class`' if task == 'binary' else
+                       'class indices 0..k-1 for a multiclass task')
+            raise InvalidLabels(f"{name}: got values {vals}; allowed: {allowed} (map labels with `encode_labels`)")
+        return yf if task == 'binary' else yf.astype(int)
     if yf is None or not np.isfinite(yf).all():
         bad = int(np.sum(~np.isfinite(yf))) if yf is not None else len(y)
         raise InvalidLabels(f"{name}: got {bad} missing or non-numeric value(s); allowed: finite numbers for regression")
@@ -74,6 +81,74 @@ def _scores(s, n:int, name:str='scores') -> np.ndarray:
         raise InvalidScores(f"{name}: got {int(bad.sum())} NaN or infinite value(s) (first at position {int(np.argmax(bad))}); "
                             "allowed: finite numbers. Check the model's input for missing values")
     return s
+
+# %% ../nbs/03_compare.ipynb #c5713c72
+def _proba_matrix(s, n:int, name:str='scores') -> np.ndarray:
+    "Class probabilities as an (n, k) float matrix whose rows sum to 1, or a clear error."
+    P = np.asarray(s.to_numpy() if hasattr(s, 'to_numpy') else s)
+    if P.ndim != 2 or P.shape[1] < 2:
+        raise InvalidScores(f"{name}: got an array of shape {P.shape}; allowed: class probabilities (n, k ≥ 2) for a multiclass task")
+    try: P = P.astype(float)
+    except (TypeError, ValueError): raise InvalidScores(f"{name}: got non-numeric values (dtype {P.dtype}); allowed: probabilities") from None
+    if len(P) != n: raise InvalidScores(f"{name}: got {len(P)} rows for {n} labels; allowed: one row of probabilities per label")
+    if not np.isfinite(P).all(): raise InvalidScores(f"{name}: got NaN or infinite probabilities; allowed: finite numbers")
+    if len(P) and ((P < -1e-9).any() or (P > 1 + 1e-9).any() or np.abs(P.sum(1) - 1).max() > 1e-4):
+        raise InvalidScores(f"{name}: got rows summing to {P.sum(1).min():.4g} … {P.sum(1).max():.4g}; allowed: probabilities "
+                            "in [0, 1] summing to 1 per row (predict_proba)")
+    return P
+
+def task_scores(s, n:int, task:str, name:str='scores') -> np.ndarray:
+    "Scores checked for `task`: one float per row, or an (n, k) probability matrix for a multiclass task."
+    return _proba_matrix(s, n, name) if _check_task(task) == 'multiclass' else _scores(s, n, name)
+
+# %% ../nbs/03_compare.ipynb #376ea517
+def _class_codes(y:np.ndarray, classes:Sequence, name:str) -> np.ndarray:
+    "Index of each value of `y` in `classes` (by value, else by text), or an error naming the unknown values."
+    classes = [c.item() if isinstance(c, np.generic) else c for c in classes]  # plain values in messages and lookups
+    exact = {}
+    for i, c in enumerate(classes):
+        try: exact.setdefault(c, i)
+        except TypeError: pass
+    text = {str(c): i for i, c in enumerate(classes)}
+    vals = pd.unique(pd.Series(y, dtype=object))
+    lookup, unknown = {}, []
+    for v in vals:
+        i = exact.get(v) if not isinstance(v, float) or v == v else None
+        i = text.get(str(v)) if i is None else i
+        if i is None: unknown.append(v)
+        else: lookup[v] = i
+    unknown = [v.item() if isinstance(v, np.generic) else v for v in unknown]
+    if unknown: raise InvalidLabels(f"{name}: got values {unknown[:6]} that are not classes of the model; allowed: {classes[:20]}")
+    return pd.Series(y, dtype=object).map(lookup).to_numpy(int)
+
+# %% ../nbs/03_compare.ipynb #e4e5d849
+def encode_labels(y, # label values as they come: strings, booleans, integers, floats
+                  task:str='binary', # 'binary', 'multiclass' or 'regression'
+                  classes:Sequence|None=None, # the model's classes in probability-column order (multiclass: required)
+                  positive_class=None, # binary: the value that counts as 1; None: labels must be 0/1 or True/False
+                  name:str='y_true', # what the labels are called in errors
+                 ) -> np.ndarray:
+    "Labels as the numbers metrics use: 0/1 with 1 = `positive_class` (binary), index in `classes` (multiclass), floats."
+    _check_task(task)
+    y = _as_1d(y, name)
+    if task == 'regression': return _labels(y, task, name)
+    miss = pd.isna(pd.Series(y, dtype=object)).to_numpy()
+    if miss.any(): raise InvalidLabels(f"{name}: got {int(miss.sum())} missing label(s); allowed: a class value in every row")
+    if task == 'multiclass':
+        if classes is None: raise ConfigError('classes', None, "the model's classes (LoadedModel.classes or classes_) for a multiclass task")
+        return _class_codes(y, classes, name)
+    if positive_class is None and classes is not None and len(classes) == 2: positive_class = list(classes)[1]
+    if positive_class is None: return _labels(y, task, name)
+    if classes is None:
+        seen = list(pd.unique(pd.Series(y, dtype=object)))
+        others = [v for v in seen if str(v) != str(positive_class)]
+        if len(others) > 1: raise InvalidLabels(f"{name}: got {len(seen)} distinct values {seen[:6]} for task 'binary'; "
+                                                f"allowed: exactly two values, one of them the positive class {positive_class!r}")
+        classes = [others[0] if others else None, positive_class]
+    classes = list(classes)
+    if len(classes) != 2: raise ConfigError('classes', classes, 'exactly two classes for a binary task')
+    pos = _class_codes(np.array([positive_class], dtype=object), classes, 'positive_class')[0]
+    return (_class_codes(y, classes, name) == pos).astype(float)
 
 # %% ../nbs/03_compare.ipynb #8f6a504b
 @dataclass
@@ -128,6 +203,30 @@ def _prep_r2(y, s, threshold):
         return 1 - _div(S[:, 0], np.where(sst > 1e-12 * np.maximum(S[:, 2], 1e-300), sst, 0))
     return _Prep(np.column_stack([(y - s) ** 2, yc, yc ** 2]), finish)
 
+# %% ../nbs/03_compare.ipynb #453172c7
+def _prep_mc_log_loss(y, S, threshold):
+    eps = np.finfo(float).eps
+    return _mean_of(-np.log(np.clip(S[np.arange(len(y)), y], eps, 1)))
+
+def _prep_mc_accuracy(y, S, threshold): return _mean_of((S.argmax(1) == y).astype(float))
+
+def _prep_f1_macro(y, S, threshold):
+    k = S.shape[1]; pred = S.argmax(1)
+    P, T = pred[:, None] == np.arange(k), y[:, None] == np.arange(k)
+    cols = np.hstack([P & T, P & ~T, ~P & T]).astype(float)  # tp, fp, fn of every class
+    def finish(Sums, w):
+        tp, fp, fn = Sums[:, :k], Sums[:, k:2 * k], Sums[:, 2 * k:]
+        den = 2 * tp + fp + fn; seen = den > 0
+        f = np.where(seen, 2 * tp / np.where(seen, den, 1), 0.0)
+        return _div(f.sum(1), seen.sum(1))
+    return _Prep(cols, finish)
+
+def _prep_roc_auc_ovr(y, S, threshold):
+    present = np.unique(y)
+    parts = [_prep_roc_auc((y == c).astype(float), S[:, c], threshold) for c in present]
+    def finish(W): return np.mean([p.finish(W) for p in parts], axis=0)  # NaN when a class is missing from a replicate
+    return _Prep(None, finish)
+
 # %% ../nbs/03_compare.ipynb #fe4c5576
 @dataclass(frozen=True)
 class Metric:
@@ -143,13 +242,15 @@ class Metric:
     def validate(self, y_true, scores, name:str='scores') -> tuple:
         "Labels and scores as float arrays, or a clear error."
         y = _labels(y_true, self.task)
-        s = _scores(scores, len(y), name)
-        if self.probability and ((s < 0).any() or (s > 1).any()):
+        s = task_scores(scores, len(y), self.task, name)
+        if self.task == 'multiclass' and len(y) and y.max() >= s.shape[1]:
+            raise InvalidLabels(f"y_true: got class index {y.max()} for {s.shape[1]} probability columns; allowed: 0 … {s.shape[1] - 1}")
+        if self.probability and self.task != 'multiclass' and ((s < 0).any() or (s > 1).any()):
             raise InvalidScores(f"{name}: got values from {s.min():.4g} to {s.max():.4g} for {self.name}; allowed: "
                                 "probabilities in [0, 1]. Use predict_proba, or a metric on raw scores such as roc_auc")
         if self.needs_both_classes and len(np.unique(y)) < 2:
-            raise InvalidLabels(f"y_true: got only the class {y[0]:g} in {len(y)} rows; allowed: both classes 0 and 1, "
-                                f"which {self.name} needs")
+            both = 'both classes 0 and 1' if self.task == 'binary' else 'at least two classes'
+            raise InvalidLabels(f"y_true: got only the class {y[0]:g} in {len(y)} rows; allowed: {both}, which {self.name} needs")
         if self.name == 'r2' and len(y) and np.ptp(y) == 0:
             raise InvalidLabels(f"y_true: got a constant value {y[0]:g}; allowed: labels that vary, which r2 needs")
         return y, s
@@ -175,12 +276,21 @@ METRICS = {m.name: m for m in [
     Metric('r2', 'regression', True, _prep_r2),
 ]}
 
+
+# %% ../nbs/03_compare.ipynb #a289469c
+MULTICLASS_METRICS = {m.name: m for m in [
+    Metric('roc_auc_ovr', 'multiclass', True, _prep_roc_auc_ovr, needs_both_classes=True, probability=True),
+    Metric('log_loss', 'multiclass', False, _prep_mc_log_loss, probability=True),
+    Metric('accuracy', 'multiclass', True, _prep_mc_accuracy),
+    Metric('f1_macro', 'multiclass', True, _prep_f1_macro),
+]}
+
 def get_metric(name:str, task:str|None=None) -> Metric:
     "The metric called `name` (of `task`, when given), or an error listing the allowed names."
-    allowed = TASKS[_check_task(task)] if task else tuple(METRICS)
+    allowed = TASKS[_check_task(task)] if task else tuple(dict.fromkeys([*METRICS, *MULTICLASS_METRICS]))
     if name not in allowed:
         raise ConfigError('metric', name, ', '.join(allowed) + (f" for task {task!r}" if task else ''))
-    return METRICS[name]
+    return MULTICLASS_METRICS[name] if task == 'multiclass' or name not in METRICS else METRICS[name]
 
 # %% ../nbs/03_compare.ipynb #485e7313
 def roc_auc(y_true, scores) -> float:
@@ -335,6 +445,8 @@ def _summarize(diffs:np.ndarray, diff:float, alpha:float) -> tuple:
     extreme = np.abs(d - diff) >= abs(diff) - 1e-12
     return float(lo), float(hi), float((1 + extreme.sum()) / (1 + len(d))), float(d.std(ddof=1)) if len(d) > 1 else 0.0
 
+
+# %% ../nbs/03_compare.ipynb #3dbd332e
 def paired_bootstrap(y_true, # labels
                      champion_scores, # one score per row
                      challenger_scores, # one score per row, same rows
@@ -343,7 +455,7 @@ def paired_bootstrap(y_true, # labels
                      seed=0, # seed of the numpy Generator
                      alpha:float=0.05, # 1 − confidence level
                      threshold:float=0.5, # class threshold for f1 and accuracy
-                     task:str='binary', # 'binary' or 'regression'
+                     task:str='binary', # 'binary', 'multiclass' (class indices, probability matrices) or 'regression'
                      max_cells:int=2_000_000, # weights held at once (8 bytes each): bounds memory
                     ):
     "Paired bootstrap of challenger − champion: a `BootstrapResult`, or a dict of them when `metric` is a list."
@@ -352,7 +464,7 @@ def paired_bootstrap(y_true, # labels
     if n_boot < 1: raise ConfigError('n_boot', n_boot, 'an integer ≥ 1')
     y = _labels(y_true, task)
     for m in ms: m.validate(y, champion_scores, 'champion scores'); m.validate(y, challenger_scores, 'challenger scores')
-    sa, sb = _scores(champion_scores, len(y)), _scores(challenger_scores, len(y))
+    sa, sb = task_scores(champion_scores, len(y), task), task_scores(challenger_scores, len(y), task)
     diffs = _boot_diffs(y, sa, sb, ms, n_boot, seed, threshold, max_cells)
     res = {}
     for m in ms:
@@ -362,16 +474,33 @@ def paired_bootstrap(y_true, # labels
     return res[names[0]] if isinstance(metric, str) else res
 
 # %% ../nbs/03_compare.ipynb #c628cfdc
-def _positive_column(model, proba) -> np.ndarray:
+def _positive_column(model, proba, positive_class=None) -> np.ndarray:
+    "The probability column of `positive_class` (looked up in the model's `classes_`), else of 1/True."
     proba = np.asarray(proba)
     if proba.ndim == 1: return proba
     classes = list(getattr(model, 'classes_', []))
+    if positive_class is not None:
+        if len(classes) != proba.shape[1]:
+            raise CompareError(f"positive_class: got {positive_class!r} for a model without classes_; allowed: a classifier with classes_")
+        return proba[:, _class_codes(np.array([positive_class], dtype=object), classes, 'positive_class')[0]]
     for pos in (1, True, '1'):
         if pos in classes and len(classes) == proba.shape[1]: return proba[:, classes.index(pos)]
     return proba[:, -1]
 
-def as_scorer(model, task:str='binary', features:Sequence[str]|None=None) -> Callable:
-    "A function DataFrame → one float score per row for `model` (predict_proba, predict or a callable)."
+def _class_columns(model, proba, classes=None) -> np.ndarray:
+    "The probability matrix with its columns in the order of `classes` (the model's `classes_` are looked up)."
+    P = np.asarray(proba)
+    own = getattr(model, 'classes_', None)
+    if classes is None or own is None: return P
+    return P[:, _class_codes(np.asarray(list(classes), dtype=object), list(own), 'classes')]
+
+def as_scorer(model, # fitted model (predict_proba/predict) or callable DataFrame → scores
+              task:str='binary', # 'binary', 'multiclass' or 'regression'
+              features:Sequence[str]|None=None, # columns given to the model
+              positive_class=None, # binary: the class whose probability is the score; None: 1/True, else the last column
+              classes:Sequence|None=None, # multiclass: the column order of the probability matrix; None: the model's
+             ) -> Callable:
+    "A function DataFrame → scores for `model`: one float per row, or class probabilities (multiclass)."
     _check_task(task)
     cols = list(features) if features is not None else None
     if cols is None and getattr(model, 'feature_names_in_', None) is not None: cols = [str(c) for c in model.feature_names_in_]
@@ -380,7 +509,12 @@ def as_scorer(model, task:str='binary', features:Sequence[str]|None=None) -> Cal
         missing = [c for c in cols if c not in X.columns]
         if missing: raise DataError(f"data: missing column(s) {missing} that the model needs; got {list(X.columns)[:20]}")
         return X[cols]
-    if task == 'binary' and hasattr(model, 'predict_proba'): return lambda X: _positive_column(model, model.predict_proba(select(X)))
+    if task == 'binary' and hasattr(model, 'predict_proba'):
+        return lambda X: _positive_column(model, model.predict_proba(select(X)), positive_class)
+    if task == 'multiclass' and hasattr(model, 'predict_proba'): return lambda X: _class_columns(model, model.predict_proba(select(X)), classes)
+    if task == 'multiclass' and hasattr(model, 'predict'):
+        raise CompareError(f"model: got {type(model).__name__} without predict_proba; allowed: a classifier with predict_proba "
+                           "(class probabilities) for a multiclass task")
     if hasattr(model, 'predict'): return lambda X: np.asarray(model.predict(select(X)))
     if callable(model): return lambda X: np.asarray(model(select(X)))
     raise CompareError(f"model: got {type(model).__name__}; allowed: an object with predict_proba or predict, "
@@ -388,9 +522,9 @@ def as_scorer(model, task:str='binary', features:Sequence[str]|None=None) -> Cal
 
 # %% ../nbs/03_compare.ipynb #3167a652
 class PriorBaseline:
-    "Predicts the training prior (positive rate, or mean for regression) for every row; a scikit-learn-like estimator."
-    def __init__(self, task:str='binary'): self.task = task
-    def get_params(self, deep=True) -> dict: return {'task': self.task}
+    "Predicts the training prior (positive rate, class shares, or mean for regression) for every row; a scikit-learn-like estimator."
+    def __init__(self, task:str='binary', n_classes:int=0): self.task, self.n_classes = task, n_classes # multiclass: columns (at least)
+    def get_params(self, deep=True) -> dict: return {'task': self.task, 'n_classes': self.n_classes}
     def set_params(self, **params):
         for k, v in params.items(): setattr(self, k, v)
         return self
@@ -398,24 +532,27 @@ class PriorBaseline:
         "Remember the prior of `y`."
         y = _labels(y, _check_task(self.task))
         if not len(y): raise InvalidLabels("y: got 0 rows; allowed: at least one label to fit the prior")
-        self.prior_ = float(y.mean())
+        self.prior_ = np.bincount(y, minlength=self.n_classes) / len(y) if self.task == 'multiclass' else float(y.mean())
         self.n_features_in_ = X.shape[1] if hasattr(X, 'shape') and len(X.shape) > 1 else 1
         if self.task == 'binary': self.classes_ = np.array([0, 1])
+        if self.task == 'multiclass': self.classes_ = np.arange(len(self.prior_))
         return self
     def _check(self):
         if not hasattr(self, 'prior_'): raise CompareError("PriorBaseline: not fitted; call .fit(X, y) first")
     def predict_proba(self, X) -> np.ndarray:
-        "Probabilities of classes 0 and 1 (binary task only)."
+        "Probabilities of classes 0 and 1 (binary), or of each class index (multiclass)."
         self._check()
-        if self.task != 'binary': raise CompareError(f"predict_proba: got task {self.task!r}; allowed: 'binary' only")
+        if self.task == 'multiclass': return np.tile(self.prior_, (len(X), 1))
+        if self.task != 'binary': raise CompareError(f"predict_proba: got task {self.task!r}; allowed: 'binary' or 'multiclass'")
         p = np.full(len(X), self.prior_)
         return np.column_stack([1 - p, p])
     def predict(self, X) -> np.ndarray:
         "The majority class (binary) or the mean (regression) for every row."
         self._check()
         if self.task == 'binary': return np.full(len(X), int(self.prior_ >= 0.5))
+        if self.task == 'multiclass': return np.full(len(X), int(np.argmax(self.prior_)))
         return np.full(len(X), self.prior_)
-    def __repr__(self): return f"PriorBaseline(task={self.task!r})" + (f" prior={self.prior_:.4g}" if hasattr(self, 'prior_') else '')
+    def __repr__(self): return f"PriorBaseline(task={self.task!r})" + (f" prior={np.round(self.prior_, 4)}" if hasattr(self, 'prior_') else '')
 
 # %% ../nbs/03_compare.ipynb #b8c5ccfc
 @dataclass(frozen=True)
@@ -461,6 +598,8 @@ def _timed(score:Callable, X) -> tuple:
     s = score(X)
     return s, time.perf_counter() - w0, time.process_time() - c0
 
+
+# %% ../nbs/03_compare.ipynb #86ba8919
 def operational_figures(model, # fitted model or callable DataFrame → scores
                         X:pd.DataFrame, # rows to score (features; the target may be left out)
                         task:str='binary', # 'binary' or 'regression'
@@ -480,8 +619,16 @@ def operational_figures(model, # fitted model or callable DataFrame → scores
     return OpsFigures(p50, p99, n, wall / rows * 10_000 * 1000, cpu / rows * 1e6,
                       size_bytes if size_bytes is not None else model_size_bytes(model))
 
+
+# %% ../nbs/03_compare.ipynb #0c143b1e
 def prediction_agreement(champion_scores, challenger_scores, task:str='binary', threshold:float=0.5) -> dict:
-    "How alike two models' predictions are: share of the same class (binary), mean and max |difference| of scores."
+    "How alike two models' predictions are: share of the same class (binary, multiclass), mean and max |difference| of scores."
+    if task == 'multiclass':
+        a, b = np.asarray(champion_scores, float), np.asarray(challenger_scores, float)
+        if a.shape != b.shape: raise InvalidScores(f"challenger scores: got shape {b.shape} for champion scores {a.shape}; allowed: the same rows and classes")
+        d = np.abs(a - b)
+        return {'mean_abs_diff': float(d.mean()) if d.size else None, 'max_abs_diff': float(d.max()) if d.size else None,
+                'same_class_share': float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else None}
     a = _as_1d(champion_scores, 'champion scores').astype(float); b = _as_1d(challenger_scores, 'challenger scores').astype(float)
     if len(a) != len(b): raise InvalidScores(f"challenger scores: got {len(b)} values for {len(a)} champion scores; allowed: the same rows")
     d = np.abs(a - b)
@@ -704,6 +851,8 @@ class Comparison:
     alpha:float=0.05
     n_boot:int=0
     seed:Any=0
+    positive_class:Any=None # binary: the label value scored as positive (None: 0/1 labels)
+    classes:tuple=() # the label values in score order (binary: negative, positive; multiclass: probability columns)
     id:str=field(default_factory=lambda: uuid.uuid4().hex)
     created_at:Any=field(default_factory=utcnow)
 
@@ -731,29 +880,38 @@ class Comparison:
         d['checks'] = self.checks.to_dict(); d['ok'] = self.ok
         return d
     def to_json(self, **kw) -> str: return _to_json(self.to_dict(), **kw)
-    def _repr_html_(self) -> str:
-        badge = status_badge(_DECISION_STATUS[self.decision]).replace(f">{_DECISION_STATUS[self.decision]}<", f">{esc(self.decision)}<")
-        reasons = ''.join(f"<li>{esc(r)}</li>" for r in self.reasons)
-        mt = _table(['metric', self.champion_name, self.challenger_name, 'diff', 'CI low', 'CI high', 'p', 'test'],
-                    [(r.metric, r.champion, r.challenger, r.diff, r.ci_low, r.ci_high, r.p_value, r.test) for r in self.metrics])
-        st = _table(['column', 'value', 'rows', 'metric', self.champion_name, self.challenger_name, 'diff', 'CI low', 'CI high', 'note'],
-                    [(s.column, s.value, s.n, s.metric, s.champion, s.challenger, s.diff, s.ci_low, s.ci_high, s.note) for s in self.slices])
-        ops = ''
-        if self.champion_ops or self.challenger_ops:
-            keys = [f.name for f in dataclasses.fields(OpsFigures)]
-            ops = '<h4>Operations</h4>' + _table(['figure', self.champion_name, self.challenger_name],
-                      [(k, getattr(self.champion_ops, k, None), getattr(self.challenger_ops, k, None)) for k in keys])
-        agr = _table(['agreement', 'value'], list(self.agreement.items())) if self.agreement else ''
-        return (f'<div class="mlprod-comparison"><h3>{esc(self.challenger_name)} vs {esc(self.champion_name)}: {badge}</h3>'
-                f"<p>{esc(self.n_rows)} rows, task {esc(self.task)}, headline {esc(self.metric)}, "
-                f"{esc(self.n_boot)} bootstrap replicates, id {esc(self.id)}, {esc(str(self.created_at))}</p>"
-                f"<ul>{reasons}</ul><h4>Metrics</h4>{mt}" + (f"<h4>Slices</h4>{st}" if self.slices else '') +
-                f"{ops}{agr}<h4>Checks</h4>{checks_table_html(self.checks.checks)}</div>")
+
+
+# %% ../nbs/03_compare.ipynb #aaaee32e
+@patch
+def _repr_html_(self:Comparison) -> str:
+    "The comparison as an HTML block: decision, reasons, metrics, slices, operations and checks."
+    badge = status_badge(_DECISION_STATUS[self.decision]).replace(f">{_DECISION_STATUS[self.decision]}<", f">{esc(self.decision)}<")
+    reasons = ''.join(f"<li>{esc(r)}</li>" for r in self.reasons)
+    mt = _table(['metric', self.champion_name, self.challenger_name, 'diff', 'CI low', 'CI high', 'p', 'test'],
+                [(r.metric, r.champion, r.challenger, r.diff, r.ci_low, r.ci_high, r.p_value, r.test) for r in self.metrics])
+    st = _table(['column', 'value', 'rows', 'metric', self.champion_name, self.challenger_name, 'diff', 'CI low', 'CI high', 'note'],
+                [(s.column, s.value, s.n, s.metric, s.champion, s.challenger, s.diff, s.ci_low, s.ci_high, s.note) for s in self.slices])
+    ops = ''
+    if self.champion_ops or self.challenger_ops:
+        keys = [f.name for f in dataclasses.fields(OpsFigures)]
+        ops = '<h4>Operations</h4>' + _table(['figure', self.champion_name, self.challenger_name],
+                  [(k, getattr(self.champion_ops, k, None), getattr(self.challenger_ops, k, None)) for k in keys])
+    agr = _table(['agreement', 'value'], list(self.agreement.items())) if self.agreement else ''
+    return (f'<div class="mlprod-comparison"><h3>{esc(self.challenger_name)} vs {esc(self.champion_name)}: {badge}</h3>'
+            f"<p>{esc(self.n_rows)} rows, task {esc(self.task)}, headline {esc(self.metric)}, "
+            f"{esc(self.n_boot)} bootstrap replicates, id {esc(self.id)}, {esc(str(self.created_at))}</p>"
+            f"<ul>{reasons}</ul><h4>Metrics</h4>{mt}" + (f"<h4>Slices</h4>{st}" if self.slices else '') +
+            f"{ops}{agr}<h4>Checks</h4>{checks_table_html(self.checks.checks)}</div>")
 
 # %% ../nbs/03_compare.ipynb #f62280f2
 def default_gates(metric:str, min_samples:int=200, margin:float=0.005) -> tuple:
     "Gates used when none are given: enough rows, non-inferiority of `metric`, no regressed slice."
     return (MinSamples(min_samples), Gate(metric, non_inferiority_margin=margin), SliceGate(margin))
+
+def _correct(y, s, task:str, threshold:float) -> np.ndarray:
+    "Which rows a model classifies right: score ≥ threshold (binary) or the most probable class (multiclass)."
+    return s.argmax(1) == y if task == 'multiclass' else (s >= threshold) == (y == 1)
 
 def _metric_rows(y, sa, sb, ms:Sequence[Metric], headline:str, threshold, n_boot, seed, alpha, max_cells) -> list:
     "One MetricRow per metric: DeLong for AUC, McNemar p for accuracy, bootstrap intervals otherwise."
@@ -768,12 +926,14 @@ def _metric_rows(y, sa, sb, ms:Sequence[Metric], headline:str, threshold, n_boot
         lo, hi, p, _ = _summarize(diffs[m.name], d, alpha) if m.name in diffs else (None, None, None, None)
         test = f'paired bootstrap ({n_boot})' if n_boot > 0 else 'none (n_boot=0)'
         if m.name == 'accuracy':
-            p = mcnemar((sa >= threshold) == (y == 1), (sb >= threshold) == (y == 1)).p_value
+            p = mcnemar(_correct(y, sa, m.task, threshold), _correct(y, sb, m.task, threshold)).p_value
             test = 'McNemar mid-p; ' + test + ' CI'
         rows.append(MetricRow(m.name, m.greater_is_better, va, vb, d, lo, hi, p, test, alpha))
     rows.sort(key=lambda r: r.metric != headline)
     return rows
 
+
+# %% ../nbs/03_compare.ipynb #96034e7a
 def _slice_rows(data, y, sa, sb, columns, ms:Sequence[Metric], threshold, n_boot, seed, alpha, min_rows, max_cells) -> list:
     "Per value of each slice column: the metrics with Bonferroni-adjusted intervals, or why the slice was skipped."
     plan, skipped = [], []
@@ -806,34 +966,9 @@ def _slice_rows(data, y, sa, sb, columns, ms:Sequence[Metric], threshold, n_boot
                              m.greater_is_better, a))
     return rows + skipped
 
-# %% ../nbs/03_compare.ipynb #f9960bd4
-def compare(champion, # fitted model (predict_proba/predict), callable DataFrame → scores, or None for a prior baseline
-            challenger, # fitted model or callable, scored on the same rows
-            data:pd.DataFrame, # evaluation rows: features, target and slice columns
-            target:str, # label column
-            task:str='binary', # 'binary' or 'regression'
-            metric:str|None=None, # headline metric; default roc_auc (binary) or rmse (regression)
-            gates:Sequence|None=None, # Gate, MinSamples, LatencyBudget, SliceGate items; None: `default_gates`
-            slices:Sequence[str]=(), # categorical columns whose values are compared one by one
-            threshold:float=0.5, # score at or above which a row is predicted positive
-            n_boot:int=1000, # bootstrap replicates (0: no bootstrap intervals)
-            seed=0, # seed of the bootstrap's numpy Generator
-            alpha:float=0.05, # 1 − confidence level of intervals
-            champion_name:str|None=None, # label in reports; default 'champion' (or 'prior baseline')
-            challenger_name:str='challenger',
-            measure_ops:bool=True, # time one-row and batch scoring, measure sizes
-            latency_calls:int=200, # at most this many timed one-row calls per model
-            latency_seconds:float=1.0, # and at most this long per model
-            metrics:Sequence[str]|None=None, # metrics to report; default all of the task
-            features:Sequence[str]|None=None, # columns given to the models; default their `feature_names_in_` or all but target
-            min_slice_rows:int=100, # slices with fewer rows are skipped
-            min_samples:int=200, # rows required by the default gates
-            margin:float=0.005, # non-inferiority and slice margin of the default gates
-            champion_size_bytes:int|None=None, # artifact size to report instead of the pickled size
-            challenger_size_bytes:int|None=None,
-            max_cells:int=2_000_000, # bootstrap chunk size in weights (bounds memory: 8 bytes each)
-           ) -> Comparison:
-    "Compare `challenger` against `champion` on the rows of `data`: metrics with intervals and tests, slices, costs, gates and a decision."
+# %% ../nbs/03_compare.ipynb #e5854886
+def _plan(data, target, task, metric, gates, slices, metrics, n_boot, min_samples, margin) -> tuple:
+    "(headline metric, gates, Metric objects): what `compare` checks before any model runs."
     _check_task(task)
     metric = metric or HEADLINE[task]
     get_metric(metric, task)
@@ -853,38 +988,87 @@ def compare(champion, # fitted model (predict_proba/predict), callable DataFrame
             if g.metric not in names: names.append(g.metric)  # a gated metric is always computed
     ms = [get_metric(m, task) for m in names]
     if n_boot < 0: raise ConfigError('n_boot', n_boot, 'an integer ≥ 0')
-    y = _labels(data[target], task, f"target {target!r}")
+    return metric, gates, ms
+
+def _score(model, X, task, features, positive_class, classes, name) -> tuple:
+    "(scores checked for the task, wall seconds, CPU seconds); a prior baseline scores its own class indices."
+    score = as_scorer(model, task, features) if isinstance(model, PriorBaseline) else as_scorer(model, task, features, positive_class, classes)
+    s, wall, cpu = _timed(score, X)
+    return task_scores(s, len(X), task, name), wall, cpu
+
+def _model_classes(*models) -> list|None:
+    "The `classes_` of the first model that has them (a prior baseline has none of its own)."
+    for m in models:
+        own = getattr(m, 'classes_', None)
+        if own is not None and not isinstance(m, PriorBaseline): return list(own)
+    return None
+
+def _label_plan(task, classes, positive_class, *models) -> tuple:
+    "(classes, positive class) of a comparison: as given, else the models' `classes_` (binary: positive = `classes_[1]`)."
+    if classes is None: classes = _model_classes(*models)
+    if task == 'multiclass' and classes is None:
+        raise ConfigError('classes', None, "the label values in probability-column order: models with classes_, or classes=[...]")
+    classes = None if task == 'regression' or classes is None or (task == 'binary' and len(classes) != 2) else list(classes)
+    pos = positive_class if positive_class is not None or task != 'binary' or not classes else classes[1]
+    return classes, pos
+
+# %% ../nbs/03_compare.ipynb #f9960bd4
+def compare(champion, # fitted model (predict_proba/predict), callable DataFrame → scores, or None for a prior baseline
+            challenger, # fitted model or callable, scored on the same rows
+            data:pd.DataFrame, # evaluation rows: features, target and slice columns
+            target:str, # label column
+            task:str='binary', # 'binary', 'multiclass' or 'regression'
+            metric:str|None=None, # headline metric; default roc_auc (binary), roc_auc_ovr (multiclass) or rmse (regression)
+            gates:Sequence|None=None, # Gate, MinSamples, LatencyBudget, SliceGate items; None: `default_gates`
+            slices:Sequence[str]=(), # categorical columns whose values are compared one by one
+            threshold:float=0.5, # score at or above which a row is predicted positive
+            n_boot:int=1000, # bootstrap replicates (0: no bootstrap intervals)
+            seed=0, # seed of the bootstrap's numpy Generator
+            alpha:float=0.05, # 1 − confidence level of intervals
+            champion_name:str|None=None, # label in reports; default 'champion' (or 'prior baseline')
+            challenger_name:str='challenger',
+            measure_ops:bool=True, # time one-row and batch scoring, measure sizes
+            latency_calls:int=200, # at most this many timed one-row calls per model
+            latency_seconds:float=1.0, # and at most this long per model
+            metrics:Sequence[str]|None=None, # metrics to report; default all of the task
+            features:Sequence[str]|None=None, # columns given to the models; default their `feature_names_in_` or all but target
+            min_slice_rows:int=100, # slices with fewer rows are skipped
+            min_samples:int=200, # rows required by the default gates
+            margin:float=0.005, # non-inferiority and slice margin of the default gates
+            champion_size_bytes:int|None=None, # artifact size to report instead of the pickled size
+            challenger_size_bytes:int|None=None,
+            max_cells:int=2_000_000, # bootstrap chunk size in weights (bounds memory: 8 bytes each)
+            positive_class=None, # binary: the label value that is positive; default the models' `classes_[1]`, else 0/1 labels
+            classes:Sequence|None=None, # the label values in score order; default the models' `classes_` (multiclass: required then)
+           ) -> Comparison:
+    "Compare `challenger` against `champion` on the rows of `data`: metrics with intervals and tests, slices, costs, gates and a decision."
+    metric, gates, ms = _plan(data, target, task, metric, gates, slices, metrics, n_boot, min_samples, margin)
+    classes, pos = _label_plan(task, classes, positive_class, challenger, champion)
+    y = encode_labels(data[target], task, classes, positive_class, f"target {target!r}")
     if not len(y): raise DataError("data: got 0 rows; allowed: at least one row to compare on")
     X = data.drop(columns=[target])
     if champion is None:
-        champion = PriorBaseline(task).fit(X, y); champion_name = champion_name or 'prior baseline'
+        champion = PriorBaseline(task, len(classes) if task == 'multiclass' else 0).fit(X, y); champion_name = champion_name or 'prior baseline'
     champion_name = champion_name or 'champion'
-
-    score_a, score_b = as_scorer(champion, task, features), as_scorer(challenger, task, features)
-    sa, wall_a, cpu_a = _timed(score_a, X)
-    sb, wall_b, cpu_b = _timed(score_b, X)
-    sa, sb = _scores(sa, len(y), f"{champion_name} scores"), _scores(sb, len(y), f"{challenger_name} scores")
+    (sa, *cost_a), (sb, *cost_b) = (_score(m, X, task, features, pos, classes, f"{n} scores")
+                                    for m, n in ((champion, champion_name), (challenger, challenger_name)))
     if metrics is None and task == 'binary' and any(((s < 0) | (s > 1)).any() for s in (sa, sb)):
         ms = [m for m in ms if not m.probability or m.name == metric]
         log.info("scores outside [0, 1]: log_loss and brier left out")
     for m in ms: m.validate(y, sa, f"{champion_name} scores"); m.validate(y, sb, f"{challenger_name} scores")
-
     rows = _metric_rows(y, sa, sb, ms, metric, threshold, n_boot, seed, alpha, max_cells)
     slice_metrics = list(dict.fromkeys([g.metric or metric for g in gates if isinstance(g, SliceGate)] or [metric]))
     srows = _slice_rows(data, y, sa, sb, slices, [get_metric(m, task) for m in slice_metrics], threshold, n_boot, seed,
                         alpha, min_slice_rows, max_cells) if slices else []
-    ops_a = ops_b = None
-    if measure_ops:
-        ops_a = operational_figures(champion, X, task, latency_calls, latency_seconds, size_bytes=champion_size_bytes,
-                                    batch=(wall_a, cpu_a), features=features)
-        ops_b = operational_figures(challenger, X, task, latency_calls, latency_seconds, size_bytes=challenger_size_bytes,
-                                    batch=(wall_b, cpu_b), features=features)
+    ops_a, ops_b = ((operational_figures(m, X, task, latency_calls, latency_seconds, size_bytes=size, batch=cost, features=features)
+                     for m, size, cost in ((champion, champion_size_bytes, cost_a), (challenger, challenger_size_bytes, cost_b)))
+                    if measure_ops else (None, None))
     ev = Evidence({r.metric: r for r in rows}, len(y), tuple(srows), ops_b, champion_name, challenger_name)
-    checks = []
-    for g in gates: checks += g.evaluate(ev, metric) if isinstance(g, SliceGate) else g.evaluate(ev)
+    checks = [c for g in gates for c in (g.evaluate(ev, metric) if isinstance(g, SliceGate) else g.evaluate(ev))]
     decision, reasons = decide(checks)
     res = Comparison(champion_name, challenger_name, task, metric, len(y), tuple(rows), tuple(srows),
                      Checks(f"{challenger_name} vs {champion_name}", checks), decision, reasons, ops_a, ops_b,
-                     prediction_agreement(sa, sb, task, threshold), threshold, alpha, n_boot, seed)
+                     prediction_agreement(sa, sb, task, threshold), threshold, alpha, n_boot, seed,
+                     jsonable(pos if task == 'binary' else None), tuple(jsonable(list(classes or ()))))
     log.info("compare: %s", res.summary())
     return res

@@ -29,7 +29,7 @@ class Thresholds:
     drift_share_warning:float=0.3 # share of drifted columns that warns
     drift_share_fail:float=0.5 # share of drifted columns that fails
     prediction_drift:float=0.1 # drift score of the prediction column that fails
-    min_metric:float=0.6 # realized or estimated metric below this fails
+    min_metric:float=0.6 # realized or estimated metric below this fails (metrics where bigger is better; AUC and multiclass macro AUC: 0.5 is chance)
     max_metric_drop:float=0.05 # drop of the metric against the reference that fails
     latency_p95_ms:float=50.0 # service latency p95 above this fails
     latency_budget_ms:float=250.0 # a challenger's median one-row scoring time above this needs review; 0 = no latency gate
@@ -41,12 +41,13 @@ class Thresholds:
 @dataclass(frozen=True)
 class ModelConfig:
     "How one model is trained, served and watched."
-    task:str='binary' # 'binary' or 'regression'
+    task:str='binary' # 'binary', 'multiclass' or 'regression'
     target:str='delayed' # label column
     time_column:str='time_hour' # timestamp column that defines windows
     features:tuple=() # input columns; empty = every column but target and time
     categorical:tuple=() # which features are categorical; empty = infer from dtypes
-    metric:str='roc_auc' # headline metric
+    metric:str='roc_auc' # headline metric; when not given in the file, the task's: roc_auc, roc_auc_ovr (multiclass) or rmse
+    positive_class:object=None # binary: the label value that is positive (string, integer or boolean); default the model's classes_[1]
     data_source:str='mlprod.data:load_flights' # `module:function(start, end)` returning a DataFrame
     recipe:str='mlprod.recipes:train_lightgbm' # `module:function(df, config)` returning a fitted model
     train_window_days:int=59 # length of the training window ending at `as_of`
@@ -101,11 +102,12 @@ class ProjectConfig:
 # %% ../nbs/00a_config.ipynb #e6982d62
 def _type_name(tp) -> str:
     return {str:'a string', int:'an integer', float:'a number', bool:'true or false', tuple:'a list',
-            dict:'a table', Path:'a path string'}.get(tp, getattr(tp, '__name__', str(tp)))
+            dict:'a table', Path:'a path string', object:'a string, integer or boolean'}.get(tp, getattr(tp, '__name__', str(tp)))
 
 def _coerce(value, tp, key):
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
     if tp is Path and isinstance(value, str): return Path(value)
+    if tp is object and isinstance(value, (str, int, bool)): return value  # a label value
     if tp is tuple and isinstance(value, list): return tuple(value)
     if tp in (str,int,float,bool,dict) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)): return value
     raise ConfigError(key, value, _type_name(tp))
@@ -125,7 +127,8 @@ def _build(cls, data:dict, prefix:str, **extra):
     return cls(**kwargs, **extra)
 
 # %% ../nbs/00a_config.ipynb #a194beb3
-TASKS = {'binary': ('roc_auc','log_loss','brier','f1','accuracy'), 'regression': ('rmse','mae','r2')}
+TASKS = {'binary': ('roc_auc','log_loss','brier','f1','accuracy'), 'regression': ('rmse','mae','r2'),
+         'multiclass': ('roc_auc_ovr','log_loss','accuracy','f1_macro')}
 SEVERITIES = ('info','warning','critical')
 CHANNEL_TYPES = ('file','webhook','email')
 
@@ -137,6 +140,9 @@ def _build_model(name, data, src) -> ModelConfig:
     pre = f"models.{name}"
     m = _build(ModelConfig, data, pre)
     if m.task not in TASKS: raise ConfigError(f"{pre}.task", m.task, ' or '.join(map(repr, TASKS)))
+    if 'metric' not in data: m = dataclasses.replace(m, metric=TASKS[m.task][0])  # the task's headline metric
+    if m.positive_class is not None and m.task != 'binary':
+        raise ConfigError(f"{pre}.positive_class", m.positive_class, f"no positive_class for task {m.task!r} (binary tasks only)")
     if m.metric not in TASKS[m.task]: raise ConfigError(f"{pre}.metric", m.metric, ', '.join(TASKS[m.task]) + f" for task {m.task!r}")
     _check_ref(f"{pre}.data_source", m.data_source); _check_ref(f"{pre}.recipe", m.recipe)
     for k in ('features','categorical','slices'):

@@ -12,7 +12,7 @@ import numpy as np, pandas as pd
 from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, jsonable, to_json, fmt, esc, utcnow, to_utc)
 from .config import get_config, ProjectConfig, ModelConfig, Thresholds, mlflow_setup, ensure_state
 from .compare import (compare, decide, Comparison, PriorBaseline, Gate, MinSamples, LatencyBudget, SliceGate,
-                            get_metric, model_size_bytes, HEADLINE)
+                            get_metric, model_size_bytes, HEADLINE, encode_labels)
 from .recipes import resolve
 from . import registry
 
@@ -215,6 +215,63 @@ def _load_window(mc:ModelConfig, start, end) -> pd.DataFrame:
                         "allowed: a window with labelled rows")
     return df
 
+def _champion(name:str, champion, cfg) -> tuple:
+    "(loaded champion or None for the prior baseline, what was asked for)."
+    cp, champion_ref = None, None if champion is None else str(champion)
+    if champion_ref not in (None, 'baseline'):
+        if champion_ref.isdigit(): cp = registry.load(name, champion_ref, cfg)
+        else:
+            v = registry.resolve_version(name, champion_ref, cfg)
+            if v is None: log.info("%s has no %s version: comparing against the prior baseline", name, champion_ref)
+            else: cp = registry.load(name, v, cfg)
+    return cp, champion_ref
+
+def _same_labels(ch, cp):
+    "Both versions must read labels the same way: same task, classes and positive class."
+    if cp is None: return
+    for what in ('task', 'classes', 'positive_class'):
+        a, b = getattr(cp, what), getattr(ch, what)
+        if a != b:
+            raise EvaluateError(f"{what}: got {b!r} for the challenger v{ch.version} and {a!r} for the champion v{cp.version}; "
+                                f"allowed: versions with the same {what} (compare against champion='baseline' instead)")
+
+# %% ../nbs/03a_compare_models.ipynb #4ef347a1
+def _evaluation_data(mc:ModelConfig, ch, cp, start, end, data, window_days:int) -> tuple:
+    "(rows to compare on, their window [start, end) or (None, None))."
+    if data is None:
+        if start is None and end is not None: raise ConfigError('start', None, 'a date when end is given')
+        if start is None: start, end = evaluation_window([ch.tags.get('mlprod.window_end'), cp.tags.get('mlprod.window_end') if cp else None], window_days)
+        elif end is None: end = to_utc(start) + pd.Timedelta(days=window_days).to_pytimedelta()
+        start, end = to_utc(start), to_utc(end)
+        if start >= end: raise DataError(f"window: start {start.isoformat()} is not before end {end.isoformat()}; allowed: start < end")
+        return _load_window(mc, start, end), (start, end)
+    if not isinstance(data, pd.DataFrame) or not len(data): raise DataError(f"data: got {type(data).__name__} with no rows; allowed: a non-empty DataFrame")
+    tc = ch.time_column
+    window = ((pd.to_datetime(data[tc], utc=True).min(), pd.to_datetime(data[tc], utc=True).max() + pd.Timedelta(microseconds=1))
+              if tc in data.columns and data[tc].notna().any() else (None, None))
+    return data, window
+
+# %% ../nbs/03a_compare_models.ipynb #80eada35
+def _publish(vc:VersionComparison, cfg:ProjectConfig, name:str, log_to_mlflow:bool, save_report:bool) -> VersionComparison:
+    "Log the MLflow run, write the report and record the decision in the registry's comparisons table."
+    client = run_id = None
+    if log_to_mlflow:
+        client, run_id = _start_run(cfg, vc)
+        vc = dataclasses.replace(vc, run_id=run_id)
+    try:
+        if save_report: vc = dataclasses.replace(vc, report_path=str(_report_path(cfg, name, vc.comparison.created_at)))
+        page = vc.html()
+        if save_report: Path(vc.report_path).write_text(page, encoding='utf-8')
+        if client is not None: _finish_run(client, run_id, vc, page)
+    except BaseException:
+        if client is not None:
+            try: client.set_terminated(run_id, 'FAILED')
+            except Exception as e: log.warning('could not mark MLflow run %s as failed: %s', run_id, e)
+        raise
+    registry.record_comparison(vc, name, vc.challenger_version, vc.champion_version, cfg=cfg)
+    return vc
+
+# %% ../nbs/03a_compare_models.ipynb #a501bc0b
 def compare_versions(name:str, # registered model name
                      challenger, # version number or alias ('staging') of the challenger
                      champion='production', # version number, alias, or 'baseline'; an alias that is not set → the prior baseline
@@ -233,32 +290,15 @@ def compare_versions(name:str, # registered model name
     cfg = ensure_state(cfg if isinstance(cfg, ProjectConfig) else get_config(cfg))
     mc = cfg.models.get(name) or ModelConfig()  # a registered model the project does not configure: the defaults
     ch = registry.load(name, str(challenger), cfg)
-    cp, champion_ref = None, None if champion is None else str(champion)
-    if champion_ref not in (None, 'baseline'):
-        if champion_ref.isdigit(): cp = registry.load(name, champion_ref, cfg)
-        else:
-            v = registry.resolve_version(name, champion_ref, cfg)
-            if v is None: log.info("%s has no %s version: comparing against the prior baseline", name, champion_ref)
-            else: cp = registry.load(name, v, cfg)
+    cp, champion_ref = _champion(name, champion, cfg)
     if cp is not None and cp.version == ch.version:
         raise EvaluateError(f"challenger: got version {ch.version}, which is also the champion ({champion_ref}); "
                             "allowed: another version, or champion='baseline'")
-    for k in ('champion_name', 'challenger_name', 'task', 'target'):
+    for k in ('champion_name', 'challenger_name', 'task', 'target', 'positive_class', 'classes'):
         if k in compare_kwargs: raise ConfigError(k, compare_kwargs[k], 'not set by hand: it comes from the registered versions')
+    _same_labels(ch, cp)
     task, target = ch.task, ch.target
-    if data is None:
-        if start is None and end is not None: raise ConfigError('start', None, 'a date when end is given')
-        if start is None: start, end = evaluation_window([ch.tags.get('mlprod.window_end'), cp.tags.get('mlprod.window_end') if cp else None], window_days)
-        elif end is None: end = to_utc(start) + pd.Timedelta(days=window_days).to_pytimedelta()
-        start, end = to_utc(start), to_utc(end)
-        if start >= end: raise DataError(f"window: start {start.isoformat()} is not before end {end.isoformat()}; allowed: start < end")
-        data = _load_window(mc, start, end)
-        window = (start, end)
-    else:
-        if not isinstance(data, pd.DataFrame) or not len(data): raise DataError(f"data: got {type(data).__name__} with no rows; allowed: a non-empty DataFrame")
-        tc = ch.time_column
-        window = ((pd.to_datetime(data[tc], utc=True).min(), pd.to_datetime(data[tc], utc=True).max() + pd.Timedelta(microseconds=1))
-                  if tc in data.columns and data[tc].notna().any() else (None, None))
+    data, window = _evaluation_data(mc, ch, cp, start, end, data, window_days)
     if target not in data.columns:
         raise DataError(f"target: {target!r} is not a column of the evaluation data; allowed: data with columns {ch.features} and {target!r}")
     metric = compare_kwargs.pop('metric', None) or (mc.metric if mc.task == task else HEADLINE[task])
@@ -267,13 +307,14 @@ def compare_versions(name:str, # registered model name
     compare_kwargs.setdefault('slices', [s for s in mc.slices])
     if cp is None:
         ref = ch.reference()
-        champion_model = PriorBaseline(task).fit(ref.drop(columns=[target]), ref[target])
+        y_ref = encode_labels(ref[target], task, ch.classes, ch.positive_class, f"reference target {target!r}")
+        champion_model = PriorBaseline(task, len(ch.classes) if task == 'multiclass' else 0).fit(ref.drop(columns=[target]), y_ref)
         champion_name, size_a = 'prior baseline', None
     else:
         champion_model, champion_name = cp.predict_scores, f"{name} v{cp.version}"
         size_a = model_size_bytes(cp.model) if measure_ops else None
     res = compare(champion_model, ch.predict_scores, data, target, task, metric=metric, gates=gates,
-                  champion_name=champion_name, challenger_name=f"{name} v{ch.version}",
+                  champion_name=champion_name, challenger_name=f"{name} v{ch.version}", positive_class=ch.positive_class, classes=ch.classes,
                   champion_size_bytes=size_a, challenger_size_bytes=model_size_bytes(ch.model) if measure_ops else None,
                   **compare_kwargs)
     iso = tuple(None if t is None else to_utc(t).isoformat() for t in window)
@@ -281,22 +322,8 @@ def compare_versions(name:str, # registered model name
         checks = res.checks.checks + (window_check(window, _versions_windows(ch, cp)),)
         decision, reasons = decide(checks)
         res = dataclasses.replace(res, checks=Checks(res.checks.title, checks), decision=decision, reasons=reasons)
-    vc = VersionComparison(name, None if cp is None else cp.version, ch.version, res, iso, champion_ref)
-    client = run_id = None
-    if log_to_mlflow:
-        client, run_id = _start_run(cfg, vc)
-        vc = dataclasses.replace(vc, run_id=run_id)
-    try:
-        if save_report: vc = dataclasses.replace(vc, report_path=str(_report_path(cfg, name, res.created_at)))
-        page = vc.html()
-        if save_report: Path(vc.report_path).write_text(page, encoding='utf-8')
-        if client is not None: _finish_run(client, run_id, vc, page)
-    except BaseException:
-        if client is not None:
-            try: client.set_terminated(run_id, 'FAILED')
-            except Exception as e: log.warning('could not mark MLflow run %s as failed: %s', run_id, e)
-        raise
-    registry.record_comparison(vc, name, vc.challenger_version, vc.champion_version, cfg=cfg)
+    vc = _publish(VersionComparison(name, None if cp is None else cp.version, ch.version, res, iso, champion_ref), cfg, name,
+                  log_to_mlflow, save_report)
     log.info('compared %s in %.1f s: %s', name, time.perf_counter() - t0, vc.summary())
     return vc
 

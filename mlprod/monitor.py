@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'monitor_runs', 'MonitorError', 'NoDataError', 'service_checks',
            'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
-           'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'profile_path',
-           'reference_profile', 'read_requests', 'expand_requests', 'align_dtypes', 'MonitorResult', 'monitor_history',
-           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column',
+           'profile_path', 'reference_profile', 'read_requests', 'expand_requests', 'align_dtypes', 'MonitorResult',
+           'monitor_history', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -105,8 +105,8 @@ def _drop(value:float, baseline:float, greater_is_better:bool) -> float:
     "How much worse `value` is than `baseline` (positive = worse)."
     return baseline - value if greater_is_better else value - baseline
 
-def performance_check(y_true, # labels of the labelled rows
-                      scores, # the model's scores of the same rows
+def performance_check(y_true, # labels of the labelled rows, encoded (`mlprod.compare.encode_labels`)
+                      scores, # the model's scores of the same rows (multiclass: the probability matrix)
                       metric:str='roc_auc', # headline metric
                       task:str='binary',
                       thresholds:Thresholds=Thresholds(), # min_metric, max_metric_drop, min_rows
@@ -124,7 +124,7 @@ def performance_check(y_true, # labels of the labelled rows
                    training_metric=training_metric)
     ci = f" (95% CI {fmt(lo)} … {fmt(hi)}, {how})" if lo is not None else ''
     problems, expected = [], []
-    if m.greater_is_better and task == 'binary':
+    if m.greater_is_better and task in ('binary', 'multiclass'):
         expected.append(f"≥ {fmt(thresholds.min_metric)}")
         if value < thresholds.min_metric: problems.append(f"below the minimum {fmt(thresholds.min_metric)}")
     if baseline is not None:
@@ -292,6 +292,34 @@ def _thresholds_for(profile:ReferenceProfile, columns:Sequence[str], value:float
     "`value` as the threshold of every column whose default test is a distance (more than 1,000 reference values)."
     return {c: float(value) for c in columns if profile[c].n > SMALL_REFERENCE}
 
+# %% ../nbs/06_monitor.ipynb #c6ac9b13
+def prediction_column(model, # a `mlprod.registry.LoadedModel` (or anything with task, classes, predict_scores)
+                      df:pd.DataFrame, # rows with the model's features
+                     ) -> np.ndarray:
+    "The `prediction` column for `df`: the score (binary, regression) or the most probable class (multiclass)."
+    s = model.predict_scores(df)
+    if model.task != 'multiclass': return s
+    return np.asarray(model.classes, dtype=object)[np.asarray(s).argmax(1)] if len(df) else np.array([], dtype=object)
+
+def _labelled_scores(model, current:pd.DataFrame, labelled:np.ndarray):
+    "Scores of the labelled rows for the performance metric: the logged scores, or the probability matrix (multiclass)."
+    if model.task == 'multiclass': return model.predict_scores(current.loc[labelled])
+    return current.loc[labelled, PREDICTION].to_numpy(float)
+
+def _report_samples(model, samples:dict) -> dict:
+    "The report's samples with binary labels as 0/1 (1 = the positive class), a multiclass model's without the predicted class."
+    from mlprod.compare import encode_labels
+    out = {}
+    for k, df in samples.items():
+        if model.task == 'binary' and model.target in df.columns:
+            lab, codes = df[model.target], np.full(len(df), np.nan)
+            try: codes[lab.notna().to_numpy()] = encode_labels(lab[lab.notna()], 'binary', model.classes, model.positive_class)
+            except MlprodError as e: log.warning('report sample labels left out: %s', e)
+            df = df.assign(**{model.target: codes})
+        if model.task == 'multiclass': df = df.drop(columns=[PREDICTION])  # Evidently's sections take a numeric prediction column
+        out[k] = df
+    return out
+
 # %% ../nbs/06_monitor.ipynb #1b35faae
 def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
     "Where the reference profile of `name` version `version` is cached."
@@ -310,14 +338,16 @@ def reference_profile(model, # a `mlprod.registry.LoadedModel`
         except (ProfileFormatError, NotFoundError) as e: log.warning('rebuilding reference profile %s: %s', p, e)
     ref = model.reference()
     if PREDICTION in model.features: raise DataError(f"features: a feature is called {PREDICTION!r}; allowed: any other name (it is the score column)")
-    scores = model.predict_scores(ref)
+    scores = prediction_column(model, ref)
     frame = ref[model.features].assign(**{PREDICTION: scores})
     meta = dict(model=model.name, version=model.version, run_id=model.run_id, n_reference=len(ref), task=model.task)
     if model.task == 'binary' and model.target in ref.columns:
-        cal = fit_calibration(ref[model.target].to_numpy(float), scores, 'training snapshot')
+        from mlprod.compare import encode_labels
+        cal = fit_calibration(encode_labels(ref[model.target], 'binary', model.classes, model.positive_class), scores, 'training snapshot')
         meta['calibration'] = cal.to_dict()
-    prof = ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns],
-                                       numerical=[PREDICTION], meta=meta)
+    mc = model.task == 'multiclass'  # the predicted class is categorical
+    prof = ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
+                                       numerical=[] if mc else [PREDICTION], meta=meta)
     try: prof.save(p)
     except (OSError, DataError) as e: log.warning('reference profile of %s version %s not cached: %s', model.name, model.version, e)
     return prof
@@ -564,7 +594,7 @@ def monitor(name:str, # model name from mlprod.toml
            ) -> MonitorResult:
     "Monitor model `name` over [start, end): service health, data and prediction drift, realized and estimated performance."
     from mlprod import registry
-    from mlprod.compare import get_metric
+    from mlprod.compare import get_metric, encode_labels
     cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
     mc = cfg.model(name); th = mc.thresholds
     t0, t1 = to_utc(start), to_utc(end)
@@ -597,7 +627,7 @@ def monitor(name:str, # model name from mlprod.toml
     ref_dtypes = model.reference().head(1) if source == 'request log' else None
     if ref_dtypes is not None: current = align_dtypes(current, ref_dtypes, model.features)
     if PREDICTION not in current.columns or current[PREDICTION].isna().any():
-        scored = model.predict_scores(current)
+        scored = prediction_column(model, current)
         current = current.assign(**{PREDICTION: scored if PREDICTION not in current.columns else current[PREDICTION].fillna(pd.Series(scored, index=current.index))})
     n = len(current); figures['rows'] = n
     # drift of the inputs and of the predictions
@@ -615,7 +645,8 @@ def monitor(name:str, # model name from mlprod.toml
             miss = [c for c in [*model.features, model.target] if c not in calibration.columns]
             if miss: raise DataError(f"calibration: columns {miss} are missing; allowed: the model's features and target {model.target!r}")
             lab = calibration[calibration[model.target].notna()]
-            cal = fit_calibration(lab[model.target].to_numpy(float), model.predict_scores(lab), 'holdout')
+            cal = fit_calibration(encode_labels(lab[model.target], 'binary', model.classes, model.positive_class, 'calibration labels'),
+                                  model.predict_scores(lab), 'holdout')
         elif source == 'request log' and calibration_days > 0:
             before = read_requests(cfg, name, t0 - dt.timedelta(days=calibration_days), t0, time_field)
             before = before[(before['version'].astype(str) == str(version)) & before['labels'].notna()] if len(before) else before
@@ -624,7 +655,7 @@ def monitor(name:str, # model name from mlprod.toml
                 prior = prior[prior[model.target].notna()]
                 s = prior[PREDICTION].to_numpy(float)
                 if np.isnan(s).any(): s = model.predict_scores(align_dtypes(prior, model.reference().head(1), model.features))
-                cal = fit_calibration(prior[model.target].to_numpy(float), s, 'request log')
+                cal = fit_calibration(encode_labels(prior[model.target], 'binary', model.classes, model.positive_class, 'labels'), s, 'request log')
         if cal is None and 'calibration' in profile.meta:
             m = profile.meta['calibration']
             cal = Calibration((), (), m['ece_raw'], m['ece'], m['n'], m['n_pos'], 'training snapshot', m.get('metric'))
@@ -633,16 +664,22 @@ def monitor(name:str, # model name from mlprod.toml
     base, base_src = _baseline(model, metric, cal)
     train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
     target = model.target
-    if target in current.columns:
-        y = pd.to_numeric(current[target], errors='coerce')
+    if target in current.columns:  # labels keep their type: mapped through the version's classes and positive class
+        y = pd.to_numeric(current[target], errors='coerce') if model.task == 'regression' else current[target]
         labelled = y.notna().to_numpy()
+        if model.task != 'regression' and labelled.any():
+            codes = np.zeros(n)
+            try: codes[labelled] = encode_labels(y[labelled], model.task, model.classes, model.positive_class, f"labels of {name}")
+            except MlprodError as e:  # labels the version cannot read: say so, and judge no performance on them
+                checks.append(Check('performance:labels', Status.ERROR, None, f"values among {model.classes}", str(e))); labelled[:] = False
+            y = pd.Series(codes, index=current.index)
     else: labelled = np.zeros(n, bool)
     n_lab = int(labelled.sum()); coverage = n_lab / n
     figures['label_coverage'] = coverage
     if n_lab:
         checks.append(Check('performance:label_coverage', Status.SUCCESS, coverage, None,
                             f"{n_lab} of {n} rows have a label ({coverage:.1%})", dict(n_labelled=n_lab, rows=n)))
-        pc = performance_check(y[labelled].to_numpy(float), current.loc[labelled, PREDICTION].to_numpy(float), metric, mc.task, th,
+        pc = performance_check(y[labelled].to_numpy(float), _labelled_scores(model, current, labelled), metric, mc.task, th,
                                base, base_src, train_metric)
         checks.append(pc)
         figures.update(realized_metric=pc.observed, realized_ci_low=pc.details.get('ci_low'), realized_ci_high=pc.details.get('ci_high'),
@@ -656,14 +693,17 @@ def monitor(name:str, # model name from mlprod.toml
         ec = estimate_check(current[PREDICTION].to_numpy(float), cal, th, *(_baseline(model, 'roc_auc', cal)), max_ece=max_ece)
         checks.append(ec)
         figures.update(estimated_roc_auc=ec.observed, calibration_ece=cal.ece, estimate_trusted=ec.details['trusted'])
+    elif model.task == 'multiclass':
+        checks.append(Check(f'estimated:{metric}', Status.SKIPPED, None, None, "not estimated: label-free estimates (CBPE) need "
+                            "calibrated probabilities, which mlprod fits for binary models only; see the realized performance"))
     figures['version'] = str(model.version)
     # bounded samples for the report
     ref = model.reference()
     ref_s = _sample(ref, sample_rows)
-    ref_s = ref_s.assign(**{PREDICTION: model.predict_scores(ref_s)})
+    ref_s = ref_s.assign(**{PREDICTION: prediction_column(model, ref_s)})
     cur_cols = [c for c in [*model.features, PREDICTION, target] if c in current.columns]
-    samples = dict(reference=ref_s[[c for c in [*model.features, PREDICTION, target] if c in ref_s.columns]].reset_index(drop=True),
-                   current=_sample(current[cur_cols], sample_rows).reset_index(drop=True))
+    samples = _report_samples(model, dict(reference=ref_s[[c for c in [*model.features, PREDICTION, target] if c in ref_s.columns]].reset_index(drop=True),
+                   current=_sample(current[cur_cols], sample_rows).reset_index(drop=True)))
     result = MonitorResult(name, str(model.version), model.alias or (alias if data is None and version is None else None), t0, t1, source,
                            Checks(f"Monitor {name} v{model.version}", checks), figures, drift, pdrift, cal,
                            uuid.uuid4().hex, utcnow(), notes=tuple(notes), samples=samples)

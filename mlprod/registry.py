@@ -21,10 +21,10 @@ os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 
 # %% auto #0
 __all__ = ['log', 'ALIASES', 'ACTIONS', 'comparisons', 'locks', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError',
-           'PromotionBlocked', 'RollbackError', 'PositiveScore', 'VersionInfo', 'register', 'LoadedModel',
-           'resolve_version', 'load', 'clear_cache', 'Move', 'deploy', 'record_comparison', 'promote', 'rollback',
-           'History', 'history', 'ModelCard', 'card', 'cmd_models', 'cmd_register', 'cmd_deploy', 'cmd_promote',
-           'cmd_rollback', 'cmd_history', 'cmd_card']
+           'PromotionBlocked', 'RollbackError', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo',
+           'label_classes', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'deploy',
+           'record_comparison', 'promote', 'rollback', 'History', 'history', 'ModelCard', 'card', 'cmd_models',
+           'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback', 'cmd_history', 'cmd_card']
 
 # %% ../nbs/02_registry.ipynb #236943cc
 ALIASES = ('staging', 'production')
@@ -102,15 +102,35 @@ def _git_commit(folder:Path) -> str|None:
     except (OSError, subprocess.SubprocessError): return None
 
 # %% ../nbs/02_registry.ipynb #d55a47de
+def plain_value(v):
+    "A numpy scalar as the Python value (labels in tags, messages and JSON)."
+    return v.item() if isinstance(v, np.generic) else v
+
+def class_index(classes, # a fitted classifier's `classes_`
+                value, # the label value to find
+                key:str='positive_class', # the setting the value came from, for errors
+               ) -> int:
+    "Position of `value` among `classes`, or an error listing the classes."
+    plain = [plain_value(c) for c in classes]
+    for i, c in enumerate(plain):
+        if c == value: return i
+    raise ConfigError(key, plain_value(value), f"one of the model's classes {plain}")
+
 class PositiveScore:
-    "Wraps a fitted binary classifier so that `predict` returns the positive-class probability."
-    def __init__(self, model=None): self.model = model
-    def predict(self, X): return self.model.predict_proba(X)[:, 1]
+    "Wraps a fitted binary classifier so that `predict` returns the probability of its positive class."
+    def __init__(self, model=None, positive_class=None): # positive_class None: `classes_[1]`
+        self.model, self.positive_class = model, positive_class
+    @property
+    def positive_index(self) -> int:
+        "The `predict_proba` column of the positive class."
+        pc = getattr(self, 'positive_class', None)  # versions logged before positive_class existed: column 1
+        return 1 if pc is None else class_index(self.model.classes_, pc)
+    def predict(self, X): return self.model.predict_proba(X)[:, self.positive_index]
     def predict_proba(self, X): return self.model.predict_proba(X)
     @property
     def classes_(self): return self.model.classes_
-    def get_params(self, deep=True): return {'model': self.model}
-    def __repr__(self): return f"PositiveScore({self.model!r})"
+    def get_params(self, deep=True): return {'model': self.model, 'positive_class': getattr(self, 'positive_class', None)}
+    def __repr__(self): return f"PositiveScore({self.model!r}, positive_class={getattr(self, 'positive_class', None)!r})"
 
 def _unwrap(m): return m.model if isinstance(m, PositiveScore) else m
 
@@ -173,8 +193,35 @@ def _model_params(model) -> dict:
 def _tag_value(v) -> str:
     return v if isinstance(v, str) else to_json(v)
 
+# %% ../nbs/02_registry.ipynb #a771d164
+def label_classes(model, # the fitted model
+                  y, # the training target (None: not in the training frame, only the model is checked)
+                  task:str, # 'binary', 'multiclass' or 'regression'
+                  positive_class=None, # binary: the configured positive class; None: the model's classes_[1]
+                 ) -> tuple:
+    "(classes, positive class) to store with a version, after checking the target and the model against the task."
+    seen = [] if y is None else [plain_value(v) for v in pd.unique(pd.Series(y).dropna())]
+    if task == 'regression':
+        if y is not None and not pd.api.types.is_numeric_dtype(pd.Series(y)):
+            raise DataError(f"target: got non-numeric values {seen[:6]} for task 'regression'; allowed: numbers, or task = 'binary' or 'multiclass'")
+        return None, None
+    if y is not None and task == 'binary' and len(seen) != 2:
+        raise DataError(f"target: got {len(seen)} distinct value{'' if len(seen) == 1 else 's'} {seen[:10]} for task 'binary'; allowed: exactly two values, or task = 'multiclass'")
+    if y is not None and task == 'multiclass' and len(seen) < 2:
+        raise DataError(f"target: got {len(seen)} distinct value{'' if len(seen) == 1 else 's'} {seen[:10]} for task 'multiclass'; allowed: at least two values")
+    fitted = _unwrap(model)
+    if getattr(fitted, 'classes_', None) is None or not hasattr(fitted, 'predict_proba'):
+        raise DataError(f"model: got {type(fitted).__name__} without classes_ and predict_proba; allowed: a fitted classifier for task {task!r}")
+    classes = [plain_value(c) for c in fitted.classes_]
+    if task == 'binary' and len(classes) != 2:
+        raise DataError(f"model: got {len(classes)} classes {classes[:10]} for task 'binary'; allowed: exactly two, or task = 'multiclass'")
+    unknown = [v for v in seen if not any(v == c for c in classes)]
+    if unknown: raise DataError(f"target: got values {unknown[:10]} that the model was not trained on; allowed: its classes {classes[:20]}")
+    if task == 'multiclass': return classes, None
+    return classes, classes[1] if positive_class is None else classes[class_index(classes, positive_class)]
+
 # %% ../nbs/02_registry.ipynb #baa58f43
-def register(model, # fitted model: scikit-learn API (predict_proba for binary, predict for regression)
+def register(model, # fitted model: scikit-learn API (predict_proba for binary and multiclass, predict for regression)
              name:str, # registered model name
              train_df:pd.DataFrame, # the training data: features, target and time column
              *,
@@ -205,7 +252,8 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary, 
     X = train_df[features]
     task = mc.task
     fitted = model.model if isinstance(model, PositiveScore) else model
-    logged = PositiveScore(fitted) if task == 'binary' else fitted
+    classes, positive = label_classes(fitted, train_df[mc.target] if mc.target in train_df.columns else None, task, mc.positive_class)
+    logged = PositiveScore(fitted, positive) if task == 'binary' else fitted
     try: sample_scores = np.asarray(logged.predict(X.head(100)))
     except Exception as e: raise DataError(f"model: scoring 100 training rows failed ({type(e).__name__}: {e}); allowed: a model fitted on columns {features}") from None
     schema = Schema.infer(train_df, features, categorical)
@@ -221,7 +269,9 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary, 
             'mlprod.reference_rows': str(len(ref)), 'mlprod.recipe': recipe or '', 'mlprod.params': to_json(params),
             'mlprod.metrics': to_json(metrics or {}), 'mlprod.features': to_json(features),
             'mlprod.categorical': to_json(categorical), 'mlprod.git_commit': _git_commit(cfg.root) or '',
-            'mlprod.mlprod_version': _mlprod_version(), 'mlprod.user': _actor()}
+            'mlprod.mlprod_version': _mlprod_version(), 'mlprod.user': _actor(),
+            'mlprod.classes': to_json(classes) if classes is not None else '',
+            'mlprod.positive_class': to_json(positive) if task == 'binary' else ''}
     exp_id = mlflow_setup(cfg)
     client = _client(cfg)
     t0 = time.perf_counter()
@@ -272,13 +322,29 @@ class LoadedModel:
     def time_column(self) -> str: return self.tags.get('mlprod.time_column', 'time_hour')
     @property
     def model_uri(self) -> str: return f"models:/{self.name}/{self.version}"
+    @property
+    def classes(self) -> list|None:
+        "The label values in probability-column order (classifiers), as registered; None for regression."
+        if self.tags.get('mlprod.classes'): return json.loads(self.tags['mlprod.classes'])
+        own = getattr(self.model, 'classes_', None)  # versions registered before the tag existed
+        return None if own is None or self.task == 'regression' else [plain_value(c) for c in own]
+    @property
+    def positive_class(self):
+        "Binary: the label value whose probability is the score (as registered); None otherwise."
+        if self.task != 'binary': return None
+        if self.tags.get('mlprod.positive_class'): return json.loads(self.tags['mlprod.positive_class'])
+        return self.classes[1] if self.classes else 1
     def predict_scores(self, df:pd.DataFrame) -> np.ndarray:
-        "Scores of the rows of `df`: positive-class probability (binary) or the prediction (regression)."
+        "Scores of `df`: positive-class probability (binary), class probabilities (n × k, `classes` order), or the prediction."
         if isinstance(df, dict): df = pd.DataFrame([df])
         missing = [c for c in self.features if c not in df.columns]
         if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {self.features}")
         X = df[self.features]
-        if self.task == 'binary': return np.asarray(self.model.predict_proba(X))[:, 1].astype('float64')
+        if self.task == 'binary':
+            return np.asarray(self.model.predict_proba(X))[:, class_index(self.model.classes_, self.positive_class)].astype('float64')
+        if self.task == 'multiclass':
+            P, own = np.asarray(self.model.predict_proba(X), dtype='float64'), [plain_value(c) for c in self.model.classes_]
+            return P if own == self.classes else P[:, [class_index(own, c, 'classes') for c in self.classes]]
         return np.asarray(self.model.predict(X), dtype='float64').ravel()
     def reference(self) -> pd.DataFrame:
         "The training snapshot stored with the version (features, target, time column)."
@@ -291,6 +357,7 @@ class LoadedModel:
         return self._ref['df'].copy()
     def to_dict(self) -> dict:
         return {'name': self.name, 'version': self.version, 'alias': self.alias, 'task': self.task, 'features': self.features,
+                'classes': self.classes, 'positive_class': self.positive_class,
                 'categorical': self.categorical, 'tags': self.tags, 'run_id': self.run_id, 'loaded_at': jsonable(self.loaded_at)}
     def _repr_html_(self) -> str:
         return (f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +

@@ -18,8 +18,9 @@ from . import registry
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'RETRAIN_STATUSES', 'Step', 'RetrainResult', 'windows', 'find_identical', 'retrain', 'triggers', 'GuardResult',
-           'guard', 'ReproduceResult', 'reproduce', 'cmd_retrain', 'cmd_guard', 'cmd_reproduce']
+__all__ = ['log', 'RETRAIN_STATUSES', 'Step', 'RetrainResult', 'windows', 'find_identical', 'holdout_metrics', 'retrain',
+           'triggers', 'GuardResult', 'guard', 'ReproduceResult', 'reproduce', 'cmd_retrain', 'cmd_guard',
+           'cmd_reproduce']
 
 # %% ../nbs/09_retrain.ipynb #18cf2f58
 RETRAIN_STATUSES = ('promoted', 'current', 'staged', 'rejected', 'failed')
@@ -88,6 +89,24 @@ def find_identical(name:str, data_fingerprint:str, recipe:str, params:dict, cfg=
             and (v.tags or {}).get('mlprod.recipe') == recipe and (v.tags or {}).get('mlprod.params') == to_json(params)
             and getattr(v, 'current_stage', None) != 'Archived']
     return str(max(int(v.version) for v in same)) if same else None
+
+# %% ../nbs/09_retrain.ipynb #3248916b
+def holdout_metrics(model, # the fitted model
+                    holdout:pd.DataFrame, # labelled rows after the training window
+                    mc, # the model's `ModelConfig` (task, target, metric, positive_class)
+                    features:list, # the model's input columns
+                   ) -> dict:
+    "`{'holdout_<metric>': value}` for a classifier (binary: ROC AUC; multiclass: the headline), or {} when it cannot be computed."
+    from mlprod.compare import as_scorer, encode_labels, get_metric, HEADLINE
+    if mc.task == 'regression' or not len(holdout) or holdout[mc.target].nunique() < 2: return {}
+    metric = 'roc_auc' if mc.task == 'binary' else mc.metric or HEADLINE[mc.task]
+    classes = [registry.plain_value(c) for c in model.classes_]
+    pos = (mc.positive_class if mc.positive_class is not None else classes[1]) if mc.task == 'binary' else None
+    try:
+        y = encode_labels(holdout[mc.target], mc.task, classes, pos, f"holdout {mc.target!r}")
+        return {f"holdout_{metric}": float(get_metric(metric, mc.task)(y, as_scorer(model, mc.task, features, pos, classes)(holdout)))}
+    except MlprodError as e:
+        log.warning('holdout %s not computed: %s', metric, e); return {}
 
 # %% ../nbs/09_retrain.ipynb #6a0584e7
 class _StepFailed(Exception): pass
@@ -173,10 +192,7 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
                 return f"{type(state['model']).__name__} via {mc.recipe}", 'SUCCESS'
             step('train', _train)
             def _register():
-                from sklearn.metrics import roc_auc_score
-                y, X = state['holdout'][mc.target], state['holdout'][state['feats']]
-                metrics = {}
-                if mc.task == 'binary' and y.nunique() == 2: metrics['holdout_roc_auc'] = float(roc_auc_score(y, state['model'].predict_proba(X)[:, 1]))
+                metrics = holdout_metrics(state['model'], state['holdout'], mc, state['feats'])
                 vi = registry.register(state['model'], name, state['train'], window=(start, hold), metrics=metrics, cfg=cfg,
                                        recipe=mc.recipe, params=params,
                                        description=f"retrained as of {end.date()}")
@@ -266,7 +282,7 @@ def guard(name:str, # registered model name
           margin:Optional[float]=None, # allowed drop of the metric; default the model's max_metric_drop
           actor:str='mlprod-guard') -> GuardResult:
     "Roll production back to the previous champion when it does worse than it by more than `margin`."
-    from mlprod.compare import get_metric
+    from mlprod.compare import get_metric, encode_labels
     cfg = cfg if isinstance(cfg, ProjectConfig) else get_config(cfg)
     mc = cfg.model(name)
     margin = mc.thresholds.max_metric_drop if margin is None else margin
@@ -279,8 +295,10 @@ def guard(name:str, # registered model name
     df = data if data is not None else resolve(mc.data_source)(start, end)
     if len(df) == 0: raise DataError(f"window {start} → {end}: no rows; allowed: a window with labelled rows")
     metric = get_metric(mc.metric, mc.task)
-    y = df[mc.target].to_numpy()
-    vals = {v: float(metric(y, registry.load(name, v, cfg=cfg).predict_scores(df))) for v in (prod, prev)}
+    def value(v):  # each version maps the labels through its own classes and positive class
+        lm = registry.load(name, v, cfg=cfg)
+        return float(metric(encode_labels(df[mc.target], lm.task, lm.classes, lm.positive_class, f"labels of {name}"), lm.predict_scores(df)))
+    vals = {v: value(v) for v in (prod, prev)}
     drop = (vals[prev] - vals[prod]) if metric.greater_is_better else (vals[prod] - vals[prev])
     if drop > margin:
         msg = f"production v{prod} {mc.metric} {vals[prod]:.4f} is {drop:.4f} worse than previous champion v{prev} ({vals[prev]:.4f}) on {len(df):,} rows {start} → {end}, beyond the margin {margin}"
@@ -327,7 +345,8 @@ def reproduce(name:str, version:str, *, cfg=None, tolerance:float=1e-9, data:Opt
     ref = lm.reference()
     X = ref[lm.features]
     a = lm.predict_scores(X)
-    b = model.predict_proba(X)[:, 1] if mc.task == 'binary' else model.predict(X)
+    from mlprod.compare import as_scorer
+    b = as_scorer(model, lm.task, lm.features, lm.positive_class, lm.classes)(X)  # the column(s) of the registered classes
     diff = float(np.max(np.abs(a - b))) if len(a) else 0.0
     same = diff <= tolerance
     if not data_match: msg = f"the data of window {start} → {end} has changed since training (fingerprint differs): a data difference, not a model difference; predictions differ by up to {diff:.3g}"

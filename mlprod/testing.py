@@ -57,12 +57,19 @@ def _scorer(model) -> tuple:
     if hasattr(model, 'predict_scores'):
         label = f"{model.name} v{model.version}" if hasattr(model, 'name') and hasattr(model, 'version') else type(model).__name__
         return model.predict_scores, label
-    if hasattr(model, 'predict_proba'): return (lambda df: np.asarray(model.predict_proba(df))[:, 1]), type(model).__name__
+    if hasattr(model, 'predict_proba'):  # a plain classifier: the probability of classes_[1] (as registration's default)
+        from mlprod.compare import as_scorer
+        return as_scorer(model, 'binary'), type(model).__name__
     if callable(model): return model, getattr(model, '__name__', 'model')
     raise ConfigError('model', type(model).__name__, 'a LoadedModel (predict_scores), a classifier with predict_proba, or a function df -> scores')
 
-def _scores(score, df:pd.DataFrame) -> np.ndarray:
-    s = np.asarray(score(df), dtype='float64').ravel()
+def _scores(score, df:pd.DataFrame, matrix:bool=False) -> np.ndarray:
+    "One score per row, or (`matrix`) a multiclass model's probabilities (n × k) as they are."
+    s = np.asarray(score(df), dtype='float64')
+    if s.ndim == 2 and s.shape[1] > 1 and not matrix:
+        raise DataError(f"model: returned {s.shape[1]} class probabilities per row; allowed: one score per row for a directional "
+                        "expectation; pass a function df -> the probability of one class")
+    s = s if s.ndim == 2 and s.shape[1] > 1 else s.ravel()
     if len(s) != len(df): raise DataError(f"model: returned {len(s)} scores for {len(df)} rows; allowed: one score per row")
     return s
 
@@ -92,12 +99,13 @@ def assert_invariant(model, # the model: LoadedModel, classifier with predict_pr
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0): raise ConfigError('tolerance', tolerance, 'a number ≥ 0')
     if not (isinstance(max_share, (int, float)) and 0 <= max_share < 1): raise ConfigError('max_share', max_share, 'a number from 0 to below 1')
     score, label = _scorer(model)
-    base = _scores(score, df)
+    base = _scores(score, df, matrix=True)
     n, worst, fails, n_failed = len(df), 0.0, [], 0
     for v in values:
         changed = df.copy()
         changed[column] = v(df[column]) if callable(v) else v
-        moved = np.abs(_scores(score, changed) - base)
+        moved = np.abs(_scores(score, changed, matrix=True) - base)
+        if moved.ndim == 2: moved = moved.max(1)  # multiclass: the largest move of any class probability
         moved = np.where(np.isnan(moved), np.inf, moved)  # a score that turns NaN has moved
         bad = moved > tolerance
         worst = max(worst, float(moved.max()))
@@ -597,7 +605,7 @@ def test_scores_are_probabilities(model, reference_data):
 
 def test_label_does_not_change_predictions(model, reference_data):
     "Invariance: the label must not leak into the inputs."
-    assert_invariant(model, sample(reference_data), model.target, [0, 1], tolerance=0)
+    assert_invariant(model, sample(reference_data), model.target, model.classes or [0, 1], tolerance=0)
 
 
 def test_timestamp_does_not_change_predictions(model, reference_data):

@@ -1,5 +1,5 @@
 "Statistical properties of mlprod.compare (simulations) and a real-data champion/challenger check."
-import pickle, time
+import dataclasses, pickle, time
 import numpy as np, pandas as pd, pytest
 from mlprod.compare import (compare, delong, mcnemar, paired_bootstrap, roc_auc, brier, PriorBaseline, Gate,
                             MinSamples, SliceGate)
@@ -120,3 +120,54 @@ def test_shuffled_label_challenger_is_rejected_on_flights(flights):
     first = compare(None, real, test, 'delayed', n_boot=200, measure_ops=False,
                     gates=[MinSamples(1000), Gate('roc_auc', min_improvement=0.05), SliceGate()])
     assert first.champion_name == 'prior baseline' and first.decision == 'promote', first.reasons
+
+
+def _multiclass_population(rng, n, k=3, signal_a=1.2, signal_b=1.0):
+    "Labels of k classes and two correlated softmax probability matrices; the champion (a) carries more signal than b."
+    y = rng.integers(0, k, n)
+    onehot = np.eye(k)[y]
+    shared = rng.normal(size=(n, k))
+    softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+    pa = softmax(signal_a * onehot + 0.7 * shared + 0.7 * rng.normal(size=(n, k)))
+    pb = softmax(signal_b * onehot + 0.7 * shared + 0.7 * rng.normal(size=(n, k)))
+    return y, pa, pb
+
+
+def test_multiclass_intervals_cover_and_tests_hold_their_level():
+    """Multiclass: bootstrap intervals of the macro AUC and log-loss differences cover the population difference near 95%;
+    for exchangeable models McNemar (accuracy) and the bootstrap (macro AUC) reject about 5% of the time at most."""
+    from mlprod.compare import get_metric
+    auc, ll = get_metric('roc_auc_ovr', 'multiclass'), get_metric('log_loss', 'multiclass')
+    y, a, b = _multiclass_population(np.random.default_rng(1), 600_000)
+    true_auc, true_ll = auc(y, b) - auc(y, a), ll(y, b) - ll(y, a)
+    assert true_auc < -0.01 and true_ll > 0
+    rng, reps, hits = np.random.default_rng(2), 150, {'roc_auc_ovr': 0, 'log_loss': 0}
+    for rep in range(reps):
+        y, a, b = _multiclass_population(rng, 400)
+        res = paired_bootstrap(y, a, b, ['roc_auc_ovr', 'log_loss'], n_boot=400, seed=rep, task='multiclass')
+        hits['roc_auc_ovr'] += res['roc_auc_ovr'].ci_low <= true_auc <= res['roc_auc_ovr'].ci_high
+        hits['log_loss'] += res['log_loss'].ci_low <= true_ll <= res['log_loss'].ci_high
+    coverage = {k: v / reps for k, v in hits.items()}
+    print('multiclass coverage', coverage)
+    for k, c in coverage.items(): assert 0.89 <= c <= 0.99, (k, c)
+    p_mcnemar, p_boot = [], []
+    for rep in range(300):
+        y, a, b = _multiclass_population(rng, 300, signal_a=1.0, signal_b=1.0)
+        p_mcnemar.append(mcnemar(a.argmax(1) == y, b.argmax(1) == y).p_value)
+        if rep < 150: p_boot.append(paired_bootstrap(y, a, b, 'roc_auc_ovr', n_boot=300, seed=rep, task='multiclass').p_value)
+    rates = {'mcnemar': np.mean(np.array(p_mcnemar) < .05), 'boot': np.mean(np.array(p_boot) < .05)}
+    print('multiclass false-positive rates', rates)
+    for k, r in rates.items(): assert r <= 0.08, (k, r)
+    assert rates['mcnemar'] >= 0.005 or rates['boot'] >= 0.005  # not degenerate either
+
+
+def test_string_labels_compare_like_their_01_encoding():
+    "A binary comparison on 'yes'/'no' labels gives exactly the figures of the same comparison on 1/0 labels."
+    y, a, b = _population(np.random.default_rng(8), 1500)
+    df = pd.DataFrame({'a': a, 'b': b, 'g': np.random.default_rng(9).choice(list('xy'), 1500)})
+    num = compare(lambda d: d['a'].to_numpy(), lambda d: d['b'].to_numpy(), df.assign(y=y), 'y', slices=['g'], n_boot=300, measure_ops=False)
+    txt = compare(lambda d: d['a'].to_numpy(), lambda d: d['b'].to_numpy(), df.assign(y=np.where(y == 1, 'yes', 'no')), 'y',
+                  positive_class='yes', slices=['g'], n_boot=300, measure_ops=False)
+    assert [dataclasses.astuple(r) for r in txt.metrics] == [dataclasses.astuple(r) for r in num.metrics]
+    assert [dataclasses.astuple(s) for s in txt.slices] == [dataclasses.astuple(s) for s in num.slices]
+    assert txt.decision == num.decision and txt.positive_class == 'yes'
