@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 # %% auto #0
-__all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts', 'driver_url',
-           'engine', 'dispose_all']
+__all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts',
+           'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
 
 # %% ../nbs/00b_db.ipynb #8ba79329
 UTCDateTime = sa.DateTime(timezone=True)
@@ -46,7 +46,8 @@ requests_log = sa.Table('requests', metadata,
     sa.Column('error', sa.Text),
     sa.Column('shadow_version', sa.String(20)),
     sa.Column('shadow_predictions', sa.Text),
-    sa.Column('event_time', UTCDateTime)) # business time of the rows (e.g. replayed traffic), when given
+    sa.Column('event_time', UTCDateTime), # business time of the rows (e.g. replayed traffic), when given
+    sa.Column('unseen', sa.Text)) # JSON {column: [row positions]}: category values the training window did not see, scored and flagged
 
 labels = sa.Table('labels', metadata,
     sa.Column('request_id', sa.String(64), primary_key=True),
@@ -79,6 +80,24 @@ alerts = sa.Table('alerts', metadata,
     sa.Column('last_sent_at', UTCDateTime),
     sa.Column('count', sa.Integer, nullable=False, default=1),
     sa.Column('resolved_at', UTCDateTime))
+
+# %% ../nbs/00b_db.ipynb #7f1c0671
+def add_missing_columns(eng:sa.Engine) -> list:
+    "Add to existing tables the nullable columns of `metadata` they lack; the `table.column` names added."
+    insp, added = sa.inspect(eng), []
+    names = set(insp.get_table_names())
+    for t in metadata.sorted_tables:
+        if t.name not in names: continue
+        have = {c['name'] for c in insp.get_columns(t.name)}
+        for c in t.columns:
+            if c.name in have or not c.nullable: continue
+            ddl = f"ALTER TABLE {t.name} ADD COLUMN {c.name} {c.type.compile(eng.dialect)}"
+            with eng.begin() as conn:
+                try: conn.execute(sa.text(ddl))
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:  # a replica added it first
+                    if 'duplicate' not in str(e).lower() and 'already exists' not in str(e).lower(): raise
+            added.append(f"{t.name}.{c.name}"); log.info('database: added column %s.%s', t.name, c.name)
+    return added
 
 # %% ../nbs/00b_db.ipynb #9bf7051a
 _ENGINES, _CREATED, _LOCK = {}, {}, threading.Lock()
@@ -120,6 +139,7 @@ def engine(url:str) -> sa.Engine:
                     if not raced: raise MlprodError(f"db_url: cannot open {url!r}: {e.orig}") from None
                     if attempt == 4: raise MlprodError(f"db_url: tables of {url!r} could not be created: {e.orig}") from None
                     time.sleep(0.2 * (attempt + 1))
+            add_missing_columns(eng)
             _CREATED[url] = set(metadata.tables)
     return eng
 
