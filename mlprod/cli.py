@@ -29,7 +29,7 @@ COMMANDS = {
     'compare': ('mlprod.evaluate', 'compare a challenger with the champion (exit 0 promote, 1 reject/review)'),
     'optimize': ('mlprod.optimize', 'faster inference backends with an equivalence proof'),
     'serve': ('mlprod.serve', 'serve a model over HTTP (MLflow protocol)'),
-    'labels': ('mlprod.serve', 'record ground truth for logged requests'),
+    'labels': ('mlprod.requestlog', 'record ground truth for logged requests'),
     'monitor': ('mlprod.monitor', 'check health, drift and performance over a window'),
     'alerts': ('mlprod.alerts', 'list, test and resolve alerts'),
     'run': ('mlprod.jobs', 'run a job notebook and write its HTML report'),

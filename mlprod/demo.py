@@ -103,7 +103,7 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
     from mlprod import registry
     from mlprod.retrain import retrain, triggers, guard
     from mlprod.evaluate import compare_versions
-    from mlprod.serve import log_labels
+    from mlprod.requestlog import log_labels
     from mlprod.monitor import monitor
     from mlprod.jobs import run_job
     from mlprod.dashboard import build_dashboard
