@@ -16,7 +16,7 @@ metadata = sa.MetaData()
 __all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts',
            'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
 
-# %% ../nbs/00b_db.ipynb #8ba79329
+# %% ../nbs/00b_db.ipynb #25251b4a
 UTCDateTime = sa.DateTime(timezone=True)
 
 alias_history = sa.Table('alias_history', metadata,
@@ -32,6 +32,7 @@ alias_history = sa.Table('alias_history', metadata,
     sa.Column('forced', sa.Boolean, nullable=False, default=False),
     sa.Column('at', UTCDateTime, nullable=False))
 
+# %% ../nbs/00b_db.ipynb #936f159f
 requests_log = sa.Table('requests', metadata,
     sa.Column('request_id', sa.String(64), primary_key=True),
     sa.Column('model', sa.String(200), nullable=False),
@@ -54,6 +55,7 @@ labels = sa.Table('labels', metadata,
     sa.Column('labels', sa.Text, nullable=False), # JSON list, one per row of the request
     sa.Column('at', UTCDateTime, nullable=False))
 
+# %% ../nbs/00b_db.ipynb #c4ed832d
 job_runs = sa.Table('job_runs', metadata,
     sa.Column('id', sa.String(64), primary_key=True),
     sa.Column('job', sa.String(100), nullable=False, index=True),

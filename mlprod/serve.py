@@ -67,7 +67,7 @@ def parse_event_time(value:str|None) -> dt.datetime|None:
     if not 1970 <= t.year < 2100: raise RequestError(400, 'event_time', f"header X-Event-Time: got {value!r}; allowed: {allowed}")
     return t
 
-# %% ../nbs/05_serve.ipynb #9ed37378
+# %% ../nbs/05_serve.ipynb #90297090
 FORMS = ('dataframe_split', 'dataframe_records', 'instances', 'inputs')
 _FORMS_TEXT = 'a JSON object with exactly one of the keys ' + ', '.join(FORMS) + " (and optionally 'params')"
 
@@ -78,12 +78,17 @@ class Batch:
     n_rows:int
     form:str # which protocol form it came in
     def rows(self) -> list:
-        "The rows as dicts (for the request log)."
+        "The rows as dicts."
         names = list(self.columns)
         return [dict(zip(names, vals)) for vals in zip(*self.columns.values())] if names else [{} for _ in range(self.n_rows)]
 
 def _bad(code, msg): return RequestError(400, code, msg)
 
+def _short(v, n=80) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[:n] + '…'
+
+# %% ../nbs/05_serve.ipynb #a7c86f9e
 def _from_records(rows, form) -> Batch:
     if not isinstance(rows, list): raise _bad('payload', f"{form}: got {type(rows).__name__}; allowed: a list of row objects")
     names = {}
@@ -113,10 +118,7 @@ def _from_split(d, form='dataframe_split') -> Batch:
             raise _bad('payload', f"{form}.data[{i}]: got {_short(r)}; allowed: a list of {len(cols)} values, one per column")
     return Batch({c: [r[j] for r in data] for j, c in enumerate(cols)}, len(data), form)
 
-def _short(v, n=80) -> str:
-    s = repr(v)
-    return s if len(s) <= n else s[:n] + '…'
-
+# %% ../nbs/05_serve.ipynb #96af15e0
 def _parse_json(body:bytes) -> Batch:
     try: obj = json.loads(body.decode('utf-8'))
     except UnicodeDecodeError: raise _bad('encoding', "body: not UTF-8 text; allowed: a UTF-8 JSON document") from None
