@@ -277,6 +277,7 @@ def test_cli_exit_codes_and_report(proj, trained, capsys):
         # the HTML report: our summary, then Evidently's sections on a bounded sample, nothing loaded from the network
         page = open(d['report_path'], encoding='utf-8').read()
         assert 'service:error_rate' in page and 'computed on a <b>sample</b>' in page and 'evidently' in page.lower()
+        assert 'data_quality:unseen' in page  # the data-quality check (no unseen values in training rows) is on the page
         assert not re.search(r'''<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', page, re.I)
         # a window without traffic, an unknown model: errors (exit 2) with a one-line message
         code = cli.main(args[:4] + ['--start', '2013-11-01', '--end', '2013-11-02', '--version', version, '--no-mlflow'])
