@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'LOG_COLUMNS', 'READ_COLUMNS', 'PREDICTION', 'UNSEEN', 'RequestLogError', 'json_value', 'encode_features',
            'decode_features', 'encode_predictions', 'decode_predictions', 'label_value', 'encode_labels',
            'decode_labels', 'encode_unseen', 'decode_unseen', 'unseen_by_row', 'log_row', 'RequestLog', 'LabelReport',
-           'log_labels', 'ingest_labels', 'read_requests', 'labels_series', 'expand_requests', 'add_commands']
+           'log_labels', 'ingest_labels', 'read_requests', 'labels_series', 'expand_requests', 'cmd_labels_ingest',
+           'add_commands']
 
 # %% ../nbs/04a_requestlog.ipynb #d2607388
 class RequestLogError(MlprodError):
@@ -330,17 +331,19 @@ def expand_requests(requests:pd.DataFrame, # from `read_requests`
     return df
 
 # %% ../nbs/04a_requestlog.ipynb #c2d42f42
-def _cmd_labels_ingest(args):
+def cmd_labels_ingest(file:str, # CSV or Parquet file with columns request_id, label (and optionally row)
+                      *, project=None, # project folder or mlprod.toml (the global `--project`)
+                     ) -> int:
     "Record ground-truth labels from a CSV or Parquet file (request_id, label, optional row)."
     from mlprod.config import get_config
-    r = ingest_labels(args.file, cfg=get_config(args.project))
+    r = ingest_labels(file, cfg=get_config(project))
     print(f"labelled {r.n_requests} request(s), {r.n_labels} label(s)" + (f"; {r.n_unknown} request id(s) not in the request log, e.g. {', '.join(r.unknown[:3])}" if r.n_unknown else ''))
     return 0
 
 def add_commands(sub):
-    "Add `labels ingest` to the `mlprod` command."
+    "Add `labels ingest` to an argparse `mlprod` parser (for a CLI that builds parsers by hand)."
     s = sub.add_parser('labels', help='record ground truth for logged requests')
     lsub = s.add_subparsers(dest='labels_command', metavar='ACTION', required=True)
-    i = lsub.add_parser('ingest', help='record labels from a CSV or Parquet file', description=_cmd_labels_ingest.__doc__)
+    i = lsub.add_parser('ingest', help='record labels from a CSV or Parquet file', description=cmd_labels_ingest.__doc__)
     i.add_argument('file', help='CSV or Parquet file with columns request_id, label (and optionally row)')
-    i.set_defaults(func=_cmd_labels_ingest)
+    i.set_defaults(func=lambda args: cmd_labels_ingest(args.file, project=args.project))
