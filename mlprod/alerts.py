@@ -67,6 +67,7 @@ DEFAULT_RULES = (
     AlertRule('estimated:*', 'warning', for_windows=2),  # estimates are noisy: two windows in a row
     AlertRule('drift:share', 'warning'),     # data set drift (per-column drift is detail, not an alert)
     AlertRule('drift:prediction', 'warning'),
+    AlertRule('data_quality:unseen', 'warning'),  # rows with category values unseen in training (per column is detail)
     AlertRule('job:*', 'critical'),          # a scheduled job failed
 )
 

@@ -17,9 +17,9 @@ from .core import ConfigError, MlprodError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TASKS', 'SEVERITIES', 'CHANNEL_TYPES', 'DEFAULT_TOML', 'Thresholds', 'ModelConfig', 'ChannelConfig',
-           'AlertsConfig', 'ProjectConfig', 'parse_config', 'find_config', 'get_config', 'reset_config', 'ensure_state',
-           'mlflow_setup']
+__all__ = ['log', 'TASKS', 'SEVERITIES', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'DEFAULT_TOML', 'Thresholds', 'ModelConfig',
+           'ChannelConfig', 'AlertsConfig', 'ProjectConfig', 'parse_config', 'find_config', 'get_config',
+           'reset_config', 'ensure_state', 'mlflow_setup']
 
 # %% ../nbs/00a_config.ipynb #7a612694
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Thresholds:
     min_rows:int=200 # fewer rows than this in a window gives a warning, not a verdict
     non_inferiority_margin:float=0.005 # a challenger may be this much worse (metric) and still pass
     min_improvement:float=0.0 # required improvement of the metric against the champion
+    max_unseen_share:float=0.05 # share of rows with a category value unseen in training (per column, and any column) above which the data-quality check warns
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -57,6 +58,7 @@ class ModelConfig:
     auto_promote:bool=False # promote automatically when the gates pass
     thresholds:Thresholds=field(default_factory=Thresholds)
     schedules:dict=field(default_factory=dict) # job name → cron expression
+    unseen_categories:str='auto' # category values unseen in training: 'score' (and flag), 'reject' (422), or 'auto' = 'score' when the fitted model can
 
 @dataclass(frozen=True)
 class ChannelConfig:
@@ -131,6 +133,7 @@ TASKS = {'binary': ('roc_auc','log_loss','brier','f1','accuracy'), 'regression':
          'multiclass': ('roc_auc_ovr','log_loss','accuracy','f1_macro')}
 SEVERITIES = ('info','warning','critical')
 CHANNEL_TYPES = ('file','webhook','email')
+UNSEEN_POLICIES = ('auto','score','reject') # models.NAME.unseen_categories
 
 def _check_ref(key, ref):
     if not isinstance(ref, str) or ref.count(':') != 1 or not all(ref.split(':')):
@@ -151,6 +154,7 @@ def _build_model(name, data, src) -> ModelConfig:
     for k, v in m.schedules.items():
         if not isinstance(v, str) or len(v.split()) != 5:
             raise ConfigError(f"{pre}.schedules.{k}", v, "a cron expression with 5 fields, e.g. '0 6 * * *'")
+    if m.unseen_categories not in UNSEEN_POLICIES: raise ConfigError(f"{pre}.unseen_categories", m.unseen_categories, "'score' or 'reject'", "or leave it out ('auto': decided from the fitted model)")
     if m.train_window_days < 1: raise ConfigError(f"{pre}.train_window_days", m.train_window_days, 'an integer ≥ 1')
     return m
 

@@ -13,10 +13,10 @@ log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 # %% auto #0
-__all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts', 'driver_url',
-           'engine', 'dispose_all']
+__all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts',
+           'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
 
-# %% ../nbs/00b_db.ipynb #8ba79329
+# %% ../nbs/00b_db.ipynb #25251b4a
 UTCDateTime = sa.DateTime(timezone=True)
 
 alias_history = sa.Table('alias_history', metadata,
@@ -32,6 +32,7 @@ alias_history = sa.Table('alias_history', metadata,
     sa.Column('forced', sa.Boolean, nullable=False, default=False),
     sa.Column('at', UTCDateTime, nullable=False))
 
+# %% ../nbs/00b_db.ipynb #936f159f
 requests_log = sa.Table('requests', metadata,
     sa.Column('request_id', sa.String(64), primary_key=True),
     sa.Column('model', sa.String(200), nullable=False),
@@ -46,13 +47,15 @@ requests_log = sa.Table('requests', metadata,
     sa.Column('error', sa.Text),
     sa.Column('shadow_version', sa.String(20)),
     sa.Column('shadow_predictions', sa.Text),
-    sa.Column('event_time', UTCDateTime)) # business time of the rows (e.g. replayed traffic), when given
+    sa.Column('event_time', UTCDateTime), # business time of the rows (e.g. replayed traffic), when given
+    sa.Column('unseen', sa.Text)) # JSON {column: [row positions]}: category values the training window did not see, scored and flagged
 
 labels = sa.Table('labels', metadata,
     sa.Column('request_id', sa.String(64), primary_key=True),
     sa.Column('labels', sa.Text, nullable=False), # JSON list, one per row of the request
     sa.Column('at', UTCDateTime, nullable=False))
 
+# %% ../nbs/00b_db.ipynb #c4ed832d
 job_runs = sa.Table('job_runs', metadata,
     sa.Column('id', sa.String(64), primary_key=True),
     sa.Column('job', sa.String(100), nullable=False, index=True),
@@ -79,6 +82,24 @@ alerts = sa.Table('alerts', metadata,
     sa.Column('last_sent_at', UTCDateTime),
     sa.Column('count', sa.Integer, nullable=False, default=1),
     sa.Column('resolved_at', UTCDateTime))
+
+# %% ../nbs/00b_db.ipynb #7f1c0671
+def add_missing_columns(eng:sa.Engine) -> list:
+    "Add to existing tables the nullable columns of `metadata` they lack; the `table.column` names added."
+    insp, added = sa.inspect(eng), []
+    names = set(insp.get_table_names())
+    for t in metadata.sorted_tables:
+        if t.name not in names: continue
+        have = {c['name'] for c in insp.get_columns(t.name)}
+        for c in t.columns:
+            if c.name in have or not c.nullable: continue
+            ddl = f"ALTER TABLE {t.name} ADD COLUMN {c.name} {c.type.compile(eng.dialect)}"
+            with eng.begin() as conn:
+                try: conn.execute(sa.text(ddl))
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:  # a replica added it first
+                    if 'duplicate' not in str(e).lower() and 'already exists' not in str(e).lower(): raise
+            added.append(f"{t.name}.{c.name}"); log.info('database: added column %s.%s', t.name, c.name)
+    return added
 
 # %% ../nbs/00b_db.ipynb #9bf7051a
 _ENGINES, _CREATED, _LOCK = {}, {}, threading.Lock()
@@ -120,6 +141,7 @@ def engine(url:str) -> sa.Engine:
                     if not raced: raise MlprodError(f"db_url: cannot open {url!r}: {e.orig}") from None
                     if attempt == 4: raise MlprodError(f"db_url: tables of {url!r} could not be created: {e.orig}") from None
                     time.sleep(0.2 * (attempt + 1))
+            add_missing_columns(eng)
             _CREATED[url] = set(metadata.tables)
     return eng
 

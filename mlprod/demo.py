@@ -23,7 +23,7 @@ class DemoResult:
     "What the demo did, month by month, and where it wrote things."
     model:str
     story:tuple # lines for a person
-    months:tuple # per month: dict(month, requests, ok, rejected, production, auc_frozen, auc_production, job_status, alerts)
+    months:tuple # per month: dict(month, requests, ok, rejected, unseen, production, auc_frozen, auc_production, job_status, alerts)
     first_version:str
     final_production:str
     dashboard:str
@@ -35,10 +35,10 @@ class DemoResult:
     def auc_march(self) -> float: return self.months[0]['auc_frozen'] if self.months else float('nan')
     def table(self) -> str:
         "Per-month AUC of the frozen first model and of production, with what happened."
-        out = [f"{'month':<8} {'prod':>5} {'AUC frozen':>10} {'AUC prod':>9} {'requests':>8} {'4xx':>5} {'monitor':>8}  alerts"]
+        out = [f"{'month':<8} {'prod':>5} {'AUC frozen':>10} {'AUC prod':>9} {'requests':>8} {'4xx':>5} {'unseen':>6} {'monitor':>8}  alerts"]
         for m in self.months:
             out.append(f"{m['month']:<8} {'v' + str(m['production']):>5} {m['auc_frozen']:>10.3f} {m['auc_production']:>9.3f} "
-                       f"{m['requests']:>8} {m['rejected']:>5} {m['job_status']:>8}  {', '.join(m['alerts']) or '-'}")
+                       f"{m['requests']:>8} {m['rejected']:>5} {m.get('unseen', 0):>6} {m['job_status']:>8}  {', '.join(m['alerts']) or '-'}")
         return '\n'.join(out)
     def footer(self) -> str:
         "The month table and where everything is."
@@ -103,7 +103,7 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
     from mlprod import registry
     from mlprod.retrain import retrain, triggers, guard
     from mlprod.evaluate import compare_versions
-    from mlprod.serve import log_labels
+    from mlprod.requestlog import log_labels, read_requests, expand_requests, UNSEEN
     from mlprod.monitor import monitor
     from mlprod.jobs import run_job
     from mlprod.dashboard import build_dashboard
@@ -142,6 +142,7 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
             ok = sent[sent.status == 200]
             time.sleep(1.2)  # the server's request-log writer flushes every 0.5 s; labels join on logged requests
             log_labels(ok.request_id.tolist(), batch.loc[ok.row, mc.target].astype(float).tolist(), cfg=cfg)
+            logged = expand_requests(read_requests(cfg, model, start, end))  # rows scored with category values unseen in training
             if jobs:
                 run = run_job('monitor', {'model': model, 'start': start, 'end': end}, cfg=cfg, dashboard=False)
                 job_status = run.status
@@ -151,6 +152,7 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
             frozen = registry.load(model, first, cfg=cfg).predict_scores(df)
             current = registry.load(model, prod, cfg=cfg).predict_scores(df)
             rows.append(dict(month=label, requests=len(sent), ok=int((sent.status == 200).sum()), rejected=int((sent.status // 100 == 4).sum()),
+                             unseen=int(sum(1 for u in logged[UNSEEN] if u)),
                              production=prod, auc_frozen=_auc(df[mc.target], frozen), auc_production=_auc(df[mc.target], current),
                              job_status=job_status, alerts=[a.split(': ')[0] for a in open_alerts]))
             if open_alerts:

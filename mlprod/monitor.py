@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'monitor_runs', 'MonitorError', 'NoDataError', 'service_checks',
            'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
            'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column',
-           'profile_path', 'reference_profile', 'read_requests', 'expand_requests', 'align_dtypes', 'MonitorResult',
-           'monitor_history', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'profile_path', 'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
+           'MonitorResult', 'monitor_history', 'monitor', 'evidently_html', 'monitor_report_html',
+           'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -353,53 +354,7 @@ def reference_profile(model, # a `mlprod.registry.LoadedModel`
     return prof
 
 # %% ../nbs/06_monitor.ipynb #91e592b3
-def read_requests(cfg:ProjectConfig, # project (its `db_url`)
-                  name:str, # model name
-                  start, end, # the window [start, end), UTC
-                  time_field:str='event_time', # 'event_time' (falls back to `at`) or 'at'
-                 ) -> pd.DataFrame:
-    "The request-log rows of `name` in the window, with their labels (JSON text) joined."
-    if time_field not in ('event_time', 'at'): raise ConfigError('time_field', time_field, "'event_time' or 'at'")
-    t, lab = _db.requests_log, _db.labels
-    when = sa.func.coalesce(t.c.event_time, t.c.at, type_=_db.UTCDateTime) if time_field == 'event_time' else t.c.at
-    q = (sa.select(t.c.request_id, t.c.version, t.c.alias, t.c.at, t.c.event_time, t.c.n_rows, t.c.features, t.c.predictions,
-                   t.c.latency_ms, t.c.status, lab.c.labels)
-         .select_from(t.outerjoin(lab, lab.c.request_id == t.c.request_id))
-         .where(t.c.model == name, when >= to_utc(start), when < to_utc(end)))
-    try:
-        with _db.engine(cfg.db_url).connect() as conn: rows = conn.execute(q).mappings().all()
-    except sa.exc.SQLAlchemyError as e: raise MonitorError(f"request log {cfg.db_url!r}: cannot read it: {e}") from None
-    cols = ['request_id', 'version', 'alias', 'at', 'event_time', 'n_rows', 'features', 'predictions', 'latency_ms', 'status', 'labels']
-    return pd.DataFrame([dict(r) for r in rows], columns=cols)
-
-def _json_lists(texts) -> list:
-    "Parse many JSON list texts at once (one `json.loads`)."
-    return json.loads('[' + ','.join(texts) + ']') if len(texts) else []
-
-def expand_requests(requests:pd.DataFrame, # from `read_requests`
-                    target:str='target', # name of the label column to create
-                   ) -> pd.DataFrame:
-    "One row per scored row of the successful requests: features, `prediction`, the label (NaN until it arrives), `request_id`."
-    ok = requests[(requests['status'].astype(int) < 400) & requests['features'].notna()]
-    if not len(ok): return pd.DataFrame(columns=['request_id', PREDICTION, target])
-    feats = _json_lists(ok['features'].tolist())
-    preds = _json_lists([p if isinstance(p, str) else 'null' for p in ok['predictions']])
-    labs = _json_lists([l if isinstance(l, str) else 'null' for l in ok['labels']])
-    rid, pr, lb, records = [], [], [], []
-    mismatched = 0
-    for r, f, p, l in zip(ok['request_id'], feats, preds, labs):
-        k = len(f); records.extend(f); rid.extend([r] * k)
-        pr.extend(p if isinstance(p, list) and len(p) == k else [None] * k)
-        if isinstance(l, list) and len(l) == k: lb.extend(l)
-        else:
-            if l is not None: mismatched += 1
-            lb.extend([None] * k)
-    if mismatched: log.warning('%d request(s) have a number of labels that differs from their rows: labels ignored', mismatched)
-    df = pd.DataFrame.from_records(records)
-    df[PREDICTION] = pd.to_numeric(pd.Series(pr, dtype=object), errors='coerce').to_numpy(float)
-    df[target] = pd.to_numeric(pd.Series(lb, dtype=object), errors='coerce').to_numpy(float)
-    df['request_id'] = rid
-    return df
+from .requestlog import read_requests, expand_requests, UNSEEN
 
 def align_dtypes(current:pd.DataFrame, reference:pd.DataFrame, columns:Sequence[str]) -> pd.DataFrame:
     "Cast `columns` of `current` (parsed from JSON) to the dtypes they have in `reference`, where the values allow."
@@ -414,6 +369,39 @@ def align_dtypes(current:pd.DataFrame, reference:pd.DataFrame, columns:Sequence[
             try: out[c] = out[c].astype(rt)
             except (TypeError, ValueError): pass
     return out
+
+# %% ../nbs/06_monitor.ipynb #c27413a0
+def unseen_columns(frame:pd.DataFrame, schema) -> list:
+    "For each row of `frame`, the tuple of categorical columns of `schema` whose (non-missing) value training did not see."
+    flags = [[] for _ in range(len(frame))]
+    for c in schema.columns:
+        if c.kind == 'numeric' or c.categories is None or c.name not in frame.columns: continue
+        v = frame[c.name]
+        for i in np.flatnonzero((v.notna() & ~v.astype(str).isin(set(map(str, c.categories)))).to_numpy()): flags[i].append(c.name)
+    return [tuple(f) for f in flags]
+
+def data_quality_checks(current:pd.DataFrame, # rows of the window (with `unseen_columns` from the request log, or not)
+                        schema, # the version's data contract
+                        thresholds:Thresholds, # `max_unseen_share`
+                        top:int=10) -> list: # new values listed per column
+    "Share of rows with category values unseen in training: per column and in any column, with the new values and their counts."
+    n, limit = len(current), thresholds.max_unseen_share
+    rows = current[UNSEEN].tolist() if UNSEEN in current.columns else unseen_columns(current, schema)
+    per_col, checks = {}, []
+    for i, cols in enumerate(rows):
+        for c in cols: per_col.setdefault(c, []).append(i)
+    for col, idx in sorted(per_col.items()):
+        counts = current[col].iloc[idx].astype(str).value_counts().head(top) if col in current.columns else pd.Series(dtype=int)
+        share, listed = len(idx) / n, ', '.join(f"{k} ({v})" for k, v in counts.items())
+        checks.append(Check(f'data_quality:unseen:{col}', Status.FAIL if share > limit else Status.SUCCESS, share, limit,
+                            f"{col}: {share:.1%} of rows ({len(idx)} of {n}) held values unseen in training: {listed}",
+                            dict(rows=len(idx), values={str(k): int(v) for k, v in counts.items()})))
+    any_rows = sum(1 for cols in rows if cols); share = any_rows / n if n else 0.0
+    worst = ', '.join(f"{c.name.rsplit(':', 1)[1]} {c.observed:.1%}" for c in sorted(checks, key=lambda c: -c.observed)[:5])
+    checks.insert(0, Check('data_quality:unseen', Status.FAIL if share > limit else Status.SUCCESS, share, limit,
+                           f"{share:.1%} of rows ({any_rows} of {n}) held a category value unseen in training" + (f": {worst}" if worst else ''),
+                           dict(rows=any_rows, columns={c.name.rsplit(':', 1)[1]: c.details['rows'] for c in checks})))
+    return checks
 
 # %% ../nbs/06_monitor.ipynb #f42f0905
 monitor_runs = sa.Table('monitor_runs', _db.metadata,
@@ -630,6 +618,7 @@ def monitor(name:str, # model name from mlprod.toml
         scored = prediction_column(model, current)
         current = current.assign(**{PREDICTION: scored if PREDICTION not in current.columns else current[PREDICTION].fillna(pd.Series(scored, index=current.index))})
     n = len(current); figures['rows'] = n
+    checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
     # drift of the inputs and of the predictions
     feats = [c for c in profile.names if c != PREDICTION]
     drift = detect_drift(profile, current, columns=feats, threshold=_thresholds_for(profile, feats, th.drift_statistic) or None,

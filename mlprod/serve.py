@@ -4,24 +4,27 @@
 
 # %% ../nbs/05_serve.ipynb #371bb382
 from __future__ import annotations
-import asyncio, bisect, collections, csv, itertools, datetime as dt, hmac, io, json, logging, math, os, random, re, threading, time
+import asyncio, bisect, csv, itertools, datetime as dt, hmac, io, json, logging, math, os, random, re, threading, time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from fastcore.basics import patch
 
 from .core import MlprodError, ConfigError, DataError, NotFoundError, jsonable, esc, utcnow
 from .data import Schema, Violation
+from .requestlog import RequestLog, json_value
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMS', 'LATENCY_BUCKETS', 'PREDICTION_BUCKETS', 'ServeError', 'RequestError', 'request_id',
-           'parse_event_time', 'Batch', 'parse_payload', 'RowValidator', 'validate_rows', 'violation_dict',
-           'unexpected_violation', 'fast_path_problem', 'LightGBMScorer', 'FrameScorer', 'make_scorer', 'Served',
-           'prepare', 'ModelProvider', 'StaticProvider', 'CallbackProvider', 'RegistryProvider', 'RequestLog',
-           'LabelReport', 'log_labels', 'ingest_labels', 'ServiceMetrics', 'content_kind', 'ScoringService',
-           'create_app', 'app_from_env', 'serve', 'cmd_serve', 'add_commands']
+__all__ = ['log', 'FORMS', 'UNSEEN_POLICIES', 'UNSEEN_PROBE', 'LATENCY_BUCKETS', 'PREDICTION_BUCKETS', 'ROUTES_TEXT',
+           'ServeError', 'RequestError', 'request_id', 'parse_event_time', 'Batch', 'parse_payload', 'RowValidator',
+           'validate_rows', 'violation_dict', 'unexpected_violation', 'unseen_policy', 'fast_path_problem',
+           'LightGBMScorer', 'FrameScorer', 'make_scorer', 'ColumnCapability', 'probe_capabilities',
+           'contract_validator', 'Served', 'prepare', 'ModelProvider', 'StaticProvider', 'CallbackProvider',
+           'RegistryProvider', 'ServiceMetrics', 'content_kind', 'ScoringService', 'service_for', 'add_routes',
+           'add_error_handlers', 'create_app', 'app_from_env', 'serve', 'cmd_serve']
 
 # %% ../nbs/05_serve.ipynb #3f816345
 class ServeError(MlprodError):
@@ -64,7 +67,7 @@ def parse_event_time(value:str|None) -> dt.datetime|None:
     if not 1970 <= t.year < 2100: raise RequestError(400, 'event_time', f"header X-Event-Time: got {value!r}; allowed: {allowed}")
     return t
 
-# %% ../nbs/05_serve.ipynb #9ed37378
+# %% ../nbs/05_serve.ipynb #90297090
 FORMS = ('dataframe_split', 'dataframe_records', 'instances', 'inputs')
 _FORMS_TEXT = 'a JSON object with exactly one of the keys ' + ', '.join(FORMS) + " (and optionally 'params')"
 
@@ -75,12 +78,17 @@ class Batch:
     n_rows:int
     form:str # which protocol form it came in
     def rows(self) -> list:
-        "The rows as dicts (for the request log)."
+        "The rows as dicts."
         names = list(self.columns)
         return [dict(zip(names, vals)) for vals in zip(*self.columns.values())] if names else [{} for _ in range(self.n_rows)]
 
 def _bad(code, msg): return RequestError(400, code, msg)
 
+def _short(v, n=80) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[:n] + '…'
+
+# %% ../nbs/05_serve.ipynb #a7c86f9e
 def _from_records(rows, form) -> Batch:
     if not isinstance(rows, list): raise _bad('payload', f"{form}: got {type(rows).__name__}; allowed: a list of row objects")
     names = {}
@@ -110,10 +118,7 @@ def _from_split(d, form='dataframe_split') -> Batch:
             raise _bad('payload', f"{form}.data[{i}]: got {_short(r)}; allowed: a list of {len(cols)} values, one per column")
     return Batch({c: [r[j] for r in data] for j, c in enumerate(cols)}, len(data), form)
 
-def _short(v, n=80) -> str:
-    s = repr(v)
-    return s if len(s) <= n else s[:n] + '…'
-
+# %% ../nbs/05_serve.ipynb #96af15e0
 def _parse_json(body:bytes) -> Batch:
     try: obj = json.loads(body.decode('utf-8'))
     except UnicodeDecodeError: raise _bad('encoding', "body: not UTF-8 text; allowed: a UTF-8 JSON document") from None
@@ -155,94 +160,117 @@ def parse_payload(body:bytes, # the request body
     if not body or not body.strip(): raise _bad('empty', f"body: empty; allowed: {_FORMS_TEXT if kind == 'json' else 'CSV with a header line'}")
     return _parse_json(body) if kind == 'json' else _parse_csv(body, numeric)
 
-# %% ../nbs/05_serve.ipynb #15ca57a3
+# %% ../nbs/05_serve.ipynb #2e76cc80
 class RowValidator:
-    "A data contract compiled for fast checks of column lists: same verdicts as `mlprod.data.validate`."
-    def __init__(self, schema:Schema):
-        self.schema = schema
-        self.names = schema.names
+    "A data contract compiled for fast checks of column lists: same verdicts as `mlprod.data.validate`, plus what the model scores anyway."
+    def __init__(self, schema:Schema, # the data contract
+                 score_unseen:Sequence[str]=(), # categorical columns whose unseen values are scored and flagged, not refused
+                 score_missing:Sequence[str]=(), # columns whose missing values are scored and flagged although training had none
+                 score_out_of_range:bool=False, # score (and flag) finite numbers outside the training range
+                 why:dict|None=None, # (kind, column) → why such values are refused, added to the 422 message
+                 policy:str='reject'): # what `unseen_policy` decided, shown by /version
+        self.schema, self.names, self.policy = schema, schema.names, policy
         self._known = frozenset(self.names)
         self.numeric = frozenset(c.name for c in schema.columns if c.kind == 'numeric')
+        self.score_unseen, self.score_missing = frozenset(score_unseen), frozenset(score_missing)
+        self.score_out_of_range, self.why = bool(score_out_of_range), dict(why or {})
         self._cats = {c.name: (frozenset(c.categories) if c.categories is not None else None) for c in schema.columns}
         self._plan = tuple((c.name, c.kind == 'numeric', c.min, c.max, c.nullable, self._cats[c.name]) for c in schema.columns)
-
-    def valid_row(self, columns:dict) -> bool:
-        "True when the single row in `columns` breaks nothing (one tight loop; call `self(...)` for the violations)."
-        for name, numeric, lo, hi, nullable, cats in self._plan:
-            vals = columns.get(name)
-            if vals is None: return False
-            v = vals[0]; t = type(v)
-            if numeric:
-                if t is float:
-                    if v != v:
-                        if not nullable: return False
-                        continue
-                    if v == math.inf or v == -math.inf: return False
-                elif v is None:
-                    if not nullable: return False
-                    continue
-                elif t is not int: return False
-                if lo is not None and (v < lo or v > hi): return False
-            elif t is str:
-                if cats is not None and v not in cats: return False
-            elif v is None:
-                if not nullable: return False
-            else: return False
-        return True
-
-    def _numeric(self, col, vals) -> list:
-        nulls, infs, oor, bad = [], [], [], []
-        lo, hi = col.min, col.max
-        for i, v in enumerate(vals):
-            t = type(v)
-            if t is float:
-                if v != v: nulls.append(i); continue
-                if v == math.inf or v == -math.inf: infs.append(i); continue
-            elif v is None: nulls.append(i); continue
-            elif t is not int: bad.append(i); continue
-            if lo is not None and (v < lo or v > hi): oor.append(i)
-        if bad: return [Violation(col.name, 'wrong_dtype', vals[bad[0]], len(bad), col.allowed(), tuple(bad[:5]))]
-        out = []
-        if infs: out.append(Violation(col.name, 'non_finite', float(vals[infs[0]]), len(infs), col.allowed(), tuple(infs[:5])))
-        if oor: out.append(Violation(col.name, 'out_of_range', _as_float(vals[oor[0]]), len(oor), col.allowed(), tuple(oor[:5])))
-        if nulls and not col.nullable: out.append(Violation(col.name, 'null', None, len(nulls), col.allowed(), tuple(nulls[:5])))
-        return out
-
-    def _categorical(self, col, vals) -> list:
-        cats = self._cats[col.name]
-        nulls, unseen, bad = [], [], []
-        for i, v in enumerate(vals):
-            t = type(v)
-            if t is str:
-                if cats is not None and v not in cats: unseen.append(i)
-            elif v is None or (t is float and v != v): nulls.append(i)
-            elif t is list or t is dict: bad.append(i)
-            elif cats is not None and str(v) not in cats: unseen.append(i)
-        if bad: return [Violation(col.name, 'wrong_dtype', vals[bad[0]], len(bad), col.allowed(), tuple(bad[:5]))]
-        out = []
-        if unseen: out.append(Violation(col.name, 'unseen_category', vals[unseen[0]], len(unseen), col.allowed(), tuple(unseen[:5])))
-        if nulls and not col.nullable: out.append(Violation(col.name, 'null', None, len(nulls), col.allowed(), tuple(nulls[:5])))
-        return out
-
-    def __call__(self, columns:dict, # column name → list of values
-                 n_rows:int) -> tuple: # number of rows
-        "Every violation of the contract in `columns` (columns it does not know are not checked here)."
-        if n_rows == 0: return (Violation('*', 'empty', 0, 0, 'at least one row'),)
-        out = []
-        for col in self.schema.columns:
-            vals = columns.get(col.name)
-            if vals is None: out.append(Violation(col.name, 'missing_column', None, n_rows, col.allowed()))
-            elif col.kind == 'numeric': out += self._numeric(col, vals)
-            else: out += self._categorical(col, vals)
-        return tuple(out)
 
     def unexpected(self, columns:dict) -> list:
         "Names in `columns` that the contract does not know."
         return [c for c in columns if c not in self._known]
 
+# %% ../nbs/05_serve.ipynb #9e343783
+@patch
+def valid_row(self:RowValidator, columns:dict) -> bool:
+    "True when the single row in `columns` breaks and flags nothing (one tight loop; `check` gives the details)."
+    for name, numeric, lo, hi, nullable, cats in self._plan:
+        vals = columns.get(name)
+        if vals is None: return False
+        v = vals[0]; t = type(v)
+        if numeric:
+            if t is float:
+                if v != v:
+                    if not nullable: return False
+                    continue
+                if v == math.inf or v == -math.inf: return False
+            elif v is None:
+                if not nullable: return False
+                continue
+            elif t is not int: return False
+            if lo is not None and (v < lo or v > hi): return False
+        elif t is str:
+            if cats is not None and v not in cats: return False
+        elif v is None:
+            if not nullable: return False
+        else: return False
+    return True
+
+# %% ../nbs/05_serve.ipynb #9d919911
+def _flag_or_refuse(col, kind:str, rows:list, value, scored:bool, flags:dict, out:list):
+    if scored: flags.setdefault(kind, {})[col.name] = rows
+    else: out.append(Violation(col.name, kind, value, len(rows), col.allowed(), tuple(rows[:5])))
+
+@patch
+def _numeric(self:RowValidator, col, vals, flags:dict) -> list:
+    nulls, infs, oor, bad = [], [], [], []
+    lo, hi = col.min, col.max
+    for i, v in enumerate(vals):
+        t = type(v)
+        if t is float:
+            if v != v: nulls.append(i); continue
+            if v == math.inf or v == -math.inf: infs.append(i); continue
+        elif v is None: nulls.append(i); continue
+        elif t is not int: bad.append(i); continue
+        if lo is not None and (v < lo or v > hi): oor.append(i)
+    if bad: return [Violation(col.name, 'wrong_dtype', vals[bad[0]], len(bad), col.allowed(), tuple(bad[:5]))]
+    out = []
+    if infs: out.append(Violation(col.name, 'non_finite', float(vals[infs[0]]), len(infs), col.allowed(), tuple(infs[:5])))
+    if oor: _flag_or_refuse(col, 'out_of_range', oor, _as_float(vals[oor[0]]), self.score_out_of_range, flags, out)
+    if nulls and not col.nullable: _flag_or_refuse(col, 'null', nulls, None, col.name in self.score_missing, flags, out)
+    return out
+
+@patch
+def _categorical(self:RowValidator, col, vals, flags:dict) -> list:
+    cats = self._cats[col.name]
+    nulls, unseen, bad = [], [], []
+    for i, v in enumerate(vals):
+        t = type(v)
+        if t is str:
+            if cats is not None and v not in cats: unseen.append(i)
+        elif v is None or (t is float and v != v): nulls.append(i)
+        elif t is list or t is dict: bad.append(i)
+        elif cats is not None and str(v) not in cats: unseen.append(i)
+    if bad: return [Violation(col.name, 'wrong_dtype', vals[bad[0]], len(bad), col.allowed(), tuple(bad[:5]))]
+    out = []
+    if unseen: _flag_or_refuse(col, 'unseen_category', unseen, vals[unseen[0]], col.name in self.score_unseen, flags, out)
+    if nulls and not col.nullable: _flag_or_refuse(col, 'null', nulls, None, col.name in self.score_missing, flags, out)
+    return out
+
 def _as_float(v):
     try: return float(v)
     except OverflowError: return math.inf
+
+# %% ../nbs/05_serve.ipynb #61e7075e
+@patch
+def check(self:RowValidator, columns:dict, # column name → list of values
+          n_rows:int) -> tuple: # number of rows
+    "(violations, flags): every violation of the contract, and the values scored anyway as {kind: {column: [rows]}}."
+    if n_rows == 0: return (Violation('*', 'empty', 0, 0, 'at least one row'),), {}
+    out, flags = [], {}
+    for col in self.schema.columns:
+        vals = columns.get(col.name)
+        if vals is None: out.append(Violation(col.name, 'missing_column', None, n_rows, col.allowed()))
+        elif col.kind == 'numeric': out += self._numeric(col, vals, flags)
+        else: out += self._categorical(col, vals, flags)
+    return tuple(out), flags
+
+@patch
+def __call__(self:RowValidator, columns:dict, # column name → list of values
+             n_rows:int) -> tuple: # number of rows
+    "Every violation of the contract in `columns` (columns it does not know are not checked here)."
+    return self.check(columns, n_rows)[0]
 
 def validate_rows(schema:Schema, # the data contract
                   columns:dict, # column name → list of values
@@ -254,7 +282,8 @@ def validate_rows(schema:Schema, # the data contract
 _KIND_TEXT = {'wrong_dtype': 'has {count} value(s) of the wrong type, e.g. {value}',
               'unexpected_column': 'is not a column of this model'}
 
-def violation_dict(v:Violation) -> dict:
+def violation_dict(v:Violation, # one violation
+                   why:str='') -> dict: # why the model cannot score such values, appended to the message
     "A JSON-ready dict of a violation, with a message for a person and a short example value."
     value = v.value
     if isinstance(value, str): value = value if len(value) <= 60 else value[:60] + '…'
@@ -262,6 +291,7 @@ def violation_dict(v:Violation) -> dict:
     if isinstance(value, float) and not math.isfinite(value): value = str(value)
     msg = (f"column {v.column!r} " + _KIND_TEXT[v.kind].format(count=v.count, value=_short(v.value, 60)) + f"; allowed: {v.allowed}"
            if v.kind in _KIND_TEXT else v.message)
+    if why: msg += f". Not scored: {why}"
     return {'column': v.column, 'kind': v.kind, 'value': value, 'count': v.count, 'rows': list(v.rows),
             'allowed': v.allowed, 'message': msg}
 
@@ -270,6 +300,21 @@ def unexpected_violation(column:str, n_rows:int, known:Sequence[str]) -> dict:
     allowed = 'the columns ' + ', '.join(known)
     return {'column': column, 'kind': 'unexpected_column', 'value': None, 'count': n_rows, 'rows': [], 'allowed': allowed,
             'message': f"column {column!r} is not a column of this model (misspelled or renamed?); allowed: {allowed}"}
+
+# %% ../nbs/05_serve.ipynb #85f1079c
+UNSEEN_POLICIES = ('auto', 'score', 'reject')
+
+def unseen_policy(setting:str, # models.NAME.unseen_categories: 'auto', 'score' or 'reject'
+                  can_score_unseen:bool, # the fitted model scores category values it did not see in training
+                  model:str='NAME', # model name, for the messages
+                  why:str='') -> str: # why it cannot, when it cannot
+    "'score' or 'reject': what the service does with unseen category values ('auto' = 'score' when the model can)."
+    key = f"models.{model}.unseen_categories"
+    if setting not in UNSEEN_POLICIES: raise ConfigError(key, setting, "'score' or 'reject'", "or 'auto' (decided from the fitted model)")
+    if setting == 'auto': return 'score' if can_score_unseen else 'reject'
+    if setting == 'score' and not can_score_unseen:
+        raise ConfigError(key, setting, "'reject' or 'auto' for this model", f"it cannot score unseen category values ({why or 'it fails on them'})")
+    return setting
 
 # %% ../nbs/05_serve.ipynb #a78c10f1
 def fast_path_problem(model) -> str|None:
@@ -390,7 +435,61 @@ def make_scorer(loaded, # a LoadedModel (or anything with .model, .features, .ca
     log.info('model %s version %s: generic scorer (%s)', getattr(loaded, 'name', '?'), getattr(loaded, 'version', '?'), problem)
     return generic
 
-# %% ../nbs/05_serve.ipynb #84a80605
+# %% ../nbs/05_serve.ipynb #f782fe05
+@dataclass(frozen=True)
+class ColumnCapability:
+    "Whether the fitted model scores an unseen category value (None: numeric column) and a missing value of one column."
+    unseen:bool|None
+    missing:bool
+    why_unseen:str='' # why it cannot score an unseen value
+    why_missing:str='' # why it cannot score a missing value
+
+UNSEEN_PROBE = '__mlprod_unseen__' # the category value no training window holds
+
+def _probe_errors(loaded, rows:list) -> list:
+    "For each probe row, None when the model scores it, else why not (one batch call; row by row when it fails)."
+    import pandas as pd
+    cols = loaded.schema.columns
+    frame = pd.DataFrame({c.name: pd.Series([r[c.name] for r in rows], dtype='float64' if c.kind == 'numeric' else object) for c in cols})
+    try:
+        s = np.asarray(loaded.predict_scores(frame), dtype='float64').reshape(len(rows), -1)
+        return [None if np.isfinite(x).all() else f"non-finite score {x.tolist()}" for x in s]
+    except Exception as e:
+        if len(rows) == 1: return [f"{type(e).__name__}: {str(e)[:200]}"]
+        return [_probe_errors(loaded, [r])[0] for r in rows]
+
+def probe_capabilities(loaded) -> dict:
+    "Column → `ColumnCapability` of a loaded model, found by scoring probe rows with unseen and missing values."
+    base = {c.name: (((c.min + c.max) / 2 if c.min is not None else 0.0) if c.kind == 'numeric' else (c.categories[0] if c.categories else None))
+            for c in loaded.schema.columns}
+    cats = [c.name for c in loaded.schema.columns if c.kind != 'numeric']
+    probes = [(c, 'unseen', UNSEEN_PROBE) for c in cats] + [(c.name, 'missing', None) for c in loaded.schema.columns]
+    errs = dict(zip([(c, k) for c, k, _ in probes], _probe_errors(loaded, [{**base, c: v} for c, _, v in probes])))
+    return {c.name: ColumnCapability(None if c.kind == 'numeric' else errs[(c.name, 'unseen')] is None, errs[(c.name, 'missing')] is None,
+                                     errs.get((c.name, 'unseen')) or '', errs[(c.name, 'missing')] or '') for c in loaded.schema.columns}
+
+# %% ../nbs/05_serve.ipynb #7c720564
+def contract_validator(schema:Schema, # the version's data contract
+                       setting:str='auto', # models.NAME.unseen_categories
+                       capabilities:dict|None=None, # column → ColumnCapability (None: the model handles nothing beyond the contract)
+                       model:str='NAME') -> RowValidator: # model name, for the messages
+    "The `RowValidator` of a served version: what the model can score is scored and flagged under 'score'."
+    caps = capabilities or {}
+    cats = [c.name for c in schema.columns if c.kind != 'numeric']
+    cannot = [c for c in cats if not (caps.get(c) and caps[c].unseen)]
+    policy = unseen_policy(setting, bool(caps) and not cannot, model, caps[cannot[0]].why_unseen if cannot and cannot[0] in caps else '')
+    key = f'unseen_categories in [models.{model}]'
+    if policy == 'reject':
+        why = {('unseen_category', c): (f'{key} is "reject"; set it to "score" to score and flag such values' if c not in cannot else
+                                        f"the model cannot score unseen values ({caps[c].why_unseen if c in caps else 'not known to'}); "
+                                        f'{key} is "{setting}"') for c in cats}
+        return RowValidator(schema, why=why, policy=policy)
+    missing_ok = [c.name for c in schema.columns if caps.get(c.name) and caps[c.name].missing]
+    why = {('null', c.name): f"the model cannot score missing values of this column ({caps[c.name].why_missing if c.name in caps else 'unknown'})"
+           for c in schema.columns if c.name not in missing_ok}
+    return RowValidator(schema, score_unseen=cats, score_missing=missing_ok, score_out_of_range=True, why=why, policy=policy)
+
+# %% ../nbs/05_serve.ipynb #70588593
 @dataclass(frozen=True, eq=False)
 class Served:
     "One model version ready to score: the loaded model, its compiled contract and its scorer."
@@ -404,16 +503,21 @@ class Served:
     @property
     def version(self) -> str: return str(self.loaded.version)
     def info(self) -> dict:
-        "Name, version, alias, load time and scorer kind."
+        "Name, version, alias, load time, scorer kind and what happens to unseen category values."
         return {'name': self.name, 'version': self.version, 'alias': self.alias, 'loaded_at': self.loaded_at.isoformat(),
-                'scorer': self.scorer.kind, 'run_id': getattr(self.loaded, 'run_id', None)}
+                'scorer': self.scorer.kind, 'run_id': getattr(self.loaded, 'run_id', None), 'unseen_categories': self.validator.policy}
 
 def prepare(loaded, # a LoadedModel
             alias:str|None=None, # the alias it is served as
-            prefer:str='fast') -> Served: # scorer preference
-    "Compile the contract and pick the scorer of a loaded model version."
-    return Served(loaded, alias, make_scorer(loaded, prefer), RowValidator(loaded.schema), utcnow())
+            prefer:str='fast', # scorer preference
+            unseen:str='auto', # models.NAME.unseen_categories: 'auto', 'score' or 'reject'
+            capabilities:Callable|None=None) -> Served: # loaded → {column: ColumnCapability}; default `probe_capabilities`
+    "Compile the contract, decide what the model scores beyond it, and pick the scorer of a loaded model version."
+    caps = (capabilities or probe_capabilities)(loaded)
+    validator = contract_validator(loaded.schema, unseen, caps, getattr(loaded, 'name', 'NAME'))
+    return Served(loaded, alias, make_scorer(loaded, prefer), validator, utcnow())
 
+# %% ../nbs/05_serve.ipynb #b1e14e04
 class ModelProvider:
     "Where the service gets its model: `current` (a `Served` or None) and `poll()` for a newer version."
     current:Served|None = None
@@ -424,17 +528,18 @@ class ModelProvider:
 
 class StaticProvider(ModelProvider):
     "Serves the model versions it is handed; `set` swaps to another one."
-    def __init__(self, loaded=None, alias:str|None='production', prefer:str='fast'):
-        self.alias, self.prefer = alias, prefer
-        self.current = prepare(loaded, alias, prefer) if loaded is not None else None
+    def __init__(self, loaded=None, alias:str|None='production', prefer:str='fast', unseen:str='auto'):
+        self.alias, self.prefer, self.unseen = alias, prefer, unseen
+        self.current = prepare(loaded, alias, prefer, unseen) if loaded is not None else None
     def set(self, loaded):
         "Serve `loaded` from now on (in-flight requests finish on the previous one)."
-        self.current = prepare(loaded, self.alias, self.prefer) if loaded is not None else None
+        self.current = prepare(loaded, self.alias, self.prefer, self.unseen) if loaded is not None else None
 
 class CallbackProvider(ModelProvider):
     "Follows an alias through two functions: `resolve()` → version or None, `load(version)` → LoadedModel."
-    def __init__(self, resolve:Callable[[], str|None], load:Callable[[str], Any], alias:str|None='production', prefer:str='fast'):
-        self.resolve, self.load, self.alias, self.prefer = resolve, load, alias, prefer
+    def __init__(self, resolve:Callable[[], str|None], load:Callable[[str], Any], alias:str|None='production', prefer:str='fast',
+                 unseen:str='auto'):
+        self.resolve, self.load, self.alias, self.prefer, self.unseen = resolve, load, alias, prefer, unseen
         self.current, self.last_error = None, None
     def poll(self) -> bool:
         version = self.resolve()
@@ -442,192 +547,22 @@ class CallbackProvider(ModelProvider):
             if self.current is not None: log.warning('alias %r is no longer set; keeping version %s', self.alias, self.current.version)
             return False
         if self.current is not None and self.current.version == str(version): return False
-        served = prepare(self.load(str(version)), self.alias, self.prefer)
+        served = prepare(self.load(str(version)), self.alias, self.prefer, self.unseen)
         old, self.current = self.current, served
         log.info('now serving %s version %s as %r (was %s)', served.name, served.version, self.alias, old.version if old else None)
         return True
 
 class RegistryProvider(CallbackProvider):
-    "Follows `alias` of registered model `name` in the MLflow registry of `cfg`."
+    "Follows `alias` of registered model `name` in the MLflow registry of `cfg` (with its `unseen_categories` setting)."
     def __init__(self, name:str, alias:str='production', cfg=None, prefer:str='fast'):
         from mlprod import registry
-        self.name = name
-        super().__init__(lambda: registry.resolve_version(name, alias, cfg=cfg), lambda v: registry.load(name, v, cfg=cfg), alias, prefer)
-
-# %% ../nbs/05_serve.ipynb #ec1d834a
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v): return None
-    return v
-
-_LOG_COLUMNS = ('request_id', 'model', 'version', 'alias', 'at', 'n_rows', 'features', 'predictions', 'latency_ms', 'status',
-                'error', 'shadow_version', 'shadow_predictions', 'event_time')
-
-def _log_row(item:dict) -> dict:
-    "A `requests` table row from what the handler queued."
-    batch, preds, shadow = item.pop('batch', None), item.pop('preds', None), item.pop('shadow_preds', None)
-    if batch is not None:
-        try: item['features'] = json.dumps([{k: _clean(v) for k, v in r.items()} for r in batch.rows()], default=str)
-        except (TypeError, ValueError): item['features'] = None
-    if preds is not None: item['predictions'] = json.dumps([_clean(float(p)) for p in preds])
-    if shadow is not None: item['shadow_predictions'] = json.dumps([_clean(float(p)) for p in shadow])
-    return {k: item.get(k) for k in _LOG_COLUMNS}
-
-class RequestLog:
-    "Batching background writer of request rows to the mlprod database, with a bounded queue."
-    def __init__(self, db_url:str, # SQLAlchemy URL of the mlprod database
-                 queue_size:int=10_000, # requests held in memory at most; more are dropped and counted
-                 flush_interval:float=0.5, # seconds a queued row waits at most before its write starts
-                 batch_size:int=1000): # rows per transaction at most
-        if not 0 < flush_interval <= 1: raise ConfigError('flush_interval', flush_interval, 'seconds in (0, 1]')
-        if queue_size < 1: raise ConfigError('queue_size', queue_size, 'an integer ≥ 1')
-        self.db_url, self.flush_interval, self.batch_size, self.queue_size = db_url, flush_interval, batch_size, queue_size
-        self._q = collections.deque()  # append/popleft are atomic; no lock, no wake-up per request
-        self.written = self.dropped = self.errors = self.duplicates = 0
-        self._thread, self._closed, self._stop = None, False, threading.Event()
-        self.on_drop = None  # callback(n) for metrics
-
-    def start(self) -> RequestLog:
-        "Open the database (creating tables) and start the writer thread."
-        from mlprod import db
-        self._engine = db.engine(self.db_url)
-        self._thread = threading.Thread(target=self._run, name='mlprod-request-log', daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def pending(self) -> int: return len(self._q)
-
-    def put(self, row:dict) -> bool:
-        "Queue a row; False (and counted as dropped) when the queue is full or the log is closed."
-        if not self._closed and len(self._q) < self.queue_size:
-            self._q.append(row); return True
-        self.dropped += 1
-        if self.on_drop: self.on_drop(1)
-        return False
-
-    def _drain(self) -> bool:
-        "Write everything queued now, in batches; True when something was written."
-        q, did = self._q, False
-        while q:
-            items = []
-            while q and len(items) < self.batch_size: items.append(q.popleft())
-            self._write([_log_row(i) for i in items]); did = True
-        return did
-
-    def _run(self):
-        # wake every half flush interval: a row waits at most `flush_interval` before its write starts
-        while not self._stop.wait(self.flush_interval / 2): self._drain()
-        self._drain()
-
-    def _write(self, rows:list):
-        from mlprod.db import requests_log
-        import sqlalchemy as sa
-        seen, uniq = set(), []
-        for r in rows:
-            if r['request_id'] in seen: self.duplicates += 1; continue
-            seen.add(r['request_id']); uniq.append(r)
-        for attempt in range(4):
-            try:
-                with self._engine.begin() as conn: conn.execute(requests_log.insert(), uniq)
-                self.written += len(uniq); return
-            except sa.exc.IntegrityError: return self._write_one_by_one(uniq)
-            except Exception as e:
-                if attempt == 3:
-                    self.errors += len(uniq); self.dropped += len(uniq)
-                    if self.on_drop: self.on_drop(len(uniq))
-                    log.error('request log: %d row(s) lost after 4 attempts: %s', len(uniq), e)
-                    return
-                time.sleep(0.2 * 2 ** attempt)
-
-    def _write_one_by_one(self, rows):
-        from mlprod.db import requests_log
-        import sqlalchemy as sa
-        for r in rows:
-            try:
-                with self._engine.begin() as conn: conn.execute(requests_log.insert(), [r])
-                self.written += 1
-            except sa.exc.IntegrityError:
-                self.duplicates += 1
-                log.warning('request log: request id %r is already logged; row skipped', r['request_id'])
-            except Exception as e:
-                self.errors += 1; log.error('request log: row %r lost: %s', r['request_id'], e)
-
-    def close(self, timeout:float=30.0):
-        "Write everything queued, then stop the thread."
-        self._closed = True
-        if self._thread is None: return
-        self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive(): log.error('request log: writer did not finish within %.0f s; %d row(s) pending', timeout, self.pending)
-
-    def stats(self) -> dict:
-        "Rows written, dropped, skipped as duplicates, pending."
-        return {'written': self.written, 'dropped': self.dropped, 'duplicates': self.duplicates, 'errors': self.errors, 'pending': self.pending}
-
-# %% ../nbs/05_serve.ipynb #893300c5
-@dataclass(frozen=True)
-class LabelReport:
-    "What `log_labels` recorded."
-    n_requests:int # request ids labelled
-    n_labels:int # labels stored (rows)
-    n_unknown:int # request ids not found in the request log (stored anyway)
-    unknown:tuple=() # up to 10 of them
-    def to_dict(self) -> dict: return jsonable(self)
-    def _repr_html_(self): return f"<div>labels: {self.n_requests} request(s), {self.n_labels} label(s), {self.n_unknown} unknown id(s) {esc(', '.join(self.unknown))}</div>"
-
-def _label_value(v, where):
-    if hasattr(v, 'item'): v = v.item()
-    if v is None or (isinstance(v, float) and not math.isfinite(v)) or not isinstance(v, (int, float, str, bool)):
-        raise DataError(f"{where}: got {v!r}; allowed: a finite number, a string or a boolean")
-    return v
-
-def log_labels(request_ids:Sequence[str], # request ids from the X-Request-ID response header
-               labels:Sequence, # one label per request id: a value, or a list with one value per row of the request
-               cfg=None, # project config (default: get_config())
-               db_url:str|None=None) -> LabelReport: # mlprod database URL (default: the config's)
-    "Record ground truth for logged requests, replacing earlier labels of the same requests."
-    from mlprod import db
-    import sqlalchemy as sa
-    ids, labels = list(request_ids), list(labels)
-    if len(ids) != len(labels): raise DataError(f"labels: got {len(labels)} label(s) for {len(ids)} request id(s); allowed: one per request id")
-    if len(set(ids)) != len(ids): raise DataError("request_ids: got duplicates; allowed: each request id once (pass a list of labels for a multi-row request)")
-    rows, now = [], utcnow()
-    for i, (rid, lab) in enumerate(zip(ids, labels)):
-        if not isinstance(rid, str) or not rid: raise DataError(f"request_ids[{i}]: got {rid!r}; allowed: a non-empty string")
-        vals = [_label_value(v, f"labels[{i}][{j}]") for j, v in enumerate(lab)] if isinstance(lab, (list, tuple, np.ndarray)) else [_label_value(lab, f"labels[{i}]")]
-        rows.append({'request_id': rid, 'labels': json.dumps(vals), 'at': now})
-    if db_url is None:
         from mlprod.config import get_config
-        db_url = (cfg or get_config()).db_url
-    eng = db.engine(db_url)
-    known = set()
-    with eng.begin() as conn:
-        for k in range(0, len(ids), 500):
-            chunk = ids[k:k+500]
-            conn.execute(db.labels.delete().where(db.labels.c.request_id.in_(chunk)))
-            known |= set(conn.execute(sa.select(db.requests_log.c.request_id).where(db.requests_log.c.request_id.in_(chunk))).scalars())
-        if rows: conn.execute(db.labels.insert(), rows)
-    unknown = [r for r in ids if r not in known]
-    if unknown: log.warning('labels: %d request id(s) not in the request log, e.g. %s', len(unknown), unknown[:3])
-    return LabelReport(len(ids), sum(len(json.loads(r['labels'])) for r in rows), len(unknown), tuple(unknown[:10]))
+        cfg = cfg or get_config()
+        self.name = name
+        unseen = cfg.models[name].unseen_categories if name in cfg.models else 'auto'
+        super().__init__(lambda: registry.resolve_version(name, alias, cfg=cfg), lambda v: registry.load(name, v, cfg=cfg), alias, prefer, unseen)
 
-def ingest_labels(path, # CSV or Parquet file with columns request_id, label (and optionally row)
-                  cfg=None, db_url:str|None=None) -> LabelReport:
-    "Record the labels of a CSV or Parquet file (`request_id`, `label`, optional `row`)."
-    import pandas as pd
-    from pathlib import Path
-    p = Path(path)
-    if not p.is_file(): raise NotFoundError(f"labels file: got {str(p)!r}, which does not exist; allowed: a CSV or Parquet file")
-    if p.suffix.lower() in ('.parquet', '.pq'): df = pd.read_parquet(p)
-    elif p.suffix.lower() in ('.csv', '.txt'): df = pd.read_csv(p, dtype={'request_id': str})
-    else: raise ConfigError('labels file', str(p), 'a .csv or .parquet file')
-    missing = [c for c in ('request_id', 'label') if c not in df.columns]
-    if missing: raise DataError(f"labels file {p.name}: columns {missing} are missing; allowed: columns request_id, label (and optionally row); got {list(df.columns)}")
-    if 'row' in df.columns: df = df.sort_values(['request_id', 'row'], kind='stable')
-    groups = df.groupby('request_id', sort=False)['label'].agg(list)
-    return log_labels(list(groups.index), [v if len(v) > 1 else v[0] for v in groups], cfg=cfg, db_url=db_url)
-
-# %% ../nbs/05_serve.ipynb #60b51527
+# %% ../nbs/05_serve.ipynb #7280abb3
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREDICTION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
@@ -656,6 +591,8 @@ class _BatchHistogram:
         yield HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=s)
     def describe(self): return list(self.collect())
 
+
+# %% ../nbs/05_serve.ipynb #7b3e3287
 class ServiceMetrics:
     "The Prometheus figures of one scoring service."
     def __init__(self):
@@ -669,13 +606,16 @@ class ServiceMetrics:
         self.model_version = Gauge('mlprod_model_version', 'Model version loaded, by role (served or shadow)', ['model', 'alias', 'role'], registry=r)
         self.log_dropped = Counter('mlprod_request_log_dropped', 'Request log rows dropped (queue full or write failed)', registry=r)
         self.log_pending = Gauge('mlprod_request_log_pending', 'Request log rows waiting to be written', registry=r)
+        self.flagged = Counter('mlprod_flagged_values', 'Values scored beyond the training contract (unseen category, missing, out of range)', ['kind', 'column'], registry=r)
         self._status = {}
-    def observe(self, status:int, seconds:float, preds=None):
-        "Count one request, its latency and its predictions."
+    def observe(self, status:int, seconds:float, preds=None, flags:dict|None=None):
+        "Count one request, its latency, its predictions and the values it had scored beyond the contract."
         c = self._status.get(status)
         if c is None: c = self._status[status] = self.requests.labels(str(status))
         c.inc(); self.latency.observe(seconds)
         if preds is not None: self.rows.inc(len(preds)); self.predictions.observe_many(preds)
+        for kind, cols in (flags or {}).items():
+            for col, rows in cols.items(): self.flagged.labels(kind, col).inc(len(rows))
     def set_model(self, served:Served|None, role:str):
         "Show which version is loaded in `role`."
         if served is None: return
@@ -686,7 +626,7 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-# %% ../nbs/05_serve.ipynb #7bbd5abe
+# %% ../nbs/05_serve.ipynb #32c380b0
 _JSON_TYPES = ('application/json',)
 _CSV_TYPES = ('text/csv', 'application/csv')
 
@@ -697,6 +637,11 @@ def content_kind(content_type:str|None) -> str:
     if main in _CSV_TYPES: return 'csv'
     raise RequestError(415, 'content_type', f"header Content-Type: got {content_type!r}; allowed: application/json or text/csv")
 
+def _json(obj, status=200, headers=None):
+    from starlette.responses import Response
+    return Response(json.dumps(jsonable(obj)).encode(), status_code=status, media_type='application/json', headers=headers)
+
+# %% ../nbs/05_serve.ipynb #4b0c4f8f
 class ScoringService:
     "Scores, validates, logs and reloads; `create_app` exposes it over HTTP."
     def __init__(self, name:str, # registered model name
@@ -721,153 +666,218 @@ class ScoringService:
             self.metrics.log_pending.set_function(lambda: request_log.pending)
         self.last_error, self._task, self.started_at = None, None, utcnow()
 
-    # --- lifecycle
-    async def poll(self):
-        "Check the providers once (in a worker thread) and update the version gauges."
-        import anyio
-        for role, prov in (('served', self.provider), ('shadow', self.shadow_provider)):
-            if prov is None: continue
-            try:
-                if await anyio.to_thread.run_sync(prov.poll): self.metrics.set_model(prov.current, role)
-                if role == 'served': self.last_error = None
-            except Exception as e:
-                msg = f"{type(e).__name__}: {e}"
-                if role == 'served': self.last_error = msg
-                log.warning('loading the %s model of %s failed: %s', role, self.name, msg)
-
-    async def _reload_loop(self):
-        while True:
-            await self.poll()
-            await asyncio.sleep(self.reload_interval)
-
-    async def startup(self):
-        "Start the request log and the reload loop."
-        for role, prov in (('served', self.provider), ('shadow', self.shadow_provider)):
-            if prov is not None: self.metrics.set_model(prov.current, role)
-        if self.request_log is not None and self.request_log._thread is None: self.request_log.start()
-        self._task = asyncio.create_task(self._reload_loop())
-
-    async def shutdown(self):
-        "Stop reloading and write every queued log row."
-        import anyio
-        if self._task is not None:
-            self._task.cancel()
-            try: await self._task
-            except (asyncio.CancelledError, Exception): pass
-        if self.request_log is not None: await anyio.to_thread.run_sync(self.request_log.close)
-
-    # --- helpers
-    def _check_token(self, header:str|None):
-        if self._token is None: return
-        got = (header or '').encode('utf-8', 'replace')
-        if not hmac.compare_digest(got, self._token):
-            raise RequestError(401, 'unauthorized', "header Authorization: missing or wrong; allowed: 'Bearer <token>' with the service's token")
-
-    async def _read_body(self, request) -> bytes:
-        limit = self.max_body_bytes
-        cl = request.headers.get('content-length')
-        if cl is not None:
-            if not cl.isdigit(): raise RequestError(400, 'content_length', f"header Content-Length: got {cl!r}; allowed: a byte count")
-            if int(cl) > limit: raise RequestError(413, 'too_large', f"body: {int(cl):,} bytes; allowed: at most {limit:,} bytes (send smaller batches)")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit: raise RequestError(413, 'too_large', f"body: more than {limit:,} bytes; allowed: at most {limit:,} bytes (send smaller batches)")
-            chunks.append(chunk)
-        return b''.join(chunks)
-
-    def check(self, served:Served, batch:Batch):
-        "Raise a 422 naming every contract violation of `batch`."
-        val = served.validator
-        if batch.n_rows == 1 and len(batch.columns) == len(val.names) and val.valid_row(batch.columns): return  # the common case
-        problems = [violation_dict(v) for v in val(batch.columns, batch.n_rows)]
-        if self.extra_columns == 'reject':
-            problems += [unexpected_violation(c, batch.n_rows, served.validator.names) for c in served.validator.unexpected(batch.columns)]
-        if problems:
-            raise RequestError(422, 'schema', f"{len(problems)} violation(s) of the data contract of {served.name} version {served.version}", problems)
-
-    def process(self, served:Served, body:bytes, kind:str) -> tuple:
-        "Parse, check and score a request body: (batch, predictions), or a RequestError."
-        batch = parse_payload(body, kind, served.validator.numeric)
-        try: self.check(served, batch)
-        except RequestError as e: e.batch = batch; raise
-        return batch, served.scorer(batch.columns, batch.n_rows)
-
-    # --- endpoints
-    async def invocations(self, request):
-        "POST /invocations: the MLflow scoring protocol."
-        from starlette.responses import Response
-        from starlette.background import BackgroundTask
-        t0 = time.perf_counter(); at = utcnow()
-        rid = request_id(request.headers.get('x-request-id'))
-        served = self.provider.current
-        batch = preds = event_time = None; error = None
+# %% ../nbs/05_serve.ipynb #10e25aa4
+@patch
+async def poll(self:ScoringService):
+    "Check the providers once (in a worker thread) and update the version gauges."
+    import anyio
+    for role, prov in (('served', self.provider), ('shadow', self.shadow_provider)):
+        if prov is None: continue
         try:
-            if self._token is not None: self._check_token(request.headers.get('authorization'))
-            if served is None: raise RequestError(503, 'not_ready', f"model {self.name!r}: no version loaded yet ({self.last_error or 'loading'}); retry shortly")
-            kind = content_kind(request.headers.get('content-type'))
-            body = await self._read_body(request)
-            event_time = parse_event_time(request.headers.get('x-event-time'))
-            if len(body) > self.thread_bytes:  # big batches: parse, check and score off the event loop
-                import anyio
-                batch, preds = await anyio.to_thread.run_sync(self.process, served, body, kind)
-            else: batch, preds = self.process(served, body, kind)
-            status = 200
-            content = b'{"predictions": ' + json.dumps([_clean(p) for p in preds.tolist()]).encode() + b'}'
-        except RequestError as e:
-            status, error = e.status, str(e)
-            content = json.dumps(e.body(), default=str).encode()
-            batch = getattr(e, 'batch', None)  # 422: the rows are logged too
+            if await anyio.to_thread.run_sync(prov.poll): self.metrics.set_model(prov.current, role)
+            if role == 'served': self.last_error = None
         except Exception as e:
-            status, error = 500, f"{type(e).__name__}: {e}"
-            log.exception('request %s failed', rid)
-            content = json.dumps({'error': 'internal', 'error_code': 'INTERNAL_ERROR',
-                                  'message': f"internal error while scoring; request id {rid} (details in the server log)"}).encode()
-            preds = None
-        latency = time.perf_counter() - t0
-        self.metrics.observe(status, latency, preds)
-        headers = {'x-request-id': rid}
-        if served is not None: headers['x-model-version'] = served.version
-        background = None
-        if self.request_log is not None:
-            item = {'request_id': rid, 'model': self.name, 'version': served.version if served else None,
-                    'alias': served.alias if served else None, 'at': at, 'n_rows': batch.n_rows if batch else 0,
-                    'batch': batch, 'preds': preds, 'latency_ms': latency * 1000, 'status': status, 'error': error,
-                    'event_time': event_time}
-            shadow = self.shadow_provider.current if (self.shadow_provider is not None and status == 200) else None
-            if shadow is not None: background = BackgroundTask(self._shadow_then_log, shadow, batch, item)
-            else: self.request_log.put(item)
-        return Response(content, status_code=status, headers=headers, media_type='application/json', background=background)
+            msg = f"{type(e).__name__}: {e}"
+            if role == 'served': self.last_error = msg
+            log.warning('loading the %s model of %s failed: %s', role, self.name, msg)
 
-    async def _shadow_then_log(self, shadow:Served, batch:Batch, item:dict):
-        "Score `batch` with the shadow model (after the response), then log the request with both predictions."
-        try:
-            if shadow.validator(batch.columns, batch.n_rows): raise DataError('rows break the shadow model contract')
-            if batch.n_rows > 256:
-                import anyio
-                sp = await anyio.to_thread.run_sync(shadow.scorer, batch.columns, batch.n_rows)
-            else: sp = shadow.scorer(batch.columns, batch.n_rows)
-            item['shadow_version'], item['shadow_preds'] = shadow.version, sp
-        except Exception as e:
-            item['shadow_version'] = shadow.version
-            log.warning('shadow model %s version %s failed on request %s: %s', shadow.name, shadow.version, item['request_id'], e)
-        self.request_log.put(item)
+@patch
+async def _reload_loop(self:ScoringService):
+    while True:
+        await self.poll()
+        await asyncio.sleep(self.reload_interval)
 
-    def version_info(self) -> dict:
-        "What `/version` shows."
-        cur, sh = self.provider.current, (self.shadow_provider.current if self.shadow_provider else None)
-        d = {'name': self.name, 'alias': self.provider.alias, 'version': None, 'loaded_at': None, 'scorer': None}
-        if cur is not None: d.update(cur.info())
-        d['shadow'] = sh.info() if sh is not None else None
-        from mlprod import __version__
-        d['mlprod'] = __version__
-        return d
+@patch
+async def startup(self:ScoringService):
+    "Start the request log and the reload loop."
+    for role, prov in (('served', self.provider), ('shadow', self.shadow_provider)):
+        if prov is not None: self.metrics.set_model(prov.current, role)
+    if self.request_log is not None and not self.request_log.started: self.request_log.start()
+    self._task = asyncio.create_task(self._reload_loop())
 
-def _json(obj, status=200, headers=None):
+@patch
+async def shutdown(self:ScoringService):
+    "Stop reloading and write every queued log row."
+    import anyio
+    if self._task is not None:
+        self._task.cancel()
+        try: await self._task
+        except (asyncio.CancelledError, Exception): pass
+    if self.request_log is not None: await anyio.to_thread.run_sync(self.request_log.close)
+
+# %% ../nbs/05_serve.ipynb #4ac580ab
+@patch
+def _check_token(self:ScoringService, header:str|None):
+    if self._token is None: return
+    got = (header or '').encode('utf-8', 'replace')
+    if not hmac.compare_digest(got, self._token):
+        raise RequestError(401, 'unauthorized', "header Authorization: missing or wrong; allowed: 'Bearer <token>' with the service's token")
+
+@patch
+async def _read_body(self:ScoringService, request) -> bytes:
+    limit = self.max_body_bytes
+    cl = request.headers.get('content-length')
+    if cl is not None:
+        if not cl.isdigit(): raise RequestError(400, 'content_length', f"header Content-Length: got {cl!r}; allowed: a byte count")
+        if int(cl) > limit: raise RequestError(413, 'too_large', f"body: {int(cl):,} bytes; allowed: at most {limit:,} bytes (send smaller batches)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit: raise RequestError(413, 'too_large', f"body: more than {limit:,} bytes; allowed: at most {limit:,} bytes (send smaller batches)")
+        chunks.append(chunk)
+    return b''.join(chunks)
+
+# %% ../nbs/05_serve.ipynb #b13f4898
+@patch
+def check(self:ScoringService, served:Served, batch:Batch) -> dict:
+    "The values scored beyond the contract ({kind: {column: [rows]}}); a 422 naming every contract violation of `batch`."
+    val = served.validator
+    if batch.n_rows == 1 and len(batch.columns) == len(val.names) and val.valid_row(batch.columns): return {}  # the common case
+    violations, flags = val.check(batch.columns, batch.n_rows)
+    problems = [violation_dict(v, val.why.get((v.kind, v.column), '')) for v in violations]
+    if self.extra_columns == 'reject':
+        problems += [unexpected_violation(c, batch.n_rows, val.names) for c in val.unexpected(batch.columns)]
+    if problems:
+        raise RequestError(422, 'schema', f"{len(problems)} violation(s) of the data contract of {served.name} version {served.version}", problems)
+    return flags
+
+@patch
+def process(self:ScoringService, served:Served, body:bytes, kind:str) -> tuple:
+    "Parse, check and score a request body: (batch, predictions, flags), or a RequestError."
+    batch = parse_payload(body, kind, served.validator.numeric)
+    try: flags = self.check(served, batch)
+    except RequestError as e: e.batch = batch; raise
+    return batch, served.scorer(batch.columns, batch.n_rows), flags
+
+# %% ../nbs/05_serve.ipynb #bf5d2ac2
+@patch
+async def _answer(self:ScoringService, request, served:Served|None) -> tuple:
+    "(batch, predictions, flags, event time) of a request, or a RequestError."
+    if self._token is not None: self._check_token(request.headers.get('authorization'))
+    if served is None: raise RequestError(503, 'not_ready', f"model {self.name!r}: no version loaded yet ({self.last_error or 'loading'}); retry shortly")
+    kind = content_kind(request.headers.get('content-type'))
+    body = await self._read_body(request)
+    event_time = parse_event_time(request.headers.get('x-event-time'))
+    if len(body) > self.thread_bytes:  # big batches: parse, check and score off the event loop
+        import anyio
+        batch, preds, flags = await anyio.to_thread.run_sync(self.process, served, body, kind)
+    else: batch, preds, flags = self.process(served, body, kind)
+    return batch, preds, flags, event_time
+
+@patch
+async def invocations(self:ScoringService, request):
+    "POST /invocations: the MLflow scoring protocol."
     from starlette.responses import Response
-    return Response(json.dumps(jsonable(obj)).encode(), status_code=status, media_type='application/json', headers=headers)
+    t0 = time.perf_counter(); at = utcnow()
+    rid = request_id(request.headers.get('x-request-id'))
+    served = self.provider.current
+    batch = preds = event_time = error = None; flags = {}
+    try:
+        batch, preds, flags, event_time = await self._answer(request, served)
+        status = 200
+        content = b'{"predictions": ' + json.dumps([json_value(p) for p in preds.tolist()]).encode() + b'}'
+    except RequestError as e:
+        status, error = e.status, str(e)
+        content = json.dumps(e.body(), default=str).encode()
+        batch = getattr(e, 'batch', None)  # 422: the rows are logged too
+    except Exception as e:
+        status, error, preds = 500, f"{type(e).__name__}: {e}", None
+        log.exception('request %s failed', rid)
+        content = json.dumps({'error': 'internal', 'error_code': 'INTERNAL_ERROR',
+                              'message': f"internal error while scoring; request id {rid} (details in the server log)"}).encode()
+    latency = time.perf_counter() - t0
+    self.metrics.observe(status, latency, preds, flags)
+    headers = {'x-request-id': rid}
+    if served is not None: headers['x-model-version'] = served.version
+    item = {'request_id': rid, 'model': self.name, 'version': served.version if served else None, 'alias': served.alias if served else None,
+            'at': at, 'n_rows': batch.n_rows if batch else 0, 'columns': batch.columns if batch else None, 'preds': preds,
+            'latency_ms': latency * 1000, 'status': status, 'error': error, 'event_time': event_time, 'unseen': flags.get('unseen_category')}
+    return Response(content, status_code=status, headers=headers, media_type='application/json', background=self._log(item, batch))
 
-# %% ../nbs/05_serve.ipynb #56d7ff8b
+# %% ../nbs/05_serve.ipynb #fa1cbbba
+@patch
+def _log(self:ScoringService, item:dict, batch:Batch|None):
+    "Queue `item` for the request log now, or return the background task that shadow-scores, then queues it."
+    if self.request_log is None: return None
+    shadow = self.shadow_provider.current if (self.shadow_provider is not None and item['status'] == 200) else None
+    if shadow is None: self.request_log.put(item); return None
+    from starlette.background import BackgroundTask
+    return BackgroundTask(self._shadow_then_log, shadow, batch, item)
+
+@patch
+async def _shadow_then_log(self:ScoringService, shadow:Served, batch:Batch, item:dict):
+    "Score `batch` with the shadow model (after the response), then log the request with both predictions."
+    try:
+        if shadow.validator(batch.columns, batch.n_rows): raise DataError('rows break the shadow model contract')
+        if batch.n_rows > 256:
+            import anyio
+            sp = await anyio.to_thread.run_sync(shadow.scorer, batch.columns, batch.n_rows)
+        else: sp = shadow.scorer(batch.columns, batch.n_rows)
+        item['shadow_version'], item['shadow_preds'] = shadow.version, sp
+    except Exception as e:
+        item['shadow_version'] = shadow.version
+        log.warning('shadow model %s version %s failed on request %s: %s', shadow.name, shadow.version, item['request_id'], e)
+    self.request_log.put(item)
+
+@patch
+def version_info(self:ScoringService) -> dict:
+    "What `/version` shows."
+    cur, sh = self.provider.current, (self.shadow_provider.current if self.shadow_provider else None)
+    d = {'name': self.name, 'alias': self.provider.alias, 'version': None, 'loaded_at': None, 'scorer': None}
+    if cur is not None: d.update(cur.info())
+    d['shadow'] = sh.info() if sh is not None else None
+    from mlprod import __version__
+    d['mlprod'] = __version__
+    return d
+
+# %% ../nbs/05_serve.ipynb #2af9f708
+def service_for(name:str, alias:str='production', cfg=None, shadow:str|None=None, token:str|None=None, *,
+                provider:ModelProvider|None=None, shadow_provider:ModelProvider|None=None, db_url:str|None=None,
+                log_requests:bool=True, max_body_bytes:int=10 * 2**20, reload_interval:float=1.0, flush_interval:float=0.5,
+                queue_size:int=10_000, extra_columns:str='reject', prefer:str='fast') -> ScoringService:
+    "The `ScoringService` `create_app` wraps (same arguments)."
+    if provider is None or (shadow and shadow_provider is None) or (log_requests and db_url is None):
+        from mlprod.config import get_config
+        cfg = cfg or get_config()
+    if provider is None: provider = RegistryProvider(name, alias, cfg, prefer)
+    if shadow and shadow_provider is None: shadow_provider = RegistryProvider(name, shadow, cfg, prefer)
+    rlog = RequestLog(db_url or cfg.db_url, queue_size=queue_size, flush_interval=flush_interval) if log_requests else None
+    return ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
+
+# %% ../nbs/05_serve.ipynb #48fc6689
+ROUTES_TEXT = 'POST /invocations, GET /ping, /health, /version, /metrics'
+
+def add_routes(app, svc:ScoringService):
+    "The service's endpoints on a Starlette/FastAPI `app`."
+    from starlette.responses import Response
+    async def ping(request): return Response(b'\n', media_type='application/json')
+    async def health(request):
+        cur = svc.provider.current
+        body = {'status': 'ready' if cur else 'loading', 'model': svc.name, 'version': cur.version if cur else None,
+                'error': svc.last_error, 'request_log': svc.request_log.stats() if svc.request_log else None}
+        return _json(body, 200 if cur else 503)
+    async def version(request): return _json(svc.version_info())
+    async def metrics(request):
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    app.add_route('/invocations', svc.invocations, methods=['POST'])
+    for path, f in (('/ping', ping), ('/health', health), ('/version', version), ('/metrics', metrics)): app.add_route(path, f, methods=['GET'])
+
+def add_error_handlers(app):
+    "JSON 404/405 that list the routes, and a JSON 500 whose traceback stays in the server log."
+    from starlette.exceptions import HTTPException
+    async def http_error(request, exc):
+        code = {404: 'not_found', 405: 'method_not_allowed'}.get(exc.status_code, 'http_error')
+        msg = f"{request.method} {request.url.path}: {exc.detail}; allowed: {ROUTES_TEXT}"
+        return _json({'error': code, 'error_code': _MLFLOW_CODES.get(exc.status_code, 'BAD_REQUEST'), 'message': msg},
+                     exc.status_code, getattr(exc, 'headers', None))
+    async def internal_error(request, exc):
+        log.error('unhandled error on %s %s', request.method, request.url.path, exc_info=exc)
+        return _json({'error': 'internal', 'error_code': 'INTERNAL_ERROR', 'message': 'internal error (details in the server log)'}, 500)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+# %% ../nbs/05_serve.ipynb #468b547d
 def create_app(name:str, # registered model name
                alias:str='production', # alias to serve and follow
                cfg=None, # project config (default: get_config())
@@ -886,53 +896,17 @@ def create_app(name:str, # registered model name
     "The FastAPI app of the scoring service for model `name`."
     from contextlib import asynccontextmanager
     from fastapi import FastAPI
-    from starlette.exceptions import HTTPException
-    from starlette.responses import Response
-    if provider is None or (shadow and shadow_provider is None) or (log_requests and db_url is None):
-        from mlprod.config import get_config
-        cfg = cfg or get_config()
-    if provider is None: provider = RegistryProvider(name, alias, cfg, prefer)
-    if shadow and shadow_provider is None: shadow_provider = RegistryProvider(name, shadow, cfg, prefer)
-    rlog = RequestLog(db_url or cfg.db_url, queue_size=queue_size, flush_interval=flush_interval) if log_requests else None
-    svc = ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
-
+    svc = service_for(name, alias, cfg, shadow, token, provider=provider, shadow_provider=shadow_provider, db_url=db_url,
+                      log_requests=log_requests, max_body_bytes=max_body_bytes, reload_interval=reload_interval,
+                      flush_interval=flush_interval, queue_size=queue_size, extra_columns=extra_columns, prefer=prefer)
     @asynccontextmanager
     async def lifespan(app):
         await svc.startup()
         try: yield
         finally: await svc.shutdown()
-
     app = FastAPI(title=f"mlprod serve {name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
-
-    async def ping(request): return Response(b'\n', media_type='application/json')
-    async def health(request):
-        cur = svc.provider.current
-        body = {'status': 'ready' if cur else 'loading', 'model': name, 'version': cur.version if cur else None,
-                'error': svc.last_error, 'request_log': svc.request_log.stats() if svc.request_log else None}
-        return _json(body, 200 if cur else 503)
-    async def version(request): return _json(svc.version_info())
-    async def metrics(request):
-        from prometheus_client import CONTENT_TYPE_LATEST
-        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_route('/invocations', svc.invocations, methods=['POST'])
-    app.add_route('/ping', ping, methods=['GET'])
-    app.add_route('/health', health, methods=['GET'])
-    app.add_route('/version', version, methods=['GET'])
-    app.add_route('/metrics', metrics, methods=['GET'])
-
-    async def http_error(request, exc):
-        code = {404: 'not_found', 405: 'method_not_allowed'}.get(exc.status_code, 'http_error')
-        allowed = 'POST /invocations, GET /ping, /health, /version, /metrics'
-        msg = f"{request.method} {request.url.path}: {exc.detail}; allowed: {allowed}"
-        return _json({'error': code, 'error_code': _MLFLOW_CODES.get(exc.status_code, 'BAD_REQUEST'), 'message': msg},
-                     exc.status_code, getattr(exc, 'headers', None))
-    async def internal_error(request, exc):
-        log.error('unhandled error on %s %s', request.method, request.url.path, exc_info=exc)
-        return _json({'error': 'internal', 'error_code': 'INTERNAL_ERROR', 'message': 'internal error (details in the server log)'}, 500)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, internal_error)
+    add_routes(app, svc); add_error_handlers(app)
     return app
 
 # %% ../nbs/05_serve.ipynb #da180363
@@ -988,19 +962,3 @@ def cmd_serve(name:str, # registered model name
     serve(name, alias, host, port, workers, shadow, token_env, project,
           'debug' if logging.getLogger().isEnabledFor(logging.DEBUG) else 'warning')
     return 0
-
-# %% ../nbs/05_serve.ipynb #f7a9caeb
-def _cmd_labels_ingest(args):
-    "Record ground-truth labels from a CSV or Parquet file (request_id, label, optional row)."
-    from mlprod.config import get_config
-    r = ingest_labels(args.file, cfg=get_config(args.project))
-    print(f"labelled {r.n_requests} request(s), {r.n_labels} label(s)" + (f"; {r.n_unknown} request id(s) not in the request log, e.g. {', '.join(r.unknown[:3])}" if r.n_unknown else ''))
-    return 0
-
-def add_commands(sub):
-    "Add `labels ingest` to the `mlprod` command."
-    s = sub.add_parser('labels', help='record ground truth for logged requests')
-    lsub = s.add_subparsers(dest='labels_command', metavar='ACTION', required=True)
-    i = lsub.add_parser('ingest', help='record labels from a CSV or Parquet file', description=_cmd_labels_ingest.__doc__)
-    i.add_argument('file', help='CSV or Parquet file with columns request_id, label (and optionally row)')
-    i.set_defaults(func=_cmd_labels_ingest)

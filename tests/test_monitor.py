@@ -9,6 +9,7 @@ from mlprod.config import parse_config, DEFAULT_TOML
 from mlprod.data import load_flights
 from mlprod.recipes import train_lightgbm
 from mlprod import db as _db, registry
+from mlprod.requestlog import log_row, log_labels
 from mlprod.monitor import (monitor, fit_calibration, estimate_check, expected_roc_auc, read_requests, monitor_history,
                             monitor_report_html, PREDICTION)
 
@@ -101,39 +102,33 @@ def test_realized_performance_matches_sklearn(proj, trained, flights):
     assert r3['performance:roc_auc'].status == Status.SKIPPED and 'estimated:roc_auc' in [x.name for x in r3.checks.checks]
 
 
-def _row(v):
-    if v is None or (isinstance(v, float) and np.isnan(v)): return None
-    return v.item() if hasattr(v, 'item') else v
-
-
 def test_request_log_service_health_and_labels(proj, trained, flights):
     "Rows written the way the scoring service writes them: service health, expansion, label join, history, MLflow."
     cfg, version, _ = proj
-    model, _, _, feats = trained
+    model, model_train, _, feats = trained
     apr = month(flights, 4).sample(2000, random_state=3).reset_index(drop=True)
     p = model.predict_proba(apr[feats])[:, 1]
     rng = np.random.default_rng(7)
     lat_ok = rng.gamma(2.0, 3.0, 1000)
     rows, now = [], utcnow()
+    # category values the training window (Jan 1 - Feb 14) did not see: the service flags them per request
+    seen = {c: set(model_train[c].dropna().astype(str)) for c in ('carrier', 'origin', 'dest')}
+    new = {c: (~apr[c].astype(str).isin(seen[c]) & apr[c].notna()).to_numpy() for c in seen}
     for i in range(1000):  # 1000 requests of 2 rows each
         chunk = apr.iloc[2 * i:2 * i + 2]
-        rows.append(dict(request_id=f'ok{i}', model='flights', version=version, alias='production', at=now, n_rows=2,
-                         features=json.dumps([{k: _row(v) for k, v in r.items()} for r in chunk[feats].to_dict('records')]),
-                         predictions=json.dumps([float(x) for x in p[2 * i:2 * i + 2]]), latency_ms=float(lat_ok[i]), status=200,
-                         error=None, shadow_version=None, shadow_predictions=None,
-                         event_time=chunk.time_hour.iloc[0].to_pydatetime()))
+        rows.append(log_row(dict(request_id=f'ok{i}', model='flights', version=version, alias='production', at=now, n_rows=2,
+                                 columns={k: chunk[k].tolist() for k in feats}, preds=p[2 * i:2 * i + 2], latency_ms=float(lat_ok[i]),
+                                 status=200, event_time=chunk.time_hour.iloc[0].to_pydatetime(),
+                                 unseen={c: [j for j in (0, 1) if new[c][2 * i + j]] for c in new})))
     errs = [500] * 15 + [503] * 5 + [422] * 30
     for j, s in enumerate(errs):
-        rows.append(dict(request_id=f'err{j}', model='flights', version=version, alias='production', at=now, n_rows=1,
-                         features=None, predictions=None, latency_ms=100.0 + j, status=s, error='x', shadow_version=None,
-                         shadow_predictions=None, event_time=to_utc('2013-04-10')))
+        rows.append(log_row(dict(request_id=f'err{j}', model='flights', version=version, alias='production', at=now, n_rows=1,
+                                 latency_ms=100.0 + j, status=s, error='x', event_time=to_utc('2013-04-10'))))
     # another model and another month must not leak in
     rows.append(dict(rows[0], request_id='other-model', model='other'))
     rows.append(dict(rows[0], request_id='other-month', event_time=to_utc('2013-05-02')))
-    with _db.engine(cfg.db_url).begin() as conn:
-        conn.execute(_db.requests_log.insert(), rows)
-        conn.execute(_db.labels.insert(), [dict(request_id=f'ok{i}', labels=json.dumps([int(v) for v in apr.delayed.iloc[2 * i:2 * i + 2]]),
-                                                at=now) for i in range(0, 1000, 4)])
+    with _db.engine(cfg.db_url).begin() as conn: conn.execute(_db.requests_log.insert(), rows)
+    log_labels([f'ok{i}' for i in range(0, 1000, 4)], [apr.delayed.iloc[2 * i:2 * i + 2].tolist() for i in range(0, 1000, 4)], db_url=cfg.db_url)
     assert len(read_requests(cfg, 'flights', '2013-04-01', '2013-05-01')) == 1050
     t = time.perf_counter()
     r = monitor('flights', '2013-04-01', '2013-05-01', cfg=cfg, version=version, alerts=False, sample_rows=1500)
@@ -151,6 +146,11 @@ def test_request_log_service_health_and_labels(proj, trained, flights):
     for i in range(0, 1000, 4): lab[2 * i:2 * i + 2] = True
     assert r['performance:roc_auc'].observed == pytest.approx(roc_auc_score(apr.delayed[lab], p[lab]))
     assert r.status == Status.FAIL and not r.ok
+    # data quality: rows whose categories the training window (Jan 1 - Feb 14) did not see, counted from the service's flags
+    assert r['data_quality:unseen'].observed == pytest.approx(np.any(list(new.values()), axis=0).mean())
+    assert r.figures['unseen_share'] == r['data_quality:unseen'].observed
+    for c in new:
+        if new[c].any(): assert r[f'data_quality:unseen:{c}'].details['values'] == apr[c][new[c]].astype(str).value_counts().head(10).to_dict()
     hist = monitor_history('flights', cfg)
     assert hist['id'].iloc[0] == r.id and hist['status'].iloc[0] == 'FAIL'
     from mlflow.tracking import MlflowClient
@@ -160,9 +160,9 @@ def test_request_log_service_health_and_labels(proj, trained, flights):
     may = month(flights, 5).sample(400, random_state=4).reset_index(drop=True)
     pm = model.predict_proba(may[feats])[:, 1]
     with _db.engine(cfg.db_url).begin() as conn:
-        conn.execute(_db.requests_log.insert(), [dict(rows[0], request_id=f'may{i}', n_rows=1, predictions=json.dumps([float(pm[i])]),
-                                                      features=json.dumps([{k: _row(v) for k, v in may.loc[i, feats].items()}]),
-                                                      event_time=may.time_hour[i].to_pydatetime()) for i in range(len(may))])
+        conn.execute(_db.requests_log.insert(), [log_row(dict(rows[0], request_id=f'may{i}', n_rows=1, preds=[pm[i]],
+                                                              columns={k: [may.loc[i, k]] for k in feats},
+                                                              event_time=may.time_hour[i].to_pydatetime())) for i in range(len(may))])
     rm = monitor('flights', '2013-05-01', '2013-06-01', cfg=cfg, version=version, alerts=False, log_to_mlflow=False)
     cal = rm['estimated:roc_auc'].details['calibration']
     assert rm.figures['rows'] == 402 and cal['source'] == 'request log' and cal['isotonic']
@@ -253,10 +253,9 @@ def test_cli_exit_codes_and_report(proj, trained, capsys):
     sample = train.sample(1000, random_state=5).reset_index(drop=True)
     p = model.predict_proba(sample[feats])[:, 1]
     now = utcnow()
-    rows = [dict(request_id=f'cli{i}', model='flights', version=version, alias='production', at=now, n_rows=1,
-                 features=json.dumps([{k: _row(v) for k, v in sample.loc[i, feats].items()}]), predictions=json.dumps([float(p[i])]),
-                 latency_ms=5.0, status=200, error=None, shadow_version=None, shadow_predictions=None,
-                 event_time=sample.time_hour[i].to_pydatetime()) for i in range(len(sample))]
+    rows = [log_row(dict(request_id=f'cli{i}', model='flights', version=version, alias='production', at=now, n_rows=1,
+                         columns={k: [sample.loc[i, k]] for k in feats}, preds=[p[i]], latency_ms=5.0, status=200,
+                         event_time=sample.time_hour[i].to_pydatetime())) for i in range(len(sample))]
     with _db.engine(cfg.db_url).begin() as conn: conn.execute(_db.requests_log.insert(), rows)
     added = 'mlprod.monitor' not in cli.COMMAND_MODULES
     if added: cli.COMMAND_MODULES.append('mlprod.monitor')
@@ -278,6 +277,7 @@ def test_cli_exit_codes_and_report(proj, trained, capsys):
         # the HTML report: our summary, then Evidently's sections on a bounded sample, nothing loaded from the network
         page = open(d['report_path'], encoding='utf-8').read()
         assert 'service:error_rate' in page and 'computed on a <b>sample</b>' in page and 'evidently' in page.lower()
+        assert 'data_quality:unseen' in page  # the data-quality check (no unseen values in training rows) is on the page
         assert not re.search(r'''<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', page, re.I)
         # a window without traffic, an unknown model: errors (exit 2) with a one-line message
         code = cli.main(args[:4] + ['--start', '2013-11-01', '--end', '2013-11-02', '--version', version, '--no-mlflow'])

@@ -9,7 +9,7 @@ from mlprod import readiness as rd
 RUNBOOKS = ROOT/'runbooks'
 # the commands the runbooks use, and their modules; commands the installed CLI lacks are added by a shim on PATH
 CLI_COMMANDS = {'models': 'mlprod.registry', 'history': 'mlprod.registry', 'card': 'mlprod.registry', 'promote': 'mlprod.registry',
-                'rollback': 'mlprod.registry', 'compare': 'mlprod.evaluate', 'serve': 'mlprod.serve', 'labels': 'mlprod.serve',
+                'rollback': 'mlprod.registry', 'compare': 'mlprod.evaluate', 'serve': 'mlprod.serve', 'labels': 'mlprod.requestlog',
                 'monitor': 'mlprod.monitor', 'alerts': 'mlprod.alerts', 'run': 'mlprod.jobs', 'jobs': 'mlprod.jobs',
                 'dashboard': 'mlprod.dashboard', 'schedule': 'mlprod.schedule', 'retrain': 'mlprod.retrain',
                 'reproduce': 'mlprod.retrain', 'readiness': 'mlprod.readiness', 'runbooks': 'mlprod.readiness'}

@@ -157,7 +157,8 @@ def test_every_payload_form_matches_mlflow_pyfunc(store, s1):
 
 
 def _bad_cases(good, schema):
-    "(name, request kwargs, expected status, a phrase the message must contain)."
+    """(name, request kwargs, expected status, a phrase the message must contain[, kind]): with a kind, a value the
+    flights model can score; it is refused (the status and phrase) under unseen_categories = "reject" only."""
     g = dict(good)
     non_null_num = next(c.name for c in schema.columns if c.kind == 'numeric' and not c.nullable)
     big = json.dumps({'dataframe_records': [g] * 50000}).encode()
@@ -175,16 +176,16 @@ def _bad_cases(good, schema):
         ('string in numeric', rec(hour='seven'), 422, "'hour' has 1 value(s) of the wrong type"),
         ('number as string', rec(distance='1400'), 422, "'distance' has 1 value(s) of the wrong type"),
         ('boolean in numeric', rec(temp=True), 422, "'temp' has 1 value(s) of the wrong type"),
-        ('NaN where not allowed', raw(json.dumps({'dataframe_records': [{**g, non_null_num: float('nan')}]})), 422, f"'{non_null_num}' has 1 missing value"),
-        ('null where not allowed', rec(**{non_null_num: None}), 422, f"'{non_null_num}' has 1 missing value"),
+        ('NaN where not allowed', raw(json.dumps({'dataframe_records': [{**g, non_null_num: float('nan')}]})), 422, f"'{non_null_num}' has 1 missing value", 'null'),
+        ('null where not allowed', rec(**{non_null_num: None}), 422, f"'{non_null_num}' has 1 missing value", 'null'),
         ('infinity', raw(json.dumps({'dataframe_records': [{**g, 'temp': float('inf')}]})), 422, "'temp' has 1 infinite value"),
         ('minus infinity', raw(json.dumps({'dataframe_records': [{**g, 'pressure': float('-inf')}]})), 422, "'pressure' has 1 infinite value"),
-        ('out of range', rec(distance=1e9), 422, "'distance' has 1 value(s) out of range"),
-        ('unseen category', rec(carrier='ZZ'), 422, "'carrier' has 1 unseen value(s), e.g. 'ZZ'"),
-        ('number as category', rec(carrier=5), 422, "'carrier' has 1 unseen value(s)"),
+        ('out of range', rec(distance=1e9), 422, "'distance' has 1 value(s) out of range", 'out_of_range'),
+        ('unseen category', rec(carrier='ZZ'), 422, "'carrier' has 1 unseen value(s), e.g. 'ZZ'", 'unseen_category'),
+        ('number as category', rec(carrier=5), 422, "'carrier' has 1 unseen value(s)", 'unseen_category'),
         ('nested object in numeric', rec(temp={'value': 3}), 422, "'temp' has 1 value(s) of the wrong type"),
         ('nested list in categorical', rec(origin=['JFK']), 422, "'origin' has 1 value(s) of the wrong type"),
-        ('unicode value', rec(dest='Zürich ✈'), 422, "'dest' has 1 unseen value(s), e.g. 'Zürich ✈'"),
+        ('unicode value', rec(dest='Zürich ✈'), 422, "'dest' has 1 unseen value(s), e.g. 'Zürich ✈'", 'unseen_category'),
         ('unicode column', rec(**{'✈': 1}), 422, "'✈' is not a column of this model"),
         ('empty rows', {'json': {'dataframe_records': []}}, 422, 'has no rows'),
         ('empty body', raw(b''), 400, 'body: empty'),
@@ -210,12 +211,21 @@ def _bad_cases(good, schema):
 
 
 def test_bad_input_battery_gives_useful_4xx_and_the_server_keeps_serving(store, s1):
+    "Under the default (auto: the flights model scores unseen values), what the model can handle is scored and flagged."
     from mlprod import registry
     schema = registry.load('flights', store['v1'], cfg=store['cfg']).schema
     good = _records(store['rows'].iloc[:1])[0]
     cases = _bad_cases(good, schema)
-    assert len(cases) >= 25
-    for name, kw, status, phrase in cases:
+    assert len(cases) >= 37
+    scored = {}
+    for name, kw, status, phrase, *kind in cases:
+        if kind:
+            rid = f"scored-{len(scored)}"
+            r = post(s1, **{**kw, 'headers': {**kw.get('headers', {}), 'X-Request-ID': rid}})
+            assert r.status_code == 200, (name, r.status_code, r.text[:500])
+            assert all(math.isfinite(p) for p in r.json()['predictions']), name
+            scored[rid] = (name, kind[0])
+            continue
         r = post(s1, **kw)
         assert r.status_code == status, (name, r.status_code, r.text[:500])
         body = r.json()
@@ -227,6 +237,41 @@ def test_bad_input_battery_gives_useful_4xx_and_the_server_keeps_serving(store, 
     for method, path, status in [('GET', '/invocations', 405), ('POST', '/predict', 404), ('DELETE', '/ping', 405)]:
         r = s1.client.request(method, path)
         assert r.status_code == status and r.json()['error'] in ('method_not_allowed', 'not_found'), (method, path, r.text)
+    # an unseen value is scored as the model itself scores it, and the log records which column held it
+    row = {**good, 'dest': 'XYZ'}
+    r = post(s1, json={'dataframe_records': [row]}, headers={'X-Request-ID': 'scored-dest'})
+    assert abs(r.json()['predictions'][0] - store['score1'](pd.DataFrame([row]))[0]) < 1e-9
+    time.sleep(1.5)  # > flush interval
+    logged = {r['request_id']: r for r in _db_rows(s1.db_url, "where request_id like 'scored-%'")}
+    assert json.loads(logged['scored-dest']['unseen']) == {'dest': [0]}
+    for rid, (name, kind) in scored.items():
+        assert (logged[rid]['unseen'] is not None) == (kind == 'unseen_category'), (name, logged[rid]['unseen'])
+    m = s1.client.get('/metrics').text
+    assert 'mlprod_flagged_values_total{column="carrier",kind="unseen_category"} 2.0' in m and 'kind="out_of_range"' in m, m[-2000:]
+
+
+def test_reject_refuses_what_the_model_could_score_and_says_why(store):
+    "unseen_categories = 'reject': the same values are 422s that name the column, the value, what is allowed and the setting."
+    import warnings
+    from mlprod import registry
+    from mlprod.serve import create_app, StaticProvider
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        from starlette.testclient import TestClient
+    loaded = registry.load('flights', store['v1'], cfg=store['cfg'])
+    good = _records(store['rows'].iloc[:1])[0]
+    app = create_app('flights', provider=StaticProvider(loaded, unseen='reject'), log_requests=False)
+    n = 0
+    with TestClient(app) as c:
+        assert c.get('/version').json()['unseen_categories'] == 'reject'
+        for name, kw, status, phrase, *kind in _bad_cases(good, loaded.schema):
+            if not kind: continue
+            r = c.post('/invocations', **kw); n += 1
+            assert r.status_code == status, (name, r.status_code, r.text[:500])
+            v = r.json()['violations']
+            assert phrase in json.dumps(v, ensure_ascii=False) and v[0]['kind'] == kind[0], (name, v)
+            if kind[0] == 'unseen_category': assert 'unseen_categories in [models.flights] is "reject"' in v[0]['message'], v
+    assert n == 6
 
 
 def test_shadow_is_logged_never_returned(store, s1):
@@ -247,7 +292,6 @@ def test_shadow_is_logged_never_returned(store, s1):
 
 
 def test_event_time_labels_and_metrics(store, s1):
-    from mlprod.serve import log_labels, ingest_labels
     df = store['rows'].iloc[100:103]
     r = post(s1, json={'dataframe_split': json.loads(df.to_json(orient='split', index=False))},
              headers={'X-Event-Time': '2013-03-01T06:00:00-05:00', 'X-Request-ID': 'evt-1'})
@@ -264,13 +308,16 @@ def test_event_time_labels_and_metrics(store, s1):
     p = store['home'] / 'labels.csv'
     pd.DataFrame({'request_id': ['evt-1'] * 3, 'row': [2, 0, 1], 'label': [1, 0, 0]}).to_csv(p, index=False)
     from mlprod import cli
-    if 'mlprod.serve' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append('mlprod.serve')
+    assert cli.COMMANDS['labels'][0] == 'mlprod.requestlog'
     os.environ['MLPROD_DB_URL'] = s1.db_url
     try: assert cli.main(['--project', str(store['home']), 'labels', 'ingest', str(p)]) == 0
     finally: del os.environ['MLPROD_DB_URL']
+    from mlprod.requestlog import log_labels, decode_labels
+    assert log_labels(['shadow-0', 'shadow-1'], ['yes', False], db_url=s1.db_url).n_unknown == 0  # labels of any type
     con = sqlite3.connect(s1.db_url.split('///', 1)[1])
-    assert json.loads(con.execute("select labels from labels where request_id='evt-1'").fetchone()[0]) == [0, 0, 1]
+    got = dict(con.execute("select request_id, labels from labels").fetchall())
     con.close()
+    assert (decode_labels(got['evt-1']), decode_labels(got['shadow-0']), decode_labels(got['shadow-1'])) == ([0, 0, 1], ['yes'], [False])
 
 
 def test_request_log_rows_equal_responses(store, s1):
@@ -283,6 +330,7 @@ def test_request_log_rows_equal_responses(store, s1):
     assert by_status == seen
     ok = [r for r in rows if r['status'] == 200]
     assert all(r['predictions'] and r['features'] and r['error'] is None for r in ok)
+    assert sum(r['unseen'] is not None for r in ok) >= 4  # 3 scored cases of the battery + the unseen destination (and any in the March rows)
     assert all(r['predictions'] is None and r['error'] for r in rows if r['status'] >= 400)
 
 
