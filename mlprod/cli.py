@@ -13,8 +13,7 @@ from . import config as _config
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'COMMAND_MODULES', 'cmd_demo', 'cmd_config', 'command_function', 'build_parser',
-           'main']
+__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'cmd_demo', 'cmd_config', 'command_function', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #255eef87
 COMMANDS = {
@@ -55,7 +54,6 @@ _WINDOW = {'metavar': {'window': ('START', 'END')}}
 OPTION_SPELLING = {'register': _WINDOW, 'compare': _WINDOW, 'ci check': _WINDOW, 'ci promote': _WINDOW,
                    'run': {'short': {'param': '-p'}, 'metavar': {'param': ('KEY', 'VALUE')}},
                    'schedule': {'metavar': {'export': ('airflow', 'DIR')}}}
-COMMAND_MODULES = list(dict.fromkeys(m for m, _, _ in COMMANDS.values()))
 
 # %% ../nbs/13_cli.ipynb #2db947f7
 def _cmd_init(args):
@@ -110,8 +108,8 @@ def cmd_config(project=None, # project folder or mlprod.toml (the global `--proj
 def command_function(name:str, # a key of `COMMANDS`, e.g. 'promote' or 'alerts test'
                     ) -> Callable:
     "The function that implements command `name` (its module is imported now)."
-    if COMMANDS.get(name, (None, None))[1] in (None, 'add_commands'):
-        raise ConfigError('command', name, ', '.join(n for n, (_, f, _) in COMMANDS.items() if f not in (None, 'add_commands')))
+    if COMMANDS.get(name, (None, None))[1] is None:
+        raise ConfigError('command', name, ', '.join(n for n, (_, f, _) in COMMANDS.items() if f is not None))
     module, func, _ = COMMANDS[name]
     return getattr(importlib.import_module(module), func)
 
@@ -128,7 +126,6 @@ def build_parser(command:str|None=None, # the command about to run (only its mod
         top = name.split()[0]
         if command not in ('*', top):
             if name == top: sub.add_parser(name, help=text)  # listed in --help, parsed when it runs
-        elif func == 'add_commands': importlib.import_module(module).add_commands(sub)
         elif func is None: sub.add_parser(name, help=text, description=text)  # a group of actions
         else:
             from mlprod.commands import add_command

@@ -4,9 +4,8 @@ from pathlib import Path
 import pytest
 from conftest import BIN, offline_env
 
-# the real `mlprod.cli.main`, with only the job commands registered (importing every feature module costs seconds per call)
+# the real `mlprod.cli.main` (it imports only the module of the command that runs)
 CLI = ("import sys, mlprod.cli as c\n"
-       "c.COMMAND_MODULES[:] = ['mlprod.jobs', 'mlprod.dashboard', 'mlprod.schedule']\n"
        "sys.exit(c.main(sys.argv[1:]))")
 
 

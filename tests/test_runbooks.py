@@ -7,31 +7,12 @@ import mlprod.cli
 from mlprod import readiness as rd
 
 RUNBOOKS = ROOT/'runbooks'
-# the commands the runbooks use, and their modules; commands the installed CLI lacks are added by a shim on PATH
-CLI_COMMANDS = {'models': 'mlprod.registry', 'history': 'mlprod.registry', 'card': 'mlprod.registry', 'promote': 'mlprod.registry',
-                'rollback': 'mlprod.registry', 'compare': 'mlprod.evaluate', 'serve': 'mlprod.serve', 'labels': 'mlprod.requestlog',
-                'monitor': 'mlprod.monitor', 'alerts': 'mlprod.alerts', 'run': 'mlprod.jobs', 'jobs': 'mlprod.jobs',
-                'dashboard': 'mlprod.dashboard', 'schedule': 'mlprod.schedule', 'retrain': 'mlprod.retrain',
-                'reproduce': 'mlprod.retrain', 'readiness': 'mlprod.readiness', 'runbooks': 'mlprod.readiness'}
 _SANDBOX = {}
-# what the `mlprod` executable has, before this process adds anything
-_INSTALLED = dict(getattr(mlprod.cli, 'COMMANDS', {})) or {c: m for c, m in CLI_COMMANDS.items() if m in mlprod.cli.COMMAND_MODULES}
 
 
 def _cli_path(tmp: Path) -> str:
-    "PATH for the blocks: this venv's executables, behind a shim when the installed CLI lacks a command module."
-    missing = {c: m for c, m in CLI_COMMANDS.items() if c not in _INSTALLED}
-    add = ("for c, m in {missing!r}.items():\n"
-           "    if hasattr(cli, 'COMMANDS'): cli.COMMANDS.setdefault(c, (m, c))\n"
-           "    if m not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append(m)\n").format(missing=missing)
-    exec(add, {'cli': mlprod.cli})  # the same in this process, for check_runbooks
-    path = os.pathsep.join([str(BIN), os.environ.get('PATH', '')])
-    if not missing: return path
-    shim = tmp/'bin'; shim.mkdir(exist_ok=True)
-    (shim/'mlprod_cli.py').write_text(f"import sys\nfrom mlprod import cli\n{add}sys.exit(cli.main())\n")
-    (shim/'mlprod').write_text(f"#!/bin/sh\nexec '{sys.executable}' '{shim/'mlprod_cli.py'}' \"$@\"\n")
-    (shim/'mlprod').chmod(0o755)
-    return os.pathsep.join([str(shim), path])
+    "PATH for the blocks: this venv's executables first (the real `mlprod`, no shim)."
+    return os.pathsep.join([str(BIN), os.environ.get('PATH', '')])
 
 
 def built_sandbox(tmp_path_factory):
@@ -71,7 +52,6 @@ def test_index_and_pages():
 
 def test_every_command_parses(tmp_path):
     "Every mlprod command in every block (runnable or not) parses with the real CLI parser."
-    _cli_path(tmp_path)
     r = rd.check_runbooks(RUNBOOKS)
     assert not [c for c in r.checks if c.status != rd.Status.SUCCESS], \
         '\n'.join(f"{c.name}: {c.message}" for c in r.checks if c.status != rd.Status.SUCCESS)
