@@ -20,12 +20,11 @@ from . import db as _db
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_RULES', 'alert_streaks', 'alert_deliveries', 'CHANNELS', 'DEFAULT_CHANNEL', 'DEFAULT_RETRY', 'ACTIONS',
-           'AlertError', 'DeliveryError', 'AlertRule', 'match_rule', 'rules_from_dicts', 'Channel', 'FileChannel',
-           'redact_url', 'WebhookChannel', 'EmailChannel', 'channel_types', 'make_channel', 'configured_channels',
-           'RetryPolicy', 'Delivery', 'deliver', 'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire',
-           'resolve', 'AlertRecord', 'AlertHistory', 'alert_history', 'delivery_history', 'send_test_alert',
-           'channel_test_check', 'add_commands']
+__all__ = ['log', 'DEFAULT_RULES', 'CHANNELS', 'DEFAULT_CHANNEL', 'DEFAULT_RETRY', 'ACTIONS', 'AlertError', 'DeliveryError',
+           'AlertRule', 'match_rule', 'rules_from_dicts', 'Channel', 'FileChannel', 'redact_url', 'WebhookChannel',
+           'EmailChannel', 'channel_types', 'make_channel', 'configured_channels', 'RetryPolicy', 'Delivery', 'deliver',
+           'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire', 'resolve', 'AlertRecord', 'AlertHistory',
+           'alert_history', 'delivery_history', 'send_test_alert', 'channel_test_check', 'add_commands']
 
 # %% ../nbs/07_alerts.ipynb #e61abd4d
 class AlertError(MlprodError):
@@ -101,27 +100,7 @@ def _rules(cfg:ProjectConfig, rules=None) -> tuple:
     return rules_from_dicts(configured) if configured else DEFAULT_RULES
 
 # %% ../nbs/07_alerts.ipynb #71fa5d6c
-alert_streaks = sa.Table('alert_streaks', _db.metadata,
-    sa.Column('key', sa.String(300), primary_key=True),
-    sa.Column('model', sa.String(200)),
-    sa.Column('count', sa.Integer, nullable=False), # failing evaluations in a row
-    sa.Column('since', _db.UTCDateTime), # first failing evaluation of the streak
-    sa.Column('updated_at', _db.UTCDateTime, nullable=False),
-    extend_existing=True)
-
-alert_deliveries = sa.Table('alert_deliveries', _db.metadata,
-    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column('alert_id', sa.Integer, index=True), # None for channel tests
-    sa.Column('key', sa.String(300)),
-    sa.Column('kind', sa.String(20), nullable=False), # alert, reminder, escalation, resolved, test
-    sa.Column('channel', sa.String(200), nullable=False),
-    sa.Column('channel_type', sa.String(50), nullable=False),
-    sa.Column('ok', sa.Boolean, nullable=False),
-    sa.Column('attempts', sa.Integer, nullable=False),
-    sa.Column('error', sa.Text),
-    sa.Column('duration_ms', sa.Float),
-    sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
-    extend_existing=True)
+from .db import alert_streaks, alert_deliveries
 
 def _aware(t) -> Optional[dt.datetime]:
     "A datetime as timezone-aware UTC (the database may hand back naive UTC)."

@@ -22,11 +22,11 @@ from .drift import ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMA
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'monitor_runs', 'MonitorError', 'NoDataError', 'service_checks',
-           'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
-           'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'profile_path',
-           'reference_profile', 'read_requests', 'expand_requests', 'align_dtypes', 'MonitorResult', 'monitor_history',
-           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'add_commands']
+__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'MonitorError', 'NoDataError', 'service_checks', 'metric_interval',
+           'performance_check', 'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration',
+           'fit_calibration', 'estimate_check', 'drift_checks', 'profile_path', 'reference_profile', 'read_requests',
+           'expand_requests', 'align_dtypes', 'MonitorResult', 'monitor_history', 'monitor', 'evidently_html',
+           'monitor_report_html', 'save_monitor_report', 'add_commands']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -386,22 +386,7 @@ def align_dtypes(current:pd.DataFrame, reference:pd.DataFrame, columns:Sequence[
     return out
 
 # %% ../nbs/06_monitor.ipynb #f42f0905
-monitor_runs = sa.Table('monitor_runs', _db.metadata,
-    sa.Column('id', sa.String(64), primary_key=True),
-    sa.Column('model', sa.String(200), nullable=False, index=True),
-    sa.Column('version', sa.String(20)),
-    sa.Column('alias', sa.String(50)),
-    sa.Column('window_start', _db.UTCDateTime, nullable=False),
-    sa.Column('window_end', _db.UTCDateTime, nullable=False),
-    sa.Column('source', sa.String(50)),
-    sa.Column('status', sa.String(20), nullable=False),
-    sa.Column('n_rows', sa.Integer),
-    sa.Column('figures', sa.Text), # JSON
-    sa.Column('checks', sa.Text), # JSON list of checks
-    sa.Column('mlflow_run_id', sa.String(64)),
-    sa.Column('report_path', sa.Text),
-    sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
-    extend_existing=True)
+from .db import monitor_runs
 
 # %% ../nbs/06_monitor.ipynb #930e805d
 _CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"

@@ -17,12 +17,11 @@ from . import db as _db
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EXPECTED_RUNBOOKS', 'RUNBOOK_SECTIONS', 'runbook_checks', 'CATEGORIES', 'ESSENTIAL_CHECKS', 'RunbookError',
-           'shipped_runbooks', 'install_runbooks', 'RunbookBlock', 'runbook_blocks', 'shell_commands',
-           'mlprod_commands', 'parse_command', 'runbooks_fingerprint', 'check_runbooks', 'run_runbook',
-           'RunbookCheckRecord', 'record_runbook_check', 'last_runbook_check', 'sandbox_toml', 'build_sandbox',
-           'sandbox_env', 'free_port', 'running_service', 'stop_started_services', 'run_runbooks', 'Item', 'Scorecard',
-           'last_retraining', 'readiness', 'add_commands']
+__all__ = ['log', 'EXPECTED_RUNBOOKS', 'RUNBOOK_SECTIONS', 'CATEGORIES', 'ESSENTIAL_CHECKS', 'RunbookError', 'shipped_runbooks',
+           'install_runbooks', 'RunbookBlock', 'runbook_blocks', 'shell_commands', 'mlprod_commands', 'parse_command',
+           'runbooks_fingerprint', 'check_runbooks', 'run_runbook', 'RunbookCheckRecord', 'record_runbook_check',
+           'last_runbook_check', 'sandbox_toml', 'build_sandbox', 'sandbox_env', 'free_port', 'running_service',
+           'stop_started_services', 'run_runbooks', 'Item', 'Scorecard', 'last_retraining', 'readiness', 'add_commands']
 
 # %% ../nbs/10_readiness.ipynb #1bb0e493
 EXPECTED_RUNBOOKS = ('README.md', 'on-call.md', 'data-drift.md', 'performance-degradation.md', 'latency-errors.md',
@@ -228,16 +227,7 @@ def run_runbook(path, # a runbook
     return Checks(f"Runbook {Path(path).name}", checks)
 
 # %% ../nbs/10_readiness.ipynb #992621a7
-runbook_checks = sa.Table('runbook_checks', _db.metadata,
-    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
-    sa.Column('folder', sa.Text, nullable=False),
-    sa.Column('fingerprint', sa.String(32), nullable=False),
-    sa.Column('mode', sa.String(20), nullable=False), # 'commands' (parsed) or 'run' (executed in a sandbox)
-    sa.Column('ok', sa.Boolean, nullable=False),
-    sa.Column('summary', sa.Text),
-    sa.Column('details', sa.Text), # JSON of the checks
-    extend_existing=True)
+from .db import runbook_checks
 
 @dataclass(frozen=True)
 class RunbookCheckRecord:

@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 
 # %% auto #0
-__all__ = ['log', 'ALIASES', 'ACTIONS', 'comparisons', 'locks', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError',
-           'PromotionBlocked', 'RollbackError', 'PositiveScore', 'VersionInfo', 'register', 'LoadedModel',
-           'resolve_version', 'load', 'clear_cache', 'Move', 'deploy', 'record_comparison', 'promote', 'rollback',
-           'History', 'history', 'ModelCard', 'card', 'add_commands']
+__all__ = ['log', 'ALIASES', 'ACTIONS', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError', 'PromotionBlocked', 'RollbackError',
+           'PositiveScore', 'VersionInfo', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move',
+           'deploy', 'record_comparison', 'promote', 'rollback', 'History', 'history', 'ModelCard', 'card',
+           'add_commands']
 
 # %% ../nbs/02_registry.ipynb #236943cc
 ALIASES = ('staging', 'production')
@@ -45,22 +45,7 @@ def _check_alias(alias:str) -> str:
     return alias
 
 # %% ../nbs/02_registry.ipynb #10460c67
-comparisons = sa.Table('comparisons', _db.metadata,
-    sa.Column('id', sa.String(64), primary_key=True),
-    sa.Column('model', sa.String(200), nullable=False, index=True),
-    sa.Column('champion_version', sa.String(20)), # None: compared against a baseline (no champion yet)
-    sa.Column('challenger_version', sa.String(20), nullable=False),
-    sa.Column('decision', sa.String(20), nullable=False), # promote, needs_review, reject
-    sa.Column('summary', sa.Text),
-    sa.Column('payload', sa.Text), # the comparison as JSON
-    sa.Column('at', _db.UTCDateTime, nullable=False),
-    extend_existing=True) # the notebook and the module both define it
-
-locks = sa.Table('locks', _db.metadata,
-    sa.Column('name', sa.String(250), primary_key=True),
-    sa.Column('holder', sa.String(200)),
-    sa.Column('acquired_at', _db.UTCDateTime),
-    extend_existing=True)
+from .db import comparisons, locks
 
 # %% ../nbs/02_registry.ipynb #373df246
 def _cfg(cfg=None) -> ProjectConfig:
