@@ -42,6 +42,7 @@ COMMANDS = {
     'ci': ('mlprod.testing', 'CI checks and promotion of a candidate'),
     'readiness': ('mlprod.readiness', 'production-readiness scorecard of a model (exit 1 when an item fails)'),
     'runbooks': ('mlprod.readiness', 'install the runbooks into the project, or check them'),
+    'demo': ('mlprod.demo', 'play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back'),
 }
 COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
 
@@ -58,14 +59,6 @@ def _cmd_init(args):
     if args.ci == 'github':
         from mlprod.testing import write_github_workflow
         print(f"wrote {write_github_workflow(d, model=args.model)} (checks on pull requests, promotes on merge; see tests/model/)")
-    return 0
-
-def _cmd_demo(args):
-    "Play 2013 on the flights data with the whole loop and print what happened."
-    from mlprod.demo import run_demo
-    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
-    r = run_demo(args.project, model=args.model, months=args.months, sample=args.sample, jobs=not args.no_jobs, progress=say)
-    print(to_json(r.to_dict(), indent=2) if args.json else '\n' + r.footer())
     return 0
 
 def _cmd_config(args):
@@ -88,13 +81,6 @@ def build_parser(command:str|None=None) -> argparse.ArgumentParser:
     s.add_argument('--ci', choices=['github'], help='also write a CI workflow that checks candidates on pull requests and promotes on merge')
     s.add_argument('--model', default='flights', help='model the CI workflow checks (with --ci)')
     s.set_defaults(func=_cmd_init)
-    s = sub.add_parser('demo', help='play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back', description=_cmd_demo.__doc__)
-    s.add_argument('--model', default='flights', help='model name from mlprod.toml')
-    s.add_argument('--months', type=int, default=10, help='months replayed after February (1-10, default 10)')
-    s.add_argument('--sample', type=int, default=1200, help='flights replayed per month (default 1200)')
-    s.add_argument('--no-jobs', action='store_true', help='call the monitor directly instead of running the papermill job')
-    s.add_argument('--json', action='store_true', help='print the result as JSON')
-    s.set_defaults(func=_cmd_demo)
     s = sub.add_parser('config', help='show the effective project config', description=_cmd_config.__doc__)
     s.set_defaults(func=_cmd_config)
     wanted = [command] if command else []
@@ -108,7 +94,7 @@ def build_parser(command:str|None=None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     "Entry point of the `mlprod` console script."
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in COMMANDS or a in ('init', 'demo', 'config')), None)
+    command = next((a for a in argv if a in COMMANDS or a in ('init', 'config')), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')

@@ -15,7 +15,7 @@ from .recipes import resolve, feature_columns
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DemoResult', 'running_server', 'wait_for_version', 'replay', 'run_demo']
+__all__ = ['log', 'DemoResult', 'running_server', 'wait_for_version', 'replay', 'run_demo', 'add_commands']
 
 # %% ../nbs/12_demo.ipynb #afdcacd2
 @dataclass(frozen=True)
@@ -215,3 +215,23 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
     tell(f"Readiness: {card.passed}/{len(card.items)} items pass" + ('' if card.ok else ': ' + '; '.join(f"{i.name}: {i.reason}" for i in card.failed)))
     return DemoResult(model, tuple(story), tuple(rows), first, final, str(dash), cfg.tracking_uri, str(cfg.state_dir),
                       time.perf_counter() - t0)
+
+# %% ../nbs/12_demo.ipynb #0f4e716d
+from .core import to_json
+
+def _cmd_demo(args):
+    "Play 2013 on the flights data with the whole loop and print what happened."
+    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    r = run_demo(args.project, model=args.model, months=args.months, sample=args.sample, jobs=not args.no_jobs, progress=say)
+    print(to_json(r.to_dict(), indent=2) if args.json else '\n' + r.footer())
+    return 0
+
+def add_commands(sub):
+    "Add `mlprod demo` to the `mlprod` parser."
+    s = sub.add_parser('demo', help='play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back', description=_cmd_demo.__doc__)
+    s.add_argument('--model', default='flights', help='model name from mlprod.toml')
+    s.add_argument('--months', type=int, default=10, help='months replayed after February (1-10, default 10)')
+    s.add_argument('--sample', type=int, default=1200, help='flights replayed per month (default 1200)')
+    s.add_argument('--no-jobs', action='store_true', help='call the monitor directly instead of running the papermill job')
+    s.add_argument('--json', action='store_true', help='print the result as JSON')
+    s.set_defaults(func=_cmd_demo)

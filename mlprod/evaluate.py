@@ -69,10 +69,7 @@ def window_check(window:tuple, # (start, end) of the evaluation rows
     return Check('data:window', Status.SUCCESS, span, 'after every training window', 'no model was trained on the evaluation window')
 
 # %% ../nbs/03a_compare_models.ipynb #08371965
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"
-        "table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;font-size:90%}"
-        "th{background:#f6f8fa}h1{font-size:1.5em}h3{font-size:1.2em}h4{margin:1.2em 0 .3em}"
-        "code{background:#f6f8fa;padding:1px 4px}.flag{color:#cf222e}")
+from .reports import page, styled, report_path
 
 def _v(version) -> str: return 'prior baseline' if version is None else f"v{version}"
 
@@ -143,60 +140,13 @@ class VersionComparison:
         return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
                 f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
                 f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
-    def _repr_html_(self) -> str:
-        return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+    def _body_html(self) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+    def _repr_html_(self) -> str: return styled(self._body_html())
     def html(self) -> str:
-        "A self-contained HTML page (inline style, no scripts, every value escaped)."
+        "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
         title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-                f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{self._repr_html_()}"
-                f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p></body></html>")
-
-# %% ../nbs/03a_compare_models.ipynb #f1fdeffc
-def _stamp(t) -> str: return t.strftime('%Y-%m-%dT%H%M%SZ')
-
-def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
-    "reports/<model>/compare/<UTC time>.html, with a suffix when that file exists."
-    d = Path(cfg.reports_dir)/name/'compare'; d.mkdir(parents=True, exist_ok=True)
-    p = d/f"{_stamp(at)}.html"; i = 1
-    while p.exists(): p = d/f"{_stamp(at)}-{i}.html"; i += 1
-    return p
-
-def _run_figures(vc:VersionComparison) -> dict:
-    "MLflow metrics of a comparison: both models, diff, interval and p-value of each metric, rows, flags, costs."
-    c = vc.comparison
-    out = {'n_rows': c.n_rows, 'slices_flagged': len(vc.flagged_slices), 'slices_evaluated': sum(s.evaluated for s in c.slices)}
-    for r in c.metrics:
-        out.update({f"champion.{r.metric}": r.champion, f"challenger.{r.metric}": r.challenger, f"diff.{r.metric}": r.diff,
-                    f"ci_low.{r.metric}": r.ci_low, f"ci_high.{r.metric}": r.ci_high, f"p_value.{r.metric}": r.p_value})
-    for who, ops in (('champion', c.champion_ops), ('challenger', c.challenger_ops)):
-        if ops is not None: out.update({f"{who}.{k}": v for k, v in ops.to_dict().items() if k != 'single_row_calls'})
-    for k, v in c.agreement.items(): out[f"agreement.{k}"] = v
-    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))}
-
-def _start_run(cfg:ProjectConfig, vc:VersionComparison) -> tuple:
-    "A new MLflow run for the comparison (client API, leaves any active run alone): (client, run id)."
-    from mlflow import MlflowClient
-    exp_id = mlflow_setup(cfg)
-    client = MlflowClient(tracking_uri=cfg.tracking_uri)
-    tags = {'mlprod.kind': 'comparison', 'mlprod.model': vc.model, 'mlprod.decision': vc.decision, 'mlprod.comparison_id': vc.id,
-            'mlprod.champion_version': vc.champion_version or 'baseline', 'mlprod.challenger_version': vc.challenger_version,
-            'mlprod.summary': vc.summary()[:4900]}
-    run = client.create_run(exp_id, tags=tags, run_name=f"compare-{vc.model}-{_v(vc.challenger_version)}-vs-{_v(vc.champion_version)}".replace(' ', '-'))
-    return client, run.info.run_id
-
-def _finish_run(client, run_id:str, vc:VersionComparison, page:str):
-    "Log figures, parameters and the HTML and JSON artifacts, and close the run."
-    from mlflow.entities import Metric, Param
-    ts = int(time.time() * 1000); c = vc.comparison
-    params = {'model': vc.model, 'champion_version': vc.champion_version or 'baseline', 'challenger_version': vc.challenger_version,
-              'window_start': vc.window[0] or '', 'window_end': vc.window[1] or '', 'metric': c.metric, 'n_boot': c.n_boot,
-              'alpha': c.alpha, 'threshold': c.threshold}
-    client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in _run_figures(vc).items()],
-                     params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_text(run_id, page, 'comparison.html')
-    client.log_text(run_id, vc.to_json(indent=2), 'comparison.json')
-    client.set_terminated(run_id, 'FINISHED')
+        return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
+                           f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
 
 # %% ../nbs/03a_compare_models.ipynb #96b3b81b
 def _versions_windows(*models) -> dict:

@@ -143,8 +143,7 @@ def mlprod_commands(code:str) -> list:
 def _parser():
     "The full `mlprod` parser, every command with its options."
     from mlprod import cli
-    try: return cli.build_parser('*')
-    except TypeError: return cli.build_parser()  # a CLI that always builds everything
+    return cli.build_parser('*')
 
 def parse_command(argv:Sequence[str], # arguments after `mlprod`
                   parser=None, # the `mlprod` parser (default: `mlprod.cli.build_parser()`)
@@ -375,9 +374,7 @@ class Item:
     def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/10_readiness.ipynb #9668ad30
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"
-        "table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;font-size:90%;vertical-align:top}"
-        "th{background:#f6f8fa}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em;border-radius:6px}")
+from .reports import page, styled, save_report
 
 def _href(link:str, root:str, base:Optional[Path]) -> str:
     if not link: return ''
@@ -432,19 +429,14 @@ class Scorecard:
             out.append(f"  {'PASS' if i.passed else 'FAIL'}  {i.category:<13} {i.name:<20} {i.evidence if i.passed else i.reason}")
         if self.warning_signs: out.append('Warning signs: ' + '; '.join(self.warning_signs))
         return '\n'.join(out)
-    def _repr_html_(self) -> str: return f'<div class="mlprod-readiness">{_scorecard_body(self)}</div>'
+    def _repr_html_(self) -> str: return styled(f'<div class="mlprod-readiness">{_scorecard_body(self)}</div>')
     def html(self, base=None) -> str:
         "A self-contained HTML page (links relative to folder `base`)."
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(self.model)}: production readiness</title>'
-                f'<style>{_CSS}</style></head><body>{_scorecard_body(self, None if base is None else Path(base))}</body></html>\n')
+        return page(f"{self.model}: production readiness", _scorecard_body(self, None if base is None else Path(base)))
     def save(self, reports_dir=None) -> Path:
-        "Write `reports/<model>/readiness/<UTC time>.html` and `.json`; return the HTML path."
-        d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.model/'readiness'
-        d.mkdir(parents=True, exist_ok=True)
-        stamp = to_utc(self.created_at or utcnow()).strftime('%Y-%m-%dT%H%M%SZ')
-        p = d/f"{stamp}.html"; k = 2
-        while p.exists() or p.with_suffix('.json').exists(): p = d/f"{stamp}-{k}.html"; k += 1
-        p.write_text(self.html(base=d), encoding='utf-8')
+        "Write `reports/<model>/readiness/<UTC time>.html` and `.json` beside it; return the HTML path."
+        reports_dir = Path(reports_dir if reports_dir is not None else get_config().reports_dir)
+        p = save_report(self.html(base=reports_dir/self.model/'readiness'), reports_dir, self.model, 'readiness', at=self.created_at)
         p.with_suffix('.json').write_text(to_json(self.to_dict(), indent=2), encoding='utf-8')
         return p
 
@@ -602,11 +594,11 @@ def _automation_items(cfg, name, now) -> list:
 # %% ../nbs/10_readiness.ipynb #a7a4ec6b
 def _reliability_items(cfg, name, prod, moves, now, drill_days) -> list:
     from mlprod import registry
-    prev = registry._previous_production([m for m in moves if m.alias == 'production'], prod) if prod else None
+    prev = registry.previous_production([m for m in moves if m.alias == 'production'], prod) if prod else None
     exists = False
     if prev:
-        try: registry._get_version(registry._client(cfg), name, prev); exists = True
-        except Exception: exists = False
+        try: exists = registry.version_exists(name, prev, cfg=cfg)
+        except Exception as e: log.debug('registry unreadable: %s', e); exists = False
     items = [_item('reliability', 'rollback target', exists, f"version {prev} was production before version {prod} and still exists",
                    'runbooks/rollback.md',
                    f"version {prev}, production before {prod}, no longer exists in the registry" if prev else

@@ -12,13 +12,12 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REPORT_CLASS', 'REPORT_CSS', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'styled', 'page', 'external_references',
-           'report_stamp', 'report_path', 'save_report']
+           'report_stamp', 'check_name', 'report_path', 'save_report']
 
 # %% ../nbs/00c_reports.ipynb #fd175bdc
 REPORT_CLASS = 'mlprod-report'  # the wrapper class every rule of REPORT_CSS is scoped under
 
 REPORT_CSS = """
-body.mlprod-page{margin:0;background:#f6f8fa}
 .mlprod-report{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2328;background:#fff;line-height:1.45}
 main.mlprod-report{max-width:1200px;margin:0 auto;padding:16px 28px 40px;min-height:100vh;box-sizing:border-box}
 div.mlprod-report{padding:4px 8px}
@@ -72,7 +71,7 @@ def page(title:str, # the page title (escaped here)
     "A self-contained HTML page with the shared style: no scripts, nothing loaded over the network."
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>{esc(title)}</title><style>{REPORT_CSS}</style>{head_html}</head>'
-            f'<body class="mlprod-page"><main class="{REPORT_CLASS}">{body_html}</main></body></html>\n')
+            f'<body><main class="{REPORT_CLASS}">{body_html}</main></body></html>\n')
 
 # %% ../nbs/00c_reports.ipynb #492a0e4b
 _EXTERNAL = re.compile(r'''<(?:script|link|img|iframe|source|embed)\b[^>]*?\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', re.I)
@@ -92,11 +91,14 @@ def report_stamp(at=None, # when (any date/time `to_utc` reads); default: now
     return (utcnow() if at is None else to_utc(at)).strftime(STAMP_FORMAT)
 
 # %% ../nbs/00c_reports.ipynb #a8c1d1df
-_FOLDER = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+_NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}')
 
-def _folder_name(key:str, value) -> str:
-    if not isinstance(value, str) or not _FOLDER.fullmatch(value) or value in ('.', '..'):
-        raise ConfigError(key, value, 'a name of letters, digits, _, - and . (it becomes a folder of the reports directory)')
+def check_name(key:str, # what the name is, for the message ('model', 'job', 'kernel', …)
+               value, # the name
+              ) -> str:
+    "`value` when it is a plain name (letters, digits, _, - and ., at most 100) that is safe as a folder or file name."
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(key, value, 'a name of letters, digits, _, - and . (at most 100 characters)')
     return value
 
 def report_path(reports_dir, # the project's reports folder (`cfg.reports_dir`)
@@ -106,7 +108,7 @@ def report_path(reports_dir, # the project's reports folder (`cfg.reports_dir`)
                 suffix:str='.html', # file suffix
                ) -> Path:
     "A new path `reports_dir/<model>/<kind>/<UTC stamp><suffix>` (folder created), `-1`, `-2`… appended when taken."
-    folder = Path(reports_dir)/(PROJECT_FOLDER if model is None else _folder_name('model', model))/_folder_name('kind', kind)
+    folder = Path(reports_dir)/(PROJECT_FOLDER if model is None else check_name('model', model))/check_name('kind', kind)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = report_stamp(at); p = folder/f"{stamp}{suffix}"; i = 1
     while p.exists(): p = folder/f"{stamp}-{i}{suffix}"; i += 1

@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_widgets.ipynb #c003
 from __future__ import annotations
-import html, json, logging
+import dataclasses, html, json, logging
 from pathlib import Path
 from typing import Optional
 from .core import MlprodError, Status, esc, fmt, status_badge, to_utc
 from .config import ProjectConfig, get_config
-from .jobs import list_jobs, recent_runs, run_job, job_notebook, job_parameters, RUNNER_PARAMETERS
+from .jobs import list_jobs, run_job, job_notebook, job_parameters, RUNNER_PARAMETERS
+from .runs import recent_runs
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,9 @@ def _model_versions(cfg:ProjectConfig, name:str) -> list:
     return sorted(out, key=lambda d: int(d['version']), reverse=True)
 
 def _open_alerts(cfg:ProjectConfig, name:str) -> list:
-    import sqlalchemy as sa
-    from mlprod.db import alerts, engine
-    q = sa.select(alerts).where(alerts.c.state == 'open', sa.or_(alerts.c.model == name, alerts.c.model.is_(None))).order_by(alerts.c.last_at.desc())
-    with engine(cfg.db_url).connect() as c: return [dict(r._mapping) for r in c.execute(q)]
+    "The open alerts of `name` and of the project, as dicts (`mlprod.alerts.open_alerts`)."
+    from mlprod.alerts import open_alerts
+    return [dataclasses.asdict(a) for a in open_alerts(cfg, name, project_wide=True)]
 
 def status_html(name:str, # model name
                 versions:list, alerts:list, runs:list) -> str:
