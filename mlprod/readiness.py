@@ -292,6 +292,7 @@ def build_sandbox(folder, # an empty folder for the project
         registry.promote(model, r.version, reason=f"sandbox: retrained version ({r.decision})", force=True, actor='sandbox', cfg=cfg)
     return cfg
 
+# %% ../nbs/10_readiness.ipynb #65a8f3ab
 def sandbox_env(cfg:ProjectConfig, **extra) -> dict:
     "The environment for commands run in project `cfg`: this mlprod first on PATH, the project's stores, no MLPROD_* overrides."
     env = {k: v for k, v in os.environ.items() if k not in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG')}
@@ -396,6 +397,7 @@ def _scorecard_body(sc:Scorecard, base:Optional[Path]=None) -> str:
             f"<tbody>{rows}</tbody></table><p>Items follow the project's 90-day success metrics, in the spirit of the ML Test Score "
             f"(Breck et al., 2017).</p>")
 
+# %% ../nbs/10_readiness.ipynb #eb0b1e14
 @dataclass(frozen=True)
 class Scorecard:
     "The production-readiness scorecard of one model."
@@ -683,6 +685,7 @@ def _cmd_runbooks_check(args):
     print(f"{rec.summary} (recorded; fingerprint {rec.fingerprint})")
     return 0 if result.ok else 1
 
+# %% ../nbs/10_readiness.ipynb #9c3c3396
 def add_commands(sub):
     "Add `readiness` and `runbooks install|check` to the `mlprod` command."
     s = sub.add_parser('readiness', help='production-readiness scorecard of a model (exit 1 when an item fails)', description=_cmd_readiness.__doc__)
