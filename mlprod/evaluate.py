@@ -148,6 +148,47 @@ class VersionComparison:
         return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
                            f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
 
+# %% ../nbs/03a_compare_models.ipynb #f1fdeffc
+def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
+    "reports/<model>/compare/<UTC time>.html (`mlprod.reports.report_path`)."
+    return report_path(cfg.reports_dir, name, 'compare', at)
+
+def _run_figures(vc:VersionComparison) -> dict:
+    "MLflow metrics of a comparison: both models, diff, interval and p-value of each metric, rows, flags, costs."
+    c = vc.comparison
+    out = {'n_rows': c.n_rows, 'slices_flagged': len(vc.flagged_slices), 'slices_evaluated': sum(s.evaluated for s in c.slices)}
+    for r in c.metrics:
+        out.update({f"champion.{r.metric}": r.champion, f"challenger.{r.metric}": r.challenger, f"diff.{r.metric}": r.diff,
+                    f"ci_low.{r.metric}": r.ci_low, f"ci_high.{r.metric}": r.ci_high, f"p_value.{r.metric}": r.p_value})
+    for who, ops in (('champion', c.champion_ops), ('challenger', c.challenger_ops)):
+        if ops is not None: out.update({f"{who}.{k}": v for k, v in ops.to_dict().items() if k != 'single_row_calls'})
+    for k, v in c.agreement.items(): out[f"agreement.{k}"] = v
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))}
+
+def _start_run(cfg:ProjectConfig, vc:VersionComparison) -> tuple:
+    "A new MLflow run for the comparison (client API, leaves any active run alone): (client, run id)."
+    from mlflow import MlflowClient
+    exp_id = mlflow_setup(cfg)
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    tags = {'mlprod.kind': 'comparison', 'mlprod.model': vc.model, 'mlprod.decision': vc.decision, 'mlprod.comparison_id': vc.id,
+            'mlprod.champion_version': vc.champion_version or 'baseline', 'mlprod.challenger_version': vc.challenger_version,
+            'mlprod.summary': vc.summary()[:4900]}
+    run = client.create_run(exp_id, tags=tags, run_name=f"compare-{vc.model}-{_v(vc.challenger_version)}-vs-{_v(vc.champion_version)}".replace(' ', '-'))
+    return client, run.info.run_id
+
+def _finish_run(client, run_id:str, vc:VersionComparison, page:str):
+    "Log figures, parameters and the HTML and JSON artifacts, and close the run."
+    from mlflow.entities import Metric, Param
+    ts = int(time.time() * 1000); c = vc.comparison
+    params = {'model': vc.model, 'champion_version': vc.champion_version or 'baseline', 'challenger_version': vc.challenger_version,
+              'window_start': vc.window[0] or '', 'window_end': vc.window[1] or '', 'metric': c.metric, 'n_boot': c.n_boot,
+              'alpha': c.alpha, 'threshold': c.threshold}
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in _run_figures(vc).items()],
+                     params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_text(run_id, page, 'comparison.html')
+    client.log_text(run_id, vc.to_json(indent=2), 'comparison.json')
+    client.set_terminated(run_id, 'FINISHED')
+
 # %% ../nbs/03a_compare_models.ipynb #96b3b81b
 def _versions_windows(*models) -> dict:
     "label → (start, end) of the training window recorded on each loaded version."

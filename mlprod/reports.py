@@ -19,8 +19,8 @@ REPORT_CLASS = 'mlprod-report'  # the wrapper class every rule of REPORT_CSS is 
 
 REPORT_CSS = """
 .mlprod-report{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2328;background:#fff;line-height:1.45}
-main.mlprod-report{max-width:1200px;margin:0 auto;padding:16px 28px 40px;min-height:100vh;box-sizing:border-box}
 div.mlprod-report{padding:4px 8px}
+.mlprod-report.mlprod-page{max-width:1200px;margin:0 auto;padding:16px 28px 40px;min-height:100vh;box-sizing:border-box}
 .mlprod-report h1{font-size:1.5em}.mlprod-report h2{font-size:1.25em;margin-top:1.2em}.mlprod-report h3{font-size:1.15em}
 .mlprod-report h4{margin:1.2em 0 .3em}
 .mlprod-report a{color:#0969da}
@@ -71,7 +71,7 @@ def page(title:str, # the page title (escaped here)
     "A self-contained HTML page with the shared style: no scripts, nothing loaded over the network."
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>{esc(title)}</title><style>{REPORT_CSS}</style>{head_html}</head>'
-            f'<body><main class="{REPORT_CLASS}">{body_html}</main></body></html>\n')
+            f'<body><main><div class="{REPORT_CLASS} mlprod-page">{body_html}</div></main></body></html>\n')
 
 # %% ../nbs/00c_reports.ipynb #492a0e4b
 _EXTERNAL = re.compile(r'''<(?:script|link|img|iframe|source|embed)\b[^>]*?\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', re.I)
