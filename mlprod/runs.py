@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from .core import MlprodError, Status, esc, status_badge, to_json, to_utc, jsonable
 from .config import ProjectConfig, get_config
 from .db import engine, job_runs
+from .reports import styled
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ class JobRun:
     def _repr_html_(self):
         st = Status.SUCCESS if self.ok else Status.FAIL
         figs = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in self.figures.items())
-        return (f"<div><b>{esc(self.job)}</b> ({esc(self.model)}) {status_badge(st)} in {esc(round(self.duration_s, 2))} s — "
-                f"report <code>{esc(self.report_path)}</code>" + (f"<pre>{esc(self.error_text)}</pre>" if self.error else '')
-                + (f"<table>{figs}</table>" if figs else '') + "</div>")
+        return styled(f"<div><b>{esc(self.job)}</b> ({esc(self.model)}) {status_badge(st)} in {esc(round(self.duration_s, 2))} s — "
+                       f"report <code>{esc(self.report_path)}</code>" + (f"<pre>{esc(self.error_text)}</pre>" if self.error else '')
+                       + (f"<table>{figs}</table>" if figs else '') + "</div>")
 
 # %% ../nbs/07b_runs.ipynb #b2824d21
 def row_to_run(r) -> JobRun:
