@@ -89,6 +89,12 @@ def find_identical(name:str, data_fingerprint:str, recipe:str, params:dict, cfg=
             and getattr(v, 'current_stage', None) != 'Archived']
     return str(max(int(v.version) for v in same)) if same else None
 
+# %% ../nbs/09_retrain.ipynb #58aed96c
+def _write_report(cfg:ProjectConfig, model:str, job:str, title:str, body_html:str) -> str:
+    "Write a report page under reports/<model>/<job>/<UTC stamp>.html (`mlprod.reports`) and return its path."
+    from mlprod.reports import page, save_report
+    return str(save_report(page(title, body_html), cfg.reports_dir, model, job))
+
 # %% ../nbs/09_retrain.ipynb #6a0584e7
 class _StepFailed(Exception): pass
 
@@ -96,11 +102,6 @@ def _current(name:str, alias:str, cfg) -> Optional[str]:
     "The version behind `alias`, or None when the model or the alias does not exist yet."
     try: return registry.resolve_version(name, alias, cfg=cfg)
     except NotFoundError: return None
-
-def _write_report(cfg:ProjectConfig, model:str, job:str, title:str, body_html:str) -> str:
-    "Write a report page under reports/<model>/<job>/<UTC stamp>.html (`mlprod.reports`) and return its path."
-    from mlprod.reports import page, save_report
-    return str(save_report(page(title, body_html), cfg.reports_dir, model, job))
 
 def retrain(name:str, # registered model name (a [models.NAME] section of mlprod.toml)
             as_of, # end of the training window (exclusive), e.g. '2013-08-01'
