@@ -20,12 +20,12 @@ from . import db as _db
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_RULES', 'alert_streaks', 'alert_deliveries', 'CHANNELS', 'DEFAULT_CHANNEL', 'DEFAULT_RETRY', 'ACTIONS',
-           'AlertError', 'DeliveryError', 'AlertRule', 'match_rule', 'rules_from_dicts', 'Channel', 'FileChannel',
-           'redact_url', 'WebhookChannel', 'EmailChannel', 'channel_types', 'make_channel', 'configured_channels',
-           'RetryPolicy', 'Delivery', 'deliver', 'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire',
-           'resolve', 'AlertRecord', 'AlertHistory', 'alert_history', 'delivery_history', 'send_test_alert',
-           'channel_test_check', 'cmd_alerts', 'cmd_alerts_test', 'cmd_alerts_resolve']
+__all__ = ['log', 'DEFAULT_RULES', 'CHANNELS', 'DEFAULT_CHANNEL', 'DEFAULT_RETRY', 'ACTIONS', 'AlertError', 'DeliveryError',
+           'AlertRule', 'match_rule', 'rules_from_dicts', 'Channel', 'FileChannel', 'redact_url', 'WebhookChannel',
+           'EmailChannel', 'channel_types', 'make_channel', 'configured_channels', 'RetryPolicy', 'Delivery', 'deliver',
+           'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire', 'resolve', 'AlertRecord', 'AlertHistory',
+           'alert_history', 'open_alerts', 'delivery_history', 'send_test_alert', 'channel_test_check', 'cmd_alerts',
+           'cmd_alerts_test', 'cmd_alerts_resolve']
 
 # %% ../nbs/07_alerts.ipynb #e61abd4d
 class AlertError(MlprodError):
@@ -102,27 +102,7 @@ def _rules(cfg:ProjectConfig, rules=None) -> tuple:
     return rules_from_dicts(configured) if configured else DEFAULT_RULES
 
 # %% ../nbs/07_alerts.ipynb #71fa5d6c
-alert_streaks = sa.Table('alert_streaks', _db.metadata,
-    sa.Column('key', sa.String(300), primary_key=True),
-    sa.Column('model', sa.String(200)),
-    sa.Column('count', sa.Integer, nullable=False), # failing evaluations in a row
-    sa.Column('since', _db.UTCDateTime), # first failing evaluation of the streak
-    sa.Column('updated_at', _db.UTCDateTime, nullable=False),
-    extend_existing=True)
-
-alert_deliveries = sa.Table('alert_deliveries', _db.metadata,
-    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column('alert_id', sa.Integer, index=True), # None for channel tests
-    sa.Column('key', sa.String(300)),
-    sa.Column('kind', sa.String(20), nullable=False), # alert, reminder, escalation, resolved, test
-    sa.Column('channel', sa.String(200), nullable=False),
-    sa.Column('channel_type', sa.String(50), nullable=False),
-    sa.Column('ok', sa.Boolean, nullable=False),
-    sa.Column('attempts', sa.Integer, nullable=False),
-    sa.Column('error', sa.Text),
-    sa.Column('duration_ms', sa.Float),
-    sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
-    extend_existing=True)
+from .db import alert_streaks, alert_deliveries
 
 def _aware(t) -> Optional[dt.datetime]:
     "A datetime as timezone-aware UTC (the database may hand back naive UTC)."
@@ -525,7 +505,7 @@ def resolve(key:str, # the key of the open alert
                 count=ev.count, first_at=row['first_at'], at=now, project=cfg.name)
     return replace(ev, deliveries=_dispatch(cfg, [n], retry)[0])
 
-# %% ../nbs/07_alerts.ipynb #1c42d5a6
+# %% ../nbs/07_alerts.ipynb #4adc8038
 @dataclass(frozen=True)
 class AlertRecord:
     "One alert episode from the history: open until resolved."
@@ -543,6 +523,12 @@ class AlertRecord:
     resolved_at:Optional[dt.datetime]
     def to_dict(self) -> dict: return jsonable(self)
 
+def _alert_record(row) -> AlertRecord:
+    "An `AlertRecord` from a row of the `alerts` table (times as aware UTC)."
+    tz = ('first_at', 'last_at', 'last_sent_at', 'resolved_at')
+    return AlertRecord(**{k: (_aware(v) if k in tz else v) for k, v in dict(row).items()})
+
+# %% ../nbs/07_alerts.ipynb #0331fd06
 @dataclass(frozen=True)
 class AlertHistory:
     "Alerts read from the database, newest first."
@@ -571,6 +557,7 @@ class AlertHistory:
                 '<th>state</th><th>severity</th><th>key</th><th>count</th><th>first</th><th>last</th><th>message</th>'
                 f'</tr></thead><tbody>{rows}</tbody></table></div>')
 
+# %% ../nbs/07_alerts.ipynb #a9fd6265
 def alert_history(model:Optional[str]=None, # only this model's alerts
                   open_only:bool=False, # only alerts not resolved yet
                   cfg:Optional[ProjectConfig]=None,
@@ -584,9 +571,21 @@ def alert_history(model:Optional[str]=None, # only this model's alerts
     if open_only: q = q.where(a.c.state == 'open')
     if key is not None: q = q.where(a.c.key == key)
     with _db.engine(cfg.db_url).connect() as conn: rows = conn.execute(q).mappings().all()
-    tz = ('first_at', 'last_at', 'last_sent_at', 'resolved_at')
-    return AlertHistory(tuple(AlertRecord(**{k:(_aware(v) if k in tz else v) for k,v in r.items()}) for r in rows), open_only, model)
+    return AlertHistory(tuple(_alert_record(r) for r in rows), open_only, model)
 
+def open_alerts(cfg:Optional[ProjectConfig]=None, # project (default: `get_config()`)
+                model:Optional[str]=None, # only this model's alerts (None: every model's)
+                project_wide:bool=False, # with `model`: also the alerts of no model (e.g. a failed project job)
+                limit:int=200, # most recently active first
+               ) -> list:
+    "The alerts that are open now (`AlertRecord`s): what the dashboard, the widgets and retraining triggers read."
+    cfg = cfg or get_config()
+    a = _db.alerts
+    q = sa.select(a).where(a.c.state == 'open').order_by(a.c.last_at.desc(), a.c.id.desc()).limit(limit)
+    if model is not None: q = q.where(sa.or_(a.c.model == model, a.c.model.is_(None)) if project_wide else a.c.model == model)
+    with _db.engine(cfg.db_url).connect() as conn: return [_alert_record(r) for r in conn.execute(q).mappings()]
+
+# %% ../nbs/07_alerts.ipynb #a1702629
 def delivery_history(cfg:Optional[ProjectConfig]=None,
                      kind:Optional[str]=None, # alert, reminder, escalation, resolved or test
                      channel:Optional[str]=None,

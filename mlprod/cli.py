@@ -13,11 +13,11 @@ from . import config as _config
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'cmd_demo', 'cmd_config', 'command_function', 'build_parser', 'main']
+__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'cmd_config', 'command_function', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #255eef87
 COMMANDS = {
-    'demo': ('mlprod.cli', 'cmd_demo', 'play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back'),
+    'demo': ('mlprod.demo', 'cmd_demo', 'play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back'),
     'config': ('mlprod.cli', 'cmd_config', 'show the effective project config'),
     'models': ('mlprod.registry', 'cmd_models', 'list registered models and their aliases'),
     'register': ('mlprod.registry', 'cmd_register', 'register a logged model with lineage'),
@@ -78,21 +78,6 @@ def _add_init(sub):
     s.add_argument('--ci', choices=['github'], help='also write a CI workflow that checks candidates on pull requests and promotes on merge')
     s.add_argument('--model', default='flights', help='model the CI workflow checks (with --ci)')
     s.set_defaults(func=_cmd_init)
-
-# %% ../nbs/13_cli.ipynb #915fed52
-def cmd_demo(*, model:str='flights', # model name from mlprod.toml
-             months:int=10, # months replayed after February (1-10, default 10)
-             sample:int=1200, # flights replayed per month (default 1200)
-             jobs:bool=True, # run the monitor as the papermill job (on by default; --no-jobs calls it directly)
-             json:bool=False, # print the result as JSON
-             project=None, # project folder or mlprod.toml (the global `--project`)
-            ) -> int:
-    "Play 2013 on the flights data with the whole loop and print what happened."
-    from mlprod.demo import run_demo
-    say = (lambda s: None) if json else (lambda s: print(s, flush=True))
-    r = run_demo(project, model=model, months=months, sample=sample, jobs=jobs, progress=say)
-    print(to_json(r.to_dict(), indent=2) if json else '\n' + r.footer())
-    return 0
 
 # %% ../nbs/13_cli.ipynb #a414bb39
 def cmd_config(project=None, # project folder or mlprod.toml (the global `--project`)

@@ -4,18 +4,20 @@
 
 # %% ../nbs/08a_dashboard.ipynb #c003
 from __future__ import annotations
-import datetime as dt, html, json, logging, math, os
+import dataclasses, datetime as dt, html, json, logging, math, os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 from .core import Status, esc, fmt, status_badge, utcnow, to_utc, jsonable
 from .config import ProjectConfig, get_config, ensure_state
-from .jobs import REPORT_CSS, JobRun, recent_runs, _row_to_run, _db, external_references
+from .reports import page
+from .runs import JobRun, recent_runs
+from .alerts import open_alerts
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'DASHBOARD_CSS', 'KEY_FIGURES', 'sparkline_svg',
-           'age_text', 'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'cmd_dashboard']
+__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'KEY_FIGURES', 'sparkline_svg', 'age_text',
+           'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'cmd_dashboard']
 
 # %% ../nbs/08a_dashboard.ipynb #c006
 def sparkline_svg(values:Sequence, # the series, oldest first (None and NaN are skipped)
@@ -76,27 +78,13 @@ def _versions(cfg:ProjectConfig, name:str) -> dict:
     except Exception as e: log.debug('no versions for %s: %s', name, e)
     return out
 
-def _open_alerts(cfg:ProjectConfig) -> list:
-    import sqlalchemy as sa
-    from mlprod.db import alerts
-    q = sa.select(alerts).where(alerts.c.state == 'open').order_by(alerts.c.last_at.desc())
-    with _db(cfg).connect() as c:
-        return [dict(model=r.model, rule=r.rule, severity=r.severity, message=r.message, first_at=to_utc(r.first_at),
-                     last_at=to_utc(r.last_at), count=r.count, key=r.key) for r in c.execute(q)]
-
-def _all_runs(cfg:ProjectConfig, limit:int=2000) -> list:
-    import sqlalchemy as sa
-    from mlprod.db import job_runs
-    q = sa.select(job_runs).order_by(job_runs.c.started_at.desc()).limit(limit)
-    with _db(cfg).connect() as c: return [_row_to_run(r) for r in c.execute(q)]
-
 def dashboard_data(cfg:ProjectConfig|None=None, # project (default: `get_config()`)
                    now:dt.datetime|None=None, # the time ages are measured from
                    trend_points:int=30, # runs per trend line
                   ) -> dict:
     "Everything the dashboard shows, as plain data."
     cfg = cfg or get_config(); now = now or utcnow()
-    runs = _all_runs(cfg)
+    runs = recent_runs(cfg, limit=2000)
     models = []
     names = list(cfg.models) + sorted({r.model for r in runs if r.model and r.model not in cfg.models})
     for name in names:
@@ -122,20 +110,10 @@ def dashboard_data(cfg:ProjectConfig|None=None, # project (default: `get_config(
         models.append(dict(name=name, versions=_versions(cfg, name) if name in cfg.models else dict.fromkeys(_ALIASES),
                            jobs=jobs, trends=trends, health=health))
     project_runs = [r for r in runs if not r.model]
-    return dict(project=cfg.name, generated_at=now, models=models, alerts=_open_alerts(cfg), runs=runs[:50],
+    return dict(project=cfg.name, generated_at=now, models=models, alerts=[dataclasses.asdict(a) for a in open_alerts(cfg)], runs=runs[:50],
                 project_jobs=[dict(job=j, last=next(r for r in project_runs if r.job == j)) for j in sorted({r.job for r in project_runs})])
 
-# %% ../nbs/08a_dashboard.ipynb #c014
-DASHBOARD_CSS = """
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0}
-.card{border:1px solid #d0d7de;border-radius:6px;padding:6px 10px;min-width:150px;background:#fff}
-.card .k{color:#57606a;font-size:85%}.card .v{font-size:140%;font-weight:600}
-.model{border-top:3px solid #0969da;margin-top:22px;padding-top:4px}
-.stale{color:#9a6700;font-weight:600}
-.muted{color:#6e7781}
-.alert-critical td:first-child{border-left:4px solid #cf222e}.alert-warning td:first-child{border-left:4px solid #9a6700}
-svg.spark{display:block;margin-top:2px}
-"""
+# %% ../nbs/08a_dashboard.ipynb #4dafa195
 _RUN_STATUS = {'success': Status.SUCCESS, 'failed': Status.FAIL}
 _FIGURE_LABELS = {'drift_share': 'drift share', 'prediction_drift': 'prediction drift', 'realized_metric': 'realized metric',
                   'estimated_metric': 'estimated metric', 'latency_p95_ms': 'latency p95 (ms)', 'error_rate': 'error rate', 'rows': 'rows', 'label_rate': 'label rate',
@@ -162,6 +140,7 @@ def _figs(figures:dict, n:int=6) -> str:
            [k for k, v in figures.items() if k not in KEY_FIGURES and k != 'status' and not k.endswith('_id') and not isinstance(v, (dict, list, bool)) and v is not None]
     return ', '.join(f"{esc(_FIGURE_LABELS.get(k, k))} {esc(figures[k])}" for k in keys[:n])
 
+# %% ../nbs/08a_dashboard.ipynb #3a4c97d7
 def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     v = m['versions']
     ver = ''.join(f'<div class="card"><div class="k">{esc(a)}</div><div class="v">{"v" + esc(v[a]) if v.get(a) else "<span class=muted>none</span>"}</div></div>' for a in _ALIASES)
@@ -190,6 +169,7 @@ def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}</div>'
             f'<h3>Jobs</h3>{jobs}{trends}</section>')
 
+# %% ../nbs/08a_dashboard.ipynb #6f5f4d96
 def render_dashboard(data:dict, # from `dashboard_data`
                      base:Path, # folder of index.html; report links are relative to it
                     ) -> str:
@@ -216,11 +196,9 @@ def render_dashboard(data:dict, # from `dashboard_data`
                  f"<td>{esc(round(r.duration_s, 1))} s</td><td><a href=\"{_href(r.report_path, base)}\">report</a></td></tr>" for r in data['runs'])
     runs = (f'<table><thead><tr><th>started (UTC)</th><th>job</th><th>model</th><th>status</th><th>took</th><th></th></tr></thead><tbody>{rr}</tbody></table>'
             if rr else '<p class="muted">No job has run yet: try <code>mlprod run monitor</code>.</p>')
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
-            f'<title>{esc(data["project"])}: model health</title><style>{REPORT_CSS}{DASHBOARD_CSS}</style></head><body><main>'
-            f'<header class="mlprod-head"><h1>{esc(data["project"])}: model health</h1><div class="meta">generated {_when(now)} UTC · '
-            f'rebuilt after every job and by <code>mlprod dashboard</code></div></header>{summary}'
-            f'<h2>Open alerts</h2>{alerts}{models}{project}<h2>Recent runs</h2>{runs}</main></body></html>\n')
+    head = (f'<header class="mlprod-head"><h1>{esc(data["project"])}: model health</h1><div class="meta">generated {_when(now)} UTC · '
+            f'rebuilt after every job and by <code>mlprod dashboard</code></div></header>')
+    return page(f'{data["project"]}: model health', f'{head}{summary}<h2>Open alerts</h2>{alerts}{models}{project}<h2>Recent runs</h2>{runs}')
 
 # %% ../nbs/08a_dashboard.ipynb #c018
 def build_dashboard(cfg:ProjectConfig|None=None, # project (default: `get_config()`)

@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 # %% auto #0
-__all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts',
-           'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
+__all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts', 'comparisons',
+           'locks', 'monitor_runs', 'alert_streaks', 'alert_deliveries', 'runbook_checks', 'add_missing_columns',
+           'driver_url', 'engine', 'dispose_all']
 
 # %% ../nbs/00b_db.ipynb #25251b4a
 UTCDateTime = sa.DateTime(timezone=True)
@@ -150,3 +151,68 @@ def dispose_all():
     with _LOCK:
         for e in _ENGINES.values(): e.dispose()
         _ENGINES.clear(); _CREATED.clear()
+
+# %% ../nbs/00b_db.ipynb #c4888f4a
+comparisons = sa.Table('comparisons', metadata,
+    sa.Column('id', sa.String(64), primary_key=True),
+    sa.Column('model', sa.String(200), nullable=False, index=True),
+    sa.Column('champion_version', sa.String(20)), # None: compared against a baseline (no champion yet)
+    sa.Column('challenger_version', sa.String(20), nullable=False),
+    sa.Column('decision', sa.String(20), nullable=False), # promote, needs_review, reject
+    sa.Column('summary', sa.Text),
+    sa.Column('payload', sa.Text), # the comparison as JSON
+    sa.Column('at', UTCDateTime, nullable=False))
+
+locks = sa.Table('locks', metadata,
+    sa.Column('name', sa.String(250), primary_key=True),
+    sa.Column('holder', sa.String(200)),
+    sa.Column('acquired_at', UTCDateTime))
+
+# %% ../nbs/00b_db.ipynb #bb4d0de2
+monitor_runs = sa.Table('monitor_runs', metadata,
+    sa.Column('id', sa.String(64), primary_key=True),
+    sa.Column('model', sa.String(200), nullable=False, index=True),
+    sa.Column('version', sa.String(20)),
+    sa.Column('alias', sa.String(50)),
+    sa.Column('window_start', UTCDateTime, nullable=False),
+    sa.Column('window_end', UTCDateTime, nullable=False),
+    sa.Column('source', sa.String(50)),
+    sa.Column('status', sa.String(20), nullable=False),
+    sa.Column('n_rows', sa.Integer),
+    sa.Column('figures', sa.Text), # JSON
+    sa.Column('checks', sa.Text), # JSON list of checks
+    sa.Column('mlflow_run_id', sa.String(64)),
+    sa.Column('report_path', sa.Text),
+    sa.Column('at', UTCDateTime, nullable=False, index=True))
+
+# %% ../nbs/00b_db.ipynb #3b05cd44
+alert_streaks = sa.Table('alert_streaks', metadata,
+    sa.Column('key', sa.String(300), primary_key=True),
+    sa.Column('model', sa.String(200)),
+    sa.Column('count', sa.Integer, nullable=False), # failing evaluations in a row
+    sa.Column('since', UTCDateTime), # first failing evaluation of the streak
+    sa.Column('updated_at', UTCDateTime, nullable=False))
+
+alert_deliveries = sa.Table('alert_deliveries', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('alert_id', sa.Integer, index=True), # None for channel tests
+    sa.Column('key', sa.String(300)),
+    sa.Column('kind', sa.String(20), nullable=False), # alert, reminder, escalation, resolved, test
+    sa.Column('channel', sa.String(200), nullable=False),
+    sa.Column('channel_type', sa.String(50), nullable=False),
+    sa.Column('ok', sa.Boolean, nullable=False),
+    sa.Column('attempts', sa.Integer, nullable=False),
+    sa.Column('error', sa.Text),
+    sa.Column('duration_ms', sa.Float),
+    sa.Column('at', UTCDateTime, nullable=False, index=True))
+
+# %% ../nbs/00b_db.ipynb #f82abe79
+runbook_checks = sa.Table('runbook_checks', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('at', UTCDateTime, nullable=False, index=True),
+    sa.Column('folder', sa.Text, nullable=False),
+    sa.Column('fingerprint', sa.String(32), nullable=False),
+    sa.Column('mode', sa.String(20), nullable=False), # 'commands' (parsed) or 'run' (executed in a sandbox)
+    sa.Column('ok', sa.Boolean, nullable=False),
+    sa.Column('summary', sa.Text),
+    sa.Column('details', sa.Text)) # JSON of the checks

@@ -15,7 +15,7 @@ from .recipes import resolve, feature_columns
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DemoResult', 'running_server', 'wait_for_version', 'replay', 'run_demo']
+__all__ = ['log', 'DemoResult', 'running_server', 'wait_for_version', 'replay', 'run_demo', 'cmd_demo']
 
 # %% ../nbs/12_demo.ipynb #afdcacd2
 @dataclass(frozen=True)
@@ -85,39 +85,18 @@ def replay(url:str, rows:pd.DataFrame, features:list, time_column:str, clients:i
     results.sort()
     return pd.DataFrame(results, columns=['row', 'request_id', 'status', 'prediction'])
 
-# %% ../nbs/12_demo.ipynb #a6eb814a
+# %% ../nbs/12_demo.ipynb #c242b99c
 _MONTHS = [f"2013-{m:02d}-01" for m in range(3, 13)] + ['2014-01-01']
 
 def _auc(y, s) -> float:
     from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(y, s)) if len(set(y)) == 2 else float('nan')
 
-def run_demo(project:str|Path|None=None, # project folder (default: the working folder)
-             model:str='flights', # model name from mlprod.toml
-             months:int=10, # months to replay after February (1–10)
-             sample:int=1200, # flights replayed per month (> 1,000: Evidently's large-sample drift tests apply)
-             jobs:bool=True, # run the monthly monitor as a papermill job (else call monitor() directly)
-             progress=None, # callable(str) told about each step (the CLI prints)
-            ) -> DemoResult:
-    "Play 2013 on flights: first model, serving, monthly monitoring, retraining, a rejected candidate, a rollback drill."
+# %% ../nbs/12_demo.ipynb #bee89015
+def _first_model(model:str, cfg:ProjectConfig, tell) -> str:
+    "Retrain as of 1 March (or reuse the first model of an earlier demo); production ends on it. Returns its version."
     from mlprod import registry
-    from mlprod.retrain import retrain, triggers, guard
-    from mlprod.evaluate import compare_versions
-    from mlprod.requestlog import log_labels, read_requests, expand_requests, UNSEEN
-    from mlprod.monitor import monitor
-    from mlprod.jobs import run_job
-    from mlprod.dashboard import build_dashboard
-    if not 1 <= months <= 10: raise MlprodError(f"months: got {months}; allowed: 1 to 10")
-    t0 = time.perf_counter()
-    cfg = ensure_state(get_config(project))
-    mc = cfg.model(model)
-    say = progress or (lambda s: log.info('%s', s))
-    story = []
-    def tell(s): story.append(s); say(f"[{time.perf_counter() - t0:5.0f} s] {s}")
-    load = resolve(mc.data_source, f"models.{model}.data_source")
-    feats, _ = feature_columns(load('2013-01-01', '2013-01-02'), mc)
-
-    # 1. the first model, through the same gates as every later one
+    from mlprod.retrain import retrain
     r = retrain(model, '2013-03-01', cfg=cfg, auto_promote=True)
     if r.status == 'promoted':
         tell(f"Mar 1: trained v{r.version} on Jan 1–Feb 21, compared with a prior-rate baseline on Feb 22–28: {r.decision}; promoted to production")
@@ -127,82 +106,88 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
         if prod != r.version: registry.rollback(model, reason='demo re-run: replay 2013 from the first model', to=r.version, cfg=cfg)
         tell(f"Mar 1: this project played the demo before: the first model is v{r.version} (identical data, reused); production v{prod} -> v{r.version}")
     else: raise MlprodError(f"demo: the first model was not promoted ({r.status}): {r.error or r.reasons}")
-    first = r.version
+    return r.version
 
-    rows, rng = [], np.random.default_rng(0)
-    with running_server(model, cfg) as url:
-        tell(f"Serving {model} v{registry.resolve_version(model, 'production', cfg=cfg)} at {url}")
-        for k in range(months):
-            start, end = _MONTHS[k], _MONTHS[k + 1]
-            label = pd.Timestamp(start).strftime('%b')
-            df = load(start, end)
-            batch = df.iloc[np.sort(rng.choice(len(df), size=min(sample, len(df)), replace=False))].reset_index(drop=True)
-            prod = registry.resolve_version(model, 'production', cfg=cfg)
-            sent = replay(url, batch, feats, mc.time_column)
-            ok = sent[sent.status == 200]
-            time.sleep(1.2)  # the server's request-log writer flushes every 0.5 s; labels join on logged requests
-            log_labels(ok.request_id.tolist(), batch.loc[ok.row, mc.target].astype(float).tolist(), cfg=cfg)
-            logged = expand_requests(read_requests(cfg, model, start, end))  # rows scored with category values unseen in training
-            if jobs:
-                run = run_job('monitor', {'model': model, 'start': start, 'end': end}, cfg=cfg, dashboard=False)
-                job_status = run.status
-            else:
-                job_status = monitor(model, start, end, cfg=cfg).status.value
-            open_alerts = triggers(model, cfg=cfg)
-            frozen = registry.load(model, first, cfg=cfg).predict_scores(df)
-            current = registry.load(model, prod, cfg=cfg).predict_scores(df)
-            rows.append(dict(month=label, requests=len(sent), ok=int((sent.status == 200).sum()), rejected=int((sent.status // 100 == 4).sum()),
-                             unseen=int(sum(1 for u in logged[UNSEEN] if u)),
-                             production=prod, auc_frozen=_auc(df[mc.target], frozen), auc_production=_auc(df[mc.target], current),
-                             job_status=job_status, alerts=[a.split(': ')[0] for a in open_alerts]))
-            if open_alerts:
-                tell(f"{label}: monitor job {job_status}; open alerts: " + ', '.join(a.split(': ')[0] for a in open_alerts))
-                rr = retrain(model, end, cfg=cfg, auto_promote=True)
-                tell(f"{label}: retrained as of {end[:10]} -> v{rr.version}: {rr.status}" + (f" ({rr.decision})" if rr.decision else '') +
-                     (f"; error: {rr.error}" if rr.error else ''))
-                if rr.status == 'promoted':
-                    secs = wait_for_version(url, rr.version)
-                    tell(f"{label}: server switched to v{rr.version} in {secs:.1f} s")
+# %% ../nbs/12_demo.ipynb #224e2e9d
+def _play_month(k:int, model:str, cfg:ProjectConfig, url:str, load, feats:list, first:str, rng, sample:int, jobs:bool, tell) -> tuple:
+    "Replay month `k` of `_MONTHS`, monitor it, retrain on alerts; return (the month's row, the replayed batch)."
+    from mlprod import registry
+    from mlprod.retrain import retrain, triggers
+    from mlprod.serve import log_labels
+    from mlprod.monitor import monitor
+    from mlprod.jobs import run_job
+    mc = cfg.model(model)
+    start, end = _MONTHS[k], _MONTHS[k + 1]
+    label = pd.Timestamp(start).strftime('%b')
+    df = load(start, end)
+    batch = df.iloc[np.sort(rng.choice(len(df), size=min(sample, len(df)), replace=False))].reset_index(drop=True)
+    prod = registry.resolve_version(model, 'production', cfg=cfg)
+    sent = replay(url, batch, feats, mc.time_column)
+    ok = sent[sent.status == 200]
+    time.sleep(1.2)  # the server's request-log writer flushes every 0.5 s; labels join on logged requests
+    log_labels(ok.request_id.tolist(), batch.loc[ok.row, mc.target].astype(float).tolist(), cfg=cfg)
+    if jobs: job_status = run_job('monitor', {'model': model, 'start': start, 'end': end}, cfg=cfg, dashboard=False).status
+    else: job_status = monitor(model, start, end, cfg=cfg).status.value
+    open_alerts = triggers(model, cfg=cfg)
+    frozen = registry.load(model, first, cfg=cfg).predict_scores(df)
+    current = registry.load(model, prod, cfg=cfg).predict_scores(df)
+    row = dict(month=label, requests=len(sent), ok=int((sent.status == 200).sum()), rejected=int((sent.status // 100 == 4).sum()),
+               production=prod, auc_frozen=_auc(df[mc.target], frozen), auc_production=_auc(df[mc.target], current),
+               job_status=job_status, alerts=[a.split(': ')[0] for a in open_alerts])
+    if open_alerts:
+        tell(f"{label}: monitor job {job_status}; open alerts: " + ', '.join(a.split(': ')[0] for a in open_alerts))
+        rr = retrain(model, end, cfg=cfg, auto_promote=True)
+        tell(f"{label}: retrained as of {end[:10]} -> v{rr.version}: {rr.status}" + (f" ({rr.decision})" if rr.decision else '') +
+             (f"; error: {rr.error}" if rr.error else ''))
+        if rr.status == 'promoted': tell(f"{label}: server switched to v{rr.version} in {wait_for_version(url, rr.version):.1f} s")
+    return row, batch
 
-        # the monthly scheduled retrain job (papermill) for the same window: the identical version is reused
-        last = _MONTHS[months]
-        if jobs:
-            run = run_job('retrain', {'model': model, 'as_of': last, 'auto_promote': 'true'}, cfg=cfg, dashboard=False)
-            f = run.figures
-            tell(f"{pd.Timestamp(last):%b} 1: the scheduled retrain job {run.status}: {f.get('retrain_status')}"
-                 + (f", version {f.get('version')}" if f.get('version') else '') + (' (identical data: reused, no duplicate)' if f.get('reused') else ''))
-            if f.get('retrain_status') == 'promoted': wait_for_version(url, str(f.get('version')))
+# %% ../nbs/12_demo.ipynb #7108898d
+def _retrain_job(model:str, cfg:ProjectConfig, url:str, last:str, tell):
+    "Run the monthly retrain job (papermill) as of `last`; follow a promotion on the server."
+    from mlprod.jobs import run_job
+    run = run_job('retrain', {'model': model, 'as_of': last, 'auto_promote': 'true'}, cfg=cfg, dashboard=False)
+    f = run.figures
+    tell(f"{pd.Timestamp(last):%b} 1: the scheduled retrain job {run.status}: {f.get('retrain_status')}"
+         + (f", version {f.get('version')}" if f.get('version') else '') + (' (identical data: reused, no duplicate)' if f.get('reused') else ''))
+    if f.get('retrain_status') == 'promoted': wait_for_version(url, str(f.get('version')))
 
-        # 5. a deliberately bad candidate is rejected and cannot reach production
-        train = load(pd.Timestamp(last) - pd.Timedelta(days=mc.train_window_days), pd.Timestamp(last) - pd.Timedelta(days=7))
-        shuffled = train.assign(**{mc.target: rng.permutation(train[mc.target].to_numpy())})
-        bad = registry.register(resolve(mc.recipe)(shuffled, mc), model, shuffled, cfg=cfg, description='demo: trained on shuffled labels')
-        registry.deploy(model, bad.version, to='staging', reason='demo: a deliberately bad candidate', cfg=cfg)
-        holdout = load(pd.Timestamp(last) - pd.Timedelta(days=7), last)
-        comp = compare_versions(model, bad.version, champion='production', data=holdout, cfg=cfg)
-        try:
-            registry.promote(model, bad.version, to='production', reason='demo: try to promote the bad candidate', decision=comp, cfg=cfg)
-            raise MlprodError('demo: a rejected candidate was promoted')
-        except registry.PromotionBlocked as e:
-            tell(f"Bad candidate v{bad.version} (shuffled labels): comparison {comp.decision}; promotion refused: {str(e)[:120]}")
+def _bad_candidate(model:str, cfg:ProjectConfig, last:str, rng, tell):
+    "Register a model trained on shuffled labels, stage it, compare it and check that its promotion is refused."
+    from mlprod import registry
+    from mlprod.evaluate import compare_versions
+    mc = cfg.model(model); load = resolve(mc.data_source, f"models.{model}.data_source")
+    train = load(pd.Timestamp(last) - pd.Timedelta(days=mc.train_window_days), pd.Timestamp(last) - pd.Timedelta(days=7))
+    shuffled = train.assign(**{mc.target: rng.permutation(train[mc.target].to_numpy())})
+    bad = registry.register(resolve(mc.recipe)(shuffled, mc), model, shuffled, cfg=cfg, description='demo: trained on shuffled labels')
+    registry.deploy(model, bad.version, to='staging', reason='demo: a deliberately bad candidate', cfg=cfg)
+    comp = compare_versions(model, bad.version, champion='production', data=load(pd.Timestamp(last) - pd.Timedelta(days=7), last), cfg=cfg)
+    try:
+        registry.promote(model, bad.version, to='production', reason='demo: try to promote the bad candidate', decision=comp, cfg=cfg)
+        raise MlprodError('demo: a rejected candidate was promoted')
+    except registry.PromotionBlocked as e:
+        tell(f"Bad candidate v{bad.version} (shuffled labels): comparison {comp.decision}; promotion refused: {str(e)[:120]}")
 
-        # 6. rollback drill while serving
-        champion = registry.resolve_version(model, 'production', cfg=cfg)
-        moves = [m for m in registry.history(model, cfg=cfg) if m.alias == 'production']
-        if len(moves) >= 2:
-            back = registry.rollback(model, reason='rollback drill', cfg=cfg)
-            secs = wait_for_version(url, back.to_version)
-            tell(f"Rollback drill: production v{champion} -> v{back.to_version} in one command; server followed in {secs:.1f} s")
-            last_ok = next(m for m in reversed(moves) if m.to_version == champion and m.decision_id)
-            registry.promote(model, champion, to='production', reason='rollback drill over: restore the champion', decision=last_ok.decision_id, cfg=cfg)
-            wait_for_version(url, champion)
-            tell(f"Rollback drill over: v{champion} restored with its comparison {last_ok.decision_id[:8]}")
-        else:
-            tell('Rollback drill skipped: only one production version so far')
-        # verify recovery as the runbook says: production answers real traffic
-        smoke = replay(url, batch.head(20), feats, mc.time_column)
-        tell(f"Smoke traffic on production v{registry.resolve_version(model, 'production', cfg=cfg)}: {int((smoke.status == 200).sum())}/{len(smoke)} answered 200")
-    # 7. what an operator sets up once: runbooks in the project (commands checked), a channel test, the model card
+# %% ../nbs/12_demo.ipynb #1101e186
+def _rollback_drill(model:str, cfg:ProjectConfig, url:str, tell):
+    "Roll production back and restore it (when there are two production versions), timing the server's switch."
+    from mlprod import registry
+    champion = registry.resolve_version(model, 'production', cfg=cfg)
+    moves = [m for m in registry.history(model, cfg=cfg) if m.alias == 'production']
+    if len(moves) < 2: tell('Rollback drill skipped: only one production version so far'); return
+    back = registry.rollback(model, reason='rollback drill', cfg=cfg)
+    secs = wait_for_version(url, back.to_version)
+    tell(f"Rollback drill: production v{champion} -> v{back.to_version} in one command; server followed in {secs:.1f} s")
+    last_ok = next(m for m in reversed(moves) if m.to_version == champion and m.decision_id)
+    registry.promote(model, champion, to='production', reason='rollback drill over: restore the champion', decision=last_ok.decision_id, cfg=cfg)
+    wait_for_version(url, champion)
+    tell(f"Rollback drill over: v{champion} restored with its comparison {last_ok.decision_id[:8]}")
+
+# %% ../nbs/12_demo.ipynb #00e6aeb5
+def _operator_setup(model:str, cfg:ProjectConfig, tell) -> tuple:
+    "Install and check the runbooks, test the alert channels, write the card, dashboard and scorecard; return (production version, dashboard path)."
+    from mlprod import registry
+    from mlprod.dashboard import build_dashboard
     from mlprod.readiness import install_runbooks, check_runbooks, record_runbook_check, readiness
     from mlprod.alerts import send_test_alert
     folder = Path(cfg.root)/'runbooks'
@@ -215,5 +200,58 @@ def run_demo(project:str|Path|None=None, # project folder (default: the working 
     card = readiness(model, cfg=cfg)
     card.save(cfg.reports_dir)
     tell(f"Readiness: {card.passed}/{len(card.items)} items pass" + ('' if card.ok else ': ' + '; '.join(f"{i.name}: {i.reason}" for i in card.failed)))
+    return final, dash
+
+# %% ../nbs/12_demo.ipynb #a6eb814a
+def run_demo(project:str|Path|None=None, # project folder (default: the working folder)
+             model:str='flights', # model name from mlprod.toml
+             months:int=10, # months to replay after February (1–10)
+             sample:int=1200, # flights replayed per month (> 1,000: Evidently's large-sample drift tests apply)
+             jobs:bool=True, # run the monthly monitor as a papermill job (else call monitor() directly)
+             progress=None, # callable(str) told about each step (the CLI prints)
+            ) -> DemoResult:
+    "Play 2013 on flights: first model, serving, monthly monitoring, retraining, a rejected candidate, a rollback drill."
+    from mlprod import registry
+    if not 1 <= months <= 10: raise MlprodError(f"months: got {months}; allowed: 1 to 10")
+    t0 = time.perf_counter()
+    cfg = ensure_state(get_config(project))
+    mc = cfg.model(model)
+    say = progress or (lambda s: log.info('%s', s))
+    story = []
+    def tell(s): story.append(s); say(f"[{time.perf_counter() - t0:5.0f} s] {s}")
+    load = resolve(mc.data_source, f"models.{model}.data_source")
+    feats, _ = feature_columns(load('2013-01-01', '2013-01-02'), mc)
+    first = _first_model(model, cfg, tell)
+    rows, rng = [], np.random.default_rng(0)
+    with running_server(model, cfg) as url:
+        tell(f"Serving {model} v{registry.resolve_version(model, 'production', cfg=cfg)} at {url}")
+        for k in range(months):
+            row, batch = _play_month(k, model, cfg, url, load, feats, first, rng, sample, jobs, tell)
+            rows.append(row)
+        last = _MONTHS[months]
+        if jobs: _retrain_job(model, cfg, url, last, tell)
+        _bad_candidate(model, cfg, last, rng, tell)
+        _rollback_drill(model, cfg, url, tell)
+        # verify recovery as the runbook says: production answers real traffic
+        smoke = replay(url, batch.head(20), feats, mc.time_column)
+        tell(f"Smoke traffic on production v{registry.resolve_version(model, 'production', cfg=cfg)}: {int((smoke.status == 200).sum())}/{len(smoke)} answered 200")
+    final, dash = _operator_setup(model, cfg, tell)
     return DemoResult(model, tuple(story), tuple(rows), first, final, str(dash), cfg.tracking_uri, str(cfg.state_dir),
                       time.perf_counter() - t0)
+
+# %% ../nbs/12_demo.ipynb #0f4e716d
+from .core import to_json
+
+#| export
+def cmd_demo(*, model:str='flights', # model name from mlprod.toml
+             months:int=10, # months replayed after February (1-10, default 10)
+             sample:int=1200, # flights replayed per month (default 1200)
+             jobs:bool=True, # run the monitor as the papermill job (on by default; --no-jobs calls it directly)
+             json:bool=False, # print the result as JSON
+             project=None, # project folder or mlprod.toml (the global `--project`)
+            ) -> int:
+    "Play 2013 on the flights data with the whole loop and print what happened."
+    say = (lambda s: None) if json else (lambda s: print(s, flush=True))
+    r = run_demo(project, model=model, months=months, sample=sample, jobs=jobs, progress=say)
+    print(to_json(r.to_dict(), indent=2) if json else '\n' + r.footer())
+    return 0

@@ -69,10 +69,7 @@ def window_check(window:tuple, # (start, end) of the evaluation rows
     return Check('data:window', Status.SUCCESS, span, 'after every training window', 'no model was trained on the evaluation window')
 
 # %% ../nbs/03a_compare_models.ipynb #08371965
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"
-        "table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;font-size:90%}"
-        "th{background:#f6f8fa}h1{font-size:1.5em}h3{font-size:1.2em}h4{margin:1.2em 0 .3em}"
-        "code{background:#f6f8fa;padding:1px 4px}.flag{color:#cf222e}")
+from .reports import page, styled, report_path
 
 def _v(version) -> str: return 'prior baseline' if version is None else f"v{version}"
 
@@ -143,24 +140,18 @@ class VersionComparison:
         return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
                 f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
                 f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
-    def _repr_html_(self) -> str:
-        return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+    def _body_html(self) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+    def _repr_html_(self) -> str: return styled(self._body_html())
     def html(self) -> str:
-        "A self-contained HTML page (inline style, no scripts, every value escaped)."
+        "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
         title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-                f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{self._repr_html_()}"
-                f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p></body></html>")
+        return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
+                           f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
 
 # %% ../nbs/03a_compare_models.ipynb #f1fdeffc
-def _stamp(t) -> str: return t.strftime('%Y-%m-%dT%H%M%SZ')
-
 def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
-    "reports/<model>/compare/<UTC time>.html, with a suffix when that file exists."
-    d = Path(cfg.reports_dir)/name/'compare'; d.mkdir(parents=True, exist_ok=True)
-    p = d/f"{_stamp(at)}.html"; i = 1
-    while p.exists(): p = d/f"{_stamp(at)}-{i}.html"; i += 1
-    return p
+    "reports/<model>/compare/<UTC time>.html (`mlprod.reports.report_path`)."
+    return report_path(cfg.reports_dir, name, 'compare', at)
 
 def _run_figures(vc:VersionComparison) -> dict:
     "MLflow metrics of a comparison: both models, diff, interval and p-value of each metric, rows, flags, costs."

@@ -11,13 +11,15 @@ from typing import Any, Optional
 from .core import (MlprodError, ConfigError, NotFoundError, Status, esc, fmt, status_badge, to_json,
                          utcnow, to_utc, jsonable)
 from .config import ProjectConfig, get_config, ensure_state
+from .reports import check_name, page, report_stamp, save_report, PROJECT_FOLDER
+from .runs import JobRun, JobFailed, record_run, recent_runs
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'JOBS_DIR', 'RUNNER_PARAMETERS', 'REPORT_CSS', 'DEFAULT_TIMEOUT', 'JobError', 'JobFailed', 'list_jobs',
-           'job_notebook', 'job_parameters', 'check_parameters', 'injected_source', 'publish', 'Summary',
-           'external_references', 'report_page', 'JobRun', 'recent_runs', 'run_job', 'cmd_run', 'cmd_jobs']
+__all__ = ['log', 'JOBS_DIR', 'RUNNER_PARAMETERS', 'DEFAULT_TIMEOUT', 'JobError', 'list_jobs', 'job_notebook', 'job_parameters',
+           'check_parameters', 'injected_source', 'publish', 'Summary', 'report_page', 'project_arg', 'run_job',
+           'cmd_run', 'cmd_jobs']
 
 # %% ../nbs/08_jobs.ipynb #c006
 def _import_nbformat():
@@ -33,22 +35,8 @@ def _import_nbformat():
 class JobError(MlprodError):
     "A job cannot start: unknown job, unknown parameter, or a value that is not plain data."
 
-class JobFailed(MlprodError):
-    "A job ran and failed or timed out; `.run` holds the recorded run with its report."
-    exit_code = 1
-    def __init__(self, run):
-        self.run = run
-        super().__init__(f"job {run.job!r} {run.status}: {run.error_text}; report: {run.report_path}")
-
 # %% ../nbs/08_jobs.ipynb #c011
 JOBS_DIR = Path(importlib.import_module('mlprod').__file__).parent/'jobs'
-_NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}')
-
-def _check_name(key:str, value) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise ConfigError(key, value, 'a name of letters, digits, _, - and . (at most 100 characters)')
-    return value
-
 def list_jobs() -> list:
     "Names of the job notebooks shipped with mlprod."
     return sorted(p.stem for p in JOBS_DIR.glob('*.ipynb'))
@@ -57,7 +45,7 @@ def job_notebook(job:str, # name of a shipped job, e.g. 'monitor'
                  notebook:str|Path|None=None, # run this notebook instead of the shipped one
                 ) -> Path:
     "The notebook that runs `job`."
-    _check_name('job', job)
+    check_name('job', job)
     if notebook is not None:
         p = Path(notebook)
         if not p.is_file() or p.suffix != '.ipynb': raise NotFoundError(f"notebook: got {str(p)!r}; allowed: the path of an existing .ipynb file")
@@ -173,35 +161,6 @@ class Summary:
         return (f'<div class="mlprod-summary mlprod-{self.status.value.lower()}"><h2>{status_badge(self.status)} {esc(self.headline)}</h2>'
                 f'<h4>What changed</h4><ul>{lst(self.changed)}</ul><h4>What to do</h4><ul>{lst(self.todo)}</ul></div>')
 
-# %% ../nbs/08_jobs.ipynb #c029
-REPORT_CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;background:#f6f8fa;color:#1f2328;line-height:1.45}
-main{max-width:1100px;margin:0 auto;padding:16px 28px 40px;background:#fff;min-height:100vh}
-header.mlprod-head{border-bottom:1px solid #d0d7de;padding-bottom:8px;margin-bottom:12px}
-header.mlprod-head .meta{color:#57606a;font-size:90%}
-a{color:#0969da}
-table{border-collapse:collapse;margin:6px 0;font-size:90%}
-th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa}
-.mlprod-failure{border:2px solid #cf222e;background:#ffebe9;padding:10px 14px;border-radius:6px;margin:10px 0}
-.mlprod-failure pre{white-space:pre-wrap;background:#fff;padding:6px;border:1px solid #ffcecb;max-height:300px;overflow:auto}
-.mlprod-summary{border-left:6px solid #1a7f37;background:#f6fff8;padding:4px 14px;margin:8px 0}
-.mlprod-summary.mlprod-warning{border-color:#9a6700;background:#fff8e5}
-.mlprod-summary.mlprod-fail,.mlprod-summary.mlprod-error{border-color:#cf222e;background:#ffebe9}
-.jp-Cell{margin:4px 0}
-.jp-OutputArea-output pre{background:#f6f8fa;padding:6px 8px;overflow-x:auto;white-space:pre-wrap}
-.jp-RenderedImage img,img{max-width:100%;height:auto}
-[data-mime-type="application/vnd.jupyter.stderr"] pre{background:#fff8c5}
-.jp-OutputArea-output.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"] pre{background:#ffebe9}
-.ansi-red-fg{color:#cf222e}.ansi-green-fg{color:#1a7f37}.ansi-blue-fg{color:#0969da}.ansi-cyan-fg{color:#1b7c83}
-.ansi-yellow-fg{color:#9a6700}.ansi-magenta-fg{color:#8250df}.ansi-bold{font-weight:bold}
-"""
-_EXTERNAL = re.compile(r'''<(?:script|link|img|iframe|source|embed)\b[^>]*?\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', re.I)
-
-def external_references(page:str) -> list:
-    "Tags of `page` that would load something over the network (should be empty)."
-    return [m.group(0) for m in _EXTERNAL.finditer(page)]
-
 # %% ../nbs/08_jobs.ipynb #c031
 def _failure_html(failure:dict) -> str:
     where = failure.get('where') or ''
@@ -243,39 +202,7 @@ def report_page(nb, # executed notebook (nbformat node)
             + (f' · <a href="{html.escape(home, quote=True)}">dashboard</a>' if home else '') + '</div>'
             + (f'<details><summary>parameters</summary><table>{prow}</table></details>' if prow else '') + '</header>')
     fail = _failure_html(failure) if failure else ''
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
-            f'<title>{esc(title)}</title><style>{REPORT_CSS}</style></head><body><main>{head}{fail}{body}</main></body></html>\n')
-
-# %% ../nbs/08_jobs.ipynb #c034
-@dataclass(frozen=True)
-class JobRun:
-    "One execution of a job notebook."
-    id:str # run id
-    job:str # job name
-    model:Optional[str] # model the job is about (None for project-wide jobs)
-    params:dict # parameters passed (after validation)
-    started_at:dt.datetime # UTC start
-    duration_s:float # wall-clock seconds
-    status:str # 'success' or 'failed'
-    notebook_path:str # the executed notebook
-    report_path:str # the HTML report
-    figures:dict=field(default_factory=dict) # key figures the job published
-    error:Optional[dict]=None # what failed, where, the error text
-    @property
-    def ok(self) -> bool: return self.status == 'success'
-    @property
-    def error_text(self) -> str: return '' if not self.error else f"{self.error.get('what', '')}: {self.error.get('error', '')}".strip(': ')
-    def to_dict(self) -> dict: return jsonable(self)
-    def raise_on_failure(self):
-        "Raise `JobFailed` when the run failed; return self otherwise."
-        if not self.ok: raise JobFailed(self)
-        return self
-    def _repr_html_(self):
-        st = Status.SUCCESS if self.ok else Status.FAIL
-        figs = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in self.figures.items())
-        return (f"<div><b>{esc(self.job)}</b> ({esc(self.model)}) {status_badge(st)} in {esc(round(self.duration_s, 2))} s — "
-                f"report <code>{esc(self.report_path)}</code>" + (f"<pre>{esc(self.error_text)}</pre>" if self.error else '')
-                + (f"<table>{figs}</table>" if figs else '') + "</div>")
+    return page(title, f"{head}{fail}{body}")
 
 # %% ../nbs/08_jobs.ipynb #c036
 def _child_main(spec_path:str):
@@ -352,19 +279,6 @@ def _failure(result:dict, timed_out:bool, timeout:float, nb) -> dict:
     return {'what': what, 'where': where, 'error': f"{ename}: {evalue}".strip(), 'source': src or (result.get('source') or '')}
 
 # %% ../nbs/08_jobs.ipynb #c040
-def _db(cfg:ProjectConfig):
-    from mlprod.db import engine
-    return engine(cfg.db_url)
-
-def _record(cfg:ProjectConfig, run:JobRun, insert:bool=False):
-    from mlprod.db import job_runs
-    row = dict(id=run.id, job=run.job, model=run.model, params=to_json(run.params), started_at=run.started_at,
-               duration_s=run.duration_s, status=run.status, notebook_path=run.notebook_path, report_path=run.report_path,
-               figures=to_json(run.figures), error=to_json(run.error) if run.error else None)
-    with _db(cfg).begin() as c:
-        if insert: c.execute(job_runs.insert().values(**row))
-        else: c.execute(job_runs.update().where(job_runs.c.id == run.id).values(**row))
-
 def _job_alert_key(run:JobRun) -> str:
     from mlprod.alerts import alert_key
     return alert_key(run.model, f"job:{run.job}")
@@ -382,39 +296,54 @@ def _resolve_job_alert(cfg:ProjectConfig, run:JobRun):
     try: alerts.resolve(_job_alert_key(run), f"job {run.job} succeeded; report: {run.report_path}", cfg=cfg)
     except MlprodError as e: log.error('could not resolve the alert for %s: %s', run.job, e)
 
-# %% ../nbs/08_jobs.ipynb #c041
-def _row_to_run(r) -> JobRun:
-    return JobRun(id=r.id, job=r.job, model=r.model, params=json.loads(r.params or '{}'), started_at=to_utc(r.started_at),
-                  duration_s=r.duration_s or 0.0, status=r.status, notebook_path=r.notebook_path or '', report_path=r.report_path or '',
-                  figures=json.loads(r.figures or '{}'), error=json.loads(r.error) if r.error else None)
-
-def recent_runs(cfg:ProjectConfig|None=None, # project (default: `get_config()`)
-                job:str|None=None, # only this job
-                model:str|None=None, # only this model
-                limit:int=20, # at most this many, newest first
-               ) -> list:
-    "The most recent job runs, newest first."
-    import sqlalchemy as sa
-    from mlprod.db import job_runs
-    cfg = cfg or get_config()
-    q = sa.select(job_runs).order_by(job_runs.c.started_at.desc()).limit(limit)
-    if job: q = q.where(job_runs.c.job == job)
-    if model: q = q.where(job_runs.c.model == model)
-    with _db(cfg).connect() as c: return [_row_to_run(r) for r in c.execute(q)]
-
-# %% ../nbs/08_jobs.ipynb #c043
+# %% ../nbs/08_jobs.ipynb #084c19a8
 DEFAULT_TIMEOUT = 3600.0  # seconds; override per run or with MLPROD_JOB_TIMEOUT
-
-def _stamp(t:dt.datetime) -> str: return t.strftime('%Y-%m-%dT%H%M%SZ')
 
 def _unique(p:Path) -> Path:
     i = 2; q = p
     while q.exists(): q = p.with_name(f"{p.stem}-{i}{p.suffix}"); i += 1
     return q
 
-def _project_arg(cfg:ProjectConfig) -> str:
+def project_arg(cfg:ProjectConfig, # the project a job runs in
+               ) -> str:
+    "The `project` parameter a job notebook gets: the project's mlprod.toml, or its folder when it runs on embedded defaults."
     return cfg.source if cfg.source not in ('embedded defaults', '') and Path(cfg.source).is_file() else str(cfg.root)
 
+def _timeouts(timeout:float|None, cell_timeout:float|None) -> tuple:
+    "Wall-clock and per-cell limits in seconds (MLPROD_JOB_TIMEOUT, else DEFAULT_TIMEOUT)."
+    timeout = float(timeout or os.environ.get('MLPROD_JOB_TIMEOUT') or DEFAULT_TIMEOUT)
+    cell_timeout = float(cell_timeout or timeout)
+    if timeout <= 0 or cell_timeout <= 0: raise ConfigError('timeout', min(timeout, cell_timeout), 'a positive number of seconds')
+    return timeout, cell_timeout
+
+def _job_params(job:str, params:dict|None, model:str|None, declared:dict, cfg:ProjectConfig) -> tuple:
+    "The validated parameters and the model of a run (params['model'], else the first configured model when the job takes one)."
+    params = dict(params or {})
+    if model is None: model = params.get('model') if isinstance(params.get('model'), str) else None
+    if model is None and 'model' in declared and cfg.models: model = next(iter(cfg.models))
+    if model is not None:
+        cfg.model(check_name('model', model))
+        if 'model' in declared: params['model'] = model
+    return check_parameters(job, params, declared), model
+
+# %% ../nbs/08_jobs.ipynb #af28eb99
+def _run_env(cfg:ProjectConfig) -> dict:
+    "The environment of the child process: the project's stores, no telemetry, no inherited MLPROD_CONFIG."
+    env = dict(os.environ, MLPROD_HOME=str(cfg.state_dir), MLFLOW_TRACKING_URI=cfg.tracking_uri, MLPROD_DB_URL=cfg.db_url,
+               PYDEVD_DISABLE_FILE_VALIDATION='1', MLFLOW_DISABLE_TELEMETRY='true', DO_NOT_TRACK='true')
+    env.pop('MLPROD_CONFIG', None)
+    return env
+
+def _write_job_report(nb, run:JobRun, title:str, duration:float, failure:dict|None, cfg:ProjectConfig):
+    "Render the executed notebook `nb` into the run's report (over the placeholder written when it started)."
+    report = Path(run.report_path)
+    home = os.path.relpath(Path(cfg.reports_dir)/'index.html', report.parent)
+    html_page = report_page(nb, title, {'job': run.job, 'model': run.model, 'status': run.status, 'started': run.started_at.strftime('%Y-%m-%d %H:%M:%S'),
+                                         'duration': round(duration, 1), 'parameters': run.params, 'health': run.figures.get('status')},
+                            failure, home=home)
+    report.write_text(html_page, encoding='utf-8')
+
+# %% ../nbs/08_jobs.ipynb #b70332ba
 def run_job(job:str, # job name ('monitor', 'compare', …; see `list_jobs()`)
             params:dict|None=None, # parameters, checked against the notebook's `parameters` cell
             model:str|None=None, # model the job is about (default: params['model'], else the first configured model)
@@ -430,57 +359,41 @@ def run_job(job:str, # job name ('monitor', 'compare', …; see `list_jobs()`)
     cfg = ensure_state(cfg or get_config())
     path = job_notebook(job, notebook)
     declared = job_parameters(path)
-    params = dict(params or {})
-    if model is None: model = params.get('model') if isinstance(params.get('model'), str) else None
-    if model is None and 'model' in declared and cfg.models: model = next(iter(cfg.models))
-    if model is not None:
-        cfg.model(_check_name('model', model))
-        if 'model' in declared: params['model'] = model
-    params = check_parameters(job, params, declared)
-    timeout = float(timeout or os.environ.get('MLPROD_JOB_TIMEOUT') or DEFAULT_TIMEOUT)
-    cell_timeout = float(cell_timeout or timeout)
-    if timeout <= 0 or cell_timeout <= 0: raise ConfigError('timeout', min(timeout, cell_timeout), 'a positive number of seconds')
-
-    started = utcnow(); stamp = _stamp(started); folder = model or '_project'
-    run_dir = Path(cfg.state_dir)/'runs'/folder/job; run_dir.mkdir(parents=True, exist_ok=True)
-    executed = _unique(run_dir/f"{stamp}.ipynb")
-    report = _unique(Path(cfg.reports_dir)/folder/job/f"{executed.stem}.html"); report.parent.mkdir(parents=True, exist_ok=True)
+    params, model = _job_params(job, params, model, declared, cfg)
+    timeout, cell_timeout = _timeouts(timeout, cell_timeout)
+    started = utcnow()
+    # the report's path is reserved at once (a placeholder page), so two runs in the same second never share one
+    report = save_report(page(f"{job}: running", f"<p>Job {esc(job)} started {esc(started.isoformat(timespec='seconds'))} and is running.</p>"),
+                         cfg.reports_dir, model, job, at=started)
+    run_dir = Path(cfg.state_dir)/'runs'/(model or PROJECT_FOLDER)/job; run_dir.mkdir(parents=True, exist_ok=True)
+    executed = _unique(run_dir/f"{report.stem}.ipynb")
     figures_path = run_dir/f"{executed.stem}.figures.json"
     injected = dict(params)
     if 'figures_path' in declared: injected['figures_path'] = str(figures_path)
-    if 'project' in declared: injected['project'] = _project_arg(cfg)
+    if 'project' in declared: injected['project'] = project_arg(cfg)
     run = JobRun(id=uuid.uuid4().hex, job=job, model=model, params=params, started_at=started, duration_s=0.0, status='running',
                  notebook_path=str(executed), report_path=str(report))
-    _record(cfg, run, insert=True)
-
-    env = dict(os.environ, MLPROD_HOME=str(cfg.state_dir), MLFLOW_TRACKING_URI=cfg.tracking_uri, MLPROD_DB_URL=cfg.db_url,
-               PYDEVD_DISABLE_FILE_VALIDATION='1', MLFLOW_DISABLE_TELEMETRY='true', DO_NOT_TRACK='true')
-    env.pop('MLPROD_CONFIG', None)
+    record_run(cfg, run, insert=True)
     spec = {'input': str(path), 'output': str(executed), 'parameters': injected, 'kernel': kernel, 'cwd': str(cfg.root),
             'cell_timeout': cell_timeout, 'result': str(run_dir/f"{executed.stem}.result.json")}
     t0 = time.perf_counter()
-    result, timed_out = _execute(spec, timeout, env)
-    nb = nbformat.read(executed, as_version=4) if executed.is_file() else None
+    result, timed_out = _execute(spec, timeout, _run_env(cfg))
+    nb = nbformat.read(executed, as_version=4) if executed.is_file() else nbformat.read(path, as_version=4)
     ok = result.get('ok') and not timed_out
-    failure = None if ok else _failure(result, timed_out, timeout, nb)
+    failure = None if ok else _failure(result, timed_out, timeout, nb if executed.is_file() else None)
     figures = json.loads(figures_path.read_text(encoding='utf-8')) if figures_path.is_file() else {}
     figures_path.unlink(missing_ok=True)
-    status = 'success' if ok else 'failed'
-    title = _notebook_title(nb or nbformat.read(path, as_version=4), job)
-    duration = time.perf_counter() - t0
-    home = os.path.relpath(Path(cfg.reports_dir)/'index.html', report.parent)
-    page = report_page(nb or nbformat.read(path, as_version=4), title,
-                       {'job': job, 'model': model, 'status': status, 'started': started.strftime('%Y-%m-%d %H:%M:%S'),
-                        'duration': round(duration, 1), 'parameters': params, 'health': figures.get('status')}, failure, home=home)
-    report.write_text(page, encoding='utf-8')
-    run = dataclasses.replace(run, duration_s=time.perf_counter() - t0, status=status, figures=figures, error=failure)
-    _record(cfg, run)
+    run = dataclasses.replace(run, status='success' if ok else 'failed', figures=figures, error=failure)
+    _write_job_report(nb, run, _notebook_title(nb, job), time.perf_counter() - t0, failure, cfg)
+    run = dataclasses.replace(run, duration_s=time.perf_counter() - t0)
+    record_run(cfg, run)
     if ok: _resolve_job_alert(cfg, run)
     else: _alert_job_failure(cfg, run)
     if dashboard: _rebuild_dashboard(cfg)
-    log.info('job %s (%s) %s in %.1f s: %s', job, model, status, run.duration_s, report)
+    log.info('job %s (%s) %s in %.1f s: %s', job, model, run.status, run.duration_s, report)
     return run
 
+# %% ../nbs/08_jobs.ipynb #70422fb4
 def _notebook_title(nb, job:str) -> str:
     for c in nb.get('cells', []):
         if c.get('cell_type') == 'markdown':
@@ -490,7 +403,7 @@ def _notebook_title(nb, job:str) -> str:
     return f"Job {job}"
 
 def _rebuild_dashboard(cfg:ProjectConfig):
-    "Rebuild reports/index.html (mlprod.dashboard builds on this module, so it is imported here)."
+    "Rebuild reports/index.html (mlprod.dashboard reads runs from mlprod.runs, not from this module: no cycle)."
     try:
         from mlprod.dashboard import build_dashboard
         build_dashboard(cfg)

@@ -22,12 +22,11 @@ from .drift import ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMA
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'monitor_runs', 'MonitorError', 'NoDataError', 'service_checks',
-           'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
-           'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column',
-           'profile_path', 'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
-           'MonitorResult', 'monitor_history', 'monitor', 'evidently_html', 'monitor_report_html',
-           'save_monitor_report', 'cmd_monitor']
+__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'MonitorError', 'NoDataError', 'service_checks', 'metric_interval',
+           'performance_check', 'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration',
+           'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column', 'profile_path',
+           'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks', 'MonitorResult',
+           'monitor_history', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -404,27 +403,11 @@ def data_quality_checks(current:pd.DataFrame, # rows of the window (with `unseen
     return checks
 
 # %% ../nbs/06_monitor.ipynb #f42f0905
-monitor_runs = sa.Table('monitor_runs', _db.metadata,
-    sa.Column('id', sa.String(64), primary_key=True),
-    sa.Column('model', sa.String(200), nullable=False, index=True),
-    sa.Column('version', sa.String(20)),
-    sa.Column('alias', sa.String(50)),
-    sa.Column('window_start', _db.UTCDateTime, nullable=False),
-    sa.Column('window_end', _db.UTCDateTime, nullable=False),
-    sa.Column('source', sa.String(50)),
-    sa.Column('status', sa.String(20), nullable=False),
-    sa.Column('n_rows', sa.Integer),
-    sa.Column('figures', sa.Text), # JSON
-    sa.Column('checks', sa.Text), # JSON list of checks
-    sa.Column('mlflow_run_id', sa.String(64)),
-    sa.Column('report_path', sa.Text),
-    sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
-    extend_existing=True)
+from .db import monitor_runs
 
 # %% ../nbs/06_monitor.ipynb #930e805d
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"
-        ".mlprod-monitor table{border-collapse:collapse;margin:.5em 0 1.2em}.mlprod-monitor td,.mlprod-monitor th"
-        "{border:1px solid #d0d7de;padding:3px 8px;text-align:left;font-size:90%}.mlprod-monitor th{background:#f6f8fa}")
+from .reports import REPORT_CSS, page, styled
+from . import reports
 
 @dataclass(frozen=True)
 class MonitorResult:
@@ -474,7 +457,8 @@ class MonitorResult:
         for e in self.alert_events: lines.append(f"  alert {e.action}: {e.key}")
         lines += [f"  note: {n}" for n in self.notes]
         return '\n'.join(lines)
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str: return styled(self._body_html())
+    def _body_html(self) -> str:
         f = self.figures
         keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift',
                 'label_coverage', 'realized_metric', 'estimated_roc_auc', 'calibration_ece')
@@ -750,35 +734,28 @@ def monitor_report_html(result:MonitorResult, # from `monitor`
     cols = [c.column for c in result.drift.columns] if result.drift is not None else []
     cats = list(categorical) if categorical is not None else [c.column for c in result.drift.columns if c.kind == 'categorical'] if result.drift else []
     title = f"Monitor {result.model} v{result.version} {result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}"
-    head = (f'<div class="mlprod-monitor" style="font-family:system-ui,sans-serif;margin:1.5em 2em;max-width:1200px">'
-            f"<h1>{esc(title)}</h1>{result._repr_html_()}")
+    head = f"<h1>{esc(title)}</h1>{result._body_html()}"
     if evidently and ref is not None and cur is not None and cols:
         target = next((c for c in cur.columns if c not in cols and c != PREDICTION), None)
         note = (f"<p><b>How to read what follows.</b> The verdicts above are mlprod's, computed on all {esc(result.figures.get('rows'))} rows "
                 f"of the window against the version's full reference profile. The Evidently sections below are computed on a "
                 f"<b>sample</b> of {esc(len(cur))} current and {esc(len(ref))} reference rows, to keep the report fast; they illustrate "
-                "the distributions and may differ in detail from the verdicts.</p></div>")
-        try: page = evidently_html(ref, cur, cols, cats, target=target)
+                "the distributions and may differ in detail from the verdicts.</p>")
+        try: ev = evidently_html(ref, cur, cols, cats, target=target)
         except Exception as e:
             log.error('Evidently could not render the report: %s', e)
-            return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-                    f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p></div></body></html>")
-        page = page.replace('<head>', f"<head><title>{esc(title)}</title><style>{_CSS.split('}', 1)[1]}</style>", 1)
-        m = re.search(r'<body[^>]*>', page)
-        return page[:m.end()] + head + note + page[m.end():] if m else page + head + note
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-            f"{head}</div></body></html>")
+            return page(title, f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p>")
+        # Evidently's page keeps its own style and scripts (inline); ours is scoped to the mlprod block above them
+        ev = ev.replace('<head>', f"<head><title>{esc(title)}</title><style>{REPORT_CSS}</style>", 1)
+        m = re.search(r'<body[^>]*>', ev)
+        block = f'<div class="mlprod-report">{head}{note}</div>'
+        return ev[:m.end()] + block + ev[m.end():] if m else ev + block
+    return page(title, head)
 
 def save_monitor_report(result:MonitorResult, cfg:ProjectConfig|None=None, evidently:bool=True) -> Path:
-    "Write the report of `result` to `reports/<model>/monitor/<UTC timestamp>.html` and return the path."
+    "Write the report of `result` to `reports/<model>/monitor/<UTC timestamp>.html` (`mlprod.reports.save_report`) and return the path."
     cfg = cfg or get_config()
-    folder = Path(cfg.reports_dir)/result.model/'monitor'
-    folder.mkdir(parents=True, exist_ok=True)
-    p = folder/f"{(result.at or utcnow()):%Y-%m-%dT%H%M%SZ}.html"
-    i = 1
-    while p.exists(): p = folder/f"{(result.at or utcnow()):%Y-%m-%dT%H%M%SZ}-{i}.html"; i += 1
-    p.write_text(monitor_report_html(result, evidently=evidently), encoding='utf-8')
-    return p
+    return reports.save_report(monitor_report_html(result, evidently=evidently), cfg.reports_dir, result.model, 'monitor', at=result.at)
 
 # %% ../nbs/06_monitor.ipynb #06ae47db
 from typing import Literal

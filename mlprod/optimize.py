@@ -611,7 +611,7 @@ def _register_optimized(loaded, res:OptimizationResult, cfg) -> str:
               description=f"{loaded.name} version {loaded.version} optimized with {res.winner}", cfg=cfg)
     if 'schema' in inspect.signature(registry.register).parameters: kw['schema'] = loaded.schema
     info = registry.register(res.winner_model, loaded.name, loaded.reference(), **kw)
-    client = registry._client(registry._cfg(cfg))
+    client = registry.registry_client(cfg)
     w = res[res.winner]
     for k, v in {'mlprod.optimized_from': str(loaded.version), 'mlprod.backend': res.winner,
                  'mlprod.max_abs_diff': f"{w.max_abs_diff:.3g}", 'mlprod.tolerance': f"{res.tolerance:g}",

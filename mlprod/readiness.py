@@ -17,12 +17,12 @@ from . import db as _db
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EXPECTED_RUNBOOKS', 'RUNBOOK_SECTIONS', 'runbook_checks', 'CATEGORIES', 'ESSENTIAL_CHECKS', 'RunbookError',
-           'shipped_runbooks', 'install_runbooks', 'RunbookBlock', 'runbook_blocks', 'shell_commands',
-           'mlprod_commands', 'parse_command', 'runbooks_fingerprint', 'check_runbooks', 'run_runbook',
-           'RunbookCheckRecord', 'record_runbook_check', 'last_runbook_check', 'sandbox_toml', 'build_sandbox',
-           'sandbox_env', 'free_port', 'running_service', 'stop_started_services', 'run_runbooks', 'Item', 'Scorecard',
-           'last_retraining', 'readiness', 'cmd_readiness', 'cmd_runbooks_install', 'cmd_runbooks_check']
+__all__ = ['log', 'EXPECTED_RUNBOOKS', 'RUNBOOK_SECTIONS', 'CATEGORIES', 'ESSENTIAL_CHECKS', 'RunbookError', 'shipped_runbooks',
+           'install_runbooks', 'RunbookBlock', 'runbook_blocks', 'shell_commands', 'mlprod_commands', 'parse_command',
+           'runbooks_fingerprint', 'check_runbooks', 'run_runbook', 'RunbookCheckRecord', 'record_runbook_check',
+           'last_runbook_check', 'sandbox_toml', 'build_sandbox', 'sandbox_env', 'free_port', 'running_service',
+           'stop_started_services', 'run_runbooks', 'Item', 'Scorecard', 'last_retraining', 'readiness',
+           'cmd_readiness', 'add_commands', 'cmd_runbooks_install', 'cmd_runbooks_check']
 
 # %% ../nbs/10_readiness.ipynb #1bb0e493
 EXPECTED_RUNBOOKS = ('README.md', 'on-call.md', 'data-drift.md', 'performance-degradation.md', 'latency-errors.md',
@@ -144,8 +144,7 @@ def mlprod_commands(code:str) -> list:
 def _parser():
     "The full `mlprod` parser, every command with its options."
     from mlprod import cli
-    try: return cli.build_parser('*')
-    except TypeError: return cli.build_parser()  # a CLI that always builds everything
+    return cli.build_parser('*')
 
 def parse_command(argv:Sequence[str], # arguments after `mlprod`
                   parser=None, # the `mlprod` parser (default: `mlprod.cli.build_parser()`)
@@ -228,16 +227,7 @@ def run_runbook(path, # a runbook
     return Checks(f"Runbook {Path(path).name}", checks)
 
 # %% ../nbs/10_readiness.ipynb #992621a7
-runbook_checks = sa.Table('runbook_checks', _db.metadata,
-    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column('at', _db.UTCDateTime, nullable=False, index=True),
-    sa.Column('folder', sa.Text, nullable=False),
-    sa.Column('fingerprint', sa.String(32), nullable=False),
-    sa.Column('mode', sa.String(20), nullable=False), # 'commands' (parsed) or 'run' (executed in a sandbox)
-    sa.Column('ok', sa.Boolean, nullable=False),
-    sa.Column('summary', sa.Text),
-    sa.Column('details', sa.Text), # JSON of the checks
-    extend_existing=True)
+from .db import runbook_checks
 
 @dataclass(frozen=True)
 class RunbookCheckRecord:
@@ -303,6 +293,7 @@ def build_sandbox(folder, # an empty folder for the project
         registry.promote(model, r.version, reason=f"sandbox: retrained version ({r.decision})", force=True, actor='sandbox', cfg=cfg)
     return cfg
 
+# %% ../nbs/10_readiness.ipynb #65a8f3ab
 def sandbox_env(cfg:ProjectConfig, **extra) -> dict:
     "The environment for commands run in project `cfg`: this mlprod first on PATH, the project's stores, no MLPROD_* overrides."
     env = {k: v for k, v in os.environ.items() if k not in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG')}
@@ -385,9 +376,7 @@ class Item:
     def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/10_readiness.ipynb #9668ad30
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1200px}"
-        "table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;font-size:90%;vertical-align:top}"
-        "th{background:#f6f8fa}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em;border-radius:6px}")
+from .reports import page, styled, save_report
 
 def _href(link:str, root:str, base:Optional[Path]) -> str:
     if not link: return ''
@@ -409,6 +398,7 @@ def _scorecard_body(sc:Scorecard, base:Optional[Path]=None) -> str:
             f"<tbody>{rows}</tbody></table><p>Items follow the project's 90-day success metrics, in the spirit of the ML Test Score "
             f"(Breck et al., 2017).</p>")
 
+# %% ../nbs/10_readiness.ipynb #eb0b1e14
 @dataclass(frozen=True)
 class Scorecard:
     "The production-readiness scorecard of one model."
@@ -442,19 +432,14 @@ class Scorecard:
             out.append(f"  {'PASS' if i.passed else 'FAIL'}  {i.category:<13} {i.name:<20} {i.evidence if i.passed else i.reason}")
         if self.warning_signs: out.append('Warning signs: ' + '; '.join(self.warning_signs))
         return '\n'.join(out)
-    def _repr_html_(self) -> str: return f'<div class="mlprod-readiness">{_scorecard_body(self)}</div>'
+    def _repr_html_(self) -> str: return styled(f'<div class="mlprod-readiness">{_scorecard_body(self)}</div>')
     def html(self, base=None) -> str:
         "A self-contained HTML page (links relative to folder `base`)."
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(self.model)}: production readiness</title>'
-                f'<style>{_CSS}</style></head><body>{_scorecard_body(self, None if base is None else Path(base))}</body></html>\n')
+        return page(f"{self.model}: production readiness", _scorecard_body(self, None if base is None else Path(base)))
     def save(self, reports_dir=None) -> Path:
-        "Write `reports/<model>/readiness/<UTC time>.html` and `.json`; return the HTML path."
-        d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.model/'readiness'
-        d.mkdir(parents=True, exist_ok=True)
-        stamp = to_utc(self.created_at or utcnow()).strftime('%Y-%m-%dT%H%M%SZ')
-        p = d/f"{stamp}.html"; k = 2
-        while p.exists() or p.with_suffix('.json').exists(): p = d/f"{stamp}-{k}.html"; k += 1
-        p.write_text(self.html(base=d), encoding='utf-8')
+        "Write `reports/<model>/readiness/<UTC time>.html` and `.json` beside it; return the HTML path."
+        reports_dir = Path(reports_dir if reports_dir is not None else get_config().reports_dir)
+        p = save_report(self.html(base=reports_dir/self.model/'readiness'), reports_dir, self.model, 'readiness', at=self.created_at)
         p.with_suffix('.json').write_text(to_json(self.to_dict(), indent=2), encoding='utf-8')
         return p
 
@@ -612,11 +597,11 @@ def _automation_items(cfg, name, now) -> list:
 # %% ../nbs/10_readiness.ipynb #a7a4ec6b
 def _reliability_items(cfg, name, prod, moves, now, drill_days) -> list:
     from mlprod import registry
-    prev = registry._previous_production([m for m in moves if m.alias == 'production'], prod) if prod else None
+    prev = registry.previous_production([m for m in moves if m.alias == 'production'], prod) if prod else None
     exists = False
     if prev:
-        try: registry._get_version(registry._client(cfg), name, prev); exists = True
-        except Exception: exists = False
+        try: exists = registry.version_exists(name, prev, cfg=cfg)
+        except Exception as e: log.debug('registry unreadable: %s', e); exists = False
     items = [_item('reliability', 'rollback target', exists, f"version {prev} was production before version {prod} and still exists",
                    'runbooks/rollback.md',
                    f"version {prev}, production before {prod}, no longer exists in the registry" if prev else
@@ -679,6 +664,31 @@ def cmd_readiness(name:str, # model name from mlprod.toml
         print(sc.text())
         if path: print(f"report: {path}")
     return 0 if sc.ok else 1
+
+# %% ../nbs/10_readiness.ipynb #9c3c3396
+def add_commands(sub):
+    "Add `readiness` and `runbooks install|check` to the `mlprod` command."
+    s = sub.add_parser('readiness', help='production-readiness scorecard of a model (exit 1 when an item fails)', description=_cmd_readiness.__doc__)
+    s.add_argument('name', help='model name from mlprod.toml')
+    s.add_argument('--json', action='store_true', help='print JSON')
+    s.add_argument('--serve-url', default=None, help="check this service's /health instead of the request log")
+    s.add_argument('--drill-max-age-days', type=float, default=30, help='a rollback drill must be this recent (default 30)')
+    s.add_argument('--fresh-hours', type=float, default=36, help='dashboard and traffic must be this recent (default 36)')
+    s.add_argument('--channel-test-max-age-days', type=float, default=7, help='an alert channel test must be this recent (default 7)')
+    s.add_argument('--no-save', action='store_true', help='do not write the HTML and JSON scorecard')
+    s.set_defaults(func=_cmd_readiness)
+    s = sub.add_parser('runbooks', help='install the runbooks into the project, or check them')
+    rs = s.add_subparsers(dest='runbooks_command', metavar='ACTION', required=True)
+    i = rs.add_parser('install', help='copy the shipped runbooks into ./runbooks', description=_cmd_runbooks_install.__doc__)
+    i.add_argument('dir', nargs='?', default=None, help='destination (default: <project>/runbooks)')
+    i.add_argument('--force', action='store_true', help='overwrite existing files')
+    i.set_defaults(func=_cmd_runbooks_install)
+    c = rs.add_parser('check', help='check the mlprod commands of the runbooks (--run: run the runnable blocks in a sandbox)',
+                      description=_cmd_runbooks_check.__doc__)
+    c.add_argument('--dir', default=None, help='runbooks folder (default: <project>/runbooks)')
+    c.add_argument('--run', action='store_true', help='also run every runnable block in a throwaway sandbox project (minutes)')
+    c.add_argument('--timeout', type=float, default=600, help='seconds per block with --run (default 600)')
+    c.set_defaults(func=_cmd_runbooks_check)
 
 # %% ../nbs/10_readiness.ipynb #35fd0069
 def cmd_runbooks_install(dir:str|None=None, # destination (default: <project>/runbooks)

@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 
 # %% auto #0
-__all__ = ['log', 'ALIASES', 'ACTIONS', 'comparisons', 'locks', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError',
-           'PromotionBlocked', 'RollbackError', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo',
-           'label_classes', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'deploy',
-           'record_comparison', 'promote', 'rollback', 'History', 'history', 'ModelCard', 'card', 'cmd_models',
+__all__ = ['log', 'ALIASES', 'ACTIONS', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError', 'PromotionBlocked', 'RollbackError',
+           'registry_client', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo', 'label_classes', 'register',
+           'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'deploy', 'record_comparison', 'promote',
+           'previous_production', 'rollback', 'version_exists', 'History', 'history', 'ModelCard', 'card', 'cmd_models',
            'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback', 'cmd_history', 'cmd_card']
 
 # %% ../nbs/02_registry.ipynb #236943cc
@@ -46,22 +46,7 @@ def _check_alias(alias:str) -> str:
     return alias
 
 # %% ../nbs/02_registry.ipynb #10460c67
-comparisons = sa.Table('comparisons', _db.metadata,
-    sa.Column('id', sa.String(64), primary_key=True),
-    sa.Column('model', sa.String(200), nullable=False, index=True),
-    sa.Column('champion_version', sa.String(20)), # None: compared against a baseline (no champion yet)
-    sa.Column('challenger_version', sa.String(20), nullable=False),
-    sa.Column('decision', sa.String(20), nullable=False), # promote, needs_review, reject
-    sa.Column('summary', sa.Text),
-    sa.Column('payload', sa.Text), # the comparison as JSON
-    sa.Column('at', _db.UTCDateTime, nullable=False),
-    extend_existing=True) # the notebook and the module both define it
-
-locks = sa.Table('locks', _db.metadata,
-    sa.Column('name', sa.String(250), primary_key=True),
-    sa.Column('holder', sa.String(200)),
-    sa.Column('acquired_at', _db.UTCDateTime),
-    extend_existing=True)
+from .db import comparisons, locks
 
 # %% ../nbs/02_registry.ipynb #373df246
 def _cfg(cfg=None) -> ProjectConfig:
@@ -73,11 +58,14 @@ def _model_cfg(cfg:ProjectConfig, name:str) -> ModelConfig:
     "The config of model `name`, or the defaults when the project does not configure it."
     return cfg.models.get(name) or ModelConfig()
 
-def _client(cfg:ProjectConfig):
-    "An MLflow client on the project's tracking and registry store."
+def registry_client(cfg=None, # a ProjectConfig, a project folder or mlprod.toml, or None for `get_config()`
+                   ):
+    "An MLflow client on the project's tracking and registry store (what other modules use to read the registry)."
     from mlflow import MlflowClient
-    mlflow_setup(cfg)
+    cfg = _cfg(cfg); mlflow_setup(cfg)
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+
+_client = registry_client  # the short name used throughout this module
 
 def _actor(actor:str|None=None) -> str:
     "Who acts: `actor`, else $MLPROD_ACTOR, else the login name."
@@ -724,7 +712,9 @@ def promote(name:str, # registered model name
     return _move(cfg, name, 'production', 'promote', reason, version=version, forced=force, actor=actor, check=check)
 
 # %% ../nbs/02_registry.ipynb #49c24a60
-def _previous_production(moves:Sequence[Move], current:str) -> str|None:
+def previous_production(moves:Sequence[Move], # alias moves of production, oldest first
+                        current:str, # the current production version
+                       ) -> str|None:
     "The production version before `current`, replaying the history as a stack (promote pushes, rollback pops)."
     stack = []
     for m in moves:
@@ -747,13 +737,21 @@ def rollback(name:str, # registered model name
         if current is None:
             raise RollbackError(f"rollback {name}: production is not set, there is nothing to roll back; allowed: a model with a production version")
         if to is not None: return str(to)
-        prev = _previous_production(_history_rows(conn, name, 'production'), current)
+        prev = previous_production(_history_rows(conn, name, 'production'), current)
         if prev is None:
             raise RollbackError(f"rollback {name}: production is version {current} and no earlier production version is recorded; "
                                 f"allowed: a version to go back to with --to VERSION (to= in Python): "
                                 f"{', '.join(v for v in _versions(_client(_cfg(cfg)), name) if v != current) or 'none'}")
         return prev
     return _move(cfg, name, 'production', 'rollback', reason, target=target, actor=actor)
+
+# %% ../nbs/02_registry.ipynb #f0ceb4e0
+def version_exists(name:str, # registered model name
+                   version, # version number
+                   cfg=None) -> bool:
+    "True when version `version` of model `name` is in the registry; False when it (or the model) is not."
+    try: _get_version(_client(cfg), name, version); return True
+    except NotFoundError: return False
 
 # %% ../nbs/02_registry.ipynb #162c4d7b
 class History(list):
@@ -788,10 +786,7 @@ def history(name:str, # registered model name
     return History(moves)
 
 # %% ../nbs/02_registry.ipynb #6203455d
-_CARD_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#1f2328;max-width:1100px}"
-             "table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;font-size:90%}"
-             "th{background:#f6f8fa}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.4em}code{background:#f6f8fa;padding:1px 4px}"
-             ".alias{background:#0969da;color:#fff;border-radius:4px;padding:1px 6px;margin-left:4px;font-size:80%}")
+from .reports import page, styled
 
 def _kv_table(d:dict) -> str:
     rows = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(None if v == '' else v)}</td></tr>" for k, v in d.items())
@@ -829,11 +824,10 @@ class ModelCard:
                 f"<h2>Data contract ({len(self.schema.get('columns', []))} columns)</h2>"
                 f"<table><tr><th>column</th><th>kind</th><th>nullable</th><th>min</th><th>max</th><th>categories</th></tr>{cols}</table>"
                 f"<h2>Alias history of this version</h2>{History(self.moves)._repr_html_() if self.moves else '<p>(never moved)</p>'}")
-    def _repr_html_(self) -> str: return f'<div class="mlprod-card">{self._body()}</div>'
+    def _repr_html_(self) -> str: return styled(f'<div class="mlprod-card">{self._body()}</div>')
     def html(self) -> str:
-        "A self-contained HTML page."
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(self.name)} v{esc(self.version)} model card</title>'
-                f"<style>{_CARD_CSS}</style></head><body>{self._body()}</body></html>")
+        "A self-contained HTML page (the shared report style)."
+        return page(f"{self.name} v{self.version} model card", f'<div class="mlprod-card">{self._body()}</div>')
     def save(self, reports_dir=None) -> Path:
         "Write the card to `reports_dir/<model>/card/v<version>.html` (default: the project's reports folder)."
         d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.name/'card'
@@ -841,6 +835,7 @@ class ModelCard:
         p = d/f"v{self.version}.html"; p.write_text(self.html(), encoding='utf-8')
         return p
 
+# %% ../nbs/02_registry.ipynb #f5898ecf
 def card(name:str, # registered model name
          version, # version number (or an alias)
          cfg=None) -> ModelCard:

@@ -82,7 +82,7 @@ def windows(as_of, train_days:int, holdout_days:int=7) -> tuple:
 # %% ../nbs/09_retrain.ipynb #f638700b
 def find_identical(name:str, data_fingerprint:str, recipe:str, params:dict, cfg=None) -> Optional[str]:
     "The newest version of `name` trained on the same data, recipe and parameters, if any."
-    client = registry._client(cfg or get_config())
+    client = registry.registry_client(cfg)
     try: versions = client.search_model_versions(f"name='{name}'")
     except Exception: return None
     same = [v for v in versions if (v.tags or {}).get('mlprod.data_fingerprint') == data_fingerprint
@@ -108,6 +108,12 @@ def holdout_metrics(model, # the fitted model
     except MlprodError as e:
         log.warning('holdout %s not computed: %s', metric, e); return {}
 
+# %% ../nbs/09_retrain.ipynb #58aed96c
+def _write_report(cfg:ProjectConfig, model:str, job:str, title:str, body_html:str) -> str:
+    "Write a report page under reports/<model>/<job>/<UTC stamp>.html (`mlprod.reports`) and return its path."
+    from mlprod.reports import page, save_report
+    return str(save_report(page(title, body_html), cfg.reports_dir, model, job))
+
 # %% ../nbs/09_retrain.ipynb #6a0584e7
 class _StepFailed(Exception): pass
 
@@ -115,17 +121,6 @@ def _current(name:str, alias:str, cfg) -> Optional[str]:
     "The version behind `alias`, or None when the model or the alias does not exist yet."
     try: return registry.resolve_version(name, alias, cfg=cfg)
     except NotFoundError: return None
-
-def _write_report(cfg:ProjectConfig, model:str, job:str, title:str, body_html:str) -> str:
-    "Write a self-contained HTML page under reports/<model>/<job>/ and return its path."
-    ts = utcnow().strftime('%Y%m%dT%H%M%S%fZ')
-    d = Path(cfg.reports_dir)/model/job; d.mkdir(parents=True, exist_ok=True)
-    p = d/f"{ts}.html"
-    p.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-                 "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
-                 "td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}</style></head>"
-                 f"<body>{body_html}</body></html>", encoding='utf-8')
-    return str(p)
 
 def retrain(name:str, # registered model name (a [models.NAME] section of mlprod.toml)
             as_of, # end of the training window (exclusive), e.g. '2013-08-01'
@@ -242,12 +237,9 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
 # %% ../nbs/09_retrain.ipynb #28cd3d92
 def triggers(name:str, cfg=None) -> list:
     "Reasons to retrain `name` now: its open drift or performance alerts, as 'check: message' (the schedule is the scheduler's)."
-    import sqlalchemy as sa
-    from mlprod import db
+    from mlprod.alerts import open_alerts
     cfg = cfg if isinstance(cfg, ProjectConfig) else get_config(cfg)
-    with db.engine(cfg.db_url).connect() as c:
-        rows = c.execute(sa.select(db.alerts.c.key, db.alerts.c.rule, db.alerts.c.message)
-                         .where(db.alerts.c.model == name, db.alerts.c.state == 'open')).fetchall()
+    rows = open_alerts(cfg, name)
     out = []
     for r in rows:
         check = r.key.split('/', 1)[-1]  # alert keys are MODEL/CHECK

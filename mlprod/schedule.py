@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, Optional
 from .core import ConfigError, MlprodError, utcnow, jsonable, esc
 from .config import ProjectConfig, get_config
-from .jobs import job_notebook, job_parameters, run_job, JOBS_DIR, _check_name, _project_arg
+from .jobs import job_notebook, job_parameters, run_job, JOBS_DIR, project_arg
+from .reports import check_name
 
 log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
@@ -183,14 +184,14 @@ def export_airflow(cfg:ProjectConfig, # project whose schedules to export
         nb = job_notebook(sj.job)
         declared = job_parameters(nb)
         params = {'model': sj.model} if 'model' in declared else {}
-        if 'project' in declared: params['project'] = _project_arg(cfg)
+        if 'project' in declared: params['project'] = project_arg(cfg)
         if 'start' in declared and 'end' in declared:  # the run's data interval, rendered by Airflow
             params.update(start='{{ data_interval_start }}', end='{{ data_interval_end }}')
         dag_id = f"mlprod_{sj.model}_{sj.job}".replace('.', '_').replace('-', '_')
         output_dir = Path(cfg.state_dir)/'runs'/'airflow'/sj.model/sj.job
         code = DAG_TEMPLATE.format(job=sj.job, model=sj.model, dag_id=dag_id, cron=sj.cron, task_id=f"run_{sj.job}",
                                    input_nb=str(nb), output_dir=str(output_dir), output_name='/{{ ts_nodash }}.ipynb',
-                                   parameters=params, kernel=_check_name('kernel', kernel))
+                                   parameters=params, kernel=check_name('kernel', kernel))
         compile(code, dag_id, 'exec')
         p = folder/f"{dag_id}.py"; p.write_text(code, encoding='utf-8'); out.append(p)
     return out

@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_widgets.ipynb #c003
 from __future__ import annotations
-import html, json, logging
+import dataclasses, html, json, logging
 from pathlib import Path
 from typing import Optional
 from .core import MlprodError, Status, esc, fmt, status_badge, to_utc
 from .config import ProjectConfig, get_config
-from .jobs import list_jobs, recent_runs, run_job, job_notebook, job_parameters, RUNNER_PARAMETERS
+from .jobs import list_jobs, run_job, job_notebook, job_parameters, RUNNER_PARAMETERS
+from .runs import recent_runs
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,9 @@ def _model_versions(cfg:ProjectConfig, name:str) -> list:
     return sorted(out, key=lambda d: int(d['version']), reverse=True)
 
 def _open_alerts(cfg:ProjectConfig, name:str) -> list:
-    import sqlalchemy as sa
-    from mlprod.db import alerts, engine
-    q = sa.select(alerts).where(alerts.c.state == 'open', sa.or_(alerts.c.model == name, alerts.c.model.is_(None))).order_by(alerts.c.last_at.desc())
-    with engine(cfg.db_url).connect() as c: return [dict(r._mapping) for r in c.execute(q)]
+    "The open alerts of `name` and of the project, as dicts (`mlprod.alerts.open_alerts`)."
+    from mlprod.alerts import open_alerts
+    return [dataclasses.asdict(a) for a in open_alerts(cfg, name, project_wide=True)]
 
 def status_html(name:str, # model name
                 versions:list, alerts:list, runs:list) -> str:
@@ -57,8 +57,64 @@ def status_html(name:str, # model name
             + (f"<p><b>Open alerts</b></p><ul>{arows}</ul>" if arows else '<p>No open alerts.</p>')
             + (f"<p><b>Recent job runs</b></p><table>{rrows}</table>" if rrows else '<p>No job runs yet.</p>') + "</div>")
 
+# %% ../nbs/11_widgets.ipynb #b98de917
+class _ReleaseActions:
+    "The release buttons of `Panel`: promote and roll back ask first, Confirm moves, Cancel drops the move."
+    def _say(self, text:str, ok:bool=True):
+        color = '#1a7f37' if ok else '#cf222e'
+        self.message.value = f"<span style='color:{color}'>{esc(text)}</span>"
+
+    def _ask(self, action:str, kwargs:dict, question:str):
+        self.pending = (action, kwargs)
+        self._say(question + ' Click Confirm to proceed.')
+        self.confirm_button.layout.display = self.cancel_button.layout.display = None
+
+    def _done(self):
+        self.pending = None
+        self.confirm_button.layout.display = self.cancel_button.layout.display = 'none'
+
+    def _on_promote(self, _=None):
+        if not self.version.value: return self._say('No version to promote: register one first.', ok=False)
+        if not self.reason.value.strip(): return self._say('A reason is required.', ok=False)
+        kw = dict(name=self.name, version=self.version.value, to=self.alias.value, reason=self.reason.value.strip(),
+                  decision=self.decision.value.strip() or None, force=bool(self.force.value))
+        self._ask('promote', kw, f"Promote {self.name} v{kw['version']} to {kw['to']}" + (' (forced)' if kw['force'] else '') + '?')
+
+    def _on_rollback(self, _=None):
+        if not self.reason.value.strip(): return self._say('A reason is required.', ok=False)
+        self._ask('rollback', dict(name=self.name, reason=self.reason.value.strip()), f"Roll {self.name} production back to its previous version?")
+
+    def _on_cancel(self, _=None):
+        self._done(); self._say('Cancelled.')
+
+    def _on_confirm(self, _=None):
+        if self.pending is None: return self._say('Nothing to confirm.', ok=False)
+        from mlprod import registry
+        action, kw = self.pending
+        self._done()
+        try:
+            move = getattr(registry, action)(**kw, cfg=self.cfg)
+            self._say(move.summary()); self.reason.value = ''
+        except MlprodError as e: self._say(str(e), ok=False)
+        self.refresh()
+
+# %% ../nbs/11_widgets.ipynb #c5dd4acf
+class _JobActions:
+    "The jobs row of `Panel`: run a job with JSON parameters and show its report."
+    def _on_run(self, _=None):
+        try: params = json.loads(self.params.value or '{}')
+        except json.JSONDecodeError as e: return self._say(f"parameters: not JSON ({e}); allowed: an object such as {{\"start\": \"2013-03-01\"}}", ok=False)
+        if not isinstance(params, dict): return self._say('parameters: allowed: a JSON object', ok=False)
+        try: self.last_run = run_job(self.job.value, params, model=self.name, cfg=self.cfg)
+        except MlprodError as e: return self._say(str(e), ok=False)
+        r = self.last_run
+        self._say(f"{r.job}: {r.status} in {r.duration_s:.1f} s; report {r.report_path}", ok=r.ok)
+        page = Path(r.report_path).read_text(encoding='utf-8')
+        self.report.value = f'<iframe style="width:100%;height:560px;border:1px solid #d0d7de" srcdoc="{html.escape(page, quote=True)}"></iframe>'
+        self.refresh()
+
 # %% ../nbs/11_widgets.ipynb #c009
-class Panel:
+class Panel(_ReleaseActions, _JobActions):
     "An ipywidgets control panel for model `name`."
     def __init__(self, name:str, # model name from mlprod.toml
                  cfg:ProjectConfig|None=None, # project (default: `get_config()`)
@@ -98,56 +154,6 @@ class Panel:
         self.version.options = [(f"v{v['version']}" + (f" ({', '.join(v['aliases'])})" if v['aliases'] else ''), v['version']) for v in self.versions]
         self.runs = recent_runs(self.cfg, model=self.name, limit=8)
         self.status.value = status_html(self.name, self.versions, _open_alerts(self.cfg, self.name), self.runs)
-
-    def _say(self, text:str, ok:bool=True):
-        color = '#1a7f37' if ok else '#cf222e'
-        self.message.value = f"<span style='color:{color}'>{esc(text)}</span>"
-
-    def _ask(self, action:str, kwargs:dict, question:str):
-        self.pending = (action, kwargs)
-        self._say(question + ' Click Confirm to proceed.')
-        self.confirm_button.layout.display = self.cancel_button.layout.display = None
-
-    def _done(self):
-        self.pending = None
-        self.confirm_button.layout.display = self.cancel_button.layout.display = 'none'
-
-    def _on_promote(self, _=None):
-        if not self.version.value: return self._say('No version to promote: register one first.', ok=False)
-        if not self.reason.value.strip(): return self._say('A reason is required.', ok=False)
-        kw = dict(name=self.name, version=self.version.value, to=self.alias.value, reason=self.reason.value.strip(),
-                  decision=self.decision.value.strip() or None, force=bool(self.force.value))
-        self._ask('promote', kw, f"Promote {self.name} v{kw['version']} to {kw['to']}" + (' (forced)' if kw['force'] else '') + '?')
-
-    def _on_rollback(self, _=None):
-        if not self.reason.value.strip(): return self._say('A reason is required.', ok=False)
-        self._ask('rollback', dict(name=self.name, reason=self.reason.value.strip()), f"Roll {self.name} production back to its previous version?")
-
-    def _on_cancel(self, _=None):
-        self._done(); self._say('Cancelled.')
-
-    def _on_confirm(self, _=None):
-        if self.pending is None: return self._say('Nothing to confirm.', ok=False)
-        from mlprod import registry
-        action, kw = self.pending
-        self._done()
-        try:
-            move = getattr(registry, action)(**kw, cfg=self.cfg)
-            self._say(move.summary()); self.reason.value = ''
-        except MlprodError as e: self._say(str(e), ok=False)
-        self.refresh()
-
-    def _on_run(self, _=None):
-        try: params = json.loads(self.params.value or '{}')
-        except json.JSONDecodeError as e: return self._say(f"parameters: not JSON ({e}); allowed: an object such as {{\"start\": \"2013-03-01\"}}", ok=False)
-        if not isinstance(params, dict): return self._say('parameters: allowed: a JSON object', ok=False)
-        try: self.last_run = run_job(self.job.value, params, model=self.name, cfg=self.cfg)
-        except MlprodError as e: return self._say(str(e), ok=False)
-        r = self.last_run
-        self._say(f"{r.job}: {r.status} in {r.duration_s:.1f} s; report {r.report_path}", ok=r.ok)
-        page = Path(r.report_path).read_text(encoding='utf-8')
-        self.report.value = f'<iframe style="width:100%;height:560px;border:1px solid #d0d7de" srcdoc="{html.escape(page, quote=True)}"></iframe>'
-        self.refresh()
 
     def _ipython_display_(self):
         from IPython.display import display

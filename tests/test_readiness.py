@@ -18,7 +18,7 @@ def _rollback_drill(cfg):
     "Practise a rollback: production goes back one version, then forward again (both moves recorded)."
     cur = registry.resolve_version('flights', 'production', cfg=cfg)
     moves = [m for m in registry.history('flights', 'production', cfg=cfg)]
-    if registry._previous_production(moves, cur) is None:  # e.g. after the rollback runbook ran: go forward first
+    if registry.previous_production(moves, cur) is None:  # e.g. after the rollback runbook ran: go forward first
         other = max((m.to_version for m in moves if m.to_version != cur), key=int)
         registry.promote('flights', other, reason='test: back to the newer version', force=True, actor='test', cfg=cfg)
         cur = other

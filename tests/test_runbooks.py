@@ -86,7 +86,7 @@ def test_rollback_runbook_moves_production_back(sandbox):
     cfg, env = sandbox
     before = registry.resolve_version('flights', 'production', cfg=cfg)
     moves = list(registry.history('flights', cfg=cfg))
-    expected = registry._previous_production([m for m in moves if m.alias == 'production'], before)
+    expected = registry.previous_production([m for m in moves if m.alias == 'production'], before)
     assert expected and expected != before
     r = rd.run_runbook(RUNBOOKS/'rollback.md', cfg.root, env, timeout=300)
     assert r.ok, _explain(r)
