@@ -113,7 +113,7 @@ def _play_month(k:int, model:str, cfg:ProjectConfig, url:str, load, feats:list, 
     "Replay month `k` of `_MONTHS`, monitor it, retrain on alerts; return (the month's row, the replayed batch)."
     from mlprod import registry
     from mlprod.retrain import retrain, triggers
-    from mlprod.serve import log_labels
+    from mlprod.requestlog import log_labels, read_requests, expand_requests, UNSEEN
     from mlprod.monitor import monitor
     from mlprod.jobs import run_job
     mc = cfg.model(model)
@@ -126,12 +126,14 @@ def _play_month(k:int, model:str, cfg:ProjectConfig, url:str, load, feats:list, 
     ok = sent[sent.status == 200]
     time.sleep(1.2)  # the server's request-log writer flushes every 0.5 s; labels join on logged requests
     log_labels(ok.request_id.tolist(), batch.loc[ok.row, mc.target].astype(float).tolist(), cfg=cfg)
+    logged = expand_requests(read_requests(cfg, model, start, end))  # rows scored with category values unseen in training
     if jobs: job_status = run_job('monitor', {'model': model, 'start': start, 'end': end}, cfg=cfg, dashboard=False).status
     else: job_status = monitor(model, start, end, cfg=cfg).status.value
     open_alerts = triggers(model, cfg=cfg)
     frozen = registry.load(model, first, cfg=cfg).predict_scores(df)
     current = registry.load(model, prod, cfg=cfg).predict_scores(df)
     row = dict(month=label, requests=len(sent), ok=int((sent.status == 200).sum()), rejected=int((sent.status // 100 == 4).sum()),
+               unseen=int(sum(1 for u in logged[UNSEEN] if u)),
                production=prod, auc_frozen=_auc(df[mc.target], frozen), auc_production=_auc(df[mc.target], current),
                job_status=job_status, alerts=[a.split(': ')[0] for a in open_alerts])
     if open_alerts:

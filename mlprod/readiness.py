@@ -22,7 +22,7 @@ __all__ = ['log', 'EXPECTED_RUNBOOKS', 'RUNBOOK_SECTIONS', 'CATEGORIES', 'ESSENT
            'runbooks_fingerprint', 'check_runbooks', 'run_runbook', 'RunbookCheckRecord', 'record_runbook_check',
            'last_runbook_check', 'sandbox_toml', 'build_sandbox', 'sandbox_env', 'free_port', 'running_service',
            'stop_started_services', 'run_runbooks', 'Item', 'Scorecard', 'last_retraining', 'readiness',
-           'cmd_readiness', 'add_commands', 'cmd_runbooks_install', 'cmd_runbooks_check']
+           'cmd_readiness', 'cmd_runbooks_install', 'cmd_runbooks_check']
 
 # %% ../nbs/10_readiness.ipynb #1bb0e493
 EXPECTED_RUNBOOKS = ('README.md', 'on-call.md', 'data-drift.md', 'performance-degradation.md', 'latency-errors.md',
@@ -664,31 +664,6 @@ def cmd_readiness(name:str, # model name from mlprod.toml
         print(sc.text())
         if path: print(f"report: {path}")
     return 0 if sc.ok else 1
-
-# %% ../nbs/10_readiness.ipynb #9c3c3396
-def add_commands(sub):
-    "Add `readiness` and `runbooks install|check` to the `mlprod` command."
-    s = sub.add_parser('readiness', help='production-readiness scorecard of a model (exit 1 when an item fails)', description=_cmd_readiness.__doc__)
-    s.add_argument('name', help='model name from mlprod.toml')
-    s.add_argument('--json', action='store_true', help='print JSON')
-    s.add_argument('--serve-url', default=None, help="check this service's /health instead of the request log")
-    s.add_argument('--drill-max-age-days', type=float, default=30, help='a rollback drill must be this recent (default 30)')
-    s.add_argument('--fresh-hours', type=float, default=36, help='dashboard and traffic must be this recent (default 36)')
-    s.add_argument('--channel-test-max-age-days', type=float, default=7, help='an alert channel test must be this recent (default 7)')
-    s.add_argument('--no-save', action='store_true', help='do not write the HTML and JSON scorecard')
-    s.set_defaults(func=_cmd_readiness)
-    s = sub.add_parser('runbooks', help='install the runbooks into the project, or check them')
-    rs = s.add_subparsers(dest='runbooks_command', metavar='ACTION', required=True)
-    i = rs.add_parser('install', help='copy the shipped runbooks into ./runbooks', description=_cmd_runbooks_install.__doc__)
-    i.add_argument('dir', nargs='?', default=None, help='destination (default: <project>/runbooks)')
-    i.add_argument('--force', action='store_true', help='overwrite existing files')
-    i.set_defaults(func=_cmd_runbooks_install)
-    c = rs.add_parser('check', help='check the mlprod commands of the runbooks (--run: run the runnable blocks in a sandbox)',
-                      description=_cmd_runbooks_check.__doc__)
-    c.add_argument('--dir', default=None, help='runbooks folder (default: <project>/runbooks)')
-    c.add_argument('--run', action='store_true', help='also run every runnable block in a throwaway sandbox project (minutes)')
-    c.add_argument('--timeout', type=float, default=600, help='seconds per block with --run (default 600)')
-    c.set_defaults(func=_cmd_runbooks_check)
 
 # %% ../nbs/10_readiness.ipynb #35fd0069
 def cmd_runbooks_install(dir:str|None=None, # destination (default: <project>/runbooks)

@@ -34,11 +34,11 @@ def test_init_writes_a_working_project(tmp_path):
 def test_bad_config_names_key_value_and_allowed(tmp_path):
     run_cli('init', tmp_path)
     p = tmp_path / 'mlprod.toml'
-    p.write_text(p.read_text().replace('task = "binary"', 'task = "multiclass"'))
+    p.write_text(p.read_text().replace('task = "binary"', 'task = "clasification"'))
     r = run_cli('config', cwd=tmp_path)
     assert r.returncode == 2
     line = r.stderr.strip()
-    assert line == "mlprod: error: models.flights.task: got 'multiclass'; allowed: 'binary' or 'regression'", line
+    assert line == "mlprod: error: models.flights.task: got 'clasification'; allowed: 'binary' or 'regression' or 'multiclass'", line
     p.write_text(p.read_text().replace('[alerts]', '[alert]'))
     r = run_cli('config', cwd=tmp_path)
     assert 'alert' in r.stderr and 'allowed: sections project, models, alerts' in r.stderr, r.stderr
