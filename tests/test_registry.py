@@ -181,6 +181,8 @@ def test_acceptance_scenario(trained, backend, capsys):
     # the project's mlprod.toml names the features, so `register` from the CLI needs no more
     (root/'mlprod.toml').write_text(textwrap.dedent(f'''
         [models.{name}]
+        target = "delayed"
+        time_column = "time_hour"
         features = {json.dumps(FEATURES)}
         categorical = {json.dumps(CATS)}
         '''))
