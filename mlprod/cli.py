@@ -14,6 +14,37 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'COMMANDS', 'COMMAND_MODULES', 'build_parser', 'main']
 
+# %% ../nbs/13_cli.ipynb #b6bf65f4
+def _init_model(args, d:Path) -> Path:
+    "Infer the [models.NAME] section of `--data` and add it to the mlprod.toml in `d` (created if missing)."
+    from mlprod.infer import read_table, infer_section, write_model_section
+    for opt, v in (('--model', args.model), ('--target', args.target), ('--time-column', args.time_column)):
+        if not v: raise ConfigError(opt, v, 'a value when --data is given', 'mlprod init --model NAME --data FILE --target COL --time-column COL')
+    if args.force: raise ConfigError('--force', True, 'no --force with --data', 'a section is added to mlprod.toml, never rewritten')
+    sec = infer_section(args.model, read_table(args.data), args.target, args.time_column)
+    p = write_model_section(sec, d, source=Path(args.data).name)
+    print(f"added [models.{sec.name}] to {p}: {sec.summary()}")
+    return p
+
+def _cmd_init(args):
+    "Write a commented mlprod.toml that works as is, or add a model section inferred from a data file."
+    d = Path(args.dir); d.mkdir(parents=True, exist_ok=True)
+    p = d/'mlprod.toml'
+    if args.data: _init_model(args, d)
+    else:
+        for opt, v in (('--target', args.target), ('--time-column', args.time_column)):
+            if v: raise ConfigError(opt, v, 'only with --data FILE')
+        if p.exists() and not args.force:
+            raise ConfigError('init', str(p), 'a folder without mlprod.toml', 'pass --force to overwrite it')
+        p.write_text(_config.DEFAULT_TOML, encoding='utf-8')
+        _config.parse_config(_config.DEFAULT_TOML, root=d)  # what we write must load
+        print(f"wrote {p}")
+    (d/'reports').mkdir(exist_ok=True)
+    if args.ci == 'github':
+        from mlprod.testing import write_github_workflow
+        print(f"wrote {write_github_workflow(d, model=args.model or 'flights')} (checks on pull requests, promotes on merge; see tests/model/)")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #255eef87
 # command -> (module that defines it with add_commands(subparsers), one line of help).
 # Only the module of the command being run is imported, so `mlprod --help` and light commands
@@ -45,21 +76,6 @@ COMMANDS = {
 }
 COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
 
-def _cmd_init(args):
-    "Write a commented mlprod.toml that works as is."
-    d = Path(args.dir); d.mkdir(parents=True, exist_ok=True)
-    p = d/'mlprod.toml'
-    if p.exists() and not args.force:
-        raise ConfigError('init', str(p), 'a folder without mlprod.toml', 'pass --force to overwrite it')
-    p.write_text(_config.DEFAULT_TOML, encoding='utf-8')
-    _config.parse_config(_config.DEFAULT_TOML, root=d)  # what we write must load
-    (d/'reports').mkdir(exist_ok=True)
-    print(f"wrote {p}")
-    if args.ci == 'github':
-        from mlprod.testing import write_github_workflow
-        print(f"wrote {write_github_workflow(d, model=args.model)} (checks on pull requests, promotes on merge; see tests/model/)")
-    return 0
-
 def _cmd_demo(args):
     "Play 2013 on the flights data with the whole loop and print what happened."
     from mlprod.demo import run_demo
@@ -86,7 +102,10 @@ def build_parser(command:str|None=None) -> argparse.ArgumentParser:
     s.add_argument('dir', nargs='?', default='.', help='project folder (default: here)')
     s.add_argument('--force', action='store_true', help='overwrite an existing mlprod.toml')
     s.add_argument('--ci', choices=['github'], help='also write a CI workflow that checks candidates on pull requests and promotes on merge')
-    s.add_argument('--model', default='flights', help='model the CI workflow checks (with --ci)')
+    s.add_argument('--model', default=None, help='with --data: the model whose section to infer and add; with --ci: the model the workflow checks (default flights)')
+    s.add_argument('--data', default=None, help='CSV or Parquet training data to infer the [models.NAME] section from (with --model, --target, --time-column)')
+    s.add_argument('--target', default=None, help='with --data: the label column')
+    s.add_argument('--time-column', default=None, help='with --data: the timestamp column that defines windows')
     s.set_defaults(func=_cmd_init)
     s = sub.add_parser('demo', help='play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back', description=_cmd_demo.__doc__)
     s.add_argument('--model', default='flights', help='model name from mlprod.toml')
@@ -114,7 +133,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     if not args.command: parser.print_help(); return 2
     try:
-        if args.project and args.command != 'init': _config.get_config(args.project)
+        if args.command != 'init': _config.ensure_importable(_config.get_config(args.project))  # the project's own code imports
         return int(args.func(args) or 0)
     except MlprodError as e:
         if args.debug: traceback.print_exc()

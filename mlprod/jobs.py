@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 from .core import (MlprodError, ConfigError, NotFoundError, Status, esc, fmt, status_badge, to_json,
                          utcnow, to_utc, jsonable)
-from .config import ProjectConfig, get_config, ensure_state
+from .config import ProjectConfig, get_config, ensure_state, project_env
 
 log = logging.getLogger(__name__)
 
@@ -453,8 +453,8 @@ def run_job(job:str, # job name ('monitor', 'compare', …; see `list_jobs()`)
                  notebook_path=str(executed), report_path=str(report))
     _record(cfg, run, insert=True)
 
-    env = dict(os.environ, MLPROD_HOME=str(cfg.state_dir), MLFLOW_TRACKING_URI=cfg.tracking_uri, MLPROD_DB_URL=cfg.db_url,
-               PYDEVD_DISABLE_FILE_VALIDATION='1', MLFLOW_DISABLE_TELEMETRY='true', DO_NOT_TRACK='true')
+    env = project_env(cfg, dict(os.environ, MLPROD_HOME=str(cfg.state_dir), MLFLOW_TRACKING_URI=cfg.tracking_uri, MLPROD_DB_URL=cfg.db_url,
+               PYDEVD_DISABLE_FILE_VALIDATION='1', MLFLOW_DISABLE_TELEMETRY='true', DO_NOT_TRACK='true'))  # the kernel imports the project's code
     env.pop('MLPROD_CONFIG', None)
     spec = {'input': str(path), 'output': str(executed), 'parameters': injected, 'kernel': kernel, 'cwd': str(cfg.root),
             'cell_timeout': cell_timeout, 'result': str(run_dir/f"{executed.stem}.result.json")}
