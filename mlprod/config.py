@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'PROJECT_TOML', 'FLIGHTS_TOML', 'ALERTS_TOML', 'DEFAULT_TOML',
            'Thresholds', 'ModelConfig', 'ChannelConfig', 'AlertRule', 'rules_from_dicts', 'AlertsConfig',
            'ProjectConfig', 'parse_config', 'find_config', 'get_config', 'reset_config', 'project_paths',
-           'ensure_importable', 'project_env', 'ensure_state', 'mlflow_setup']
+           'ensure_importable', 'importable_paths', 'project_env', 'ensure_state', 'mlflow_setup']
 
 # %% ../nbs/00a_config.ipynb #8f98d4af
 @dataclass(frozen=True)
@@ -397,7 +397,14 @@ def ensure_importable(cfg:ProjectConfig, # the project whose code must import
     paths = [str(p) for p in project_paths(cfg)]
     sys.path[:] = paths + [p for p in sys.path if p not in paths]
     importlib.invalidate_caches()
+    _IMPORTABLE[:] = paths
     return paths
+
+_IMPORTABLE = [] # the folders the last `ensure_importable` put first
+
+def importable_paths() -> list:
+    "The project folders the last `ensure_importable` call of this process put first on `sys.path` (empty before any)."
+    return list(_IMPORTABLE)
 
 def project_env(cfg:ProjectConfig, # the project whose code must import
                 env:dict|None=None, # the environment to extend (default: `os.environ`)

@@ -8,7 +8,7 @@ import importlib, logging
 from typing import Callable
 import pandas as pd
 from .core import ConfigError, DataError
-from .config import ModelConfig, ProjectConfig, ensure_importable, get_config
+from .config import ModelConfig, ProjectConfig, ensure_importable, importable_paths, get_config
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +18,12 @@ __all__ = ['log', 'resolve', 'feature_columns', 'train_lightgbm']
 # %% ../nbs/01a_recipes.ipynb #b6293690
 def resolve(ref:str, # `module:function`, e.g. 'my_src:train'
             key:str='recipe', # the config key it came from, for messages (e.g. 'models.churn.recipe')
-            cfg:ProjectConfig|None=None, # the project whose folders must be importable (default: `get_config()`)
+            cfg:ProjectConfig|None=None, # the project whose folders must be importable (default: the entry point's, else `get_config()`)
            ) -> Callable:
     "Import the function named by `module:function`, with the project's own code importable."
     if not isinstance(ref, str) or ref.count(':') != 1 or not all(ref.split(':')):
         raise ConfigError(key, ref, "'package.module:function'")
-    paths = ensure_importable(cfg or get_config())
+    paths = ensure_importable(cfg) if cfg is not None else (importable_paths() or ensure_importable(get_config()))
     mod, fn = ref.split(':')
     try: m = importlib.import_module(mod)
     except ModuleNotFoundError as e:
