@@ -227,7 +227,7 @@ def _build_alerts(data) -> AlertsConfig:
 
 # %% ../nbs/00a_config.ipynb #4a6d3cfd
 PROJECT_TOML = '''\
-# mlprod project file. Every key is optional; the values shown are the defaults.
+# mlprod project file. Keys are optional unless marked required; the values shown are the defaults.
 # Environment variables override: MLPROD_HOME, MLFLOW_TRACKING_URI, MLPROD_DB_URL.
 
 [project]

@@ -182,6 +182,13 @@ def config_file(cfg:ProjectConfig) -> Path:
     src = Path(cfg.source)
     return src if src.is_absolute() and src.is_file() else Path(cfg.root)/'mlprod.toml'
 
+def _with_model(cfg:ProjectConfig, name:str) -> ProjectConfig:
+    "`cfg` plus the `[models.NAME]` section of its mlprod.toml when the file has one that `cfg` (read earlier) lacks."
+    p = config_file(cfg)
+    if name in cfg.models or not p.is_file() or name not in tomllib.loads(p.read_text(encoding='utf-8')).get('models', {}): return cfg
+    mc = parse_config(p.read_text(encoding='utf-8'), root=p.parent, source=str(p), env={}).model(name)
+    return dataclasses.replace(cfg, models=types.MappingProxyType({**cfg.models, name: mc}))
+
 def configure_model(cfg:ProjectConfig, # the project
                     name:str, # model name
                     df:pd.DataFrame, # training data
@@ -191,6 +198,7 @@ def configure_model(cfg:ProjectConfig, # the project
                     features:Sequence[str]|None=None, # input columns (default: inferred)
                    ) -> ProjectConfig:
     "`cfg` with a `[models.NAME]` section: the configured one, else one inferred and written to mlprod.toml."
+    cfg = _with_model(cfg, name)
     if name in cfg.models:
         mc = cfg.models[name]
         for k, v in (('target', target), ('time_column', time_column)):
