@@ -24,7 +24,7 @@ def task_from_model(model, # a fitted scikit-learn estimator or Pipeline
                    ) -> tuple[str, str]:
     "The task of a fitted model, and how it was inferred."
     from sklearn.base import is_classifier, is_regressor
-    kind = type(model).__name__
+    kind = type(model).__name__ + (f" ending in {type(model.steps[-1][1]).__name__}" if hasattr(model, 'steps') else '')
     if is_regressor(model): return 'regression', f"{kind} is a regressor"
     if not is_classifier(model):
         raise ConfigError('model', kind, 'a fitted scikit-learn classifier or regressor', 'or write the [models.NAME] section by hand')

@@ -30,7 +30,9 @@ def _weather():
 def load(start, end):
     _called('load')
     df, t = _weather(), _weather()['time_hour']
-    return df[(t >= pd.Timestamp(start)) & (t < pd.Timestamp(end))].reset_index(drop=True)
+    start, end = (pd.Timestamp(x) for x in (start, end))
+    start, end = (x.tz_localize('UTC') if x.tzinfo is None else x for x in (start, end))
+    return df[(t >= start) & (t < end)].reset_index(drop=True)
 
 def train(df, cfg):
     _called('train')
