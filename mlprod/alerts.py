@@ -14,18 +14,18 @@ import sqlalchemy as sa
 
 from .core import (MlprodError, ConfigError, NotFoundError, Status, Check, Checks, jsonable, to_json, esc,
                          fmt, utcnow, to_utc)
-from .config import ChannelConfig, ProjectConfig, SEVERITIES, get_config
+from .config import ChannelConfig, ProjectConfig, SEVERITIES, get_config, AlertRule, rules_from_dicts
 from . import db as _db
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DEFAULT_RULES', 'CHANNELS', 'DEFAULT_CHANNEL', 'DEFAULT_RETRY', 'ACTIONS', 'AlertError', 'DeliveryError',
-           'AlertRule', 'match_rule', 'rules_from_dicts', 'Channel', 'FileChannel', 'redact_url', 'WebhookChannel',
-           'EmailChannel', 'channel_types', 'make_channel', 'configured_channels', 'RetryPolicy', 'Delivery', 'deliver',
-           'AlertEvent', 'AlertEvents', 'alert_key', 'evaluate', 'fire', 'resolve', 'AlertRecord', 'AlertHistory',
-           'alert_history', 'open_alerts', 'delivery_history', 'send_test_alert', 'channel_test_check', 'cmd_alerts',
-           'cmd_alerts_test', 'cmd_alerts_resolve']
+           'match_rule', 'Channel', 'FileChannel', 'redact_url', 'WebhookChannel', 'EmailChannel', 'channel_types',
+           'make_channel', 'configured_channels', 'RetryPolicy', 'Delivery', 'deliver', 'AlertEvent', 'AlertEvents',
+           'alert_key', 'evaluate', 'fire', 'resolve', 'AlertRecord', 'AlertHistory', 'alert_history', 'open_alerts',
+           'delivery_history', 'send_test_alert', 'channel_test_check', 'cmd_alerts', 'cmd_alerts_test',
+           'cmd_alerts_resolve']
 
 # %% ../nbs/07_alerts.ipynb #e61abd4d
 class AlertError(MlprodError):
@@ -39,27 +39,6 @@ class DeliveryError(MlprodError):
 
 # %% ../nbs/07_alerts.ipynb #cf680319
 _SEV_RANK = {s:i for i,s in enumerate(SEVERITIES)}
-
-def _validate_rule(prefix:str, check, severity, for_windows, model):
-    if not isinstance(check, str) or not check.strip():
-        raise ConfigError(f"{prefix}.check", check, "a glob pattern on check names, e.g. 'drift:*' or 'service:latency_p95'")
-    if severity not in SEVERITIES: raise ConfigError(f"{prefix}.severity", severity, ', '.join(SEVERITIES))
-    if isinstance(for_windows, bool) or not isinstance(for_windows, int) or for_windows < 1:
-        raise ConfigError(f"{prefix}.for_windows", for_windows, 'an integer ≥ 1 (failing windows in a row before the alert fires)')
-    if not isinstance(model, str) or not model: raise ConfigError(f"{prefix}.model", model, "a glob pattern on model names ('*' = all)")
-
-@dataclass(frozen=True)
-class AlertRule:
-    "Which checks raise an alert, how severe it is, and after how many failing windows in a row."
-    check:str # glob pattern on check names, e.g. 'drift:*' or 'service:latency_p95'
-    severity:str='warning' # 'info', 'warning' or 'critical'
-    for_windows:int=1 # consecutive failing evaluations needed before the alert fires
-    model:str='*' # glob pattern on model names
-    def __post_init__(self): _validate_rule('rule', self.check, self.severity, self.for_windows, self.model)
-    def matches(self, check:str, model:Optional[str]=None) -> bool:
-        "Whether this rule applies to check name `check` of model `model`."
-        return fnmatch.fnmatchcase(check, self.check) and fnmatch.fnmatchcase(model or '', self.model)
-    def to_dict(self) -> dict: return jsonable(self)
 
 DEFAULT_RULES = (
     AlertRule('service:*', 'critical'),      # the service is failing its users now
@@ -76,25 +55,6 @@ def match_rule(check:str, model:Optional[str]=None, rules:Iterable[AlertRule]=DE
     return next((r for r in rules if r.matches(check, model)), None)
 
 # %% ../nbs/07_alerts.ipynb #08cd3b6f
-_RULE_KEYS = ('check','severity','for_windows','model')
-
-def rules_from_dicts(items:Iterable[Any], prefix:str='alerts.rules') -> tuple:
-    "Validate `[[alerts.rules]]` tables (dicts, or AlertRule objects) into a tuple of `AlertRule`."
-    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Iterable):
-        raise ConfigError(prefix, items, 'an array of tables [[alerts.rules]] with keys ' + ', '.join(_RULE_KEYS))
-    out = []
-    for i, d in enumerate(items):
-        key = f"{prefix}[{i}]"
-        if isinstance(d, AlertRule): out.append(d); continue
-        if not isinstance(d, dict): raise ConfigError(key, d, 'a table with keys ' + ', '.join(_RULE_KEYS))
-        for k in d:
-            if k not in _RULE_KEYS: raise ConfigError(f"{key}.{k}", d[k], 'one of the keys ' + ', '.join(_RULE_KEYS), 'check the spelling')
-        if 'check' not in d: raise ConfigError(f"{key}.check", '(missing)', "a glob pattern on check names, e.g. 'drift:*'")
-        v = {'severity':'warning', 'for_windows':1, 'model':'*', **d}
-        _validate_rule(key, v['check'], v['severity'], v['for_windows'], v['model'])
-        out.append(AlertRule(**v))
-    return tuple(out)
-
 def _rules(cfg:ProjectConfig, rules=None) -> tuple:
     "Rules given as argument, else from the config (`alerts.rules`), else `DEFAULT_RULES`."
     if rules is not None: return rules_from_dicts(rules, 'rules')

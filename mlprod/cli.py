@@ -6,17 +6,56 @@
 from __future__ import annotations
 import argparse, importlib, json, logging, os, sys, traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 from .core import MlprodError, ConfigError, to_json
 from . import config as _config
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'cmd_config', 'command_function', 'build_parser', 'main']
+__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'cmd_init', 'cmd_config', 'command_function', 'build_parser', 'main']
+
+# %% ../nbs/13_cli.ipynb #b6bf65f4
+def _init_model(d:Path, model:str|None, data:str, target:str|None, time_column:str|None, force:bool) -> Path:
+    "Infer the [models.NAME] section of `data` and add it to the mlprod.toml in `d` (created if missing)."
+    from mlprod.infer import read_table, infer_section, write_model_section
+    for opt, v in (('--model', model), ('--target', target), ('--time-column', time_column)):
+        if not v: raise ConfigError(opt, v, 'a value when --data is given', 'mlprod init --model NAME --data FILE --target COL --time-column COL')
+    if force: raise ConfigError('--force', True, 'no --force with --data', 'a section is added to mlprod.toml, never rewritten')
+    sec = infer_section(model, read_table(data), target, time_column)
+    p = write_model_section(sec, d, source=Path(data).name)
+    print(f"added [models.{sec.name}] to {p}: {sec.summary()}")
+    return p
+
+def cmd_init(dir:str='.', # project folder
+             *, force:bool=False, # overwrite an existing mlprod.toml
+             ci:Literal['github']|None=None, # also write a CI workflow that checks candidates on pull requests and promotes on merge
+             model:str|None=None, # with --data: the model whose section to infer and add; with --ci: the model the workflow checks (default flights)
+             data:str|None=None, # CSV or Parquet training data to infer the [models.NAME] section from (with --model, --target, --time-column)
+             target:str|None=None, # with --data: the label column
+             time_column:str|None=None, # with --data: the timestamp column that defines windows
+            ) -> int:
+    "Write a commented mlprod.toml that works as is, or add a model section inferred from a data file."
+    d = Path(dir); d.mkdir(parents=True, exist_ok=True)
+    p = d/'mlprod.toml'
+    if data: _init_model(d, model, data, target, time_column, force)
+    else:
+        for opt, v in (('--target', target), ('--time-column', time_column)):
+            if v: raise ConfigError(opt, v, 'only with --data FILE')
+        if p.exists() and not force:
+            raise ConfigError('init', str(p), 'a folder without mlprod.toml', 'pass --force to overwrite it')
+        p.write_text(_config.DEFAULT_TOML, encoding='utf-8')
+        _config.parse_config(_config.DEFAULT_TOML, root=d)  # what we write must load
+        print(f"wrote {p}")
+    (d/'reports').mkdir(exist_ok=True)
+    if ci == 'github':
+        from mlprod.testing import write_github_workflow
+        print(f"wrote {write_github_workflow(d, model=model or 'flights')} (checks on pull requests, promotes on merge; see tests/model/)")
+    return 0
 
 # %% ../nbs/13_cli.ipynb #255eef87
 COMMANDS = {
+    'init': ('mlprod.cli', 'cmd_init', 'write a commented mlprod.toml, or add a model section inferred from a data file'),
     'demo': ('mlprod.demo', 'cmd_demo', 'play 2013 on real flights data: deploy, serve, monitor, retrain, reject, roll back'),
     'config': ('mlprod.cli', 'cmd_config', 'show the effective project config'),
     'models': ('mlprod.registry', 'cmd_models', 'list registered models and their aliases'),
@@ -55,30 +94,6 @@ OPTION_SPELLING = {'register': _WINDOW, 'compare': _WINDOW, 'ci check': _WINDOW,
                    'run': {'short': {'param': '-p'}, 'metavar': {'param': ('KEY', 'VALUE')}},
                    'schedule': {'metavar': {'export': ('airflow', 'DIR')}}}
 
-# %% ../nbs/13_cli.ipynb #2db947f7
-def _cmd_init(args):
-    "Write a commented mlprod.toml that works as is."
-    d = Path(args.dir); d.mkdir(parents=True, exist_ok=True)
-    p = d/'mlprod.toml'
-    if p.exists() and not args.force:
-        raise ConfigError('init', str(p), 'a folder without mlprod.toml', 'pass --force to overwrite it')
-    p.write_text(_config.DEFAULT_TOML, encoding='utf-8')
-    _config.parse_config(_config.DEFAULT_TOML, root=d)  # what we write must load
-    (d/'reports').mkdir(exist_ok=True)
-    print(f"wrote {p}")
-    if args.ci == 'github':
-        from mlprod.testing import write_github_workflow
-        print(f"wrote {write_github_workflow(d, model=args.model)} (checks on pull requests, promotes on merge; see tests/model/)")
-    return 0
-
-def _add_init(sub):
-    s = sub.add_parser('init', help='write a commented mlprod.toml', description=_cmd_init.__doc__)
-    s.add_argument('dir', nargs='?', default='.', help='project folder (default: here)')
-    s.add_argument('--force', action='store_true', help='overwrite an existing mlprod.toml')
-    s.add_argument('--ci', choices=['github'], help='also write a CI workflow that checks candidates on pull requests and promotes on merge')
-    s.add_argument('--model', default='flights', help='model the CI workflow checks (with --ci)')
-    s.set_defaults(func=_cmd_init)
-
 # %% ../nbs/13_cli.ipynb #a414bb39
 def cmd_config(project=None, # project folder or mlprod.toml (the global `--project`)
               ) -> int:
@@ -106,7 +121,6 @@ def build_parser(command:str|None=None, # the command about to run (only its mod
     p.add_argument('--debug', action='store_true', help='show tracebacks and debug logs')
     p.add_argument('--project', default=None, help='project folder or mlprod.toml (default: found from the working folder)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
-    _add_init(sub)
     for name, (module, func, text) in COMMANDS.items():
         top = name.split()[0]
         if command not in ('*', top):
@@ -121,13 +135,13 @@ def build_parser(command:str|None=None, # the command about to run (only its mod
 def main(argv=None) -> int:
     "Entry point of the `mlprod` console script."
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a == 'init' or a in COMMANDS), None)
+    command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     if not args.command: parser.print_help(); return 2
     try:
-        if args.project and args.command != 'init': _config.get_config(args.project)
+        if args.command != 'init': _config.ensure_importable(_config.get_config(args.project))  # the project's own code imports
         return int(args.func(args) or 0)
     except MlprodError as e:
         if args.debug: traceback.print_exc()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 from .core import (MlprodError, ConfigError, NotFoundError, Status, esc, fmt, status_badge, to_json,
                          utcnow, to_utc, jsonable)
-from .config import ProjectConfig, get_config, ensure_state
+from .config import ProjectConfig, get_config, ensure_state, project_env
 from .reports import check_name, page, report_stamp, save_report, PROJECT_FOLDER
 from .runs import JobRun, JobFailed, record_run, recent_runs
 

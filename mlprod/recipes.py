@@ -8,7 +8,7 @@ import importlib, logging
 from typing import Callable
 import pandas as pd
 from .core import ConfigError, DataError
-from .config import ModelConfig
+from .config import ModelConfig, ProjectConfig, ensure_importable, importable_paths, get_config
 
 log = logging.getLogger(__name__)
 
@@ -16,12 +16,21 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'resolve', 'feature_columns', 'train_lightgbm']
 
 # %% ../nbs/01a_recipes.ipynb #b6293690
-def resolve(ref:str, key:str='recipe') -> Callable:
-    "Import the function named by `module:function`."
-    if not isinstance(ref, str) or ref.count(':') != 1: raise ConfigError(key, ref, "'package.module:function'")
+def resolve(ref:str, # `module:function`, e.g. 'my_src:train'
+            key:str='recipe', # the config key it came from, for messages (e.g. 'models.churn.recipe')
+            cfg:ProjectConfig|None=None, # the project whose folders must be importable (default: the entry point's, else `get_config()`)
+           ) -> Callable:
+    "Import the function named by `module:function`, with the project's own code importable."
+    if not isinstance(ref, str) or ref.count(':') != 1 or not all(ref.split(':')):
+        raise ConfigError(key, ref, "'package.module:function'")
+    paths = ensure_importable(cfg) if cfg is not None else (importable_paths() or ensure_importable(get_config()))
     mod, fn = ref.split(':')
     try: m = importlib.import_module(mod)
-    except ImportError as e: raise ConfigError(key, ref, 'an importable module', f"import of {mod!r} failed: {e}") from None
+    except ModuleNotFoundError as e:
+        if e.name is None or not (mod == e.name or mod.startswith(e.name + '.')): raise ConfigError(key, ref, 'an importable module', f"importing {mod!r} failed: {e}") from None
+        raise ConfigError(key, ref, "a module in the project folder, a [project] python_path folder or an installed package",
+                          f"cannot import module {mod!r} (searched: {', '.join(paths)} and the installed packages)") from None
+    except ImportError as e: raise ConfigError(key, ref, 'an importable module', f"importing {mod!r} failed: {e}") from None
     f = getattr(m, fn, None)
     if not callable(f): raise ConfigError(key, ref, f"a function defined in {mod}")
     return f

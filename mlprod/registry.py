@@ -15,6 +15,7 @@ from .config import get_config, ProjectConfig, ModelConfig, mlflow_setup, ensure
 from . import db as _db
 from .data import Schema, fingerprint, schema_to_dict, schema_from_dict
 from .recipes import feature_columns
+from .infer import configure_model
 
 log = logging.getLogger(__name__)
 os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
@@ -213,6 +214,8 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
              name:str, # registered model name
              train_df:pd.DataFrame, # the training data: features, target and time column
              *,
+             target:str|None=None, # label column; with `time_column`, a model without a [models.NAME] section gets one inferred and written
+             time_column:str|None=None, # timestamp column (for a first registration, like `target`)
              features:Sequence[str]|None=None, # input columns; default from the model's config
              categorical:Sequence[str]|None=None, # which features are categorical; default from the config
              window=None, # (start, end) of the training window; default the time range of `train_df`
@@ -225,7 +228,8 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
     "Log `model` with its signature, schema, reference snapshot and lineage, and register a new version of `name`."
     import mlflow, skops.io
     from mlflow.models import infer_signature
-    cfg = ensure_state(_cfg(cfg)); mc = _model_cfg(cfg, name)
+    cfg = ensure_state(configure_model(_cfg(cfg), name, train_df, model, target=target, time_column=time_column, features=features))
+    mc = _model_cfg(cfg, name)
     if not isinstance(train_df, pd.DataFrame) or len(train_df) == 0:
         raise DataError(f"train_df: got {type(train_df).__name__} with {len(train_df) if hasattr(train_df, '__len__') else '?'} rows; allowed: a non-empty DataFrame")
     if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}', str(name)):
@@ -305,9 +309,12 @@ class LoadedModel:
     loaded_at:Any
     _ref:dict=field(default_factory=dict, repr=False)
     @property
-    def target(self) -> str: return self.tags.get('mlprod.target', 'delayed')
+    def target(self) -> str: return self._lineage('mlprod.target')
     @property
-    def time_column(self) -> str: return self.tags.get('mlprod.time_column', 'time_hour')
+    def time_column(self) -> str: return self._lineage('mlprod.time_column')
+    def _lineage(self, tag:str) -> str:
+        if not self.tags.get(tag): raise NotFoundError(f"{tag}: got no such tag on {self.name} version {self.version}; allowed: a version registered by mlprod.registry.register")
+        return self.tags[tag]
     @property
     def model_uri(self) -> str: return f"models:/{self.name}/{self.version}"
     @property

@@ -921,8 +921,9 @@ def _read_token(token_env:str|None) -> str|None:
 def app_from_env():
     "The app described by the MLPROD_SERVE_SPEC environment variable (used by `serve` for each uvicorn worker)."
     spec = json.loads(os.environ[_SPEC_ENV])
-    from mlprod.config import get_config
+    from mlprod.config import get_config, ensure_importable
     cfg = get_config(spec.get('project'))
+    ensure_importable(cfg)  # each worker unpickles models that may use the project's own code
     return create_app(spec['name'], spec['alias'], cfg=cfg, shadow=spec.get('shadow'), token=_read_token(spec.get('token_env')))
 
 def serve(name:str, # registered model name
@@ -941,8 +942,8 @@ def serve(name:str, # registered model name
     tok = _read_token(token_env)
     if host not in ('127.0.0.1', 'localhost', '::1') and tok is None:
         log.warning('serving on %s without a token: anyone who can reach this host can score', host)
-    from mlprod.config import get_config
-    get_config(project)  # fail early on a bad project
+    from mlprod.config import get_config, ensure_importable
+    ensure_importable(get_config(project))  # fail early on a bad project; its code imports in this process
     os.environ[_SPEC_ENV] = json.dumps({'name': name, 'alias': alias, 'shadow': shadow, 'token_env': token_env,
                                         'project': str(project) if project else None})
     uvicorn.run('mlprod.serve:app_from_env', factory=True, host=host, port=port, workers=workers, access_log=False,

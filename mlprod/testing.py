@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np, pandas as pd
 import pytest
 from .core import MlprodError, ConfigError, DataError, NotFoundError, Status, esc, fmt, status_badge, to_utc, jsonable, to_json
-from .config import get_config, ProjectConfig, ModelConfig
+from .config import get_config, ProjectConfig, ModelConfig, ensure_importable
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def pytest_configure(config):
 def pytest_sessionstart(session):
     c = session.config.stash.get(_KEY, None)
     if c is None: return
-    try: c.model
+    try: ensure_importable(c.cfg); c.model  # the project's own code imports in the test session
     except MlprodError as e: raise pytest.UsageError(f"--mlprod-model {c.label}: {e}") from None
 
 # %% ../nbs/09a_testing.ipynb #a5b66f9a

@@ -75,6 +75,8 @@ def make_project(folder, hook_url, smtp_port, cooldown=60, rules=None):
     "Write mlprod.toml with a file, a webhook and an e-mail channel; return its config."
     toml = textwrap.dedent(f'''\
         [models.flights]
+        target = "delayed"
+        time_column = "time_hour"
         [alerts]
         cooldown_minutes = {cooldown}
         [[alerts.channels]]

