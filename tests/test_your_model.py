@@ -47,6 +47,7 @@ class Case:
     compare_window: tuple # version 2 (staging) against production
     traffic: tuple # requests come from this window
     retrain_as_of: str
+    retrain_needs: tuple = () # features `mlprod retrain` needs on this data beyond the case's
     hand_written: bool = False # today's path: hand-written mlprod.toml + project folder on PYTHONPATH
     needs: tuple = () # features the flow of this case depends on beyond the common ones
     sample: int = 240 # rows replayed as traffic (monitor's min_rows is 200)
@@ -61,13 +62,13 @@ CASES = [
          needs=(FEATURE_LABELS,)),
     Case('hotel_rates', 'hotel_rates', 'avg_price_per_room', 'arrival_date', 'regression', ('2016-07-01', '2016-10-01'),
          ('2016-10-01', '2016-11-01'), ('2016-08-01', '2016-11-01'), ('2016-11-01', '2016-12-01'), ('2016-12-01', '2017-01-01'),
-         '2017-01-01'),
+         '2017-01-01', retrain_needs=(FEATURE_RANGE,)),
     Case('storms', 'storms', 'status', 'time', 'multiclass', ('2004-01-01', '2015-01-01'), ('2015-01-01', '2016-01-01'),
          ('2005-01-01', '2016-01-01'), ('2016-01-01', '2017-01-01'), ('2017-01-01', '2018-01-01'), '2018-01-01',
          needs=(FEATURE_MULTICLASS,)),
     Case('hotel_rates', 'hotel_rates', 'avg_price_per_room', 'arrival_date', 'regression', ('2016-07-01', '2016-10-01'),
          ('2016-10-01', '2016-11-01'), ('2016-08-01', '2016-11-01'), ('2016-11-01', '2016-12-01'), ('2016-12-01', '2017-01-01'),
-         '2017-01-01', hand_written=True),
+         '2017-01-01', retrain_needs=(FEATURE_RANGE,), hand_written=True),
 ]
 
 
@@ -227,7 +228,7 @@ def run_flow(flow: Flow, tmp_path: Path) -> Flow:
         _ensure_keys(toml, name, {'data_source': 'my_src:load', 'recipe': 'my_src:train', 'train_window_days': days})
     # 2. version 1 against the prior baseline, then production
     r = flow.cli('compare v1 with the baseline', 'compare', name, '--challenger', '1', '--champion', 'baseline', '--window',
-                 *case.baseline_window, '--n-boot', '200', '--no-ops', '--json', ok_codes=(0, 1), needs=_needs(imp, needs))
+                 *case.baseline_window, '--n-boot', '100', '--no-ops', '--json', ok_codes=(0, 1), needs=_needs(imp, needs))
     comp = _json_out(r) or {}
     flow.check('compare v1 reports a decision and the headline metric', bool(comp.get('decision')), r.stdout[-1500:], needs=_needs(imp, needs))
     promote = ['--decision', comp['id']] if comp.get('decision') == 'promote' and comp.get('id') else ['--force']
@@ -238,7 +239,7 @@ def run_flow(flow: Flow, tmp_path: Path) -> Flow:
              needs=needs)
     flow.cli('deploy v2 to staging', 'deploy', name, '2', '--reason', 'candidate', needs=needs)
     r = flow.cli('compare v2 with production', 'compare', name, '--challenger', 'staging', '--window', *case.compare_window,
-                 '--n-boot', '200', '--no-ops', '--json', ok_codes=(0, 1), needs=_needs(imp, needs))
+                 '--n-boot', '100', '--no-ops', '--json', ok_codes=(0, 1), needs=_needs(imp, needs))
     comp2 = _json_out(r) or {}
     flow.check('compare v2 reports a decision', bool(comp2.get('decision')), r.stdout[-1500:], needs=_needs(imp, needs))
     if comp2.get('decision') == 'promote' and comp2.get('id'):
@@ -252,7 +253,16 @@ def run_flow(flow: Flow, tmp_path: Path) -> Flow:
         flow.check('mlprod serve answers /ping', svc.wait() == '', svc.wait(1), needs=needs, stop=True)
         sent = replay(svc.url, rows, features, case.time_column)
         version = httpx.get(svc.url + '/version', timeout=5, trust_env=False).json().get('version')
+        # bad input still gets a clear 4xx naming the column: a missing column, a wrong type
+        num = next(f for f in features if pd.api.types.is_numeric_dtype(rows[f]))
+        rec = json.loads(rows[features].head(1).to_json(orient='records'))[0]
+        with httpx.Client(base_url=svc.url, timeout=30, trust_env=False) as c:
+            bad = {'missing column': c.post('/invocations', json={'dataframe_records': [{k: v for k, v in rec.items() if k != num}]}),
+                   'wrong type': c.post('/invocations', json={'dataframe_records': [{**rec, num: 'not a number'}]})}
     finally: svc.stop()
+    for what, r in bad.items():
+        flow.check(f"{what} in {num!r}: a 4xx that names the column", 400 <= r.status_code < 500 and num in r.text,
+                   f"{r.status_code} {r.text[:500]}", needs=needs)
     by_status = sent.status.value_counts().to_dict()
     unseen = int(sent.violations.map(lambda v: any(k.startswith('unseen_category:') for k in v)).sum())
     kinds = pd.Series([k for v in sent.violations for k in v], dtype=object).value_counts().to_dict()
@@ -283,11 +293,12 @@ def run_flow(flow: Flow, tmp_path: Path) -> Flow:
     flow.check(f"realized {figs.get('metric')} is present and plausible", _plausible(figs.get('metric', ''), figs.get('realized_metric'), rows[case.target]),
                figs, needs=needs)
     # 7. retrain from the CLI (imports the project's data source and recipe), then the monitor job
-    r = flow.cli('retrain', 'retrain', name, '--as-of', case.retrain_as_of, '--auto-promote', 'off', '--json', needs=_needs(imp, needs),
-                 timeout=600)
+    # the new window holds values outside the old contract's ranges (hotel_rates: Christmas bookings after a summer window)
+    rneeds = _needs(imp, needs, *case.retrain_needs)
+    r = flow.cli('retrain', 'retrain', name, '--as-of', case.retrain_as_of, '--auto-promote', 'off', '--json', needs=rneeds, timeout=600)
     ret = _json_out(r) or {}
     flow.check('retrain trained a version', ret.get('status') in ('promoted', 'current', 'staged', 'rejected') and bool(ret.get('version')),
-               r.stdout[-1500:], needs=_needs(imp, needs))
+               r.stdout[-1500:], needs=rneeds)
     r = flow.cli('monitor job', 'run', 'monitor', '-p', 'model', name, '-p', 'start', case.traffic[0], '-p', 'end', case.traffic[1],
                  '--json', '--no-dashboard', ok_codes=(0, 1), needs=_needs(imp, needs), timeout=600)
     run = _json_out(r) or {}
