@@ -167,12 +167,16 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
             prod = _current(name, 'production', cfg)
             if prod is None: return 'no production version yet: nothing to check against', 'SKIPPED'
             schema = registry.load(name, prod, cfg=cfg).schema
-            # new categories and missing values the last window happened not to have are what retraining
-            # learns (LightGBM handles both); a missing column, a wrong type, an implausible or infinite value must not pass
-            bad = [v for v in schema.validate(train).violations if v.kind not in ('unseen_category', 'null')]
+            # new categories, missing values and numbers beyond the last window's range are what retraining learns
+            # (a holiday flag that was 0 all summer); they are named in the step and the comparison gates still
+            # protect production. A missing column, a wrong type or an infinite value must not pass.
+            found = schema.validate(train).violations
+            LEARNED = ('unseen_category', 'null', 'out_of_range')
+            learned, bad = [v for v in found if v.kind in LEARNED], [v for v in found if v.kind not in LEARNED]
             for c in (mc.target,):
                 if train[c].isna().any(): bad.append(f"column {c!r} has {int(train[c].isna().sum())} missing label(s)")
             if bad: raise DataError('data contract: ' + '; '.join(v if isinstance(v, str) else v.message for v in bad))
+            if learned: return f"new in this window (learned by the new version): " + '; '.join(v.message for v in learned), 'WARNING'
             return f"training data meets the contract of production version {prod}", 'SUCCESS'
         step('contract', _contract)
         fp = fingerprint(state['train'])
