@@ -352,6 +352,7 @@ class BackendResult:
     def ok(self) -> bool: return self.status == Status.SUCCESS
     def to_dict(self) -> dict: return jsonable(self)
 
+# %% ../nbs/04_optimize.ipynb #c8d1e002
 _COLUMNS = [('backend', 'backend'), ('status', 'status'), ('max_abs_diff', 'max |Δ|'), ('single_p50_us', '1-row p50 µs'),
             ('single_p99_us', '1-row p99 µs'), ('core_p50_us', 'core p50 µs'), ('batch_ms', 'batch ms'),
             ('size_bytes', 'size KB'), ('build_s', 'build s')]
@@ -364,6 +365,7 @@ def _cell(r:BackendResult, k:str) -> str:
     if k == 'max_abs_diff': return '—' if v is None else f"{v:.2g}"
     return fmt(v.value if isinstance(v, Status) else v)
 
+# %% ../nbs/04_optimize.ipynb #c8d1e004
 @dataclass(frozen=True)
 class OptimizationResult:
     "The original and every backend side by side, the winner and the version it was registered as."
@@ -511,6 +513,7 @@ def _register_optimized(loaded, res:OptimizationResult, cfg) -> str:
         client.set_model_version_tag(loaded.name, info.version, k, v)
     return str(info.version)
 
+# %% ../nbs/04_optimize.ipynb #c8d1e006
 def optimize(name:str, # registered model name
              version:str, # version number (or alias) to optimize
              cfg=None, # ProjectConfig or project folder; default `get_config()`
