@@ -305,6 +305,7 @@ class Trees:
     cat_left:np.ndarray|None=None # (n_nodes, 8) uint32 bitsets of categories going left
     cat_known:np.ndarray|None=None # (n_nodes, 8) uint32 bitsets of categories known to the feature
     float32:bool=False # scikit-learn trees compare float32 inputs
+    def __post_init__(self): self.is_leaf = self.children[:, 0] == np.arange(len(self.children))
 
 def _bit(bitsets:np.ndarray, nodes:np.ndarray, v:np.ndarray) -> np.ndarray:
     i = v.astype(np.int64) & 255
@@ -316,7 +317,8 @@ def leaves(self:Trees, X:np.ndarray) -> np.ndarray:
     n = len(X)
     idx = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
     rows = np.arange(n)[:, None]
-    for _ in range(self.depth):
+    for step in range(self.depth):
+        if step % 4 == 3 and self.is_leaf[idx].all(): break  # every row at a leaf of every tree
         v = X[rows, self.feature[idx]]
         right = v > self.threshold[idx]
         nan = np.isnan(v)
@@ -327,7 +329,7 @@ def leaves(self:Trees, X:np.ndarray) -> np.ndarray:
                 known = (v >= 0) & _bit(self.cat_known, idx, np.maximum(v, 0))
                 left = known & _bit(self.cat_left, idx, np.maximum(v, 0))
                 right = np.where(cat, np.where(known, ~left, self.missing_right[idx]), right)
-        idx = self.children[idx, right.astype(np.intp)]
+        idx = self.children[idx, right.view(np.uint8)]
     return idx
 Trees.leaves = leaves
 
