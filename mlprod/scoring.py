@@ -16,10 +16,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'UNSEEN', 'ScoringError', 'UnsupportedModelError', 'is_missing', 'frame_of', 'split_model', 'Then',
            'with_inner', 'encoder_categories', 'ColumnPlan', 'numeric_ops', 'apply_ops', 'Encoder', 'compile_encoder',
-           'matrix', 'Trees', 'leaves', 'trees_of_sklearn', 'trees_of_hist', 'ForestPredictor', 'HistPredictor',
-           'FastBooster', 'booster_string', 'LightGBMPredictor', 'LinearPredictor', 'compile_predictor',
-           'CompiledModel', 'proba', 'labels', 'predict', 'probe_rows', 'ModelCapabilities', 'capabilities',
-           'compile_model', 'fast_path']
+           'Trees', 'trees_of_sklearn', 'trees_of_hist', 'ForestPredictor', 'HistPredictor', 'FastBooster',
+           'booster_string', 'LightGBMPredictor', 'LinearPredictor', 'compile_predictor', 'CompiledModel', 'probe_rows',
+           'ModelCapabilities', 'capabilities', 'compile_model', 'fast_path']
 
 # %% ../nbs/01b_scoring.ipynb #30b39ba6
 class ScoringError(MlprodError):
@@ -280,7 +279,7 @@ def _categorical_column(p:ColumnPlan, vals:list, X:np.ndarray):
     T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
     X[:, p.positions] = T[codes]
 
-def matrix(self:Encoder, columns:dict, # column name → list of values
+def _matrix(self:Encoder, columns:dict, # column name → list of values
            n_rows:int) -> np.ndarray: # number of rows
     "The float64 matrix of `n_rows` rows given as column lists."
     if n_rows == 1: return self._row(columns)
@@ -288,7 +287,7 @@ def matrix(self:Encoder, columns:dict, # column name → list of values
     for p in self.plans:
         (_numeric_column if p.kind == 'numeric' else _categorical_column)(p, columns[p.column], X)
     return X
-Encoder.matrix = matrix
+Encoder.matrix = _matrix
 
 # %% ../nbs/01b_scoring.ipynb #caea8fa6
 @dataclass
@@ -305,33 +304,38 @@ class Trees:
     cat_left:np.ndarray|None=None # (n_nodes, 8) uint32 bitsets of categories going left
     cat_known:np.ndarray|None=None # (n_nodes, 8) uint32 bitsets of categories known to the feature
     float32:bool=False # scikit-learn trees compare float32 inputs
-    def __post_init__(self): self.is_leaf = self.children[:, 0] == np.arange(len(self.children))
+    def __post_init__(self):
+        self.is_leaf = self.children[:, 0] == np.arange(len(self.children))
+        self.child = np.ascontiguousarray(self.children).ravel()  # left, right of node i at 2i, 2i + 1
 
 def _bit(bitsets:np.ndarray, nodes:np.ndarray, v:np.ndarray) -> np.ndarray:
     i = v.astype(np.int64) & 255
     return ((bitsets[nodes, i >> 5] >> (i & 31).astype(np.uint32)) & 1).astype(bool)
 
-def leaves(self:Trees, X:np.ndarray) -> np.ndarray:
+def _leaves(self:Trees, X:np.ndarray) -> np.ndarray:
     "The leaf each row reaches in each tree: (n_rows, n_trees) node indices."
     if self.float32: X = X.astype(np.float32).astype(np.float64)
-    n = len(X)
-    idx = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-    rows = np.arange(n)[:, None]
-    for step in range(self.depth):
-        if step % 4 == 3 and self.is_leaf[idx].all(): break  # every row at a leaf of every tree
-        v = X[rows, self.feature[idx]]
-        right = v > self.threshold[idx]
-        nan = np.isnan(v)
-        if nan.any(): right = np.where(nan, self.missing_right[idx], right)
+    n, k = X.shape
+    Xf = np.ascontiguousarray(X, dtype=np.float64).ravel()
+    off = (np.arange(n) * k)[:, None] if n > 1 else 0
+    idx = np.tile(self.roots, (n, 1))
+    has_nan = bool(np.isnan(Xf).any())
+    for step in range(self.depth):  # a handful of numpy calls per level, for every row and tree at once
+        if step % 4 == 3 and self.is_leaf.take(idx).all(): break  # every row at a leaf of every tree
+        v = Xf.take(self.feature.take(idx) + off)
+        right = v > self.threshold.take(idx)
+        nan = np.isnan(v) if has_nan else None
+        if has_nan: right = np.where(nan, self.missing_right.take(idx), right)
         if self.cat_nodes is not None:
-            cat = self.cat_nodes[idx] & ~nan
+            cat = self.cat_nodes.take(idx) if nan is None else self.cat_nodes.take(idx) & ~nan
             if cat.any():
-                known = (v >= 0) & _bit(self.cat_known, idx, np.maximum(v, 0))
-                left = known & _bit(self.cat_left, idx, np.maximum(v, 0))
-                right = np.where(cat, np.where(known, ~left, self.missing_right[idx]), right)
-        idx = self.children[idx, right.view(np.uint8)]
+                vv = np.where(cat, np.maximum(np.nan_to_num(v, nan=0.0), 0), 0)
+                known = (v >= 0) & _bit(self.cat_known, idx, vv)
+                left = known & _bit(self.cat_left, idx, vv)
+                right = np.where(cat, np.where(known, ~left, self.missing_right.take(idx)), right)
+        idx = self.child.take(2 * idx + right)
     return idx
-Trees.leaves = leaves
+Trees.leaves = _leaves
 
 # %% ../nbs/01b_scoring.ipynb #90dff972
 def _stack(parts:list, depth:int, float32:bool, cats:list|None=None) -> Trees:
@@ -518,17 +522,17 @@ class CompiledModel:
         "Probabilities (classifiers) or predictions (regressors)."
         return self.predictor.raw(self.encoder.matrix(columns, n_rows))
 
-# %% ../nbs/01b_scoring.ipynb #37408610
-def proba(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
+# %% ../nbs/01b_scoring.ipynb #4b45e598
+def _proba(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
     "Class probabilities, (n_rows, n_classes), columns in `classes` order."
     if self.classes is None: raise ScoringError(f"proba: got a {self.task} model; allowed: a classifier")
     return self.raw(columns, n_rows)
 
-def labels(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
+def _labels(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
     "Predicted class labels (the model's `predict`)."
     return self.classes[np.argmax(self.proba(columns, n_rows), axis=1)]
 
-def predict(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
+def _predict(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
     "What the model's `predict` returns: labels of a classifier, values of a regressor."
     return self.labels(columns, n_rows) if self.classes is not None else self.raw(columns, n_rows)
 
@@ -537,7 +541,7 @@ def _call(self:CompiledModel, columns:dict, n_rows:int) -> np.ndarray:
     if self.task == 'binary': return self.raw(columns, n_rows)[:, 1]
     return self.predict(columns, n_rows)
 
-CompiledModel.proba, CompiledModel.labels, CompiledModel.predict, CompiledModel.__call__ = proba, labels, predict, _call
+CompiledModel.proba, CompiledModel.labels, CompiledModel.predict, CompiledModel.__call__ = _proba, _labels, _predict, _call
 
 # %% ../nbs/01b_scoring.ipynb #76b5964a
 def probe_rows(features:Sequence[str], # input columns
