@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 from .core import MlprodError, ConfigError, DataError, Status, jsonable, esc, fmt, status_badge
 from .data import Schema
-from .scoring import (Encoder, FastBooster, booster_string, compile_encoder, encoder_categories, frame_of, is_missing,
-                      probe_rows, split_model, with_inner)
+from .scoring import Encoder, FastBooster, booster_string, compile_encoder, frame_of, probe_rows, split_model, with_inner
 
 log = logging.getLogger(__name__)
 
