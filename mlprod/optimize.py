@@ -12,15 +12,17 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from .core import MlprodError, ConfigError, DataError, Status, jsonable, esc, fmt, status_badge
+from .data import Schema
+from .scoring import Encoder, FastBooster, booster_string, compile_encoder, frame_of, probe_rows, split_model, with_inner
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BACKENDS', 'UNSEEN', 'OptimizeError', 'UnsupportedModelError', 'FeatureEncoding', 'encoding_of',
-           'OptimizedClassifier', 'LightGBMNumpyClassifier', 'OnnxBinaryClassifier', 'CompiledTreesClassifier',
-           'BackendUnavailable', 'build_lightgbm_numpy', 'build_onnx', 'build_compiled_trees', 'register_backend',
-           'edge_rows', 'Equivalence', 'check_equivalence', 'measure_latency', 'BackendResult', 'OptimizationResult',
-           'optimize_model', 'optimize', 'cmd_optimize']
+__all__ = ['log', 'BACKENDS', 'OptimizeError', 'UnsupportedModelError', 'encode', 'encoding_of', 'OptimizedClassifier',
+           'LightGBMNumpyClassifier', 'OnnxBinaryClassifier', 'CompiledTreesClassifier', 'BackendUnavailable',
+           'build_lightgbm_numpy', 'build_onnx', 'build_compiled_trees', 'register_backend', 'edge_rows', 'Equivalence',
+           'check_equivalence', 'measure_latency', 'BackendResult', 'OptimizationResult', 'optimize_model', 'optimize',
+           'cmd_optimize']
 
 # %% ../nbs/04_optimize.ipynb #6f6e9998
 class OptimizeError(MlprodError):
@@ -30,118 +32,47 @@ class UnsupportedModelError(OptimizeError):
     "The model is not a shape `optimize` knows how to convert."
 
 # %% ../nbs/04_optimize.ipynb #228e8287
-def _is_missing(v) -> bool:
-    "None, NaN, pd.NA or NaT."
-    if v is None: return True
-    try: return bool(v != v) or v is pd.NA
-    except (TypeError, ValueError): return v is pd.NA
-
-@dataclass(frozen=True)
-class FeatureEncoding:
-    "How input columns become the float64 matrix the trees see."
-    features:tuple # output columns, in the order the trees expect them
-    categorical:tuple=() # which of them are category → code maps
-    maps:dict=field(default_factory=dict) # column → {category: code}
-    unknown:dict=field(default_factory=dict) # column → code of a category not seen in training
-    missing:dict=field(default_factory=dict) # column → code of a missing category
-
-    def _cat_codes(self, c, vals) -> list:
-        m, unk, miss = self.maps[c], self.unknown[c], self.missing[c]
-        return [m.get(v, unk) if type(v) is str else (miss if _is_missing(v) else m.get(v, unk)) for v in vals]
-
-    def _encode_rows(self, V) -> np.ndarray:
-        "Row by row: the fast way for a few rows of Python objects (columns in `features` order)."
-        plan = [(self.maps.get(c), self.unknown.get(c), self.missing.get(c)) for c in self.features]
-        rows = []
-        for r in V:
-            out = []
-            for (m, unk, miss), v in zip(plan, r):
-                if m is None: out.append(v if type(v) is float else (math.nan if _is_missing(v) else v))
-                else: out.append(m.get(v, unk) if type(v) is str else (miss if _is_missing(v) else m.get(v, unk)))
-            rows.append(out)
-        return np.array(rows, dtype=np.float64).reshape(len(rows), len(self.features))
-
-    def encode(self, X) -> np.ndarray:
-        "The float64 matrix of a DataFrame, a record (dict) or a list of records."
-        if isinstance(X, Mapping): X = [X]
-        if isinstance(X, pd.DataFrame):
-            same = tuple(X.columns) == self.features
-            if not same:
-                missing = [c for c in self.features if c not in X.columns]
-                if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {list(self.features)}")
-            if len(X) <= 32:  # a few rows: one object array, then plain Python (no per-column pandas calls)
-                V = X.to_numpy(dtype=object)
-                return self._encode_rows(V if same else V[:, X.columns.get_indexer(list(self.features))])
-            out = np.empty((len(X), len(self.features)), dtype=np.float64)
-            for j, c in enumerate(self.features):
-                s = X[c]
-                if c in self.maps: out[:, j] = self._cat_codes(c, s.to_numpy())
-                elif s.dtype.kind in 'fiub': out[:, j] = s.to_numpy(dtype=np.float64)
-                else: out[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
-            return out
-        if isinstance(X, (list, tuple)) and all(isinstance(r, Mapping) for r in X):
-            return self._encode_rows([[r.get(c) for c in self.features] for r in X])
-        raise DataError(f"data: got {type(X).__name__}; allowed: a DataFrame, a record (dict) or a list of records")
-
-    def encode_columns(self, columns:Mapping, n_rows:int) -> np.ndarray:
-        "The float64 matrix of a column → list-of-values mapping (what a JSON payload parses into)."
-        if n_rows <= 32: return self._encode_rows(list(zip(*[columns[c] for c in self.features])))
-        out = np.empty((n_rows, len(self.features)), dtype=np.float64)
-        for j, c in enumerate(self.features):
-            vals = columns[c]
-            if c in self.maps: out[:, j] = self._cat_codes(c, vals)
-            else: out[:, j] = [math.nan if _is_missing(v) else v for v in vals]
-        return out
-
-    def to_dict(self) -> dict: return jsonable(self)
+def encode(encoding:Encoder, # from `encoding_of`
+           X) -> np.ndarray: # a DataFrame, a record (dict) or a list of records
+    "The float64 matrix the trees read, of a DataFrame, a record (dict) or a list of records."
+    feats = list(encoding.features)
+    if isinstance(X, Mapping): X = [X]
+    if isinstance(X, pd.DataFrame):
+        missing = [c for c in feats if c not in X.columns]
+        if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {feats}")
+        return encoding.matrix({c: X[c].tolist() for c in feats}, len(X))
+    if isinstance(X, (list, tuple)) and all(isinstance(r, Mapping) for r in X):
+        return encoding.matrix({c: [r.get(c) for r in X] for c in feats}, len(X))
+    raise DataError(f"data: got {type(X).__name__}; allowed: a DataFrame, a record (dict) or a list of records")
 
 # %% ../nbs/04_optimize.ipynb #79551d1e
 def encoding_of(model) -> tuple:
-    "The `FeatureEncoding` and the LightGBM estimator of an OrdinalEncoder/passthrough + LightGBM pipeline."
-    from sklearn.pipeline import Pipeline
-    from sklearn.compose import ColumnTransformer
-    from sklearn.preprocessing import OrdinalEncoder
+    "The `mlprod.scoring.Encoder` and the LightGBM estimator of a preprocessing + binary LGBMClassifier pipeline."
     import lightgbm as lgb
-    allowed = "a fitted Pipeline(ColumnTransformer(OrdinalEncoder, 'passthrough'), LGBMClassifier) or an LGBMClassifier"
+    allowed = "a fitted Pipeline(preprocessing, LGBMClassifier) or an LGBMClassifier"
     model = getattr(model, 'model', model) if type(model).__name__ == 'PositiveScore' else model
     if isinstance(model, lgb.LGBMClassifier):
         if not hasattr(model, 'booster_'): raise UnsupportedModelError(f"model: got an unfitted LGBMClassifier; allowed: {allowed}")
-        return FeatureEncoding(tuple(model.booster_.feature_name())), model
-    if not isinstance(model, Pipeline) or len(model.steps) != 2:
+        return compile_encoder(None, model.booster_.feature_name()), model
+    from sklearn.pipeline import Pipeline
+    if not isinstance(model, Pipeline) or len(model.steps) < 2:
         raise UnsupportedModelError(f"model: got {type(model).__name__}; allowed: {allowed}")
-    prep, est = model.steps[0][1], model.steps[1][1]
+    pre, est = split_model(model)
     if not isinstance(est, lgb.LGBMClassifier) or getattr(est, 'n_classes_', None) != 2:
         raise UnsupportedModelError(f"model: last step is {type(est).__name__} (classes: {getattr(est, 'n_classes_', '?')}); allowed: a binary LGBMClassifier")
-    if not isinstance(prep, ColumnTransformer) or not hasattr(prep, 'transformers_'):
-        raise UnsupportedModelError(f"model: first step is {type(prep).__name__}; allowed: a fitted ColumnTransformer")
-    spec = {n: t for n, t, _ in prep.transformers}
-    feats, cats, maps, unk, miss = [], [], {}, {}, {}
-    for name, trans, cols in prep.transformers_:
-        cols = [cols] if isinstance(cols, str) else list(cols)
-        if name == 'remainder' or trans == 'drop' or spec.get(name) == 'drop':
-            if name == 'remainder' and trans != 'drop' and cols:
-                raise UnsupportedModelError(f"model: remainder columns {cols} are passed on; allowed: remainder='drop'")
-            continue
-        if spec.get(name) == 'passthrough' or trans == 'passthrough': feats += cols; continue
-        if not isinstance(trans, OrdinalEncoder) or trans.handle_unknown != 'use_encoded_value':
-            raise UnsupportedModelError(f"model: transformer {name!r} is {type(trans).__name__}"
-                                        f"{'' if not isinstance(trans, OrdinalEncoder) else ' without handle_unknown=use_encoded_value'}; "
-                                        "allowed: OrdinalEncoder(handle_unknown='use_encoded_value') or 'passthrough'")
-        for c, values in zip(cols, trans.categories_):
-            maps[c] = {v: float(i) for i, v in enumerate(values) if not _is_missing(v)}
-            unk[c] = float(trans.unknown_value)
-            # scikit-learn: a missing value seen in training gets `encoded_missing_value`, else it is unknown
-            miss[c] = float(trans.encoded_missing_value) if any(_is_missing(v) for v in values) else unk[c]
-            feats.append(c); cats.append(c)
-    out = list(prep.get_feature_names_out())
-    if out != feats: raise UnsupportedModelError(f"model: transformer output {out} does not follow its input columns {feats}; allowed: verbose_feature_names_out=False")
-    return FeatureEncoding(tuple(feats), tuple(cats), maps, unk, miss), est
+    if not hasattr(model, 'feature_names_in_'): raise UnsupportedModelError(f"model: fitted without column names; allowed: a pipeline fitted on a DataFrame")
+    try: enc = compile_encoder(with_inner(pre, est), list(model.feature_names_in_))
+    except MlprodError as e: raise UnsupportedModelError(str(e)) from None
+    refused = [f"{p.column} ({what}: {err})" for p in enc.plans for what, out, err in
+               (('missing', p.missing, p.missing_error), ('unseen', p.unseen if p.kind == 'categorical' else 0, p.unseen_error)) if out is None]
+    if refused: raise UnsupportedModelError(f"model: the preprocessing refuses {'; '.join(refused)}; allowed: encoders that map unseen and missing values (e.g. OrdinalEncoder(handle_unknown='use_encoded_value'))")
+    return enc, est
 
 # %% ../nbs/04_optimize.ipynb #cdc403fa
 class OptimizedClassifier:
     "Base of the optimized binary classifiers: the pipeline's encoding, then a backend scoring the trees."
     backend = ''
-    def __init__(self, encoding:FeatureEncoding, classes=(0, 1)):
+    def __init__(self, encoding:Encoder, classes=(0, 1)):
         self.encoding, self.classes_, self._rt = encoding, np.asarray(classes), None
     @property
     def feature_names_in_(self): return np.asarray(self.encoding.features, dtype=object)
@@ -156,14 +87,14 @@ class OptimizedClassifier:
         raise NotImplementedError
     def score_columns(self, columns:Mapping, n_rows:int) -> np.ndarray:
         "Positive-class probabilities of column lists (column → values)."
-        return self.score_matrix(self.encoding.encode_columns(columns, n_rows))
+        return self.score_matrix(self.encoding.matrix(columns, n_rows))
     def predict_proba(self, X) -> np.ndarray:
         "Class probabilities, like `LGBMClassifier.predict_proba`."
-        p = self.score_matrix(self.encoding.encode(X))
+        p = self.score_matrix(encode(self.encoding, X))
         return np.column_stack([1.0 - p, p])
     def predict(self, X) -> np.ndarray:
         "Predicted classes (positive when the probability is above 0.5)."
-        return self.classes_[(self.score_matrix(self.encoding.encode(X)) > 0.5).astype(int)]
+        return self.classes_[(self.score_matrix(encode(self.encoding, X)) > 0.5).astype(int)]
     def __getstate__(self):
         d = dict(self.__dict__); d['_rt'] = None
         return d
@@ -171,46 +102,19 @@ class OptimizedClassifier:
     def __repr__(self): return f"{type(self).__name__}({len(self.encoding.features)} features)"
 
 # %% ../nbs/04_optimize.ipynb #e561e2f1
-class _FastBooster:
-    "A LightGBM booster with a single-row fast predictor (one thread) and a batch path."
-    def __init__(self, model_str:str, n_features:int):
-        import lightgbm as lgb
-        self.booster = lgb.Booster(model_str=model_str)
-        self.n_features, self.lock, self.fast = n_features, threading.Lock(), None
-        try:
-            from lightgbm.basic import _LIB, _safe_call, _c_str
-            h = ctypes.c_void_p()
-            _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-                self.booster._handle, ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(1),  # normal, all trees, float64
-                ctypes.c_int32(n_features), _c_str('num_threads=1'), ctypes.byref(h)))
-            self.fast, self._fn, self._free = h, _LIB.LGBM_BoosterPredictForMatSingleRowFast, _LIB.LGBM_FastConfigFree
-            self._n, self._out = ctypes.c_int64(), np.empty(1)
-        except Exception as e: log.debug('LightGBM single-row fast predictor unavailable: %s', e)
-    def __call__(self, A:np.ndarray) -> np.ndarray:
-        if len(A) == 1 and self.fast is not None:
-            row = np.ascontiguousarray(A[0], dtype=np.float64)
-            with self.lock:
-                if self._fn(self.fast, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._n),
-                            self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))) == 0: return self._out.copy()
-        return self.booster.predict(A, num_threads=1)
-    def __del__(self):
-        if getattr(self, 'fast', None) is not None:
-            try: self._free(self.fast)
-            except Exception: pass
-
 class LightGBMNumpyClassifier(OptimizedClassifier):
-    "The LightGBM trees scored on float64 numpy rows with one thread, without scikit-learn or pandas."
+    "The LightGBM trees scored on float64 numpy rows with one thread (`mlprod.scoring.FastBooster`), without scikit-learn or pandas."
     backend = 'lightgbm-numpy'
-    def __init__(self, encoding:FeatureEncoding, model_str:str, classes=(0, 1)):
+    def __init__(self, encoding:Encoder, model_str:str, classes=(0, 1)):
         super().__init__(encoding, classes); self.model_str = model_str
-    def _load(self): return _FastBooster(self.model_str, len(self.encoding.features))
+    def _load(self): return FastBooster(self.model_str, self.encoding.n_outputs)
     def score_matrix(self, A): return np.asarray(self._runtime()(A), dtype=np.float64).ravel()
 
 # %% ../nbs/04_optimize.ipynb #c775aa9a
 class OnnxBinaryClassifier(OptimizedClassifier):
     "The trees as an ONNX model scored by ONNX Runtime with one thread (float32 inside)."
     backend = 'onnx'
-    def __init__(self, encoding:FeatureEncoding, onnx_bytes:bytes, output:str='probabilities', classes=(0, 1)):
+    def __init__(self, encoding:Encoder, onnx_bytes:bytes, output:str='probabilities', classes=(0, 1)):
         super().__init__(encoding, classes); self.onnx_bytes, self.output = onnx_bytes, output
     def _load(self):
         import onnxruntime as ort
@@ -251,7 +155,7 @@ def _load_library(lib_bytes:bytes):
 class CompiledTreesClassifier(OptimizedClassifier):
     "The trees compiled to native code (treelite → tl2cgen → gcc), called through ctypes."
     backend = 'compiled-trees'
-    def __init__(self, encoding:FeatureEncoding, lib_bytes:bytes, platform:str='', classes=(0, 1)):
+    def __init__(self, encoding:Encoder, lib_bytes:bytes, platform:str='', classes=(0, 1)):
         super().__init__(encoding, classes); self.lib_bytes, self.platform = lib_bytes, platform
     def _load(self): return _load_library(self.lib_bytes)
     def score_matrix(self, A):
@@ -264,28 +168,24 @@ class CompiledTreesClassifier(OptimizedClassifier):
 class BackendUnavailable(OptimizeError):
     "A backend cannot run here (a package or tool is missing); it is skipped."
 
-def _booster_string(est) -> str:
-    "The model text of the trees `predict_proba` uses (up to the best iteration when there is one)."
-    best = getattr(est, 'best_iteration_', None)
-    return est.booster_.model_to_string(num_iteration=best if best else -1)
-
-def build_lightgbm_numpy(est, encoding:FeatureEncoding) -> OptimizedClassifier:
+def build_lightgbm_numpy(est, encoding:Encoder) -> OptimizedClassifier:
     "The lean LightGBM scorer."
-    return LightGBMNumpyClassifier(encoding, _booster_string(est), est.classes_)
+    return LightGBMNumpyClassifier(encoding, booster_string(est), est.classes_)
 
-def build_onnx(est, encoding:FeatureEncoding) -> OptimizedClassifier:
+def build_onnx(est, encoding:Encoder) -> OptimizedClassifier:
     "The trees converted to ONNX by onnxmltools; the ordinal mapping stays outside."
     try:
         import onnxmltools, onnxruntime  # noqa: F401
         from onnxmltools.convert.common.data_types import FloatTensorType
         import lightgbm as lgb
     except ImportError as e: raise BackendUnavailable(f"onnx: {e}; install onnxmltools and onnxruntime") from None
-    booster = lgb.Booster(model_str=_booster_string(est))
-    onx = onnxmltools.convert_lightgbm(booster, initial_types=[('input', FloatTensorType([None, len(encoding.features)]))],
+    booster = lgb.Booster(model_str=booster_string(est))
+    onx = onnxmltools.convert_lightgbm(booster, initial_types=[('input', FloatTensorType([None, encoding.n_outputs]))],
                                        zipmap=False, target_opset=15)
     outs = [o.name for o in onx.graph.output]
     return OnnxBinaryClassifier(encoding, onx.SerializeToString(), 'probabilities' if 'probabilities' in outs else outs[-1], est.classes_)
 
+# %% ../nbs/04_optimize.ipynb #b7c0a002
 _WRAPPER_C = """#include "header.h"
 void mlprod_predict_rows(double* data, long n, double* out) {
   for (long i = 0; i < n; ++i) { double r[1] = {0.0}; predict((union Entry*)(data + i * %d), 0, r); out[i] = r[0]; }
@@ -314,7 +214,8 @@ class _CapturedStderr:
         text = '\n'.join(t for t in (text, self.out.getvalue().strip()) if t)
         if text: log.debug('native output: %s', text)
 
-def build_compiled_trees(est, encoding:FeatureEncoding, opt:str='-O1', jobs:int|None=None) -> OptimizedClassifier:
+# %% ../nbs/04_optimize.ipynb #b7c0a003
+def build_compiled_trees(est, encoding:Encoder, opt:str='-O1', jobs:int|None=None) -> OptimizedClassifier:
     "The trees as C (treelite → tl2cgen), compiled with gcc into a shared library."
     try:
         import treelite, tl2cgen
@@ -327,9 +228,9 @@ def build_compiled_trees(est, encoding:FeatureEncoding, opt:str='-O1', jobs:int|
     with tempfile.TemporaryDirectory(prefix='mlprod-tl2cgen-') as d:
         d = Path(d)
         with _CapturedStderr():  # tl2cgen's bundled treelite prints version and progress notices
-            tm = treelite.frontend.from_lightgbm(lgb.Booster(model_str=_booster_string(est)))
+            tm = treelite.frontend.from_lightgbm(lgb.Booster(model_str=booster_string(est)))
             tl2cgen.generate_c_code(tm, str(d), params={'parallel_comp': jobs} if jobs > 1 else {}, verbose=False)
-        (d/'mlprod_wrap.c').write_text(_WRAPPER_C % len(encoding.features))
+        (d/'mlprod_wrap.c').write_text(_WRAPPER_C % encoding.n_outputs)
         sources = sorted(p.name for p in d.glob('*.c'))
         def compile_one(src):
             r = subprocess.run([cc, opt, '-fPIC', '-c', src, '-o', src[:-2] + '.o'], cwd=d, capture_output=True, text=True)
@@ -340,6 +241,7 @@ def build_compiled_trees(est, encoding:FeatureEncoding, opt:str='-O1', jobs:int|
         lib = (d/'model.so').read_bytes()
     return CompiledTreesClassifier(encoding, lib, f"{platform.system()}-{platform.machine()}", est.classes_)
 
+# %% ../nbs/04_optimize.ipynb #b7c0a005
 BACKENDS = {'lightgbm-numpy': build_lightgbm_numpy, 'onnx': build_onnx, 'compiled-trees': build_compiled_trees}
 
 def register_backend(name:str, # backend name shown in results
@@ -354,23 +256,12 @@ def _check_backends(backends) -> list:
     return names
 
 # %% ../nbs/04_optimize.ipynb #5606078b
-UNSEEN = '__mlprod_unseen__'
-
-def edge_rows(X:pd.DataFrame, encoding:FeatureEncoding) -> pd.DataFrame:
-    "Copies of the first row of `X` with each column missing, each category unseen, and all missing."
-    base = X[list(encoding.features)].head(1)
-    if base.empty: return base
-    out = []
-    for c in encoding.features:
-        r = base.copy()
-        if c in encoding.maps:
-            r = r.astype({c: object}); r[c] = None; out.append(r)
-            r = base.copy().astype({c: object}); r[c] = UNSEEN; out.append(r)
-        else: r = r.astype({c: 'float64'}); r[c] = np.nan; out.append(r)
-    r = base.copy().astype(object)
-    for c in encoding.features: r[c] = None if c in encoding.maps else np.nan
-    out.append(r.astype({c: 'float64' for c in encoding.features if c not in encoding.maps}))
-    return pd.concat(out, ignore_index=True)
+def edge_rows(X:pd.DataFrame, # held-out rows
+              encoding:Encoder) -> pd.DataFrame: # from `encoding_of`
+    "Probe rows (`mlprod.scoring.probe_rows`) over the ranges and categories of `X`, as the frame the model reads."
+    feats, cats = list(encoding.features), list(encoding.categorical)
+    categories = {p.column: list(p.table) for p in encoding.plans if p.kind == 'categorical'}
+    return frame_of(probe_rows(feats, cats, Schema.infer(X, feats, cats), categories), feats, cats)
 
 def _abs_diff(a, b) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -460,6 +351,7 @@ class BackendResult:
     def ok(self) -> bool: return self.status == Status.SUCCESS
     def to_dict(self) -> dict: return jsonable(self)
 
+# %% ../nbs/04_optimize.ipynb #c8d1e002
 _COLUMNS = [('backend', 'backend'), ('status', 'status'), ('max_abs_diff', 'max |Δ|'), ('single_p50_us', '1-row p50 µs'),
             ('single_p99_us', '1-row p99 µs'), ('core_p50_us', 'core p50 µs'), ('batch_ms', 'batch ms'),
             ('size_bytes', 'size KB'), ('build_s', 'build s')]
@@ -472,6 +364,7 @@ def _cell(r:BackendResult, k:str) -> str:
     if k == 'max_abs_diff': return '—' if v is None else f"{v:.2g}"
     return fmt(v.value if isinstance(v, Status) else v)
 
+# %% ../nbs/04_optimize.ipynb #c8d1e004
 @dataclass(frozen=True)
 class OptimizationResult:
     "The original and every backend side by side, the winner and the version it was registered as."
@@ -549,8 +442,8 @@ def optimize_model(model, # fitted OrdinalEncoder/passthrough + LGBMClassifier p
         raise DataError(f"holdout: got {type(holdout).__name__} with {len(holdout) if hasattr(holdout, '__len__') else '?'} rows; allowed: a non-empty DataFrame")
     missing = [c for c in encoding.features if c not in holdout.columns]
     if missing: raise DataError(f"holdout: columns {missing} are missing; allowed: a frame with columns {list(encoding.features)}")
-    X = pd.concat([holdout[list(encoding.features)], edge_rows(holdout, encoding).set_axis(
-        [f"edge-{i}" for i in range(len(encoding.features) + len(encoding.maps) + 1)], axis=0)])
+    edges = edge_rows(holdout, encoding)
+    X = pd.concat([holdout[list(encoding.features)], edges.set_axis([f"edge-{i}" for i in range(len(edges))], axis=0)])
     reference = np.asarray(model.predict_proba(X))[:, 1]
     lat0 = measure_latency(lambda d: model.predict_proba(d), X, max(repeats // 5, 20), batch_rows, max_seconds=max_seconds)
     original = BackendResult('original', Status.SUCCESS, f"{type(model).__name__} predict_proba (scikit-learn + LightGBM)", True, 0.0, None,
@@ -572,7 +465,7 @@ def optimize_model(model, # fitted OrdinalEncoder/passthrough + LGBMClassifier p
         if not eq.ok:
             results.append(BackendResult(b, Status.FAIL, f"refused: {eq.message}", True, eq.max_abs_diff, eq.worst_row,
                                          size_bytes=_size(m), build_s=build_s)); continue
-        lat = measure_latency(lambda d: m.predict_proba(d), X, repeats, batch_rows, core=m.score_matrix, encode=encoding.encode,
+        lat = measure_latency(lambda d: m.predict_proba(d), X, repeats, batch_rows, core=m.score_matrix, encode=lambda d: encode(encoding, d),
                               max_seconds=max_seconds)
         results.append(BackendResult(b, Status.SUCCESS, eq.message, True, eq.max_abs_diff, eq.worst_row, lat['single_p50_us'],
                                      lat['single_p99_us'], lat['core_p50_us'], lat['batch_ms'], _size(m), build_s))
@@ -619,6 +512,7 @@ def _register_optimized(loaded, res:OptimizationResult, cfg) -> str:
         client.set_model_version_tag(loaded.name, info.version, k, v)
     return str(info.version)
 
+# %% ../nbs/04_optimize.ipynb #c8d1e006
 def optimize(name:str, # registered model name
              version:str, # version number (or alias) to optimize
              cfg=None, # ProjectConfig or project folder; default `get_config()`

@@ -439,57 +439,6 @@ def clear_cache():
     "Forget every loaded model."
     with _CACHE_LOCK: _CACHE.clear()
 
-# %% ../nbs/02_registry.ipynb #6bbff04a
-def _compile_pipeline(model, features:list):
-    "For the standard recipe pipeline, (column plans, booster); None when the model has another shape."
-    try:
-        from sklearn.pipeline import Pipeline
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OrdinalEncoder, FunctionTransformer
-        if not isinstance(model, Pipeline) or len(model.steps) != 2: return None
-        prep, est = model.steps[0][1], model.steps[1][1]
-        booster = getattr(est, 'booster_', None)
-        if not isinstance(prep, ColumnTransformer) or booster is None: return None
-        plans = []
-        for name, trans, cols in prep.transformers_:
-            if name == 'remainder':
-                if trans == 'drop' or len(cols) == 0: continue
-                return None
-            if isinstance(trans, OrdinalEncoder):
-                if trans.handle_unknown != 'use_encoded_value': return None
-                for c, cats in zip(cols, trans.categories_):
-                    codes = {str(v): float(i) for i, v in enumerate(cats) if not (isinstance(v, float) and v != v)}
-                    plans.append((c, codes, float(trans.unknown_value), float(trans.encoded_missing_value)))
-            elif trans == 'passthrough' or (isinstance(trans, FunctionTransformer) and trans.func is None):
-                plans.extend((c, None, None, None) for c in cols)
-            else: return None
-        if len(plans) != booster.num_feature(): return None
-        return plans, booster
-    except Exception: return None
-
-def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
-
-def _fast_scorer(self:LoadedModel):
-    "A function of one row (dict) or a list of rows → scores, with minimal overhead; same numbers as `predict_scores`."
-    compiled = _compile_pipeline(self.model, self.features)
-    if compiled is None:
-        return lambda rows: self.predict_scores(pd.DataFrame([rows] if isinstance(rows, dict) else list(rows)))
-    plans, booster = compiled
-    n = len(plans)
-    def score(rows) -> np.ndarray:
-        rows = [rows] if isinstance(rows, dict) else rows
-        X = np.empty((len(rows), n), dtype='float64')
-        for i, r in enumerate(rows):
-            for j, (c, codes, unknown, missing) in enumerate(plans):
-                v = r.get(c)
-                if codes is None: X[i, j] = np.nan if v is None else v
-                else: X[i, j] = missing if _is_missing(v) else codes.get(str(v), unknown)
-        return np.asarray(booster.predict(X, num_threads=1), dtype='float64').ravel()
-    return score
-
-LoadedModel.fast_scorer = _fast_scorer
-
 # %% ../nbs/02_registry.ipynb #38dd7ea8
 @dataclass(frozen=True)
 class Move:

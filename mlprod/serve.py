@@ -14,17 +14,17 @@ from fastcore.basics import patch
 from .core import MlprodError, ConfigError, DataError, NotFoundError, jsonable, esc, utcnow
 from .data import Schema, Violation
 from .requestlog import RequestLog, json_value
+from .scoring import frame_of, fast_path
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORMS', 'UNSEEN_POLICIES', 'UNSEEN_PROBE', 'LATENCY_BUCKETS', 'PREDICTION_BUCKETS', 'ROUTES_TEXT',
            'ServeError', 'RequestError', 'request_id', 'parse_event_time', 'Batch', 'parse_payload', 'RowValidator',
-           'validate_rows', 'violation_dict', 'unexpected_violation', 'unseen_policy', 'fast_path_problem',
-           'LightGBMScorer', 'FrameScorer', 'make_scorer', 'ColumnCapability', 'probe_capabilities',
-           'contract_validator', 'Served', 'prepare', 'ModelProvider', 'StaticProvider', 'CallbackProvider',
-           'RegistryProvider', 'ServiceMetrics', 'content_kind', 'ScoringService', 'service_for', 'add_routes',
-           'add_error_handlers', 'create_app', 'app_from_env', 'serve', 'cmd_serve']
+           'validate_rows', 'violation_dict', 'unexpected_violation', 'unseen_policy', 'FrameScorer', 'make_scorer',
+           'ColumnCapability', 'probe_capabilities', 'contract_validator', 'Served', 'prepare', 'ModelProvider',
+           'StaticProvider', 'CallbackProvider', 'RegistryProvider', 'ServiceMetrics', 'content_kind', 'ScoringService',
+           'service_for', 'add_routes', 'add_error_handlers', 'create_app', 'app_from_env', 'serve', 'cmd_serve']
 
 # %% ../nbs/05_serve.ipynb #3f816345
 class ServeError(MlprodError):
@@ -317,123 +317,41 @@ def unseen_policy(setting:str, # models.NAME.unseen_categories: 'auto', 'score' 
     return setting
 
 # %% ../nbs/05_serve.ipynb #a78c10f1
-def fast_path_problem(model) -> str|None:
-    "Why `model` cannot use the LightGBM fast path, or None when it can."
-    try:
-        from sklearn.pipeline import Pipeline
-        from sklearn.compose import ColumnTransformer
-        from sklearn.preprocessing import OrdinalEncoder
-        import lightgbm as lgb
-    except ImportError as e: return f"missing package: {e}"
-    if not isinstance(model, Pipeline) or len(model.steps) != 2: return 'not a 2-step scikit-learn Pipeline'
-    prep, est = model.steps[0][1], model.steps[1][1]
-    if not isinstance(prep, ColumnTransformer) or not hasattr(prep, 'transformers_'): return 'first step is not a fitted ColumnTransformer'
-    if not isinstance(est, (lgb.LGBMClassifier, lgb.LGBMRegressor)): return f'last step is {type(est).__name__}, not LightGBM'
-    if isinstance(est, lgb.LGBMClassifier) and getattr(est, 'n_classes_', 2) != 2: return 'classifier with more than 2 classes'
-    if getattr(prep, 'sparse_output_', False): return 'sparse output'
-    spec = {name: trans for name, trans, _ in prep.transformers}
-    for name, trans, cols in prep.transformers_:
-        if name == 'remainder':
-            if trans != 'drop' and len(cols): return 'remainder columns are not dropped'
-            continue
-        if trans == 'drop' or spec.get(name) == 'drop': continue
-        if spec.get(name) == 'passthrough': continue
-        if isinstance(trans, OrdinalEncoder):
-            if trans.handle_unknown != 'use_encoded_value': return "OrdinalEncoder without handle_unknown='use_encoded_value'"
-            if any(not isinstance(c, str) for cats in trans.categories_ for c in cats if c == c): return 'non-string categories'
-            continue
-        return f'transformer {name!r} is {type(trans).__name__}, not OrdinalEncoder or passthrough'
-    return None
-
-class LightGBMScorer:
-    "Scores column lists with the raw booster of an OrdinalEncoder + LightGBM pipeline: no pandas, one thread."
-    kind = 'fast'
-    def __init__(self, model):
-        problem = fast_path_problem(model)
-        if problem: raise ServeError(f"model: {problem}; allowed: an OrdinalEncoder/passthrough ColumnTransformer + LightGBM pipeline")
-        prep, est = model.steps[0][1], model.steps[1][1]
-        spec = {name: trans for name, trans, _ in prep.transformers}
-        plan = []  # (column, mapping or None, code for missing)
-        for name, trans, cols in prep.transformers_:
-            if name == 'remainder' or trans == 'drop' or spec.get(name) == 'drop': continue
-            cols = [cols] if isinstance(cols, str) else list(cols)
-            if spec.get(name) == 'passthrough': plan += [(c, None, None) for c in cols]
-            else:
-                for c, cats in zip(cols, trans.categories_):
-                    mapping = {v: float(i) for i, v in enumerate(cats) if isinstance(v, str)}
-                    plan.append((c, mapping, float(trans.encoded_missing_value), float(trans.unknown_value)))
-        names = list(prep.get_feature_names_out())
-        if [p[0] for p in plan] != names: raise ServeError(f"model: transformer output {names} does not follow its input columns")
-        self.plan, self.columns = plan, [p[0] for p in plan]
-        self.booster = est.booster_
-        self.num_iteration = getattr(est, 'best_iteration_', None) or None
-
-    def matrix(self, columns:dict, n_rows:int) -> np.ndarray:
-        "The float64 matrix the booster sees."
-        if n_rows == 1:  # one row: a Python list, one numpy call
-            row = []
-            for p in self.plan:
-                v = columns[p[0]][0]
-                if p[1] is None: row.append(math.nan if v is None else v)
-                else: row.append(p[1].get(v, p[3]) if type(v) is str else (p[2] if v is None or v != v else p[1].get(str(v), p[3])))
-            return np.array([row], dtype=np.float64)
-        X = np.empty((n_rows, len(self.plan)), dtype=np.float64)
-        for j, p in enumerate(self.plan):
-            vals = columns[p[0]]
-            if p[1] is None: X[:, j] = np.array(vals, dtype=np.float64) if n_rows > 1 else (math.nan if vals[0] is None else vals[0])
-            else:
-                m, miss, unk = p[1], p[2], p[3]
-                X[:, j] = [m.get(v, unk) if type(v) is str else (miss if v is None or v != v else m.get(str(v), unk)) for v in vals]
-        return X
-
-    def __call__(self, columns:dict, n_rows:int) -> np.ndarray:
-        "Scores of the rows: positive-class probability (binary) or the prediction (regression)."
-        return self.booster.predict(self.matrix(columns, n_rows), num_threads=1, num_iteration=self.num_iteration)
-
 class FrameScorer:
-    "Scores column lists through a DataFrame and `LoadedModel.predict_scores` (any model)."
+    "Scores column lists through a DataFrame and the model's own methods (any model); `reason` says why not fast."
     kind = 'generic'
-    def __init__(self, loaded):
-        self.loaded = loaded
-        self.features, self.categorical = list(loaded.features), set(loaded.categorical)
+    def __init__(self, loaded, # a LoadedModel (or anything with .model, .features, .categorical, .predict_scores)
+                 reason:str|None=None): # why the fast path does not serve this model
+        self.loaded, self.reason = loaded, reason
+        self.features, self.categorical = list(loaded.features), list(loaded.categorical)
+        self.classes = getattr(getattr(loaded, 'model', None), 'classes_', None)
+    def frame(self, columns:dict, n_rows:int):
+        "The DataFrame the model reads."
+        return frame_of(columns, self.features, self.categorical)
     def __call__(self, columns:dict, n_rows:int) -> np.ndarray:
-        import pandas as pd
-        data = {}
-        for c in self.features:
-            vals = columns[c]
-            if c in self.categorical: data[c] = pd.Series([v if v is None or type(v) is str else (None if v != v else str(v)) for v in vals], dtype=object)
-            else: data[c] = np.array(vals, dtype='float64') if any(v is None for v in vals) else vals
-        return np.asarray(self.loaded.predict_scores(pd.DataFrame(data)), dtype='float64').ravel()
-
-def _probe_columns(schema:Schema) -> dict:
-    "Two synthetic rows from a schema: low/high numbers, first/last category."
-    cols = {}
-    for c in schema.columns:
-        if c.kind == 'numeric':
-            lo, hi = (c.min, c.max) if c.min is not None else (0.0, 1.0)
-            cols[c.name] = [lo + (hi - lo) * 0.4, lo + (hi - lo) * 0.6]
-        else: cols[c.name] = [c.categories[0], c.categories[-1]] if c.categories else [None, None]
-    return cols
+        "Scores as `LoadedModel.predict_scores` gives them."
+        s = np.asarray(self.loaded.predict_scores(self.frame(columns, n_rows))).ravel()
+        return s.astype('float64') if s.dtype.kind in 'fiu' else s
+    def proba(self, columns:dict, n_rows:int) -> np.ndarray:
+        "Class probabilities (columns in `classes` order)."
+        return np.asarray(self.loaded.model.predict_proba(self.frame(columns, n_rows)), dtype='float64')
+    def labels(self, columns:dict, n_rows:int) -> np.ndarray:
+        "Predicted labels (the model's `predict`, what `mlflow.pyfunc` returns)."
+        return np.asarray(self.loaded.model.predict(self.frame(columns, n_rows))).ravel()
 
 def make_scorer(loaded, # a LoadedModel (or anything with .model, .features, .categorical, .schema, .predict_scores)
                 prefer:str='fast') -> Any: # 'fast' (when the model allows) or 'generic'
-    "The fastest scorer that gives the same scores as `loaded.predict_scores`; logs which one and why."
+    "The fast `mlprod.scoring.CompiledModel` when the model compiles and passes its proof, else a `FrameScorer` saying why."
     if prefer not in ('fast', 'generic'): raise ConfigError('scorer', prefer, "'fast' or 'generic'")
-    generic = FrameScorer(loaded)
-    problem = 'generic scorer asked for' if prefer == 'generic' else fast_path_problem(getattr(loaded, 'model', None))
-    if problem is None:
-        try:
-            fast = LightGBMScorer(loaded.model)
-            missing = [c for c in fast.columns if c not in loaded.features]
-            if missing: raise ServeError(f"model reads columns {missing} that are not features")
-            probe = _probe_columns(loaded.schema)
-            a, b = fast(probe, 2), generic(probe, 2)
-            if not np.allclose(a, b, rtol=0, atol=1e-9): raise ServeError(f"fast scores {a} differ from predict_scores {b}")
-            log.info('model %s version %s: fast LightGBM scorer', loaded.name, loaded.version)
+    name, version = getattr(loaded, 'name', '?'), getattr(loaded, 'version', '?')
+    if prefer == 'generic': reason = 'generic scorer asked for'
+    else:
+        fast, reason = fast_path(getattr(loaded, 'model', None), list(loaded.features), list(loaded.categorical), getattr(loaded, 'schema', None))
+        if fast is not None:
+            log.info('model %s version %s: fast %s scorer (max |diff| %.2g on %d probe rows)', name, version, fast.estimator, fast.max_abs_diff, fast.probe_rows)
             return fast
-        except Exception as e: problem = f"fast path check failed: {e}"
-    log.info('model %s version %s: generic scorer (%s)', getattr(loaded, 'name', '?'), getattr(loaded, 'version', '?'), problem)
-    return generic
+    log.info('model %s version %s: generic scorer (%s)', name, version, reason)
+    return FrameScorer(loaded, reason)
 
 # %% ../nbs/05_serve.ipynb #f782fe05
 @dataclass(frozen=True)

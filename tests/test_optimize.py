@@ -6,6 +6,7 @@ from mlprod.core import Status
 from mlprod.data import load_flights
 from mlprod.recipes import train_lightgbm
 from mlprod import optimize as opt
+from mlprod.scoring import booster_string
 
 
 @pytest.fixture(scope='module')
@@ -36,11 +37,11 @@ def test_every_backend_scores_flights_like_the_pipeline(flights):
         assert r.max_abs_diff <= 1e-5 and r.single_p50_us and r.core_p50_us and r.batch_ms and r.size_bytes
     assert res['lightgbm-numpy'].max_abs_diff == 0.0
     assert 0 < res['onnx'].max_abs_diff < 1e-6  # float32 inside ONNX Runtime
-    assert res.rows == len(hold) + len(mc.features) + len(mc.categorical) + 1
     # the rows that matter, row by row, through the winner and through each rebuilt backend
     tricky = hold[(hold.dest == 'XXX') | hold.carrier.isna() | (hold.origin == 'ZZZ') | hold.temp.isna()]
     assert len(tricky) > 200
     enc, est = opt.encoding_of(model)
+    assert res.rows == len(hold) + len(opt.edge_rows(hold, enc))  # held-out + probe rows (edges, categories, missing, unseen)
     for build in (opt.build_lightgbm_numpy, opt.build_onnx):
         m = build(est, enc)
         np.testing.assert_allclose(m.predict_proba(tricky)[:, 1], model.predict_proba(tricky[list(mc.features)])[:, 1], rtol=0, atol=1e-5)
@@ -66,8 +67,9 @@ def test_deviating_backends_are_refused_with_the_difference(flights):
         "Right on most rows, wrong by 2e-4 when the flight is long."
         def score_matrix(self, A):
             p = super().score_matrix(A)
-            return p + 2e-4 * (A[:, list(self.encoding.features).index('distance')] > 2000)
-    opt.register_backend('perturbed', lambda est, enc: Perturbed(enc, opt._booster_string(est)))
+            j = self.encoding.plans[list(self.encoding.features).index('distance')].positions[0]  # its column in the encoded matrix
+            return p + 2e-4 * (A[:, j] > 2000)
+    opt.register_backend('perturbed', lambda est, enc: Perturbed(enc, booster_string(est)))
     try:
         res = opt.optimize_model(model, hold, backends=['perturbed'], repeats=20, batch_rows=1000)
     finally: del opt.BACKENDS['perturbed']

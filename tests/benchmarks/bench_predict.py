@@ -64,7 +64,7 @@ def test_predict_latency():
 
     # same scores everywhere (the only assertion)
     ref = model.predict_proba(X)[:, 1]
-    A = enc.encode(X)
+    A = opt.encode(enc, X)
     np.testing.assert_allclose(booster.predict(A, num_threads=1), ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.asarray(pyfunc.predict(X.head(500))).ravel(), ref[:500], rtol=0, atol=1e-12)
     for name, m in backends.items():

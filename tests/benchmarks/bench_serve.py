@@ -1,42 +1,51 @@
 """Benchmark: `mlprod serve` (validation and request log on, 1 worker) vs `mlflow models serve --env-manager local`
-vs a bare FastAPI app calling the LightGBM booster, on the same registered model, loopback only.
+on the same registered model, for each model family mlprod compiles (`mlprod.scoring`): LightGBM,
+HistGradientBoosting, RandomForest, ExtraTrees and LogisticRegression, each in a user-style scikit-learn pipeline
+trained on real flights data. Loopback only.
 
-Prints single-row sequential p50/p99 latency and 8-client throughput, and the ratios. Goals (not asserted, the
-machine decides absolute times): throughput >= 10x mlflow serve, p50 within 1.5x of the bare app.
-MLPROD_BENCH_REQUESTS (default 500) and MLPROD_BENCH_SECONDS (default 10) shorten a run. The three servers run at
-once and are measured in 5 alternating rounds, so a busy moment of the machine does not favour one of them."""
-import dataclasses, http.client, json, os, signal, socket, subprocess, sys, textwrap, threading, time
+Per family: single-row sequential p50/p99 latency and 8-client throughput of both servers, measured in alternating
+rounds so that a busy moment of the machine hits both alike, and the ratios. Goal (not asserted, the machine decides
+absolute times): throughput >= 10x mlflow serve for every family. Asserted: both servers give the same prediction,
+mlprod serves every family through its fast scorer, and it answers every request.
+MLPROD_BENCH_REQUESTS (default 300) and MLPROD_BENCH_SECONDS (default 6) shorten a run; MLPROD_BENCH_FAMILIES
+(comma-separated) picks families."""
+import http.client, json, os, signal, socket, subprocess, sys, textwrap, threading, time
 from pathlib import Path
 
 import httpx, numpy as np, pytest
 
-N_SEQ = int(os.environ.get('MLPROD_BENCH_REQUESTS', 500))
-SECONDS = float(os.environ.get('MLPROD_BENCH_SECONDS', 10))
-ROUNDS = 5
+N_SEQ = int(os.environ.get('MLPROD_BENCH_REQUESTS', 300))
+SECONDS = float(os.environ.get('MLPROD_BENCH_SECONDS', 6))
+ROUNDS = 3
 FEATURES = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance',
             'temp', 'dewp', 'humid', 'wind_dir', 'wind_speed', 'precip', 'pressure', 'visib']
+CATEGORICAL = ['carrier', 'origin', 'dest']
 
-BARE_APP = '''
-import json, sys, numpy as np, uvicorn
-from fastapi import FastAPI, Request
-from mlprod.config import get_config
-from mlprod import registry
-model = registry.load(sys.argv[1], sys.argv[2], cfg=get_config(sys.argv[3])).model
-prep, booster = model.steps[0][1], model.steps[1][1].booster_
-enc = prep.named_transformers_['cat']
-cats = list(prep.transformers_[0][2]); nums = list(prep.transformers_[1][2])
-maps = [{c: float(i) for i, c in enumerate(cs)} for cs in enc.categories_]
-app = FastAPI()
-@app.post('/invocations')
-async def invocations(request: Request):
-    d = (await request.json())['dataframe_split']
-    idx = {c: i for i, c in enumerate(d['columns'])}
-    X = np.array([[m.get(r[idx[c]], -1.0) for c, m in zip(cats, maps)] + [r[idx[c]] for c in nums] for r in d['data']], dtype=np.float64)
-    return {'predictions': booster.predict(X, num_threads=1).tolist()}
-@app.get('/ping')
-async def ping(): return {}
-uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[4]), access_log=False, log_level='warning')
-'''
+
+def _pipeline(family):
+    "A pipeline as a user would write it: encoders and scalers in a ColumnTransformer, then the estimator."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder, OneHotEncoder, StandardScaler
+    from sklearn.impute import SimpleImputer
+    from sklearn.ensemble import (HistGradientBoostingClassifier, RandomForestClassifier, ExtraTreesClassifier)
+    from sklearn.linear_model import LogisticRegression
+    import lightgbm as lgb
+    nums = [c for c in FEATURES if c not in CATEGORICAL]
+    ordinal = OrdinalEncoder(handle_unknown='use_encoded_value', unknown_value=-1, encoded_missing_value=-2)
+    trees = lambda est: make_pipeline(ColumnTransformer([('cat', ordinal, CATEGORICAL), ('num', 'passthrough', nums)]), est)
+    if family == 'LightGBM': return trees(lgb.LGBMClassifier(n_estimators=200, num_leaves=31, verbose=-1, random_state=0))
+    if family == 'HistGradientBoosting': return trees(HistGradientBoostingClassifier(max_iter=100, random_state=0))
+    if family == 'RandomForest': return trees(RandomForestClassifier(n_estimators=100, min_samples_leaf=5, random_state=0))
+    if family == 'ExtraTrees': return trees(ExtraTreesClassifier(n_estimators=100, min_samples_leaf=5, random_state=0))
+    if family == 'LogisticRegression':
+        return make_pipeline(ColumnTransformer([
+            ('cat', make_pipeline(SimpleImputer(strategy='most_frequent'), OneHotEncoder(handle_unknown='ignore')), CATEGORICAL),
+            ('num', make_pipeline(SimpleImputer(strategy='median'), StandardScaler()), nums)]), LogisticRegression(max_iter=1000))
+    raise ValueError(family)
+
+
+FAMILIES = [f for f in os.environ.get('MLPROD_BENCH_FAMILIES', 'LightGBM,HistGradientBoosting,RandomForest,ExtraTrees,LogisticRegression').split(',') if f]
 
 
 def _port():
@@ -89,7 +98,7 @@ def _post(conn, body):
     return r.status
 
 
-def sequential(url, body, n=N_SEQ, warmup=50):
+def sequential(url, body, n=N_SEQ, warmup=30):
     "Latencies (ms) of `n` single-row requests, one after another on a keep-alive connection."
     out, conn = [], _connect(url)
     try:
@@ -120,58 +129,70 @@ def throughput(url, body, seconds=SECONDS, clients=8):
     return sum(counts) / (time.monotonic() - t0), sum(errors)
 
 
-def test_bench_serve(tmp_path):
+def _bench_family(family, root, train, row):
+    "Register the family's pipeline in its own project, serve it both ways, measure; the figures of both servers."
+    import sqlalchemy as sa
     from mlprod.config import get_config
-    from mlprod.data import load_flights
-    from mlprod.recipes import train_lightgbm
-    from mlprod import registry
-    cfg = get_config(str(tmp_path))
-    df = load_flights('2013-01-01', '2013-03-01')
-    df = df.sample(20_000, random_state=0).sort_values('time_hour')
-    model = train_lightgbm(df, cfg.model('flights'))  # the configured recipe: 200 trees, 31 leaves
-    v = registry.register(model, 'flights', df, cfg=cfg).version
+    from mlprod import registry, db
+    cfg = get_config(str(root))
+    t = time.perf_counter()
+    model = _pipeline(family).fit(train[FEATURES], train['delayed'])
+    fit_s = time.perf_counter() - t
+    v = registry.register(model, 'flights', train, cfg=cfg).version
     registry.promote('flights', v, to='production', reason='benchmark', force=True, cfg=cfg)
-    row = load_flights('2013-03-01', '2013-03-02')[FEATURES].iloc[[7]]
     body = json.dumps({'dataframe_split': json.loads(row.to_json(orient='split', index=False))}).encode()
-    want = registry.load('flights', v, cfg=cfg).predict_scores(row)[0]
-
-    (tmp_path / 'bare.py').write_text(BARE_APP)
-    servers = {
-        'mlprod serve': lambda p: Proc([sys.executable, '-c', f"from mlprod.serve import serve; serve('flights', port={p}, project={str(tmp_path)!r})"],
-                                       p, tmp_path, _env(), '/health'),
-        'mlflow models serve': lambda p: Proc([str(Path(sys.executable).parent / 'mlflow'), 'models', 'serve', '-m', f'models:/flights/{v}',
-                                               '--env-manager', 'local', '--port', str(p), '--host', '127.0.0.1'],
-                                              p, tmp_path, _env(MLFLOW_TRACKING_URI=cfg.tracking_uri)),
-        'bare FastAPI + booster': lambda p: Proc([sys.executable, str(tmp_path / 'bare.py'), 'flights', v, str(tmp_path), str(p)], p, tmp_path, _env()),
-    }
-    # all three run at once; measurements alternate in rounds so that a busy moment of the machine hits each alike
+    want = float(model.predict_proba(row)[0, 1])
     procs = {}
     try:
-        for name, make in servers.items(): procs[name] = make(_port())
+        p = _port()
+        procs['mlprod serve'] = Proc([sys.executable, '-c', f"from mlprod.serve import serve; serve('flights', port={p}, project={str(root)!r})"],
+                                     p, root, _env(), '/health')
+        p = _port()
+        procs['mlflow models serve'] = Proc([str(Path(sys.executable).parent / 'mlflow'), 'models', 'serve', '-m', f'models:/flights/{v}',
+                                             '--env-manager', 'local', '--port', str(p), '--host', '127.0.0.1'],
+                                            p, root, _env(MLFLOW_TRACKING_URI=cfg.tracking_uri))
         for name, srv in procs.items():
             srv.wait()
             with httpx.Client(trust_env=False) as c:
                 got = c.post(srv.url + '/invocations', content=body, headers={'Content-Type': 'application/json'}).json()['predictions'][0]
-            assert abs(got - want) < 1e-9, (name, got, want)
+            assert abs(got - want) < 1e-9, (family, name, got, want)
+        with httpx.Client(trust_env=False) as c: version = c.get(procs['mlprod serve'].url + '/version').json()
         lat, rps, errs = {n: [] for n in procs}, {n: [] for n in procs}, {n: 0 for n in procs}
         for rnd in range(ROUNDS):
             for name, srv in procs.items():
-                lat[name].append(sequential(srv.url, body, n=N_SEQ // ROUNDS, warmup=50 if rnd == 0 else 5))
+                lat[name].append(sequential(srv.url, body, n=N_SEQ // ROUNDS, warmup=30 if rnd == 0 else 5))
                 r, e = throughput(srv.url, body, seconds=SECONDS / ROUNDS)
                 rps[name].append(r); errs[name] += e
     finally:
         for srv in procs.values(): srv.stop()
+    with db.engine(cfg.db_url).connect() as c: logged = c.execute(sa.select(sa.func.count()).select_from(db.requests_log)).scalar()
     res = {n: dict(p50=float(np.percentile(np.concatenate(lat[n]), 50)), p99=float(np.percentile(np.concatenate(lat[n]), 99)),
                    rps=float(np.mean(rps[n])), errors=errs[n]) for n in procs}
-    import sqlalchemy as sa
-    from mlprod import db
-    with db.engine(cfg.db_url).connect() as c: logged = c.execute(sa.select(sa.func.count()).select_from(db.requests_log)).scalar()
-    m, f, b = res['mlprod serve'], res['mlflow models serve'], res['bare FastAPI + booster']
-    print('\n' + textwrap.dedent(f"""\
-        serve benchmark (1 row per request, {N_SEQ} sequential, 8 clients x {SECONDS:.0f} s, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}):
-        {'server':<24}{'p50 ms':>9}{'p99 ms':>9}{'req/s (8 clients)':>20}{'errors':>8}"""))
-    for name, r in res.items(): print(f"{name:<24}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps']:>20.0f}{r['errors']:>8}")
-    print(f"throughput mlprod / mlflow serve: {m['rps'] / f['rps']:.1f}x (goal >= 10x)")
-    print(f"p50 mlprod / bare app: {m['p50'] / b['p50']:.2f}x (goal <= 1.5x); throughput mlprod / bare app: {m['rps'] / b['rps']:.2f}x")
-    print(f"mlprod request log rows written: {logged}")
-    assert m['errors'] == 0 and logged >= N_SEQ
+    return res, version, logged, fit_s
+
+
+def test_bench_serve_every_family(tmp_path):
+    from mlprod.data import load_flights
+    df = load_flights('2013-01-01', '2013-03-01').sample(10_000, random_state=0).sort_values('time_hour')
+    row = load_flights('2013-03-01', '2013-03-02')[FEATURES].iloc[[7]]
+    out, failures = {}, []
+    for family in FAMILIES:
+        root = tmp_path / family; root.mkdir()
+        res, version, logged, fit_s = _bench_family(family, root, df, row)
+        out[family] = res
+        m, f = res['mlprod serve'], res['mlflow models serve']
+        print('\n' + textwrap.dedent(f"""\
+            {family} (fit {fit_s:.1f} s; mlprod scorer: {version['scorer']}{' — ' + str(version.get('scorer_reason')) if version.get('scorer_reason') else ''}):
+            {'server':<22}{'p50 ms':>9}{'p99 ms':>9}{'req/s (8 clients)':>20}{'errors':>8}"""))
+        for name, r in res.items(): print(f"{name:<22}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps']:>20.0f}{r['errors']:>8}")
+        print(f"throughput mlprod / mlflow serve: {m['rps'] / f['rps']:.1f}x (goal >= 10x); p50 mlflow / mlprod: {f['p50'] / m['p50']:.1f}x; "
+              f"request log rows: {logged}")
+        if version['scorer'] != 'fast': failures.append(f"{family}: generic scorer ({version.get('scorer_reason')})")
+        if m['errors'] or logged < N_SEQ // ROUNDS * ROUNDS: failures.append(f"{family}: {m['errors']} errors, {logged} rows logged")
+    print(f"\nserve benchmark summary ({N_SEQ} sequential, 8 clients x {SECONDS:.0f} s per server, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}):")
+    print(f"{'family':<22}{'mlprod req/s':>14}{'mlflow req/s':>14}{'ratio':>8}{'mlprod p50':>12}{'mlflow p50':>12}")
+    for family, res in out.items():
+        m, f = res['mlprod serve'], res['mlflow models serve']
+        print(f"{family:<22}{m['rps']:>14.0f}{f['rps']:>14.0f}{m['rps'] / f['rps']:>7.1f}x{m['p50']:>10.2f}ms{f['p50']:>10.2f}ms")
+    assert not failures, failures
