@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import MlprodError, ConfigError, DataError, NotFoundError, jsonable, esc, utcnow
 from .data import Schema, Violation
 from .requestlog import RequestLog, json_value
-from .scoring import frame_of, fast_path
+from .scoring import frame_of, fast_path, capabilities, UNSEEN
 
 log = logging.getLogger(__name__)
 
@@ -362,29 +362,14 @@ class ColumnCapability:
     why_unseen:str='' # why it cannot score an unseen value
     why_missing:str='' # why it cannot score a missing value
 
-UNSEEN_PROBE = '__mlprod_unseen__' # the category value no training window holds
-
-def _probe_errors(loaded, rows:list) -> list:
-    "For each probe row, None when the model scores it, else why not (one batch call; row by row when it fails)."
-    import pandas as pd
-    cols = loaded.schema.columns
-    frame = pd.DataFrame({c.name: pd.Series([r[c.name] for r in rows], dtype='float64' if c.kind == 'numeric' else object) for c in cols})
-    try:
-        s = np.asarray(loaded.predict_scores(frame), dtype='float64').reshape(len(rows), -1)
-        return [None if np.isfinite(x).all() else f"non-finite score {x.tolist()}" for x in s]
-    except Exception as e:
-        if len(rows) == 1: return [f"{type(e).__name__}: {str(e)[:200]}"]
-        return [_probe_errors(loaded, [r])[0] for r in rows]
+UNSEEN_PROBE = UNSEEN # the category value no training window holds (mlprod.scoring's)
 
 def probe_capabilities(loaded) -> dict:
-    "Column → `ColumnCapability` of a loaded model, found by scoring probe rows with unseen and missing values."
-    base = {c.name: (((c.min + c.max) / 2 if c.min is not None else 0.0) if c.kind == 'numeric' else (c.categories[0] if c.categories else None))
-            for c in loaded.schema.columns}
-    cats = [c.name for c in loaded.schema.columns if c.kind != 'numeric']
-    probes = [(c, 'unseen', UNSEEN_PROBE) for c in cats] + [(c.name, 'missing', None) for c in loaded.schema.columns]
-    errs = dict(zip([(c, k) for c, k, _ in probes], _probe_errors(loaded, [{**base, c: v} for c, _, v in probes])))
-    return {c.name: ColumnCapability(None if c.kind == 'numeric' else errs[(c.name, 'unseen')] is None, errs[(c.name, 'missing')] is None,
-                                     errs.get((c.name, 'unseen')) or '', errs[(c.name, 'missing')] or '') for c in loaded.schema.columns}
+    "Column → `ColumnCapability` of a loaded model, asked of the fitted model itself by `mlprod.scoring.capabilities`."
+    cap = capabilities(loaded.model, loaded.features, loaded.categorical, loaded.schema)
+    why = lambda c, k, ok: '' if ok else cap.reasons.get((c, k), '')
+    return {c: ColumnCapability(cap.unseen_ok.get(c), cap.missing_ok.get(c, False), why(c, 'unseen', cap.unseen_ok.get(c, True)),
+                                why(c, 'missing', cap.missing_ok.get(c, False))) for c in loaded.features}
 
 # %% ../nbs/05_serve.ipynb #7c720564
 def contract_validator(schema:Schema, # the version's data contract
