@@ -4,7 +4,7 @@ from pathlib import Path
 
 import httpx, numpy as np, pandas as pd, pytest
 
-from conftest import closed_port, offline_env
+from conftest import free_port, offline_env
 
 FEATURES = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance',
             'temp', 'dewp', 'humid', 'wind_dir', 'wind_speed', 'precip', 'pressure', 'visib']
@@ -14,7 +14,7 @@ TOKEN = 'test-token-0123456789'
 class Server:
     "`mlprod.serve.serve` in its own process on a free loopback port."
     def __init__(self, project, name='flights', alias='production', shadow=None, token_env=None, env=None, log=None):
-        self.port = closed_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         code = (f"from mlprod.serve import serve; serve({name!r}, {alias!r}, port={self.port}, shadow={shadow!r}, "
                 f"token_env={token_env!r}, project={str(project)!r})")
