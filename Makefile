@@ -45,7 +45,7 @@ nbtest: $(STAMP)
 	@bash .ci/nbtest $(BIN)
 
 pytest: $(STAMP) system-deps
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider -o python_files='bench_*.py'

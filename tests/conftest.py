@@ -85,15 +85,33 @@ def postgres():
     pg.stop()
 
 
-# Tests that share expensive module or session state run on the same xdist worker (`--dist loadgroup`): by default a
-# module is one group (its module fixtures are built once); modules that share state across modules are one group.
-SHARED_GROUPS = {'test_serve': 'serve-store', 'test_serve_load': 'serve-store',  # the `store` model project
+# With `pytest -n N` (pytest-xdist; `make test` uses 2 workers) a unit of work is a module, so its module fixtures
+# are built once, or a group of modules that share state across modules (below). xdist's own `--dist loadgroup`
+# cannot be used: with pytest 9 its `xdist_group` marks are ignored (it renames `item._nodeid`, which pytest 9 no
+# longer reads). Units are handed out longest first (HEAVY_FIRST, then collection order) as workers free up.
+SHARED_GROUPS = {'test_serve': 'serve-store', 'test_serve_load': 'serve-store',  # the `store` model project on disk
                  'test_runbooks': 'runbook-sandbox', 'test_readiness': 'runbook-sandbox'}  # `built_sandbox`
+HEAVY_FIRST = ['runbook-sandbox', 'serve-store', 'test_airflow', 'test_registry', 'test_optimize', 'test_monitor',
+               'test_jobs', 'test_plugin', 'test_dashboard_browser', 'test_evaluate', 'test_alerts']
+
+
+def work_unit(nodeid:str) -> str:
+    "The unit of work of test `nodeid` under xdist: its module's name, or its SHARED_GROUPS group."
+    stem = Path(nodeid.split('::', 1)[0]).stem
+    return SHARED_GROUPS.get(stem, stem)
 
 
 def pytest_collection_modifyitems(config, items):
-    "Put every test in an xdist group: its module's, or the shared group of SHARED_GROUPS (only used with `-n`)."
-    for item in items:
-        if item.get_closest_marker('xdist_group'): continue
-        mod = item.module.__name__.rsplit('.', 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(mod, mod)))
+    "Order the tests so the heaviest units of work come first (stable: the order inside a unit is kept)."
+    rank = {u: i for i, u in enumerate(HEAVY_FIRST)}
+    items[:] = sorted(items, key=lambda it: rank.get(work_unit(it.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    "xdist's scheduler by scope, with `work_unit` as the scope, in the order of the collection."
+    from xdist.scheduler import LoadScopeScheduling
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid): return work_unit(nodeid)
+    config.option.loadscopereorder = False  # keep HEAVY_FIRST (xdist would order by number of tests)
+    return WorkUnits(config, log)
