@@ -240,8 +240,6 @@ def test_slow_webhook_and_dead_smtp_are_bounded(project):
 
 def _cli(monkeypatch, capsys, *argv):
     import mlprod.cli as cli
-    if 'mlprod.alerts' not in cli.COMMAND_MODULES:  # until the CLI lists it
-        monkeypatch.setattr(cli, 'COMMAND_MODULES', [*cli.COMMAND_MODULES, 'mlprod.alerts'])
     rc = cli.main(list(argv))
     out = capsys.readouterr()
     return rc, out.out, out.err

@@ -34,10 +34,8 @@ def flights(flights, tmp_path_factory):
 
 
 def _cli(monkeypatch, capsys, *argv):
-    "Run `mlprod ARGV` in-process with the registry and evaluate commands; (exit code, stdout, stderr)."
+    "Run `mlprod ARGV` in-process (the CLI as installed: no command added); (exit code, stdout, stderr)."
     from mlprod import cli
-    monkeypatch.setattr(cli, 'COMMAND_MODULES', [*cli.COMMAND_MODULES, *[m for m in ('mlprod.registry', 'mlprod.evaluate')
-                                                                        if m not in cli.COMMAND_MODULES]])
     capsys.readouterr()
     code = cli.main(list(map(str, argv)))
     out = capsys.readouterr()

@@ -101,7 +101,6 @@ def test_cli_optimize_prints_the_table(flights, project, capsys, monkeypatch):
     from mlprod import registry, cli
     mc, train, model, _ = flights
     v1 = registry.register(model, 'flights', train)
-    if 'mlprod.optimize' not in cli.COMMAND_MODULES: monkeypatch.setattr(cli, 'COMMAND_MODULES', [*cli.COMMAND_MODULES, 'mlprod.optimize'])
     code = cli.main(['optimize', 'flights', v1.version, '--no-register', '--backend', 'lightgbm-numpy', '--backend', 'onnx'])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -52,13 +52,10 @@ def _pytest_run(root, *extra):
 
 
 def _mlprod(capfd, *argv):
-    "`mlprod ARGV` in-process with the ci commands (as the lead wires them); (exit code, stdout+stderr incl. child processes)."
+    "`mlprod ARGV` in-process (the CLI as installed: no command added); (exit code, stdout+stderr incl. child processes)."
     from mlprod import cli
-    mods = cli.COMMAND_MODULES if 'mlprod.testing' in cli.COMMAND_MODULES else [*cli.COMMAND_MODULES, 'mlprod.testing']
-    old, cli.COMMAND_MODULES = cli.COMMAND_MODULES, mods
     capfd.readouterr()
-    try: code = cli.main(list(map(str, argv)))
-    finally: cli.COMMAND_MODULES = old
+    code = cli.main(list(map(str, argv)))
     out = capfd.readouterr()
     return code, out.out + out.err
 

@@ -94,9 +94,8 @@ def _production(b):
 
 
 def _cli(b, *args, capsys=None):
-    "Run `mlprod ARGS` in this process (registry commands included) and return (exit code, output)."
+    "Run `mlprod ARGS` in this process (the CLI as installed: no command added) and return (exit code, output)."
     from mlprod import cli
-    if 'mlprod.registry' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append('mlprod.registry')
     rc = cli.main(['--project', str(b['root']), *map(str, args)])
     out = capsys.readouterr() if capsys else None
     return rc, (out.out + out.err) if out else ''
@@ -109,7 +108,6 @@ def _subprocess_env(b, **extra):
 
 
 _CLI_CODE = ("import sys; from mlprod import cli\n"
-             "if 'mlprod.registry' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append('mlprod.registry')\n"
              "sys.exit(cli.main(sys.argv[1:]))")
 
 

@@ -79,11 +79,9 @@ def store(tmp_path_factory):
 def _set_alias(cfg, alias, version, reason='test'):
     "Move `alias` with the registry's own verbs (promote/rollback when they exist)."
     from mlprod import registry
-    if alias == 'production' and hasattr(registry, 'promote'):
-        return registry.promote('flights', version, to='production', reason=reason, force=True, cfg=cfg)
+    if alias == 'production': return registry.promote('flights', version, to='production', reason=reason, force=True, cfg=cfg)
     if alias == 'staging': return registry.deploy('flights', version, to='staging', reason=reason, cfg=cfg)
-    from mlflow import MlflowClient
-    MlflowClient(cfg.tracking_uri, cfg.tracking_uri).set_registered_model_alias('flights', alias, version)
+    raise ValueError(f"alias: got {alias!r}; allowed: 'production' or 'staging'")
 
 
 def _records(df): return json.loads(df.to_json(orient='records'))
@@ -264,7 +262,6 @@ def test_event_time_labels_and_metrics(store, s1):
     p = store['home'] / 'labels.csv'
     pd.DataFrame({'request_id': ['evt-1'] * 3, 'row': [2, 0, 1], 'label': [1, 0, 0]}).to_csv(p, index=False)
     from mlprod import cli
-    if 'mlprod.serve' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append('mlprod.serve')
     os.environ['MLPROD_DB_URL'] = s1.db_url
     try: assert cli.main(['--project', str(store['home']), 'labels', 'ingest', str(p)]) == 0
     finally: del os.environ['MLPROD_DB_URL']
@@ -331,8 +328,7 @@ def test_hot_reload_under_load(store, s2):
         up = _wait_version(srv.url, v2)
         time.sleep(1.5)
         from mlprod import registry
-        if hasattr(registry, 'rollback'): registry.rollback('flights', reason='hot reload test: roll back', cfg=cfg)
-        else: _set_alias(cfg, 'production', v1, 'hot reload test: roll back')
+        registry.rollback('flights', reason='hot reload test: roll back', cfg=cfg)
         down = _wait_version(srv.url, v1)
         time.sleep(1.0)
         stop.set()
