@@ -1,6 +1,7 @@
 # mlprod: two commands set everything up on a fresh machine.
 #   make demo   creates .venv, installs mlprod, runs `mlprod demo` on the embedded defaults
 #   make test   installs and runs every check and test (what CI runs)
+#   make system-deps   the Debian packages the tests use (run by make test; needs root or sudo)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,8 +10,13 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Debian packages the tests use: PostgreSQL (tests/pg.py) and Chromium (tests/test_dashboard_browser.py, driven by
+# Playwright through /usr/bin/chromium: no browser download). Tests never apt-get; a missing one fails naming this target.
+SYSTEM_PACKAGES := postgresql chromium
+# pytest workers: tests of one module (or of modules that share state, see tests/conftest.py) run on one worker
+PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test check-sync nbtest pytest bench clean sync
+.PHONY: install system-deps demo test check-sync nbtest pytest bench clean sync
 
 install: $(STAMP)
 
@@ -22,11 +28,15 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# idempotent: skips what is installed, runs apt-get update once only when something is missing
+system-deps:
+	@bash .ci/system-deps $(SYSTEM_PACKAGES)
+
 demo: $(STAMP)
 	$(BIN)/mlprod demo
 
-# 1. package and notebooks in sync, 2. notebook tests, 3. pytest (closing line is pytest's)
-test: $(STAMP) check-sync nbtest pytest
+# 0. system packages, 1. package and notebooks in sync, 2. notebook tests, 3. pytest (closing line is pytest's)
+test: $(STAMP) system-deps check-sync nbtest pytest
 
 check-sync: $(STAMP)
 	@bash .ci/check-sync $(BIN)
@@ -34,8 +44,8 @@ check-sync: $(STAMP)
 nbtest: $(STAMP)
 	@bash .ci/nbtest $(BIN)
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider --durations=15
+pytest: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks -p no:cacheprovider --durations=15 -n $(PYTEST_WORKERS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/benchmarks -s -p no:cacheprovider -o python_files='bench_*.py'

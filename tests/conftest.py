@@ -1,7 +1,10 @@
-"""Shared fixtures: an isolated project folder per test, the venv's own executables, closed proxies."""
-import os, socket, subprocess, sys
+"""Shared fixtures and helpers, defined once for every test module: the 2013 `flights` data, a `postgres` server,
+`free_port`, an isolated `project` folder, the venv's own executables, closed proxies, and the check that a Debian
+package `make system-deps` installs is present (a test that needs a missing one fails and names the target)."""
+import os, subprocess, sys
 from pathlib import Path
 import pytest
+from pg import MISSING_POSTGRES, free_port, pg_bin, start_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -9,15 +12,9 @@ os.environ.setdefault('MLFLOW_DISABLE_TELEMETRY', 'true')
 os.environ.setdefault('DO_NOT_TRACK', 'true')
 
 
-def closed_port() -> int:
-    "A loopback port nobody listens on."
-    s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
-    return port
-
-
 def offline_env(**extra) -> dict:
     "The environment with every proxy pointed at a closed loopback port, so any network use fails."
-    proxy = f"http://127.0.0.1:{closed_port()}"
+    proxy = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if k not in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG')}
     env.update({'HTTP_PROXY': proxy, 'HTTPS_PROXY': proxy, 'http_proxy': proxy, 'https_proxy': proxy,
                 'ALL_PROXY': proxy, 'NO_PROXY': '', 'no_proxy': ''})
@@ -53,3 +50,68 @@ def project(tmp_path, monkeypatch):
     reset_config()
     yield tmp_path
     reset_config()
+
+
+def require_system_package(found, # the package's file or folder (None/False when missing)
+                           message:str, # what is missing; the hint to run `make system-deps` is part of it
+                          ):
+    "Fail the test (not skip it) when a Debian package that `make system-deps` installs is missing."
+    if not found: pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def flights():
+    "Every 2013 flight (UTC) as `mlprod.data.load_flights` gives them: weather joined, `delayed` label; shared, do not modify."
+    from mlprod.data import load_flights
+    return load_flights('2013-01-01', '2014-01-01')
+
+
+def window(df, # a frame with a UTC `time_hour` column, such as the `flights` fixture
+           start:str, # first day, included (UTC)
+           end:str, # day after the last, excluded (UTC)
+          ):
+    "The rows of `df` scheduled in [start, end) (UTC), indexed from 0: what `load_flights(start, end)` returns."
+    import pandas as pd
+    t = df['time_hour']
+    return df[(t >= pd.Timestamp(start, tz='UTC')) & (t < pd.Timestamp(end, tz='UTC'))].reset_index(drop=True)
+
+
+@pytest.fixture(scope='session')
+def postgres():
+    "A PostgreSQL server for the session (one per xdist worker); `postgres.create_database(name)` gives a URL."
+    require_system_package(pg_bin(), MISSING_POSTGRES)
+    pg = start_postgres()
+    yield pg
+    pg.stop()
+
+
+# With `pytest -n N` (pytest-xdist; `make test` uses 2 workers) a unit of work is a module, so its module fixtures
+# are built once, or a group of modules that share state across modules (below). xdist's own `--dist loadgroup`
+# cannot be used: with pytest 9 its `xdist_group` marks are ignored (it renames `item._nodeid`, which pytest 9 no
+# longer reads). Units are handed out longest first (HEAVY_FIRST, then collection order) as workers free up.
+SHARED_GROUPS = {'test_serve': 'serve-store', 'test_serve_load': 'serve-store',  # the `store` model project on disk
+                 'test_runbooks': 'runbook-sandbox', 'test_readiness': 'runbook-sandbox'}  # `built_sandbox`
+HEAVY_FIRST = ['runbook-sandbox', 'serve-store', 'test_airflow', 'test_registry', 'test_optimize', 'test_monitor',
+               'test_jobs', 'test_plugin', 'test_dashboard_browser', 'test_evaluate', 'test_alerts']
+
+
+def work_unit(nodeid:str) -> str:
+    "The unit of work of test `nodeid` under xdist: its module's name, or its SHARED_GROUPS group."
+    stem = Path(nodeid.split('::', 1)[0]).stem
+    return SHARED_GROUPS.get(stem, stem)
+
+
+def pytest_collection_modifyitems(config, items):
+    "Order the tests so the heaviest units of work come first (stable: the order inside a unit is kept)."
+    rank = {u: i for i, u in enumerate(HEAVY_FIRST)}
+    items[:] = sorted(items, key=lambda it: rank.get(work_unit(it.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    "xdist's scheduler by scope, with `work_unit` as the scope, in the order of the collection."
+    from xdist.scheduler import LoadScopeScheduling
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid): return work_unit(nodeid)
+    config.option.loadscopereorder = False  # keep HEAVY_FIRST (xdist would order by number of tests)
+    return WorkUnits(config, log)

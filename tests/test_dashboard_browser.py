@@ -1,26 +1,13 @@
 """The dashboard and a job report open in headless Chromium with no network: no console errors, no
 request to a non-file URL, the expected text; screenshots land in reports/screenshots/ for a person to look at."""
-import os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from conftest import ROOT
+from conftest import ROOT, require_system_package
 
-CHROMIUM = '/usr/bin/chromium'
+CHROMIUM = '/usr/bin/chromium'  # Debian's package, installed by `make system-deps`; Playwright downloads no browser
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync']
 SHOTS = ROOT/'reports'/'screenshots'
-
-
-def ensure_chromium():
-    "Install Debian's chromium when it is missing (needs root and the apt mirror)."
-    if Path(CHROMIUM).exists(): return
-    if os.geteuid() != 0 or not shutil.which('apt-get'): pytest.skip('chromium is missing and cannot be installed here')
-    env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
-    r = subprocess.run(['apt-get', 'install', '-y', '-q', 'chromium'], env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        subprocess.run(['apt-get', 'update', '-q'], env=env, capture_output=True, check=True)
-        subprocess.run(['apt-get', 'install', '-y', '-q', 'chromium'], env=env, capture_output=True, check=True)
-    assert Path(CHROMIUM).exists()
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +26,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def browser():
-    ensure_chromium()
+    require_system_package(Path(CHROMIUM).exists(), f"Chromium is not installed ({CHROMIUM}): run `make system-deps` (as root)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)

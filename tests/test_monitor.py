@@ -18,11 +18,6 @@ HOLDOUT_START = '2013-02-15'
 
 
 @pytest.fixture(scope='module')
-def flights():
-    return load_flights('2013-01-01', '2014-01-01')
-
-
-@pytest.fixture(scope='module')
 def trained(flights):
     "A LightGBM trained on Jan 1 - Feb 14 (the project's recipe, one thread), and the Feb 15-28 holdout."
     mc = dataclasses.replace(parse_config(DEFAULT_TOML).model('flights'), params={'n_jobs': 1})

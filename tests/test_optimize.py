@@ -3,19 +3,19 @@ import json
 import numpy as np, pandas as pd, pytest
 from mlprod.config import get_config
 from mlprod.core import Status
-from mlprod.data import load_flights
 from mlprod.recipes import train_lightgbm
 from mlprod import optimize as opt
 from mlprod.scoring import booster_string
+from conftest import window
 
 
 @pytest.fixture(scope='module')
-def flights():
-    "A default-config flights model trained on January 2013, and held-out rows from February with edge cases."
+def flights(flights):
+    "From the session's 2013 `flights` (conftest): a default-config model trained on January, held-out February rows with edge cases."
     mc = get_config().model('flights')
-    train = load_flights('2013-01-01', '2013-02-01')
+    train = window(flights, '2013-01-01', '2013-02-01')
     model = train_lightgbm(train, mc)
-    hold = load_flights('2013-02-01', '2013-02-15').sample(3000, random_state=1).reset_index(drop=True)
+    hold = window(flights, '2013-02-01', '2013-02-15').sample(3000, random_state=1).reset_index(drop=True)
     rng = np.random.default_rng(0)
     hold.loc[rng.choice(len(hold), 100, replace=False), 'dest'] = 'XXX'          # unseen destination
     hold.loc[rng.choice(len(hold), 30, replace=False), 'carrier'] = None        # missing category

@@ -52,7 +52,7 @@ def _pytest_run(root, *extra):
 
 
 def _mlprod(capfd, *argv):
-    "`mlprod ARGV` in-process; (exit code, stdout+stderr incl. child processes)."
+    "`mlprod ARGV` in-process (the CLI as installed: no command added); (exit code, stdout+stderr incl. child processes)."
     from mlprod import cli
     capfd.readouterr()
     code = cli.main(list(map(str, argv)))

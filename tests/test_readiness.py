@@ -2,6 +2,7 @@
 import json, shutil, subprocess
 from pathlib import Path
 import pytest
+from conftest import free_port
 from test_runbooks import built_sandbox, RUNBOOKS
 from mlprod import readiness as rd, registry, alerts
 from mlprod.config import parse_config
@@ -78,7 +79,7 @@ def test_live_service_health(green):
     with rd.running_service(cfg, 'flights', env) as url:
         sc = rd.readiness('flights', cfg, serve_url=url)
     assert sc['served and healthy'].passed, sc['served and healthy']
-    sc = rd.readiness('flights', cfg, serve_url=f"http://127.0.0.1:{rd.free_port()}")
+    sc = rd.readiness('flights', cfg, serve_url=f"http://127.0.0.1:{free_port()}")
     assert not sc['served and healthy'].passed and 'ConnectError' in sc['served and healthy'].reason
 
 

@@ -4,7 +4,7 @@ import dataclasses, json, os, subprocess, sys, textwrap, threading, time, uuid
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from conftest import offline_env
-from pg import start_postgres, start_mlflow_server
+from pg import start_mlflow_server
 
 FEATURES = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance',
             'temp', 'dewp', 'humid', 'wind_dir', 'wind_speed', 'precip', 'pressure', 'visib']
@@ -24,13 +24,6 @@ def trained():
     m2 = train_lightgbm(df, dataclasses.replace(mc, params={'n_estimators': 30, 'num_leaves': 15}))
     hold = load_flights('2013-01-15', '2013-01-22').sample(1500, random_state=1).reset_index(drop=True)
     return dict(df=df, m1=m1, m2=m2, hold=hold)
-
-
-@pytest.fixture(scope='module')
-def postgres():
-    pg = start_postgres()
-    yield pg
-    pg.stop()
 
 
 @pytest.fixture(scope='module')
@@ -102,7 +95,7 @@ def _production(b):
 
 
 def _cli(b, *args, capsys=None):
-    "Run `mlprod ARGS` in this process (registry commands included) and return (exit code, output)."
+    "Run `mlprod ARGS` in this process (the CLI as installed: no command added) and return (exit code, output)."
     from mlprod import cli
     rc = cli.main(['--project', str(b['root']), *map(str, args)])
     out = capsys.readouterr() if capsys else None

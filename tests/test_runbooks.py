@@ -2,17 +2,12 @@
 import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, free_port
 import mlprod.cli
 from mlprod import readiness as rd
 
 RUNBOOKS = ROOT/'runbooks'
 _SANDBOX = {}
-
-
-def _cli_path(tmp: Path) -> str:
-    "PATH for the blocks: this venv's executables first (the real `mlprod`, no shim)."
-    return os.pathsep.join([str(BIN), os.environ.get('PATH', '')])
 
 
 def built_sandbox(tmp_path_factory):
@@ -21,7 +16,7 @@ def built_sandbox(tmp_path_factory):
         tmp = tmp_path_factory.mktemp('runbook-sandbox')
         t0 = time.perf_counter()
         cfg = rd.build_sandbox(tmp/'project')
-        env = rd.sandbox_env(cfg, PATH=_cli_path(tmp), TMPDIR=str(tmp))
+        env = rd.sandbox_env(cfg, PATH=os.pathsep.join([str(BIN), os.environ.get('PATH', '')]), TMPDIR=str(tmp))
         _SANDBOX.update(cfg=cfg, env=env, seconds=time.perf_counter() - t0)
     return _SANDBOX['cfg'], _SANDBOX['env']
 
@@ -31,7 +26,7 @@ def sandbox(tmp_path_factory):
     "The sandbox with a running `mlprod serve flights` (MLPROD_URL) and a free PORT for blocks that start their own."
     cfg, env = built_sandbox(tmp_path_factory)
     with rd.running_service(cfg, 'flights', env) as url:
-        yield cfg, {**env, 'MLPROD_URL': url, 'PORT': str(rd.free_port())}
+        yield cfg, {**env, 'MLPROD_URL': url, 'PORT': str(free_port())}
         rd.stop_started_services(cfg.root)
 
 
@@ -50,8 +45,12 @@ def test_index_and_pages():
         assert any(b.runnable for b in rd.runbook_blocks(RUNBOOKS/name)), f"{name} has no runnable block"
 
 
-def test_every_command_parses(tmp_path):
-    "Every mlprod command in every block (runnable or not) parses with the real CLI parser."
+def test_every_command_parses():
+    "Every mlprod command in every block (runnable or not) is a command of the CLI and parses with its real parser."
+    used = {c[0] for p in RUNBOOKS.glob('*.md') for b in rd.runbook_blocks(p) for c in rd.mlprod_commands(b.code)}
+    assert {'promote', 'rollback', 'serve', 'monitor', 'alerts'} <= used, used  # the runbooks are read
+    assert used <= set(mlprod.cli.COMMANDS), f"commands the runbooks use that the CLI lacks: {sorted(used - set(mlprod.cli.COMMANDS))}"
+    assert 'invalid choice' in (rd.parse_command(['no-such-command']) or ''), 'the parser accepts an unknown command'
     r = rd.check_runbooks(RUNBOOKS)
     assert not [c for c in r.checks if c.status != rd.Status.SUCCESS], \
         '\n'.join(f"{c.name}: {c.message}" for c in r.checks if c.status != rd.Status.SUCCESS)

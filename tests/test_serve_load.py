@@ -6,7 +6,6 @@ from pathlib import Path
 import httpx, pytest, sqlalchemy as sa
 
 from test_serve import Server, _records, store  # noqa: F401  (the `store` fixture: model `flights` v1 in production)
-from pg import start_postgres
 
 LOAD_SECONDS = float(os.environ.get('MLPROD_LOAD_SECONDS', 30))
 
@@ -56,13 +55,6 @@ def test_eight_clients_for_30_seconds(store, tmp_path):
     assert set(statuses) == {200}, statuses
     rows, distinct, by = _count(db_url)
     assert by == {200: n_ok} and rows == distinct == n_ok
-
-
-@pytest.fixture(scope='module')
-def postgres():
-    pg = start_postgres()
-    yield pg
-    pg.stop()
 
 
 def test_two_processes_share_one_request_log_on_postgresql(store, postgres):
