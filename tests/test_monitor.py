@@ -134,7 +134,7 @@ def test_request_log_service_health_and_labels(proj, trained, flights):
     r = monitor('flights', '2013-04-01', '2013-05-01', cfg=cfg, version=version, alerts=False, sample_rows=1500)
     print(f"\nmonitor over the request log ({len(rows)} requests): {time.perf_counter() - t:.2f} s")
     lat = np.r_[lat_ok, 100.0 + np.arange(50)]
-    assert r.source == 'request log' and r.figures['requests'] == 1050 and r.figures['rows'] == 2000
+    assert r.source == 'request-log' and r.figures['requests'] == 1050 and r.figures['rows'] == 2000
     assert r['service:error_rate'].observed == pytest.approx(20 / 1050)
     assert r['service:error_rate'].status == Status.FAIL  # 1.9% > 1%
     assert r['service:error_rate'].details['client_error_rate'] == pytest.approx(30 / 1050)
