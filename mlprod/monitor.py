@@ -635,6 +635,8 @@ def load_window(name:str, # model name from mlprod.toml
     elif source == 'data-source': w = read_source_window(cfg, name, t0, t1, version, alias)
     else:
         w = read_request_window(cfg, name, t0, t1, version, alias, time_field, calibration_days)
+        if source == 'auto' and not len(w) and not cfg.model(name).data_source:
+            require_rows(w, f"no data source to fall back to: models.{name}.data_source is not set")
         if source == 'auto' and not len(w):
             n, failed = len(w.requests), int((w.requests['status'].astype(int) >= 400).sum()) if len(w.requests) else 0
             why = (f"source auto: the request log holds no scored row of {name} v{w.version} in the window "
