@@ -22,11 +22,14 @@ from .drift import ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMA
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'MonitorError', 'NoDataError', 'service_checks', 'metric_interval',
-           'performance_check', 'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration',
-           'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column', 'profile_path',
-           'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks', 'MonitorResult',
-           'monitor_history', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGURES', 'MonitorError', 'NoDataError',
+           'service_checks', 'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
+           'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column',
+           'profile_path', 'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns',
+           'data_quality_checks', 'MonitorResult', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
+           'read_source_window', 'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks',
+           'estimated_checks', 'report_samples', 'evaluate_window', 'publish', 'monitor', 'evidently_html',
+           'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -320,11 +323,29 @@ def _report_samples(model, samples:dict) -> dict:
         out[k] = df
     return out
 
-# %% ../nbs/06_monitor.ipynb #1b35faae
+# %% ../nbs/06_monitor.ipynb #d27ff636
 def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
     "Where the reference profile of `name` version `version` is cached."
     return Path(cfg.state_dir)/'profiles'/name/f"{version}.npz"
 
+def build_reference_profile(model, # a `mlprod.registry.LoadedModel`
+                            reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
+                           ) -> ReferenceProfile:
+    "Score the version's training snapshot and profile its inputs and `prediction` (with calibration on those rows)."
+    ref = model.reference() if reference is None else reference
+    if PREDICTION in model.features: raise DataError(f"features: a feature is called {PREDICTION!r}; allowed: any other name (it is the score column)")
+    scores = prediction_column(model, ref)
+    frame = ref[model.features].assign(**{PREDICTION: scores})
+    meta = dict(model=model.name, version=model.version, run_id=model.run_id, n_reference=len(ref), task=model.task)
+    if model.task == 'binary' and model.target in ref.columns:
+        from mlprod.compare import encode_labels
+        cal = fit_calibration(encode_labels(ref[model.target], 'binary', model.classes, model.positive_class), scores, 'training snapshot')
+        meta['calibration'] = cal.to_dict()
+    mc = model.task == 'multiclass'  # the predicted class is categorical
+    return ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
+                                       numerical=[] if mc else [PREDICTION], meta=meta)
+
+# %% ../nbs/06_monitor.ipynb #24d3eff2
 def reference_profile(model, # a `mlprod.registry.LoadedModel`
                       cfg:ProjectConfig, # project (for the cache folder)
                       rebuild:bool=False, # ignore a cached profile
@@ -336,18 +357,7 @@ def reference_profile(model, # a `mlprod.registry.LoadedModel`
             prof = ReferenceProfile.load(p)
             if prof.meta.get('run_id') == model.run_id: return prof
         except (ProfileFormatError, NotFoundError) as e: log.warning('rebuilding reference profile %s: %s', p, e)
-    ref = model.reference()
-    if PREDICTION in model.features: raise DataError(f"features: a feature is called {PREDICTION!r}; allowed: any other name (it is the score column)")
-    scores = prediction_column(model, ref)
-    frame = ref[model.features].assign(**{PREDICTION: scores})
-    meta = dict(model=model.name, version=model.version, run_id=model.run_id, n_reference=len(ref), task=model.task)
-    if model.task == 'binary' and model.target in ref.columns:
-        from mlprod.compare import encode_labels
-        cal = fit_calibration(encode_labels(ref[model.target], 'binary', model.classes, model.positive_class), scores, 'training snapshot')
-        meta['calibration'] = cal.to_dict()
-    mc = model.task == 'multiclass'  # the predicted class is categorical
-    prof = ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
-                                       numerical=[] if mc else [PREDICTION], meta=meta)
+    prof = build_reference_profile(model)
     try: prof.save(p)
     except (OSError, DataError) as e: log.warning('reference profile of %s version %s not cached: %s', model.name, model.version, e)
     return prof
@@ -518,7 +528,164 @@ def _log_mlflow(cfg:ProjectConfig, r:MonitorResult) -> str:
     client.set_terminated(run_id)
     return run_id
 
-# %% ../nbs/06_monitor.ipynb #33161684
+# %% ../nbs/06_monitor.ipynb #69707859
+SOURCES = ('auto', 'request-log', 'data-source') # what `source=` accepts; a frame given as `data=` is recorded as 'data-frame'
+_SOURCE_WORDS = {'request-log': 'request log', 'data-source': 'data source', 'data-frame': 'data frame'}
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    "The rows of one model version over [start, end), and where they came from: what the pure checks read."
+    model:str # model name
+    version:str # the version monitored
+    alias:str|None # the alias that named the version, when it was picked by alias
+    start:dt.datetime # inclusive, UTC
+    end:dt.datetime # exclusive, UTC
+    source:str # 'request-log', 'data-source' or 'data-frame'
+    rows:pd.DataFrame # one row per scored row: features, the label column when known, `prediction` when served
+    requests:pd.DataFrame|None=None # request log: one row per request of the version (service health); else None
+    requests_by_version:dict=field(default_factory=dict) # request log: requests per version in the window
+    prior:pd.DataFrame|None=None # request log: labelled rows of the version before the window (for calibration)
+    why:str='' # how the source was chosen, in words (when `auto` fell back)
+    def __len__(self) -> int: return len(self.rows)
+
+def require_rows(window:Window, hint:str=''):
+    "Raise `NoDataError` when `window` holds no scored row."
+    if not len(window): raise NoDataError(window.model, window.start, window.end, _SOURCE_WORDS.get(window.source, window.source), hint)
+
+# %% ../nbs/06_monitor.ipynb #29d3baf2
+def _pick_version(name, alias, requests:pd.DataFrame, cfg) -> str:
+    from mlprod import registry
+    current = registry.resolve_version(name, alias, cfg=cfg)
+    served = requests['version'].dropna().astype(str).value_counts() if len(requests) else pd.Series(dtype=int)
+    if current is not None and (current in served.index or not len(served)): return current
+    if len(served):
+        log.info('%s: %s version %s served no request in the window; monitoring version %s (most requests)', name, alias, current, served.index[0])
+        return str(served.index[0])
+    raise NotFoundError(f"alias: {name!r} has no {alias!r} version and no request in the window names one; allowed: pass version=")
+
+def read_request_window(cfg:ProjectConfig, name:str, t0, t1, # project, model name, window [t0, t1) in UTC
+                        version:str|None=None, # model version (default: behind `alias`, else the one that served most)
+                        alias:str='production',
+                        time_field:str='event_time', # 'event_time' (business time, falls back to `at`) or 'at'
+                        calibration_days:float=28, # labelled rows this far before the window are kept for calibration
+                       ) -> Window:
+    "The window as the request log holds it: the version's requests, their scored rows, labelled rows before it."
+    from mlprod import registry
+    requests = read_requests(cfg, name, t0, t1, time_field)
+    v = str(version) if version is not None else _pick_version(name, alias, requests, cfg)
+    model = registry.load(name, v, cfg)
+    mine = requests[requests['version'].astype(str) == v] if len(requests) else requests
+    prior = None
+    if model.task == 'binary' and calibration_days > 0:
+        before = read_requests(cfg, name, t0 - dt.timedelta(days=calibration_days), t0, time_field)
+        before = before[(before['version'].astype(str) == v) & before['labels'].notna()] if len(before) else before
+        prior = expand_requests(before, model.target) if len(before) else None
+    by_version = {str(k): int(n) for k, n in requests['version'].astype(str).value_counts().items()} if len(requests) else {}
+    return Window(name, v, alias if version is None else None, t0, t1, 'request-log', expand_requests(mine, model.target),
+                  mine, by_version, prior)
+
+# %% ../nbs/06_monitor.ipynb #887eb33b
+def read_source_window(cfg:ProjectConfig, name:str, t0, t1, # project, model name, window [t0, t1) in UTC
+                       version:str|None=None, # model version (default: the one behind `alias`)
+                       alias:str='production') -> Window:
+    "The window as the model's data source (`data_source` in mlprod.toml) returns it, for the version to score."
+    from mlprod import registry
+    from mlprod.recipes import resolve
+    rows = resolve(cfg.model(name).data_source, f"models.{name}.data_source")(t0, t1)
+    if not isinstance(rows, pd.DataFrame): raise DataError(f"models.{name}.data_source: got {type(rows).__name__}; allowed: a pandas DataFrame")
+    model = registry.load(name, str(version) if version is not None else alias, cfg)
+    return Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-source', rows.reset_index(drop=True))
+
+# %% ../nbs/06_monitor.ipynb #036a19ac
+def load_window(name:str, # model name from mlprod.toml
+                start, end, # the window [start, end), dates or datetimes, UTC
+                *, cfg:ProjectConfig|str|None=None, # project config or folder (default: `get_config()`)
+                source:str='auto', # 'request-log', 'data-source' or 'auto' (the request log when it has rows, else the data source)
+                data:pd.DataFrame|None=None, # the window's rows given directly (recorded as 'data-frame')
+                version:str|None=None, # model version (default: the one behind `alias`)
+                alias:str='production', # alias that names the version when `version` is None
+                time_field:str='event_time', # request log: 'event_time' (business time, falls back to `at`) or 'at'
+                calibration_days:float=28, # request log: days before the window whose labelled rows calibrate estimates
+               ) -> Window:
+    "Read the rows of model `name` over [start, end) from the request log or the data source: the one place a window is read."
+    if source not in SOURCES: raise ConfigError('source', source, ', '.join(map(repr, SOURCES)))
+    t0, t1 = to_utc(start), to_utc(end)
+    if t0 >= t1: raise ConfigError('window', f"{start} .. {end}", 'start before end')
+    cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
+    if data is not None:
+        if not isinstance(data, pd.DataFrame): raise DataError(f"data: got {type(data).__name__}; allowed: a pandas DataFrame")
+        from mlprod import registry
+        model = registry.load(name, str(version) if version is not None else alias, cfg)
+        w = Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-frame', data)
+    elif source == 'data-source': w = read_source_window(cfg, name, t0, t1, version, alias)
+    else:
+        w = read_request_window(cfg, name, t0, t1, version, alias, time_field, calibration_days)
+        if source == 'auto' and not len(w) and not cfg.model(name).data_source:
+            require_rows(w, f"no data source to fall back to: models.{name}.data_source is not set")
+        if source == 'auto' and not len(w):
+            n, failed = len(w.requests), int((w.requests['status'].astype(int) >= 400).sum()) if len(w.requests) else 0
+            why = (f"source auto: the request log holds no scored row of {name} v{w.version} in the window "
+                   f"({n} request(s), {failed} failed); rows from the data source")
+            w = dataclasses.replace(read_source_window(cfg, name, t0, t1, version, alias), why=why)
+    require_rows(w, 'check the window, the model name and --time-field' if w.source == 'request-log' else '')
+    return w
+
+# %% ../nbs/06_monitor.ipynb #457bcb8c
+def scored_rows(window:Window, # from `load_window`
+                model, # the version (`mlprod.registry.LoadedModel`)
+                reference:pd.DataFrame, # its training snapshot (for the dtypes of request-log values)
+               ) -> pd.DataFrame:
+    "The window's rows with the model's features checked, request-log values cast, and `prediction` filled where missing."
+    require_rows(window)
+    current = window.rows
+    missing = [c for c in model.features if c not in current.columns]
+    if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with the model's features {model.features}")
+    if window.source == 'request-log': current = align_dtypes(current, reference.head(1), model.features)
+    if PREDICTION not in current.columns or current[PREDICTION].isna().any():
+        scored = pd.Series(prediction_column(model, current), index=current.index)
+        current = current.assign(**{PREDICTION: scored if PREDICTION not in current.columns else current[PREDICTION].fillna(scored)})
+    return current
+
+# %% ../nbs/06_monitor.ipynb #54f2da75
+def window_drift(profile:ReferenceProfile, # the version's reference profile
+                 current:pd.DataFrame, # rows from `scored_rows`
+                 thresholds:Thresholds=Thresholds(), # drift_statistic, prediction_drift, drift_share_fail
+                ) -> tuple:
+    "(input drift, prediction drift) of the window against the reference profile."
+    feats = [c for c in profile.names if c != PREDICTION]
+    drift = detect_drift(profile, current, columns=feats, threshold=_thresholds_for(profile, feats, thresholds.drift_statistic) or None,
+                         drift_share=thresholds.drift_share_fail)
+    pdrift = detect_drift(profile, current, columns=[PREDICTION],
+                          threshold=_thresholds_for(profile, [PREDICTION], thresholds.prediction_drift) or None)[PREDICTION]
+    return drift, pdrift
+
+# %% ../nbs/06_monitor.ipynb #1df51d31
+def window_calibration(model, # the version
+                       profile:ReferenceProfile, # its reference profile (holds the training-snapshot calibration)
+                       holdout:pd.DataFrame|None=None, # labelled rows the model did not train on
+                       prior:pd.DataFrame|None=None, # labelled request-log rows before the window (`Window.prior`)
+                       min_rows:int=200, # labelled prior rows needed to calibrate on them
+                       reference:pd.DataFrame|None=None, # training snapshot, for the dtypes of prior rows scored again
+                      ) -> Calibration|None:
+    "The calibration for CBPE: holdout, else labelled log rows before the window, else the training snapshot; None unless binary."
+    from mlprod.compare import encode_labels
+    if model.task != 'binary': return None
+    t = model.target
+    if holdout is not None:
+        miss = [c for c in [*model.features, t] if c not in holdout.columns]
+        if miss: raise DataError(f"calibration: columns {miss} are missing; allowed: the model's features and target {t!r}")
+        lab = holdout[holdout[t].notna()]
+        return fit_calibration(encode_labels(lab[t], 'binary', model.classes, model.positive_class, 'calibration labels'),
+                               model.predict_scores(lab), 'holdout')
+    if prior is not None and len(prior) and prior[t].notna().sum() >= min_rows:
+        prior = prior[prior[t].notna()]
+        s = prior[PREDICTION].to_numpy(float)
+        if np.isnan(s).any(): s = model.predict_scores(align_dtypes(prior, (model.reference() if reference is None else reference).head(1), model.features))
+        return fit_calibration(encode_labels(prior[t], 'binary', model.classes, model.positive_class, 'labels'), s, 'request log')
+    m = profile.meta.get('calibration')
+    return Calibration((), (), m['ece_raw'], m['ece'], m['n'], m['n_pos'], 'training snapshot', m.get('metric')) if m else None
+
+# %% ../nbs/06_monitor.ipynb #e0913206
 def _baseline(model, metric:str, calibration:Calibration|None) -> tuple:
     "(value, source) of the metric a window is compared with: tagged holdout metric, else the calibration rows' metric."
     try: tagged = json.loads(model.tags.get('mlprod.metrics') or '{}')
@@ -530,29 +697,144 @@ def _baseline(model, metric:str, calibration:Calibration|None) -> tuple:
         return calibration.metric, f"{calibration.source} rows before the window"
     return None, ''
 
-def _pick_version(name, alias, requests:pd.DataFrame, cfg) -> str:
-    from mlprod import registry
-    current = registry.resolve_version(name, alias, cfg=cfg)
-    served = requests['version'].dropna().astype(str).value_counts() if len(requests) else pd.Series(dtype=int)
-    if current is not None and (current in served.index or not len(served)): return current
-    if len(served):
-        log.info('%s: %s version %s served no request in the window; monitoring version %s (most requests)', name, alias, current, served.index[0])
-        return str(served.index[0])
-    raise NotFoundError(f"alias: {name!r} has no {alias!r} version and no request in the window names one; allowed: pass version=")
+# %% ../nbs/06_monitor.ipynb #6e8a6f51
+def realized_checks(model, # the version
+                    current:pd.DataFrame, # rows from `scored_rows`
+                    metric:str, # headline metric
+                    thresholds:Thresholds=Thresholds(),
+                    baseline:float|None=None, baseline_source:str='', # from `_baseline`
+                    training_metric:float|None=None, # the metric on the training snapshot (context)
+                   ) -> tuple:
+    "(checks, figures): label coverage and the realized metric of the labelled rows."
+    from mlprod.compare import encode_labels
+    n, t, checks = len(current), model.target, []
+    labelled = np.zeros(n, bool)
+    if t in current.columns:
+        y = pd.to_numeric(current[t], errors='coerce') if model.task == 'regression' else current[t]
+        labelled = y.notna().to_numpy()
+        if model.task != 'regression' and labelled.any():
+            codes = np.zeros(n)
+            try: codes[labelled] = encode_labels(y[labelled], model.task, model.classes, model.positive_class, f"labels of {model.name}")
+            except MlprodError as e:  # labels the version cannot read: say so, and judge no performance on them
+                checks.append(Check('performance:labels', Status.ERROR, None, f"values among {model.classes}", str(e))); labelled[:] = False
+            y = pd.Series(codes, index=current.index)
+    n_lab = int(labelled.sum()); coverage = n_lab / n
+    if not n_lab:
+        return checks + [Check('performance:label_coverage', Status.SKIPPED, 0.0, None, f"no labels have arrived yet for the {n} rows",
+                               dict(n_labelled=0, rows=n)),
+                         Check(f'performance:{metric}', Status.SKIPPED, None, None, 'no labels yet: see the estimated performance')], \
+               dict(label_coverage=coverage)
+    checks.append(Check('performance:label_coverage', Status.SUCCESS, coverage, None, f"{n_lab} of {n} rows have a label ({coverage:.1%})",
+                        dict(n_labelled=n_lab, rows=n)))
+    pc = performance_check(y[labelled].to_numpy(float), _labelled_scores(model, current, labelled), metric, model.task, thresholds,
+                           baseline, baseline_source, training_metric)
+    return checks + [pc], dict(label_coverage=coverage, realized_metric=pc.observed, realized_ci_low=pc.details.get('ci_low'),
+                              realized_ci_high=pc.details.get('ci_high'), metric=metric)
 
-def _window_seconds(t0, t1) -> float: return (t1 - t0).total_seconds()
+# %% ../nbs/06_monitor.ipynb #71c5d88b
+def estimated_checks(model, # the version
+                     current:pd.DataFrame, # rows from `scored_rows`
+                     calibration:Calibration|None, # from `window_calibration`
+                     metric:str, # headline metric (names the skipped check of a multiclass model)
+                     thresholds:Thresholds=Thresholds(),
+                     max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
+                    ) -> tuple:
+    "(checks, figures): CBPE's estimated ROC AUC of the window, or why it is not estimated."
+    if calibration is not None:
+        ec = estimate_check(current[PREDICTION].to_numpy(float), calibration, thresholds, *_baseline(model, 'roc_auc', calibration), max_ece=max_ece)
+        return [ec], dict(estimated_roc_auc=ec.observed, calibration_ece=calibration.ece, estimate_trusted=ec.details['trusted'])
+    if model.task == 'multiclass':
+        return [Check(f'estimated:{metric}', Status.SKIPPED, None, None, "not estimated: label-free estimates (CBPE) need "
+                      "calibrated probabilities, which mlprod fits for binary models only; see the realized performance")], {}
+    return [], {}
 
+# %% ../nbs/06_monitor.ipynb #535e692c
 def _sample(df:pd.DataFrame, n:int, seed=0) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed) if len(df) > n else df
 
-# %% ../nbs/06_monitor.ipynb #d03234f2
+def report_samples(model, # the version
+                   reference:pd.DataFrame, # its training snapshot
+                   current:pd.DataFrame, # rows from `scored_rows`
+                   sample_rows:int=5000, # rows kept per side
+                  ) -> dict:
+    "Bounded `reference` and `current` samples (features, prediction, label) for the HTML report."
+    cols = [*model.features, PREDICTION, model.target]
+    ref = _sample(reference, sample_rows)
+    ref = ref.assign(**{PREDICTION: prediction_column(model, ref)})
+    return _report_samples(model, dict(reference=ref[[c for c in cols if c in ref.columns]].reset_index(drop=True),
+                                       current=_sample(current[[c for c in cols if c in current.columns]], sample_rows).reset_index(drop=True)))
+
+# %% ../nbs/06_monitor.ipynb #65efbbe6
+SERVICE_FIGURES = {'service:requests': 'requests', 'service:error_rate': 'error_rate', 'service:latency_p50': 'latency_p50_ms',
+                   'service:latency_p95': 'latency_p95_ms', 'service:latency_p99': 'latency_p99_ms',
+                   'service:throughput': 'throughput_rows_per_s'} # check name → figure name
+
+def _window_seconds(t0, t1) -> float: return (t1 - t0).total_seconds()
+
+# %% ../nbs/06_monitor.ipynb #22d9bbf6
+def evaluate_window(window:Window, # from `load_window` (or built by hand)
+                    model, # the version (`mlprod.registry.LoadedModel`)
+                    profile:ReferenceProfile, # its reference profile (`reference_profile` or `build_reference_profile`)
+                    thresholds:Thresholds=Thresholds(), # the model's thresholds (`cfg.model(name).thresholds`)
+                    *, metric:str|None=None, # headline metric (default: roc_auc)
+                    reference:pd.DataFrame|None=None, # the training snapshot (default: `model.reference()`)
+                    holdout:pd.DataFrame|None=None, # labelled rows the model did not train on, to calibrate the estimate
+                    max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
+                    sample_rows:int=5000, # rows of each side kept for the report
+                   ) -> MonitorResult:
+    "Every check of a window as a `MonitorResult`, with no database, MLflow, alert or file access: the pure step of `monitor`."
+    th, ref = thresholds, model.reference() if reference is None else reference
+    checks, figures, notes = [], {}, [window.why] if window.why else []
+    if window.requests is not None:
+        svc = service_checks(window.requests, _window_seconds(window.start, window.end), th)
+        checks += svc; figures.update({SERVICE_FIGURES[c.name]: c.observed for c in svc})
+        if len(window.requests_by_version) > 1: figures['requests_by_version'] = dict(window.requests_by_version)
+    current = scored_rows(window, model, ref)
+    n = figures['rows'] = len(current)
+    checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
+    drift, pdrift = window_drift(profile, current, th)
+    checks += drift_checks(drift, th, pdrift)
+    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic)
+    if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
+    cal = window_calibration(model, profile, holdout, window.prior, th.min_rows, ref)
+    metric = metric or 'roc_auc'
+    train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
+    rc, rf = realized_checks(model, current, metric, th, *_baseline(model, metric, cal), train_metric)
+    ec, ef = estimated_checks(model, current, cal, metric, th, max_ece)
+    checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
+    return MonitorResult(window.model, str(model.version), window.alias, window.start, window.end, window.source,
+                         Checks(f"Monitor {window.model} v{model.version}", checks), figures, drift, pdrift, cal,
+                         uuid.uuid4().hex, utcnow(), notes=tuple(notes), samples=report_samples(model, ref, current, sample_rows))
+
+# %% ../nbs/06_monitor.ipynb #87f0bfa6
+def publish(result:MonitorResult, # from `evaluate_window`
+            cfg:ProjectConfig|None=None, # project (default: `get_config()`)
+            mlflow:bool=True, # log the figures to the `<project>-monitor` experiment
+            record:bool=True, # store the run in the `monitor_runs` table
+            alerts:bool=True, # run `mlprod.alerts.evaluate` on the checks
+            report:bool=False, # write the HTML report under reports/<model>/monitor/
+           ) -> MonitorResult:
+    "Publish `result`: MLflow, report, `monitor_runs`, alerts, as chosen; returns it with the run id, report path and alert events."
+    cfg = cfg or get_config()
+    if mlflow:
+        try: result = dataclasses.replace(result, mlflow_run_id=_log_mlflow(cfg, result))
+        except Exception as e:
+            log.error('monitor figures not logged to MLflow: %s', e)
+            result = dataclasses.replace(result, notes=result.notes + (f"figures not logged to MLflow: {type(e).__name__}: {e}",))
+    if report: result = dataclasses.replace(result, report_path=str(save_monitor_report(result, cfg)))
+    if record: _record(cfg, result)
+    if alerts:
+        from mlprod import alerts as _alerts
+        result = dataclasses.replace(result, alert_events=tuple(_alerts.evaluate(result.checks, model=result.model, cfg=cfg)))
+    return result
+
+# %% ../nbs/06_monitor.ipynb #5c4cb8f8
 def monitor(name:str, # model name from mlprod.toml
-            start, # window start (inclusive), a date or datetime, UTC
-            end, # window end (exclusive)
-            *,
-            cfg:ProjectConfig|str|None=None, # project config or folder (default: `get_config()`)
-            data:pd.DataFrame|None=None, # the window's rows (features, optional target and `prediction`); default: the request log
-            version:str|None=None, # model version to monitor (default: the one behind `alias`, or that served the window)
+            start, end, # the window [start, end), dates or datetimes, UTC
+            *, cfg:ProjectConfig|str|None=None, # project config or folder (default: `get_config()`)
+            source:str='auto', # 'request-log', 'data-source' or 'auto' (see `load_window`)
+            data:pd.DataFrame|None=None, # the window's rows given directly (features, optional target and `prediction`)
+            version:str|None=None, # model version (default: the one behind `alias`, or that served the window)
             alias:str='production', # alias that names the version when `version` is None
             time_field:str='event_time', # request log: 'event_time' (business time, falls back to `at`) or 'at'
             calibration:pd.DataFrame|None=None, # labelled rows the model did not train on, for CBPE (default: labelled log rows before the window)
@@ -563,134 +845,20 @@ def monitor(name:str, # model name from mlprod.toml
             record:bool=True, # store the run in the `monitor_runs` table
             alerts:bool=True, # run `mlprod.alerts.evaluate` on the checks
             save_report:bool=False, # write the HTML report under reports/<model>/monitor/
+            window:Window|None=None, # a window already read by `load_window` (then the reading arguments are not used)
            ) -> MonitorResult:
-    "Monitor model `name` over [start, end): service health, data and prediction drift, realized and estimated performance."
+    "Monitor model `name` over [start, end): `load_window`, `evaluate_window`, `publish`."
     from mlprod import registry
-    from mlprod.compare import get_metric, encode_labels
     cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
-    mc = cfg.model(name); th = mc.thresholds
-    t0, t1 = to_utc(start), to_utc(end)
-    if t0 >= t1: raise ConfigError('window', f"{start} .. {end}", 'start before end')
-    checks, figures, notes, requests = [], {}, [], None
-    if data is None:
-        source = 'request log'
-        requests = read_requests(cfg, name, t0, t1, time_field)
-        version = str(version) if version is not None else _pick_version(name, alias, requests, cfg)
-        model = registry.load(name, version, cfg)
-        mine = requests[requests['version'].astype(str) == str(version)] if len(requests) else requests
-        checks += service_checks(mine, _window_seconds(t0, t1), th)
-        for c in checks:
-            key = {'service:requests': 'requests', 'service:error_rate': 'error_rate', 'service:latency_p50': 'latency_p50_ms',
-                   'service:latency_p95': 'latency_p95_ms', 'service:latency_p99': 'latency_p99_ms', 'service:throughput': 'throughput_rows_per_s'}[c.name]
-            figures[key] = c.observed
-        if len(requests) and requests['version'].nunique() > 1:
-            figures['requests_by_version'] = {str(k): int(v) for k, v in requests['version'].astype(str).value_counts().items()}
-        current = expand_requests(mine, model.target)
-    else:
-        source = 'data frame'
-        if not isinstance(data, pd.DataFrame): raise DataError(f"data: got {type(data).__name__}; allowed: a pandas DataFrame")
-        model = registry.load(name, str(version) if version is not None else alias, cfg)
-        current = data
-    missing = [c for c in model.features if c not in current.columns]
-    if len(current) and missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with the model's features {model.features}")
-    if not len(current):
-        raise NoDataError(name, t0, t1, source, 'check the window, the model name and --time-field' if source == 'request log' else '')
-    profile = reference_profile(model, cfg)
-    ref_dtypes = model.reference().head(1) if source == 'request log' else None
-    if ref_dtypes is not None: current = align_dtypes(current, ref_dtypes, model.features)
-    if PREDICTION not in current.columns or current[PREDICTION].isna().any():
-        scored = prediction_column(model, current)
-        current = current.assign(**{PREDICTION: scored if PREDICTION not in current.columns else current[PREDICTION].fillna(pd.Series(scored, index=current.index))})
-    n = len(current); figures['rows'] = n
-    checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
-    # drift of the inputs and of the predictions
-    feats = [c for c in profile.names if c != PREDICTION]
-    drift = detect_drift(profile, current, columns=feats, threshold=_thresholds_for(profile, feats, th.drift_statistic) or None,
-                         drift_share=th.drift_share_fail)
-    pdrift = detect_drift(profile, current, columns=[PREDICTION], threshold=_thresholds_for(profile, [PREDICTION], th.prediction_drift) or None)[PREDICTION]
-    checks += drift_checks(drift, th, pdrift)
-    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic)
-    if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
-    # calibration for estimates: given holdout, else labelled log rows before the window, else the training snapshot
-    cal = None
-    if model.task == 'binary':
-        if calibration is not None:
-            miss = [c for c in [*model.features, model.target] if c not in calibration.columns]
-            if miss: raise DataError(f"calibration: columns {miss} are missing; allowed: the model's features and target {model.target!r}")
-            lab = calibration[calibration[model.target].notna()]
-            cal = fit_calibration(encode_labels(lab[model.target], 'binary', model.classes, model.positive_class, 'calibration labels'),
-                                  model.predict_scores(lab), 'holdout')
-        elif source == 'request log' and calibration_days > 0:
-            before = read_requests(cfg, name, t0 - dt.timedelta(days=calibration_days), t0, time_field)
-            before = before[(before['version'].astype(str) == str(version)) & before['labels'].notna()] if len(before) else before
-            prior = expand_requests(before, model.target) if len(before) else before
-            if len(prior) and prior[model.target].notna().sum() >= th.min_rows:
-                prior = prior[prior[model.target].notna()]
-                s = prior[PREDICTION].to_numpy(float)
-                if np.isnan(s).any(): s = model.predict_scores(align_dtypes(prior, model.reference().head(1), model.features))
-                cal = fit_calibration(encode_labels(prior[model.target], 'binary', model.classes, model.positive_class, 'labels'), s, 'request log')
-        if cal is None and 'calibration' in profile.meta:
-            m = profile.meta['calibration']
-            cal = Calibration((), (), m['ece_raw'], m['ece'], m['n'], m['n_pos'], 'training snapshot', m.get('metric'))
-    # realized performance where labels arrived
-    metric = mc.metric if mc.metric else 'roc_auc'
-    base, base_src = _baseline(model, metric, cal)
-    train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
-    target = model.target
-    if target in current.columns:  # labels keep their type: mapped through the version's classes and positive class
-        y = pd.to_numeric(current[target], errors='coerce') if model.task == 'regression' else current[target]
-        labelled = y.notna().to_numpy()
-        if model.task != 'regression' and labelled.any():
-            codes = np.zeros(n)
-            try: codes[labelled] = encode_labels(y[labelled], model.task, model.classes, model.positive_class, f"labels of {name}")
-            except MlprodError as e:  # labels the version cannot read: say so, and judge no performance on them
-                checks.append(Check('performance:labels', Status.ERROR, None, f"values among {model.classes}", str(e))); labelled[:] = False
-            y = pd.Series(codes, index=current.index)
-    else: labelled = np.zeros(n, bool)
-    n_lab = int(labelled.sum()); coverage = n_lab / n
-    figures['label_coverage'] = coverage
-    if n_lab:
-        checks.append(Check('performance:label_coverage', Status.SUCCESS, coverage, None,
-                            f"{n_lab} of {n} rows have a label ({coverage:.1%})", dict(n_labelled=n_lab, rows=n)))
-        pc = performance_check(y[labelled].to_numpy(float), _labelled_scores(model, current, labelled), metric, mc.task, th,
-                               base, base_src, train_metric)
-        checks.append(pc)
-        figures.update(realized_metric=pc.observed, realized_ci_low=pc.details.get('ci_low'), realized_ci_high=pc.details.get('ci_high'),
-                       metric=metric)
-    else:
-        checks.append(Check('performance:label_coverage', Status.SKIPPED, 0.0, None, f"no labels have arrived yet for the {n} rows",
-                            dict(n_labelled=0, rows=n)))
-        checks.append(Check(f'performance:{metric}', Status.SKIPPED, None, None, 'no labels yet: see the estimated performance'))
-    # estimated performance without labels
-    if cal is not None:
-        ec = estimate_check(current[PREDICTION].to_numpy(float), cal, th, *(_baseline(model, 'roc_auc', cal)), max_ece=max_ece)
-        checks.append(ec)
-        figures.update(estimated_roc_auc=ec.observed, calibration_ece=cal.ece, estimate_trusted=ec.details['trusted'])
-    elif model.task == 'multiclass':
-        checks.append(Check(f'estimated:{metric}', Status.SKIPPED, None, None, "not estimated: label-free estimates (CBPE) need "
-                            "calibrated probabilities, which mlprod fits for binary models only; see the realized performance"))
-    figures['version'] = str(model.version)
-    # bounded samples for the report
-    ref = model.reference()
-    ref_s = _sample(ref, sample_rows)
-    ref_s = ref_s.assign(**{PREDICTION: prediction_column(model, ref_s)})
-    cur_cols = [c for c in [*model.features, PREDICTION, target] if c in current.columns]
-    samples = _report_samples(model, dict(reference=ref_s[[c for c in [*model.features, PREDICTION, target] if c in ref_s.columns]].reset_index(drop=True),
-                   current=_sample(current[cur_cols], sample_rows).reset_index(drop=True)))
-    result = MonitorResult(name, str(model.version), model.alias or (alias if data is None and version is None else None), t0, t1, source,
-                           Checks(f"Monitor {name} v{model.version}", checks), figures, drift, pdrift, cal,
-                           uuid.uuid4().hex, utcnow(), notes=tuple(notes), samples=samples)
-    if log_to_mlflow:
-        try: result = dataclasses.replace(result, mlflow_run_id=_log_mlflow(cfg, result))
-        except Exception as e:
-            log.error('monitor figures not logged to MLflow: %s', e)
-            result = dataclasses.replace(result, notes=result.notes + (f"figures not logged to MLflow: {type(e).__name__}: {e}",))
-    if save_report: result = dataclasses.replace(result, report_path=str(save_monitor_report(result, cfg)))
-    if record: _record(cfg, result)
-    if alerts:
-        from mlprod import alerts as _alerts
-        result = dataclasses.replace(result, alert_events=tuple(_alerts.evaluate(result.checks, model=name, cfg=cfg)))
-    return result
+    if window is None:
+        window = load_window(name, start, end, cfg=cfg, source=source, data=data, version=version, alias=alias, time_field=time_field,
+                             calibration_days=0 if calibration is not None else calibration_days)
+    elif (window.model, window.start, window.end) != (name, to_utc(start), to_utc(end)):
+        raise ConfigError('window', f"{window.model} {window.start} .. {window.end}", f"the window of {name} {start} .. {end}")
+    model, mc = registry.load(name, window.version, cfg), cfg.model(name)
+    result = evaluate_window(window, model, reference_profile(model, cfg), mc.thresholds, metric=mc.metric, reference=model.reference(),
+                             holdout=calibration, max_ece=max_ece, sample_rows=sample_rows)
+    return publish(result, cfg, mlflow=log_to_mlflow, record=record, alerts=alerts, report=save_report)
 
 # %% ../nbs/06_monitor.ipynb #389cd644
 def evidently_html(reference:pd.DataFrame, # reference rows (features, optionally target and prediction)
@@ -765,6 +933,7 @@ def cmd_monitor(name:str, # model name from mlprod.toml
                 end:str, # window end, exclusive
                 version:str|None=None, # model version (default: the one behind --alias)
                 alias:str='production', # alias naming the version
+                source:Literal['auto', 'request-log', 'data-source']='auto', # where the rows come from (auto: the request log when it has rows, else the data source)
                 time_field:Literal['event_time', 'at']='event_time', # request time used for the window (default: event_time, else at)
                 json:bool=False, # print the result as JSON
                 report:bool=False, # write the HTML report under reports/<model>/monitor/
@@ -775,7 +944,7 @@ def cmd_monitor(name:str, # model name from mlprod.toml
     "Monitor a model over a window: service health, drift, realized and estimated performance; exit 1 when a check failed."
     cfg = get_config(project)
     try:
-        r = monitor(name, start, end, cfg=cfg, version=version, alias=alias, time_field=time_field,
+        r = monitor(name, start, end, cfg=cfg, source=source, version=version, alias=alias, time_field=time_field,
                     log_to_mlflow=mlflow, alerts=alerts, save_report=report)
     except MlprodError: raise
     except Exception as e: raise MonitorError(f"monitor {name}: {type(e).__name__}: {e}") from e

@@ -129,7 +129,7 @@ def test_request_log_service_health_and_labels(proj, trained, flights):
     r = monitor('flights', '2013-04-01', '2013-05-01', cfg=cfg, version=version, alerts=False, sample_rows=1500)
     print(f"\nmonitor over the request log ({len(rows)} requests): {time.perf_counter() - t:.2f} s")
     lat = np.r_[lat_ok, 100.0 + np.arange(50)]
-    assert r.source == 'request log' and r.figures['requests'] == 1050 and r.figures['rows'] == 2000
+    assert r.source == 'request-log' and r.figures['requests'] == 1050 and r.figures['rows'] == 2000
     assert r['service:error_rate'].observed == pytest.approx(20 / 1050)
     assert r['service:error_rate'].status == Status.FAIL  # 1.9% > 1%
     assert r['service:error_rate'].details['client_error_rate'] == pytest.approx(30 / 1050)
@@ -273,8 +273,12 @@ def test_cli_exit_codes_and_report(proj, trained, capsys):
         assert 'data_quality:unseen' in page  # the data-quality check (no unseen values in training rows) is on the page
         assert not re.search(r'''<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//''', page, re.I)
         # a window without traffic, an unknown model: errors (exit 2) with a one-line message
-        code = cli.main(args[:4] + ['--start', '2013-11-01', '--end', '2013-11-02', '--version', version, '--no-mlflow'])
+        code = cli.main(args[:4] + ['--start', '2013-11-01', '--end', '2013-11-02', '--version', version, '--no-mlflow', '--source', 'request-log'])
         assert code == 2 and 'got no scored rows' in capsys.readouterr().err
+        # by default (--source auto, as the monitor job) the same window is read from the data source, and the output says so
+        code = cli.main(args[:4] + ['--start', '2013-11-01', '--end', '2013-11-02', '--version', version, '--no-mlflow', '--no-alerts'])
+        out = capsys.readouterr().out
+        assert code in (0, 1) and '(data-source)' in out.splitlines()[0] and 'holds no scored row of flights' in out, out
         code = cli.main(['--project', str(cfg.root), 'monitor', 'nope', '--start', '2013-11-01', '--end', '2013-11-02'])
         assert code == 2 and 'nope' in capsys.readouterr().err
 
