@@ -363,8 +363,8 @@ def cmd_retrain(name:str, # registered model name (a [models.NAME] section of ml
     "Retrain a model on the window ending at --as-of, stage it, compare it and (if allowed) promote it."
     auto = {'on': True, 'off': False, None: None}[auto_promote]
     r = retrain(name, as_of, cfg=get_config(project), auto_promote=auto, holdout_days=holdout_days)
-    print(to_json(r.to_dict(), indent=2) if json else r.summary())
-    if r.report_path: print(f"report: {r.report_path}")
+    if json: print(to_json(r.to_dict(), indent=2))  # report_path is in the JSON; stdout stays one JSON document
+    else: print(r.summary() + (f"\nreport: {r.report_path}" if r.report_path else ''))
     return 0 if r.ok else 1
 
 # %% ../nbs/09_retrain.ipynb #85ac730a
