@@ -78,7 +78,7 @@ def positive_class(model=None, # fitted binary classifier: its `classes_[1]`
     return _plain(classes[1])
 
 # %% ../nbs/00d_infer.ipynb #7c0f2b4c
-SECTION_KEYS = ('task', 'target', 'time_column', 'features', 'categorical', 'positive_class') # written in this order
+SECTION_KEYS = ('task', 'target', 'time_column', 'features', 'categorical', 'positive_class', 'data_source', 'recipe') # written in this order
 
 @dataclass(frozen=True)
 class ModelSection:
@@ -90,6 +90,8 @@ class ModelSection:
     features:tuple # input columns
     categorical:tuple # categorical features
     positive_class:Any=None # binary only: the class whose probability is the score
+    data_source:str|None=None # `module:function(start, end)` that loads a window, when the caller names it
+    recipe:str|None=None # `module:function(df, cfg)` that trains the model, when the caller names it
     notes:dict=field(default_factory=dict) # key → how it was inferred
     def values(self) -> dict:
         "Key → value, in `SECTION_KEYS` order, without the empty ones."
@@ -114,6 +116,8 @@ def infer_section(name:str, # model name
                   time_column:str, # timestamp column that defines windows
                   model=None, # fitted model (task, features and classes come from it when given)
                   features:Sequence[str]|None=None, # input columns (default: inferred)
+                  data_source:str|None=None, # the data source to record, e.g. 'my_src:load'
+                  recipe:str|None=None, # the recipe to record, e.g. 'my_src:train'
                  ) -> ModelSection:
     "The `[models.NAME]` section that `df` (and the fitted `model`) imply."
     check_model_name(name)
@@ -126,7 +130,7 @@ def infer_section(name:str, # model name
              else 'every column but target and time', 'categorical': 'non-numeric columns among the features'}
     pos = positive_class(model, df[target]) if task == 'binary' else None
     if pos is not None: notes['positive_class'] = 'classes_[1] of the fitted model' if model is not None else "the larger of the target's two values"
-    return ModelSection(name, task, target, time_column, tuple(feats), tuple(cats), pos, notes)
+    return ModelSection(name, task, target, time_column, tuple(feats), tuple(cats), pos, data_source, recipe, notes)
 
 # %% ../nbs/00d_infer.ipynb #9d1e3035
 def toml_value(v) -> str:
@@ -196,6 +200,8 @@ def configure_model(cfg:ProjectConfig, # the project
                     target:str|None=None, # label column (required when the model is not configured)
                     time_column:str|None=None, # timestamp column (required when the model is not configured)
                     features:Sequence[str]|None=None, # input columns (default: inferred)
+                    data_source:str|None=None, # written into a new section: how retraining and jobs load a window
+                    recipe:str|None=None, # written into a new section: how retraining trains
                    ) -> ProjectConfig:
     "`cfg` with a `[models.NAME]` section: the configured one, else one inferred and written to mlprod.toml."
     cfg = _with_model(cfg, name)
@@ -209,7 +215,7 @@ def configure_model(cfg:ProjectConfig, # the project
     if target is None or time_column is None:
         raise ConfigError(f"models.{name}", '(not configured)', f"a [models.{name}] section in {config_file(cfg)}",
                           'or pass target= and time_column= to register() to infer and write one')
-    sec = infer_section(name, df, target, time_column, model=model, features=features)
+    sec = infer_section(name, df, target, time_column, model=model, features=features, data_source=data_source, recipe=recipe)
     p = write_model_section(sec, config_file(cfg), source='the training data and the fitted model' if model is not None else 'the data')
     mc = parse_config(p.read_text(encoding='utf-8'), root=p.parent, source=str(p), env={}).model(name)
     return dataclasses.replace(cfg, models=types.MappingProxyType({**cfg.models, name: mc}))
