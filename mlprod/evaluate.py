@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 import numpy as np, pandas as pd
+from fastcore.basics import patch
 from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, jsonable, to_json, fmt, esc, utcnow, to_utc)
 from .config import get_config, ProjectConfig, ModelConfig, Thresholds, mlflow_setup, ensure_state
 from .compare import (compare, decide, Comparison, PriorBaseline, Gate, MinSamples, LatencyBudget, SliceGate,
@@ -73,6 +74,7 @@ from .reports import page, styled, report_path
 
 def _v(version) -> str: return 'prior baseline' if version is None else f"v{version}"
 
+# %% ../nbs/03a_compare_models.ipynb #e021ad09
 @dataclass(frozen=True)
 class VersionComparison:
     "A comparison of two registered versions (or a version against the prior baseline), recorded and reported."
@@ -100,53 +102,68 @@ class VersionComparison:
         "The slice checks that did not pass: slices where the challenger is significantly worse."
         return [c for c in self.comparison.checks.checks if c.name.startswith('slice:') and c.status != Status.SUCCESS]
 
-    def text(self) -> str:
-        "A readable summary for a terminal."
-        c = self.comparison; r = c.row()
-        ev = [s for s in c.slices if s.evaluated and s.metric == c.metric]
-        w = f" on {self.window[0]} … {self.window[1]}" if self.window[0] else ''
-        out = [f"{self.model}: challenger {_v(self.challenger_version)} vs champion {_v(self.champion_version)}{w} ({c.n_rows:,} rows)",
-               f"decision: {c.decision.upper()}",
-               f"  {r.metric}: {_v(self.champion_version)} {fmt(r.champion)}  {_v(self.challenger_version)} {fmt(r.challenger)}  "
-               f"diff {r.diff:+.4f}  {100 * (1 - r.alpha):.0f}% CI {fmt(r.ci_low)} … {fmt(r.ci_high)}  p={fmt(r.p_value, 3)} ({r.test})"]
-        for m in c.metrics[1:]:
-            out.append(f"  {m.metric}: {fmt(m.champion)} -> {fmt(m.challenger)}  diff {m.diff:+.4f}  CI {fmt(m.ci_low)} … {fmt(m.ci_high)}  p={fmt(m.p_value, 3)}")
-        flagged = self.flagged_slices
-        out.append(f"slices flagged: {len(flagged)} of {len(ev)} evaluated" + (f" ({len(c.slices) - len(ev)} skipped)" if len(c.slices) > len(ev) else ''))
-        out += [f"  - {f.message}" for f in flagged]
-        shown = {f"{f.name}: {f.message}" for f in flagged}
-        rest = [x for x in c.reasons if x not in shown]
-        out.append('reasons:' + (f" (besides the {len(shown)} flagged slice(s))" if shown else '')); out += [f"  - {x}" for x in rest]
-        out.append(f"comparison id: {c.id}")
-        if self.run_id: out.append(f"mlflow run: {self.run_id}")
-        if self.report_path: out.append(f"report: {self.report_path}")
-        if c.decision == 'promote':
-            out.append(f"next: mlprod promote {self.model} {self.challenger_version} --to production --decision {c.id} --reason \"...\"")
-        return '\n'.join(out)
+# %% ../nbs/03a_compare_models.ipynb #7923d9d9
+@patch
+def text(self:VersionComparison) -> str:
+    "A readable summary for a terminal."
+    c = self.comparison; r = c.row()
+    ev = [s for s in c.slices if s.evaluated and s.metric == c.metric]
+    w = f" on {self.window[0]} … {self.window[1]}" if self.window[0] else ''
+    out = [f"{self.model}: challenger {_v(self.challenger_version)} vs champion {_v(self.champion_version)}{w} ({c.n_rows:,} rows)",
+           f"decision: {c.decision.upper()}",
+           f"  {r.metric}: {_v(self.champion_version)} {fmt(r.champion)}  {_v(self.challenger_version)} {fmt(r.challenger)}  "
+           f"diff {r.diff:+.4f}  {100 * (1 - r.alpha):.0f}% CI {fmt(r.ci_low)} … {fmt(r.ci_high)}  p={fmt(r.p_value, 3)} ({r.test})"]
+    for m in c.metrics[1:]:
+        out.append(f"  {m.metric}: {fmt(m.champion)} -> {fmt(m.challenger)}  diff {m.diff:+.4f}  CI {fmt(m.ci_low)} … {fmt(m.ci_high)}  p={fmt(m.p_value, 3)}")
+    flagged = self.flagged_slices
+    out.append(f"slices flagged: {len(flagged)} of {len(ev)} evaluated" + (f" ({len(c.slices) - len(ev)} skipped)" if len(c.slices) > len(ev) else ''))
+    out += [f"  - {f.message}" for f in flagged]
+    shown = {f"{f.name}: {f.message}" for f in flagged}
+    rest = [x for x in c.reasons if x not in shown]
+    out.append('reasons:' + (f" (besides the {len(shown)} flagged slice(s))" if shown else '')); out += [f"  - {x}" for x in rest]
+    out.append(f"comparison id: {c.id}")
+    if self.run_id: out.append(f"mlflow run: {self.run_id}")
+    if self.report_path: out.append(f"report: {self.report_path}")
+    if c.decision == 'promote':
+        out.append(f"next: mlprod promote {self.model} {self.challenger_version} --to production --decision {c.id} --reason \"...\"")
+    return '\n'.join(out)
 
-    def to_dict(self) -> dict:
-        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'comparison'}
-        d.update(id=self.id, decision=self.decision, ok=self.ok, flagged_slices=[f.to_dict() for f in self.flagged_slices],
-                 comparison=self.comparison.to_dict())
-        return d
-    def to_json(self, **kw) -> str: return to_json(self.to_dict(), **kw)
+# %% ../nbs/03a_compare_models.ipynb #a84d5e1c
+@patch
+def to_dict(self:VersionComparison) -> dict:
+    d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'comparison'}
+    d.update(id=self.id, decision=self.decision, ok=self.ok, flagged_slices=[f.to_dict() for f in self.flagged_slices],
+             comparison=self.comparison.to_dict())
+    return d
 
-    def _head(self) -> str:
-        w = f"{esc(self.window[0])} … {esc(self.window[1])}" if self.window[0] else 'given data'
-        links = (f" · MLflow run <code>{esc(self.run_id)}</code>" if self.run_id else '')
-        hint = (f"<p>Next step: <code>mlprod promote {esc(self.model)} {esc(self.challenger_version)} --to production "
-                f"--decision {esc(self.id)} --reason &quot;…&quot;</code></p>") if self.ok else ''
-        flags = ''.join(f'<li class="flag">{esc(f.message)}</li>' for f in self.flagged_slices)
-        return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
-                f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
-                f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
-    def _body_html(self) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
-    def _repr_html_(self) -> str: return styled(self._body_html())
-    def html(self) -> str:
-        "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
-        title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
-        return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
-                           f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
+@patch
+def to_json(self:VersionComparison, **kw) -> str: return to_json(self.to_dict(), **kw)
+
+# %% ../nbs/03a_compare_models.ipynb #caa8a091
+@patch
+def _head(self:VersionComparison) -> str:
+    w = f"{esc(self.window[0])} … {esc(self.window[1])}" if self.window[0] else 'given data'
+    links = (f" · MLflow run <code>{esc(self.run_id)}</code>" if self.run_id else '')
+    hint = (f"<p>Next step: <code>mlprod promote {esc(self.model)} {esc(self.challenger_version)} --to production "
+            f"--decision {esc(self.id)} --reason &quot;…&quot;</code></p>") if self.ok else ''
+    flags = ''.join(f'<li class="flag">{esc(f.message)}</li>' for f in self.flagged_slices)
+    return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
+            f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
+            f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
+
+# %% ../nbs/03a_compare_models.ipynb #a306aa0b
+@patch
+def _body_html(self:VersionComparison) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+
+@patch
+def _repr_html_(self:VersionComparison) -> str: return styled(self._body_html())
+
+@patch
+def html(self:VersionComparison) -> str:
+    "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
+    title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
+    return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
+                       f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
 
 # %% ../nbs/03a_compare_models.ipynb #f1fdeffc
 def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
