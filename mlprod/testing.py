@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 import numpy as np, pandas as pd
 import pytest
+from fastcore.basics import patch
 from .core import MlprodError, ConfigError, DataError, NotFoundError, Status, esc, fmt, status_badge, to_utc, jsonable, to_json
 from .config import get_config, ProjectConfig, ModelConfig, ensure_importable
 
@@ -180,6 +181,7 @@ class CandidateCheckFailed(MlprodError, AssertionError):
     "A built-in check of the candidate failed; the message has the figures."
     exit_code = 1
 
+# %% ../nbs/09a_testing.ipynb #bd7e17d2
 @dataclass(eq=False)
 class Candidate:
     "The model version under test and what the built-in checks and fixtures share (loaded lazily, once)."
@@ -211,37 +213,45 @@ class Candidate:
         "A copy of the candidate's training snapshot."
         if 'reference' not in self._cache: self._cache['reference'] = self.model.reference()
         return self._cache['reference'].copy()
-    @property
-    def champion(self):
-        "The champion `LoadedModel` (production by default), or None when the alias is not set."
-        if 'champion' not in self._cache:
-            from mlprod import registry
-            ref = self.champion_ref
-            v = None if ref == 'baseline' else ref if ref.isdigit() else registry.resolve_version(self.name, ref, self.cfg)
-            self._cache['champion'] = None if v is None else registry.load(self.name, v, self.cfg)
-        return self._cache['champion']
-    def evaluation_window(self) -> tuple:
-        "(start, end) of the evaluation window: given, or `window_days` after the candidate's and champion's training windows."
-        from mlprod.evaluate import evaluation_window
-        if self.window: return tuple(to_utc(t) for t in self.window)
-        ends = [self.model.tags.get('mlprod.window_end')]
-        if self.champion is not None and self.champion.version != self.model.version: ends.append(self.champion.tags.get('mlprod.window_end'))
-        return evaluation_window(ends, self.window_days)
-    def window_data(self) -> pd.DataFrame:
-        "Rows of the evaluation window from the model's data source (loaded once)."
-        if 'data' not in self._cache:
-            from mlprod.recipes import resolve
-            start, end = self.evaluation_window()
-            mc = self.cfg.models.get(self.name) or ModelConfig()
-            df = resolve(mc.data_source, 'data_source')(start, end)
-            if not isinstance(df, pd.DataFrame):
-                raise DataError(f"data_source {mc.data_source!r}: returned {type(df).__name__}; allowed: a pandas DataFrame")
-            if not len(df):
-                raise DataError(f"window: no rows in {start.isoformat()} … {end.isoformat()} from {mc.data_source} (the candidate was "
-                                f"trained until {self.model.tags.get('mlprod.window_end') or '?'}); allowed: a window with labelled rows, "
-                                "pass --mlprod-window START END")
-            self._cache['data'] = df
-        return self._cache['data']
+
+# %% ../nbs/09a_testing.ipynb #22eda069
+@patch(as_prop=True)
+def champion(self:Candidate):
+    "The champion `LoadedModel` (production by default), or None when the alias is not set."
+    if 'champion' not in self._cache:
+        from mlprod import registry
+        ref = self.champion_ref
+        v = None if ref == 'baseline' else ref if ref.isdigit() else registry.resolve_version(self.name, ref, self.cfg)
+        self._cache['champion'] = None if v is None else registry.load(self.name, v, self.cfg)
+    return self._cache['champion']
+
+# %% ../nbs/09a_testing.ipynb #aa83f0eb
+@patch
+def evaluation_window(self:Candidate) -> tuple:
+    "(start, end) of the evaluation window: given, or `window_days` after the candidate's and champion's training windows."
+    from mlprod.evaluate import evaluation_window
+    if self.window: return tuple(to_utc(t) for t in self.window)
+    ends = [self.model.tags.get('mlprod.window_end')]
+    if self.champion is not None and self.champion.version != self.model.version: ends.append(self.champion.tags.get('mlprod.window_end'))
+    return evaluation_window(ends, self.window_days)
+
+# %% ../nbs/09a_testing.ipynb #a74fd7d3
+@patch
+def window_data(self:Candidate) -> pd.DataFrame:
+    "Rows of the evaluation window from the model's data source (loaded once)."
+    if 'data' not in self._cache:
+        from mlprod.recipes import resolve
+        start, end = self.evaluation_window()
+        mc = self.cfg.models.get(self.name) or ModelConfig()
+        df = resolve(mc.data_source, 'data_source')(start, end)
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"data_source {mc.data_source!r}: returned {type(df).__name__}; allowed: a pandas DataFrame")
+        if not len(df):
+            raise DataError(f"window: no rows in {start.isoformat()} … {end.isoformat()} from {mc.data_source} (the candidate was "
+                            f"trained until {self.model.tags.get('mlprod.window_end') or '?'}); allowed: a window with labelled rows, "
+                            "pass --mlprod-window START END")
+        self._cache['data'] = df
+    return self._cache['data']
 
 # %% ../nbs/09a_testing.ipynb #91a968cf
 def _violations(res) -> str: return '\n'.join(f"  - {v.message}" for v in res.violations)
@@ -527,6 +537,7 @@ def _install_command(root:Path) -> str:
     if (root/'pyproject.toml').is_file() or (root/'setup.py').is_file(): return 'python -m pip install -e .'
     return 'python -m pip install mlprod'
 
+# %% ../nbs/09a_testing.ipynb #367ee46b
 _WORKFLOW = '''\
 # Written by `mlprod init --ci github`. Checks the staging candidate on pull requests and promotes it on merge.
 # Repository secrets: MLFLOW_TRACKING_URI and MLPROD_DB_URL point at the team's shared MLflow and mlprod database.
@@ -613,6 +624,7 @@ def test_timestamp_does_not_change_predictions(model, reference_data):
     assert_invariant(model, sample(reference_data), model.time_column, [pd.Timestamp("2030-01-01", tz="UTC")], tolerance=0)
 '''
 
+# %% ../nbs/09a_testing.ipynb #75ca9ba8
 _EXAMPLE_FLIGHTS = '''
 
 def test_more_precipitation_does_not_lower_delay_risk(model, reference_data):
@@ -629,6 +641,7 @@ def test_champion_and_candidate_agree_on_ranking(model, champion, reference_data
     assert rho > 0.3, f"rank correlation with production v{champion.version} is {rho:.2f} (expected > 0.3)"
 '''
 
+# %% ../nbs/09a_testing.ipynb #28f458c1
 def write_github_workflow(project_dir, # project folder (the repository root)
                           model:str='flights', # registered model the workflow checks and promotes
                           branch:str='main', # a push to this branch promotes
