@@ -60,6 +60,7 @@ def _model_cfg(cfg:ProjectConfig, name:str) -> ModelConfig:
     "The config of model `name`, or the defaults when the project does not configure it."
     return cfg.models.get(name) or ModelConfig()
 
+# %% ../nbs/02_registry.ipynb #08ef97c8
 def registry_client(cfg=None, # a ProjectConfig, a project folder or mlprod.toml, or None for `get_config()`
                    ):
     "An MLflow client on the project's tracking and registry store (what other modules use to read the registry)."
@@ -69,13 +70,7 @@ def registry_client(cfg=None, # a ProjectConfig, a project folder or mlprod.toml
 
 _client = registry_client  # the short name used throughout this module
 
-def _actor(actor:str|None=None) -> str:
-    "Who acts: `actor`, else $MLPROD_ACTOR, else the login name."
-    if actor: return str(actor)
-    if os.environ.get('MLPROD_ACTOR'): return os.environ['MLPROD_ACTOR']
-    try: return getpass.getuser()
-    except Exception: return 'unknown'
-
+# %% ../nbs/02_registry.ipynb #320b9081
 def _mlprod_version() -> str:
     try:
         from mlprod import __version__
@@ -90,6 +85,14 @@ def _git_commit(folder:Path) -> str|None:
         d = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=folder, capture_output=True, text=True, timeout=5)
         return r.stdout.strip() + ('-dirty' if d.stdout.strip() else '')
     except (OSError, subprocess.SubprocessError): return None
+
+# %% ../nbs/02_registry.ipynb #e400a570
+def _actor(actor:str|None=None) -> str:
+    "Who acts: `actor`, else $MLPROD_ACTOR, else the login name."
+    if actor: return str(actor)
+    if os.environ.get('MLPROD_ACTOR'): return os.environ['MLPROD_ACTOR']
+    try: return getpass.getuser()
+    except Exception: return 'unknown'
 
 # %% ../nbs/02_registry.ipynb #d55a47de
 def plain_value(v):
@@ -150,6 +153,7 @@ def _version_info(mv) -> VersionInfo:
     return VersionInfo(mv.name, str(mv.version), mv.run_id, f"models:/{mv.name}/{mv.version}", created,
                        tuple(getattr(mv, 'aliases', None) or ()), dict(mv.tags or {}))
 
+# %% ../nbs/02_registry.ipynb #2013b29e
 def _pip_requirements(model) -> list:
     "Pinned requirements of a scikit-learn / LightGBM model, without MLflow's slow inference."
     import sklearn
@@ -161,6 +165,7 @@ def _pip_requirements(model) -> list:
     import pandas, numpy
     return reqs + [f"pandas=={pandas.__version__}", f"numpy=={numpy.__version__}"]
 
+# %% ../nbs/02_registry.ipynb #16244631
 def _window_of(df:pd.DataFrame, time_column:str, window) -> tuple:
     "The training window as two ISO strings: given, or the first and last time in `df`."
     if window is not None:
@@ -171,6 +176,7 @@ def _window_of(df:pd.DataFrame, time_column:str, window) -> tuple:
         return (t.min().isoformat(), t.max().isoformat())
     return (None, None)
 
+# %% ../nbs/02_registry.ipynb #5f667965
 def _model_params(model) -> dict:
     "The parameters of the final estimator of `model` that differ from the estimator's defaults."
     est = _unwrap(model)
@@ -180,6 +186,7 @@ def _model_params(model) -> dict:
     except Exception: return {}
     return {k: v for k, v in got.items() if k not in default or repr(default[k]) != repr(v)}
 
+# %% ../nbs/02_registry.ipynb #b2d92d22
 def _tag_value(v) -> str:
     return v if isinstance(v, str) else to_json(v)
 
@@ -880,6 +887,7 @@ def _kv_table(d:dict) -> str:
     rows = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(None if v == '' else v)}</td></tr>" for k, v in d.items())
     return f"<table>{rows}</table>" if rows else '<p>(none)</p>'
 
+# %% ../nbs/02_registry.ipynb #e2d59c15
 @dataclass(frozen=True)
 class ModelCard:
     "What a reviewer needs to know about one model version."
@@ -897,31 +905,41 @@ class ModelCard:
     run_id:str
     model_uri:str
     def to_dict(self) -> dict: return jsonable(self)
-    def _body(self) -> str:
-        badges = ''.join(f'<span class="alias">{esc(a)}</span>' for a in self.aliases)
-        cols = ''.join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c.get('nullable'))}</td>"
-                       f"<td>{esc(c.get('min'))}</td><td>{esc(c.get('max'))}</td>"
-                       f"<td>{esc(', '.join(map(str, (c.get('categories') or [])[:20])) + (' …' if len(c.get('categories') or []) > 20 else ''))}</td></tr>"
-                       for c in self.schema.get('columns', []))
-        return (f"<h1>{esc(self.name)} version {esc(self.version)}{badges}</h1>"
-                f"<p>{esc(self.description)}</p><p>Task <b>{esc(self.task)}</b> · registered {esc(str(self.created_at))} · "
-                f"<code>{esc(self.model_uri)}</code> · run <code>{esc(self.run_id)}</code></p>"
-                f"<h2>Metrics</h2>{_kv_table(self.metrics)}"
-                f"<h2>Training data and lineage</h2>{_kv_table(self.lineage)}"
-                f"<h2>Parameters</h2>{_kv_table(self.params)}"
-                f"<h2>Data contract ({len(self.schema.get('columns', []))} columns)</h2>"
-                f"<table><tr><th>column</th><th>kind</th><th>nullable</th><th>min</th><th>max</th><th>categories</th></tr>{cols}</table>"
-                f"<h2>Alias history of this version</h2>{History(self.moves)._repr_html_() if self.moves else '<p>(never moved)</p>'}")
-    def _repr_html_(self) -> str: return styled(f'<div class="mlprod-card">{self._body()}</div>')
-    def html(self) -> str:
-        "A self-contained HTML page (the shared report style)."
-        return page(f"{self.name} v{self.version} model card", f'<div class="mlprod-card">{self._body()}</div>')
-    def save(self, reports_dir=None) -> Path:
-        "Write the card to `reports_dir/<model>/card/v<version>.html` (default: the project's reports folder)."
-        d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.name/'card'
-        d.mkdir(parents=True, exist_ok=True)
-        p = d/f"v{self.version}.html"; p.write_text(self.html(), encoding='utf-8')
-        return p
+
+# %% ../nbs/02_registry.ipynb #de91908e
+@patch
+def _body(self:ModelCard) -> str:
+    badges = ''.join(f'<span class="alias">{esc(a)}</span>' for a in self.aliases)
+    cols = ''.join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c.get('nullable'))}</td>"
+                   f"<td>{esc(c.get('min'))}</td><td>{esc(c.get('max'))}</td>"
+                   f"<td>{esc(', '.join(map(str, (c.get('categories') or [])[:20])) + (' …' if len(c.get('categories') or []) > 20 else ''))}</td></tr>"
+                   for c in self.schema.get('columns', []))
+    return (f"<h1>{esc(self.name)} version {esc(self.version)}{badges}</h1>"
+            f"<p>{esc(self.description)}</p><p>Task <b>{esc(self.task)}</b> · registered {esc(str(self.created_at))} · "
+            f"<code>{esc(self.model_uri)}</code> · run <code>{esc(self.run_id)}</code></p>"
+            f"<h2>Metrics</h2>{_kv_table(self.metrics)}"
+            f"<h2>Training data and lineage</h2>{_kv_table(self.lineage)}"
+            f"<h2>Parameters</h2>{_kv_table(self.params)}"
+            f"<h2>Data contract ({len(self.schema.get('columns', []))} columns)</h2>"
+            f"<table><tr><th>column</th><th>kind</th><th>nullable</th><th>min</th><th>max</th><th>categories</th></tr>{cols}</table>"
+            f"<h2>Alias history of this version</h2>{History(self.moves)._repr_html_() if self.moves else '<p>(never moved)</p>'}")
+
+# %% ../nbs/02_registry.ipynb #36c29e81
+@patch
+def _repr_html_(self:ModelCard) -> str: return styled(f'<div class="mlprod-card">{self._body()}</div>')
+
+@patch
+def html(self:ModelCard) -> str:
+    "A self-contained HTML page (the shared report style)."
+    return page(f"{self.name} v{self.version} model card", f'<div class="mlprod-card">{self._body()}</div>')
+
+@patch
+def save(self:ModelCard, reports_dir=None) -> Path:
+    "Write the card to `reports_dir/<model>/card/v<version>.html` (default: the project's reports folder)."
+    d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.name/'card'
+    d.mkdir(parents=True, exist_ok=True)
+    p = d/f"v{self.version}.html"; p.write_text(self.html(), encoding='utf-8')
+    return p
 
 # %% ../nbs/02_registry.ipynb #f5898ecf
 def card(name:str, # registered model name
