@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 import numpy as np, pandas as pd
+from fastcore.basics import patch
 from .core import MlprodError, DataError, NotFoundError, ConfigError, Status, esc, fmt, status_badge, to_utc, utcnow, jsonable, to_json
 from .config import get_config, ProjectConfig, ensure_state
 from .data import Schema, fingerprint
@@ -33,6 +34,7 @@ class Step:
     message:str
     seconds:float=0.0
 
+# %% ../nbs/09_retrain.ipynb #43eef4bd
 @dataclass(frozen=True)
 class RetrainResult:
     "What a retraining run did, step by step."
@@ -58,18 +60,21 @@ class RetrainResult:
         if self.error: lines.append(f"  error: {self.error}")
         if self.status == 'staged': lines.append(f"  next: review the comparison and run `mlprod promote {self.model} {self.version} --to production --reason ... --decision {self.comparison_id}` or leave production as is")
         return '\n'.join(lines)
-    def _repr_html_(self) -> str:
-        st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
-        rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
-        err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
-        if self.status == 'staged':
-            err += (f"<p><b>Next:</b> review the comparison, then <code>mlprod promote {esc(self.model)} {esc(self.version)} --to production "
-                    f"--decision {esc(self.comparison_id)} --reason …</code>, or leave production as it is.</p>")
-        return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
-                f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(str, self.train_window)))}"
-                f" · holdout {esc(' → '.join(map(str, self.holdout_window)))} · decision {esc(self.decision)}</p>"
-                + (f"<ul>{''.join(f'<li>{esc(r)}</li>' for r in self.reasons)}</ul>" if self.reasons else '')
-                + f"<table><tr><th>step</th><th>status</th><th>message</th><th>time</th></tr>{rows}</table></div>")
+
+# %% ../nbs/09_retrain.ipynb #d22f5cea
+@patch
+def _repr_html_(self:RetrainResult) -> str:
+    st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
+    rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
+    err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
+    if self.status == 'staged':
+        err += (f"<p><b>Next:</b> review the comparison, then <code>mlprod promote {esc(self.model)} {esc(self.version)} --to production "
+                f"--decision {esc(self.comparison_id)} --reason …</code>, or leave production as it is.</p>")
+    return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
+            f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(str, self.train_window)))}"
+            f" · holdout {esc(' → '.join(map(str, self.holdout_window)))} · decision {esc(self.decision)}</p>"
+            + (f"<ul>{''.join(f'<li>{esc(r)}</li>' for r in self.reasons)}</ul>" if self.reasons else '')
+            + f"<table><tr><th>step</th><th>status</th><th>message</th><th>time</th></tr>{rows}</table></div>")
 
 # %% ../nbs/09_retrain.ipynb #c964c9df
 def windows(as_of, train_days:int, holdout_days:int=7) -> tuple:
@@ -352,6 +357,7 @@ class GuardResult:
                 f"{esc(self.metric)} {esc(self.production_value)} vs previous v{esc(self.previous)} {esc(self.previous_value)} "
                 f"(margin {esc(self.margin)}, {self.rows:,} rows): {esc(self.message)}</div>")
 
+# %% ../nbs/09_retrain.ipynb #b7c6b8da
 def guard(name:str, # registered model name
           start, end, # a labelled window after the promotion
           *, cfg=None, data:Optional[pd.DataFrame]=None, # the window's labelled rows (default: the data source)
@@ -403,6 +409,7 @@ class ReproduceResult:
     def to_dict(self): return jsonable(self)
     def _repr_html_(self): return f"<div><b>Reproduce {esc(self.model)} v{esc(self.version)}</b> {status_badge('SUCCESS' if self.ok else 'FAIL')} {esc(self.message)}</div>"
 
+# %% ../nbs/09_retrain.ipynb #9f2a8b28
 def reproduce(name:str, version:str, *, cfg=None, tolerance:float=1e-9, data:Optional[pd.DataFrame]=None) -> ReproduceResult:
     "Retrain version `version` of `name` from its recorded lineage and compare predictions."
     cfg = cfg if isinstance(cfg, ProjectConfig) else get_config(cfg)
