@@ -170,6 +170,7 @@ def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
     "reports/<model>/compare/<UTC time>.html (`mlprod.reports.report_path`)."
     return report_path(cfg.reports_dir, name, 'compare', at)
 
+# %% ../nbs/03a_compare_models.ipynb #a78c1013
 def _run_figures(vc:VersionComparison) -> dict:
     "MLflow metrics of a comparison: both models, diff, interval and p-value of each metric, rows, flags, costs."
     c = vc.comparison
@@ -182,6 +183,7 @@ def _run_figures(vc:VersionComparison) -> dict:
     for k, v in c.agreement.items(): out[f"agreement.{k}"] = v
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))}
 
+# %% ../nbs/03a_compare_models.ipynb #f0664e41
 def _start_run(cfg:ProjectConfig, vc:VersionComparison) -> tuple:
     "A new MLflow run for the comparison (client API, leaves any active run alone): (client, run id)."
     from mlflow import MlflowClient
@@ -193,6 +195,7 @@ def _start_run(cfg:ProjectConfig, vc:VersionComparison) -> tuple:
     run = client.create_run(exp_id, tags=tags, run_name=f"compare-{vc.model}-{_v(vc.challenger_version)}-vs-{_v(vc.champion_version)}".replace(' ', '-'))
     return client, run.info.run_id
 
+# %% ../nbs/03a_compare_models.ipynb #babce324
 def _finish_run(client, run_id:str, vc:VersionComparison, page:str):
     "Log figures, parameters and the HTML and JSON artifacts, and close the run."
     from mlflow.entities import Metric, Param
@@ -212,6 +215,7 @@ def _versions_windows(*models) -> dict:
     return {f"v{m.version}": (m.tags.get('mlprod.window_start') or None, m.tags.get('mlprod.window_end') or None)
             for m in models if m is not None}
 
+# %% ../nbs/03a_compare_models.ipynb #f8447822
 def _load_window(mc:ModelConfig, start, end) -> pd.DataFrame:
     "Rows of [start, end) from the model's data source."
     load_data = resolve(mc.data_source, 'data_source')
@@ -223,6 +227,7 @@ def _load_window(mc:ModelConfig, start, end) -> pd.DataFrame:
                         "allowed: a window with labelled rows")
     return df
 
+# %% ../nbs/03a_compare_models.ipynb #c4af3553
 def _champion(name:str, champion, cfg) -> tuple:
     "(loaded champion or None for the prior baseline, what was asked for)."
     cp, champion_ref = None, None if champion is None else str(champion)
@@ -234,6 +239,7 @@ def _champion(name:str, champion, cfg) -> tuple:
             else: cp = registry.load(name, v, cfg)
     return cp, champion_ref
 
+# %% ../nbs/03a_compare_models.ipynb #03f87a20
 def _same_labels(ch, cp):
     "Both versions must read labels the same way: same task, classes and positive class."
     if cp is None: return
