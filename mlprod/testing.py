@@ -17,7 +17,7 @@ from .config import get_config, ProjectConfig, ModelConfig, ensure_importable
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'ExpectationFailed', 'Expectation', 'assert_invariant', 'assert_directional',
+__all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'Expectation', 'ExpectationFailed', 'assert_invariant', 'assert_directional',
            'parse_target', 'CandidateCheckFailed', 'Candidate', 'check_contract_reference', 'check_contract_window',
            'MlprodWarning', 'check_gates', 'pytest_addoption', 'pytest_configure', 'pytest_sessionstart', 'MlprodCheck',
            'MlprodCandidate', 'pytest_collection_modifyitems', 'mlprod_config', 'model', 'reference_data', 'champion',
@@ -25,13 +25,6 @@ __all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'ExpectationFailed', 'Expectat
            'ci_promote', 'cmd_ci_check', 'cmd_ci_promote', 'write_github_workflow']
 
 # %% ../nbs/09a_testing.ipynb #c967edff
-class ExpectationFailed(MlprodError, AssertionError):
-    "A behavioural expectation does not hold; carries the `Expectation` with its figures."
-    exit_code = 1
-    def __init__(self, expectation:Expectation):
-        self.expectation = expectation
-        super().__init__(expectation.message)
-
 @dataclass(frozen=True)
 class Expectation:
     "The outcome of a behavioural expectation on a frame, with its figures."
@@ -52,6 +45,14 @@ class Expectation:
         return (f"<div>{status_badge(self.status)} <b>{esc(self.kind)}</b> of {esc(self.model)} to "
                 f"<code>{esc(self.column)}</code>: {esc(self.message)}</div>")
 
+# %% ../nbs/09a_testing.ipynb #9134df05
+class ExpectationFailed(MlprodError, AssertionError):
+    "A behavioural expectation does not hold; carries the `Expectation` with its figures."
+    exit_code = 1
+    def __init__(self, expectation:Expectation):
+        self.expectation = expectation
+        super().__init__(expectation.message)
+
 # %% ../nbs/09a_testing.ipynb #8cd6b3f8
 def _scorer(model) -> tuple:
     "(score function, label) for a LoadedModel, a classifier with predict_proba, or a function of a frame."
@@ -64,6 +65,7 @@ def _scorer(model) -> tuple:
     if callable(model): return model, getattr(model, '__name__', 'model')
     raise ConfigError('model', type(model).__name__, 'a LoadedModel (predict_scores), a classifier with predict_proba, or a function df -> scores')
 
+# %% ../nbs/09a_testing.ipynb #48b2ca1f
 def _scores(score, df:pd.DataFrame, matrix:bool=False) -> np.ndarray:
     "One score per row, or (`matrix`) a multiclass model's probabilities (n × k) as they are."
     s = np.asarray(score(df), dtype='float64')
@@ -74,11 +76,13 @@ def _scores(score, df:pd.DataFrame, matrix:bool=False) -> np.ndarray:
     if len(s) != len(df): raise DataError(f"model: returned {len(s)} scores for {len(df)} rows; allowed: one score per row")
     return s
 
+# %% ../nbs/09a_testing.ipynb #704f2448
 def _check_frame(df, column:str, need_column:bool=True):
     if not isinstance(df, pd.DataFrame) or not len(df): raise DataError(f"df: got {type(df).__name__} with no rows; allowed: a non-empty DataFrame")
     if need_column and column not in df.columns:
         raise DataError(f"column: got {column!r}, not a column of df; allowed: {', '.join(map(str, df.columns))}")
 
+# %% ../nbs/09a_testing.ipynb #bfbaba5e
 def _show(v) -> str:
     if callable(v): return getattr(v, '__name__', 'a function')
     return repr(v.isoformat() if hasattr(v, 'isoformat') else v.item() if hasattr(v, 'item') else v)
@@ -266,6 +270,7 @@ def check_contract_reference(c:Candidate) -> list:
                                    f"with {len(res.violations)} violation(s):\n{_violations(res)}")
     return [f"contract[reference]: {len(ref):,} rows of the training snapshot fit the schema ({len(m.schema.columns)} columns)"]
 
+# %% ../nbs/09a_testing.ipynb #ec38fc27
 def check_contract_window(c:Candidate) -> list:
     "The schema accepts the evaluation window: unseen category values up to `max_unseen` of the rows warn, anything else fails."
     __tracebackhide__ = True
@@ -287,6 +292,7 @@ def check_contract_window(c:Candidate) -> list:
         return [msg]
     return [f"contract[window]: {where} fits the schema"]
 
+# %% ../nbs/09a_testing.ipynb #d2282869
 class MlprodWarning(UserWarning):
     "A built-in check passed with something a person should know."
 
@@ -472,6 +478,7 @@ class CiPromotion:
     def _repr_html_(self) -> str:
         return f"<div>{status_badge(Status.SUCCESS if self.ok else Status.FAIL)} {esc(self.message)}<pre>{esc(self.comparison_text)}</pre></div>"
 
+# %% ../nbs/09a_testing.ipynb #902000d9
 def ci_promote(name:str, # registered model name
                reason:str='merged PR', # kept in the history
                window=None, # (start, end) evaluation window; default after both training windows
