@@ -57,6 +57,7 @@ def evaluation_window(train_ends:Sequence, # training-window ends (ISO strings o
     start = pd.Timestamp(max(ends)).ceil('D').to_pydatetime()
     return start, start + pd.Timedelta(days=days).to_pytimedelta()
 
+# %% ../nbs/03a_compare_models.ipynb #a061ea58
 def window_check(window:tuple, # (start, end) of the evaluation rows
                  trained:dict, # label → (start, end) of that model's training window
                 ) -> Check:

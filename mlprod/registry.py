@@ -822,6 +822,7 @@ def previous_production(moves:Sequence[Move], # alias moves of production, oldes
     while stack and stack[-1] == current: stack.pop()
     return stack[-1] if stack else None
 
+# %% ../nbs/02_registry.ipynb #c30b920d
 def rollback(name:str, # registered model name
              reason:str='', # why; required, kept in the history
              to=None, # version to go back to; default the production version before the current one
@@ -870,6 +871,7 @@ class History(list):
         return ('<table class="mlprod-table"><thead><tr><th>time (UTC)</th><th>alias</th><th>from</th><th>to</th><th>action</th>'
                 f'<th>actor</th><th>decision</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>')
 
+# %% ../nbs/02_registry.ipynb #1a2a8e68
 def history(name:str, # registered model name
             alias:str|None=None, # only moves of this alias
             cfg=None) -> History:

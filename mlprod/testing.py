@@ -433,6 +433,7 @@ def _plugin_loaded_by_entry_point() -> bool:
     except Exception: return False
     return any(ep.value == 'mlprod.testing' and ep.name != 'mlprod.testing' for ep in eps)
 
+# %% ../nbs/09a_testing.ipynb #8c1d7400
 def ci_check_command(name:str, # registered model name
                      ref:str='staging', # alias or version of the candidate
                      project=None, # project folder; default the working folder
