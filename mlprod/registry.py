@@ -99,6 +99,7 @@ def plain_value(v):
     "A numpy scalar as the Python value (labels in tags, messages and JSON)."
     return v.item() if isinstance(v, np.generic) else v
 
+# %% ../nbs/02_registry.ipynb #174b7fe6
 def class_index(classes, # a fitted classifier's `classes_`
                 value, # the label value to find
                 key:str='positive_class', # the setting the value came from, for errors
@@ -109,6 +110,7 @@ def class_index(classes, # a fitted classifier's `classes_`
         if c == value: return i
     raise ConfigError(key, plain_value(value), f"one of the model's classes {plain}")
 
+# %% ../nbs/02_registry.ipynb #bd951b01
 class PositiveScore:
     "Wraps a fitted binary classifier so that `predict` returns the probability of its positive class."
     def __init__(self, model=None, positive_class=None): # positive_class None: `classes_[1]`

@@ -371,6 +371,7 @@ class MlprodCheck(pytest.Item):
         return super().repr_failure(excinfo)
     def reportinfo(self): return self.path, None, f"mlprod {self.candidate.label}: {self.name}"
 
+# %% ../nbs/09a_testing.ipynb #f1cdb36e
 class MlprodCandidate(pytest.Collector):
     "The built-in checks of the candidate named by --mlprod-model."
     def __init__(self, *, candidate:Candidate, **kw):
@@ -379,6 +380,7 @@ class MlprodCandidate(pytest.Collector):
     def collect(self):
         return [MlprodCheck.from_parent(self, name=n, check=f, candidate=self.candidate) for n, f in CHECKS.items()]
 
+# %% ../nbs/09a_testing.ipynb #537dab32
 @pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, so the built-in checks can be selected like tests
 def pytest_collection_modifyitems(session, config, items):
     c = config.stash.get(_KEY, None)
@@ -395,6 +397,7 @@ def _candidate(request) -> Candidate:
     if c is None: pytest.skip('needs a candidate: run pytest with --mlprod-model NAME@REF (e.g. flights@staging)')
     return c
 
+# %% ../nbs/09a_testing.ipynb #c76dfb29
 @pytest.fixture(scope='session')
 def mlprod_config(request) -> ProjectConfig:
     "The project config (`--mlprod-project`, or found from the working folder)."
@@ -416,6 +419,7 @@ def champion(request):
     "The champion (production) `LoadedModel`, or None when there is none yet."
     return _candidate(request).champion
 
+# %% ../nbs/09a_testing.ipynb #abbc5991
 def pytest_report_header(config):
     c = config.stash.get(_KEY, None)
     if c is not None: return [f"mlprod: candidate {c.label}, champion {c.champion_ref}, project {c.project or 'found from the working folder'}"]
