@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 import numpy as np, pandas as pd
+from fastcore.basics import patch
 from .core import (MlprodError, ConfigError, DataError, Status, Check, Checks, jsonable, to_json, fmt, esc, utcnow, to_utc)
 from .config import get_config, ProjectConfig, ModelConfig, Thresholds, mlflow_setup, ensure_state
 from .compare import (compare, decide, Comparison, PriorBaseline, Gate, MinSamples, LatencyBudget, SliceGate,
@@ -56,6 +57,7 @@ def evaluation_window(train_ends:Sequence, # training-window ends (ISO strings o
     start = pd.Timestamp(max(ends)).ceil('D').to_pydatetime()
     return start, start + pd.Timedelta(days=days).to_pytimedelta()
 
+# %% ../nbs/03a_compare_models.ipynb #a061ea58
 def window_check(window:tuple, # (start, end) of the evaluation rows
                  trained:dict, # label → (start, end) of that model's training window
                 ) -> Check:
@@ -73,6 +75,7 @@ from .reports import page, styled, report_path
 
 def _v(version) -> str: return 'prior baseline' if version is None else f"v{version}"
 
+# %% ../nbs/03a_compare_models.ipynb #e021ad09
 @dataclass(frozen=True)
 class VersionComparison:
     "A comparison of two registered versions (or a version against the prior baseline), recorded and reported."
@@ -100,59 +103,75 @@ class VersionComparison:
         "The slice checks that did not pass: slices where the challenger is significantly worse."
         return [c for c in self.comparison.checks.checks if c.name.startswith('slice:') and c.status != Status.SUCCESS]
 
-    def text(self) -> str:
-        "A readable summary for a terminal."
-        c = self.comparison; r = c.row()
-        ev = [s for s in c.slices if s.evaluated and s.metric == c.metric]
-        w = f" on {self.window[0]} … {self.window[1]}" if self.window[0] else ''
-        out = [f"{self.model}: challenger {_v(self.challenger_version)} vs champion {_v(self.champion_version)}{w} ({c.n_rows:,} rows)",
-               f"decision: {c.decision.upper()}",
-               f"  {r.metric}: {_v(self.champion_version)} {fmt(r.champion)}  {_v(self.challenger_version)} {fmt(r.challenger)}  "
-               f"diff {r.diff:+.4f}  {100 * (1 - r.alpha):.0f}% CI {fmt(r.ci_low)} … {fmt(r.ci_high)}  p={fmt(r.p_value, 3)} ({r.test})"]
-        for m in c.metrics[1:]:
-            out.append(f"  {m.metric}: {fmt(m.champion)} -> {fmt(m.challenger)}  diff {m.diff:+.4f}  CI {fmt(m.ci_low)} … {fmt(m.ci_high)}  p={fmt(m.p_value, 3)}")
-        flagged = self.flagged_slices
-        out.append(f"slices flagged: {len(flagged)} of {len(ev)} evaluated" + (f" ({len(c.slices) - len(ev)} skipped)" if len(c.slices) > len(ev) else ''))
-        out += [f"  - {f.message}" for f in flagged]
-        shown = {f"{f.name}: {f.message}" for f in flagged}
-        rest = [x for x in c.reasons if x not in shown]
-        out.append('reasons:' + (f" (besides the {len(shown)} flagged slice(s))" if shown else '')); out += [f"  - {x}" for x in rest]
-        out.append(f"comparison id: {c.id}")
-        if self.run_id: out.append(f"mlflow run: {self.run_id}")
-        if self.report_path: out.append(f"report: {self.report_path}")
-        if c.decision == 'promote':
-            out.append(f"next: mlprod promote {self.model} {self.challenger_version} --to production --decision {c.id} --reason \"...\"")
-        return '\n'.join(out)
+# %% ../nbs/03a_compare_models.ipynb #7923d9d9
+@patch
+def text(self:VersionComparison) -> str:
+    "A readable summary for a terminal."
+    c = self.comparison; r = c.row()
+    ev = [s for s in c.slices if s.evaluated and s.metric == c.metric]
+    w = f" on {self.window[0]} … {self.window[1]}" if self.window[0] else ''
+    out = [f"{self.model}: challenger {_v(self.challenger_version)} vs champion {_v(self.champion_version)}{w} ({c.n_rows:,} rows)",
+           f"decision: {c.decision.upper()}",
+           f"  {r.metric}: {_v(self.champion_version)} {fmt(r.champion)}  {_v(self.challenger_version)} {fmt(r.challenger)}  "
+           f"diff {r.diff:+.4f}  {100 * (1 - r.alpha):.0f}% CI {fmt(r.ci_low)} … {fmt(r.ci_high)}  p={fmt(r.p_value, 3)} ({r.test})"]
+    for m in c.metrics[1:]:
+        out.append(f"  {m.metric}: {fmt(m.champion)} -> {fmt(m.challenger)}  diff {m.diff:+.4f}  CI {fmt(m.ci_low)} … {fmt(m.ci_high)}  p={fmt(m.p_value, 3)}")
+    flagged = self.flagged_slices
+    out.append(f"slices flagged: {len(flagged)} of {len(ev)} evaluated" + (f" ({len(c.slices) - len(ev)} skipped)" if len(c.slices) > len(ev) else ''))
+    out += [f"  - {f.message}" for f in flagged]
+    shown = {f"{f.name}: {f.message}" for f in flagged}
+    rest = [x for x in c.reasons if x not in shown]
+    out.append('reasons:' + (f" (besides the {len(shown)} flagged slice(s))" if shown else '')); out += [f"  - {x}" for x in rest]
+    out.append(f"comparison id: {c.id}")
+    if self.run_id: out.append(f"mlflow run: {self.run_id}")
+    if self.report_path: out.append(f"report: {self.report_path}")
+    if c.decision == 'promote':
+        out.append(f"next: mlprod promote {self.model} {self.challenger_version} --to production --decision {c.id} --reason \"...\"")
+    return '\n'.join(out)
 
-    def to_dict(self) -> dict:
-        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'comparison'}
-        d.update(id=self.id, decision=self.decision, ok=self.ok, flagged_slices=[f.to_dict() for f in self.flagged_slices],
-                 comparison=self.comparison.to_dict())
-        return d
-    def to_json(self, **kw) -> str: return to_json(self.to_dict(), **kw)
+# %% ../nbs/03a_compare_models.ipynb #a84d5e1c
+@patch
+def to_dict(self:VersionComparison) -> dict:
+    d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != 'comparison'}
+    d.update(id=self.id, decision=self.decision, ok=self.ok, flagged_slices=[f.to_dict() for f in self.flagged_slices],
+             comparison=self.comparison.to_dict())
+    return d
 
-    def _head(self) -> str:
-        w = f"{esc(self.window[0])} … {esc(self.window[1])}" if self.window[0] else 'given data'
-        links = (f" · MLflow run <code>{esc(self.run_id)}</code>" if self.run_id else '')
-        hint = (f"<p>Next step: <code>mlprod promote {esc(self.model)} {esc(self.challenger_version)} --to production "
-                f"--decision {esc(self.id)} --reason &quot;…&quot;</code></p>") if self.ok else ''
-        flags = ''.join(f'<li class="flag">{esc(f.message)}</li>' for f in self.flagged_slices)
-        return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
-                f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
-                f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
-    def _body_html(self) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
-    def _repr_html_(self) -> str: return styled(self._body_html())
-    def html(self) -> str:
-        "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
-        title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
-        return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
-                           f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
+@patch
+def to_json(self:VersionComparison, **kw) -> str: return to_json(self.to_dict(), **kw)
+
+# %% ../nbs/03a_compare_models.ipynb #caa8a091
+@patch
+def _head(self:VersionComparison) -> str:
+    w = f"{esc(self.window[0])} … {esc(self.window[1])}" if self.window[0] else 'given data'
+    links = (f" · MLflow run <code>{esc(self.run_id)}</code>" if self.run_id else '')
+    hint = (f"<p>Next step: <code>mlprod promote {esc(self.model)} {esc(self.challenger_version)} --to production "
+            f"--decision {esc(self.id)} --reason &quot;…&quot;</code></p>") if self.ok else ''
+    flags = ''.join(f'<li class="flag">{esc(f.message)}</li>' for f in self.flagged_slices)
+    return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
+            f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
+            f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
+
+# %% ../nbs/03a_compare_models.ipynb #a306aa0b
+@patch
+def _body_html(self:VersionComparison) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+
+@patch
+def _repr_html_(self:VersionComparison) -> str: return styled(self._body_html())
+
+@patch
+def html(self:VersionComparison) -> str:
+    "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
+    title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
+    return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
+                       f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
 
 # %% ../nbs/03a_compare_models.ipynb #f1fdeffc
 def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
     "reports/<model>/compare/<UTC time>.html (`mlprod.reports.report_path`)."
     return report_path(cfg.reports_dir, name, 'compare', at)
 
+# %% ../nbs/03a_compare_models.ipynb #a78c1013
 def _run_figures(vc:VersionComparison) -> dict:
     "MLflow metrics of a comparison: both models, diff, interval and p-value of each metric, rows, flags, costs."
     c = vc.comparison
@@ -165,6 +184,7 @@ def _run_figures(vc:VersionComparison) -> dict:
     for k, v in c.agreement.items(): out[f"agreement.{k}"] = v
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))}
 
+# %% ../nbs/03a_compare_models.ipynb #f0664e41
 def _start_run(cfg:ProjectConfig, vc:VersionComparison) -> tuple:
     "A new MLflow run for the comparison (client API, leaves any active run alone): (client, run id)."
     from mlflow import MlflowClient
@@ -176,6 +196,7 @@ def _start_run(cfg:ProjectConfig, vc:VersionComparison) -> tuple:
     run = client.create_run(exp_id, tags=tags, run_name=f"compare-{vc.model}-{_v(vc.challenger_version)}-vs-{_v(vc.champion_version)}".replace(' ', '-'))
     return client, run.info.run_id
 
+# %% ../nbs/03a_compare_models.ipynb #babce324
 def _finish_run(client, run_id:str, vc:VersionComparison, page:str):
     "Log figures, parameters and the HTML and JSON artifacts, and close the run."
     from mlflow.entities import Metric, Param
@@ -195,6 +216,7 @@ def _versions_windows(*models) -> dict:
     return {f"v{m.version}": (m.tags.get('mlprod.window_start') or None, m.tags.get('mlprod.window_end') or None)
             for m in models if m is not None}
 
+# %% ../nbs/03a_compare_models.ipynb #f8447822
 def _load_window(mc:ModelConfig, start, end) -> pd.DataFrame:
     "Rows of [start, end) from the model's data source."
     load_data = resolve(mc.data_source, 'data_source')
@@ -206,6 +228,7 @@ def _load_window(mc:ModelConfig, start, end) -> pd.DataFrame:
                         "allowed: a window with labelled rows")
     return df
 
+# %% ../nbs/03a_compare_models.ipynb #c4af3553
 def _champion(name:str, champion, cfg) -> tuple:
     "(loaded champion or None for the prior baseline, what was asked for)."
     cp, champion_ref = None, None if champion is None else str(champion)
@@ -217,6 +240,7 @@ def _champion(name:str, champion, cfg) -> tuple:
             else: cp = registry.load(name, v, cfg)
     return cp, champion_ref
 
+# %% ../nbs/03a_compare_models.ipynb #03f87a20
 def _same_labels(ch, cp):
     "Both versions must read labels the same way: same task, classes and positive class."
     if cp is None: return

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 import numpy as np, pandas as pd
 import sqlalchemy as sa
+from fastcore.basics import patch
 from .core import (MlprodError, ConfigError, DataError, NotFoundError, jsonable, to_json, fmt, esc, utcnow, to_utc)
 from .config import get_config, ProjectConfig, ModelConfig, mlflow_setup, ensure_state
 from . import db as _db
@@ -59,6 +60,7 @@ def _model_cfg(cfg:ProjectConfig, name:str) -> ModelConfig:
     "The config of model `name`, or the defaults when the project does not configure it."
     return cfg.models.get(name) or ModelConfig()
 
+# %% ../nbs/02_registry.ipynb #08ef97c8
 def registry_client(cfg=None, # a ProjectConfig, a project folder or mlprod.toml, or None for `get_config()`
                    ):
     "An MLflow client on the project's tracking and registry store (what other modules use to read the registry)."
@@ -68,13 +70,7 @@ def registry_client(cfg=None, # a ProjectConfig, a project folder or mlprod.toml
 
 _client = registry_client  # the short name used throughout this module
 
-def _actor(actor:str|None=None) -> str:
-    "Who acts: `actor`, else $MLPROD_ACTOR, else the login name."
-    if actor: return str(actor)
-    if os.environ.get('MLPROD_ACTOR'): return os.environ['MLPROD_ACTOR']
-    try: return getpass.getuser()
-    except Exception: return 'unknown'
-
+# %% ../nbs/02_registry.ipynb #320b9081
 def _mlprod_version() -> str:
     try:
         from mlprod import __version__
@@ -90,11 +86,20 @@ def _git_commit(folder:Path) -> str|None:
         return r.stdout.strip() + ('-dirty' if d.stdout.strip() else '')
     except (OSError, subprocess.SubprocessError): return None
 
+# %% ../nbs/02_registry.ipynb #e400a570
+def _actor(actor:str|None=None) -> str:
+    "Who acts: `actor`, else $MLPROD_ACTOR, else the login name."
+    if actor: return str(actor)
+    if os.environ.get('MLPROD_ACTOR'): return os.environ['MLPROD_ACTOR']
+    try: return getpass.getuser()
+    except Exception: return 'unknown'
+
 # %% ../nbs/02_registry.ipynb #d55a47de
 def plain_value(v):
     "A numpy scalar as the Python value (labels in tags, messages and JSON)."
     return v.item() if isinstance(v, np.generic) else v
 
+# %% ../nbs/02_registry.ipynb #174b7fe6
 def class_index(classes, # a fitted classifier's `classes_`
                 value, # the label value to find
                 key:str='positive_class', # the setting the value came from, for errors
@@ -105,6 +110,7 @@ def class_index(classes, # a fitted classifier's `classes_`
         if c == value: return i
     raise ConfigError(key, plain_value(value), f"one of the model's classes {plain}")
 
+# %% ../nbs/02_registry.ipynb #bd951b01
 class PositiveScore:
     "Wraps a fitted binary classifier so that `predict` returns the probability of its positive class."
     def __init__(self, model=None, positive_class=None): # positive_class None: `classes_[1]`
@@ -149,6 +155,7 @@ def _version_info(mv) -> VersionInfo:
     return VersionInfo(mv.name, str(mv.version), mv.run_id, f"models:/{mv.name}/{mv.version}", created,
                        tuple(getattr(mv, 'aliases', None) or ()), dict(mv.tags or {}))
 
+# %% ../nbs/02_registry.ipynb #2013b29e
 def _pip_requirements(model) -> list:
     "Pinned requirements of a scikit-learn / LightGBM model, without MLflow's slow inference."
     import sklearn
@@ -160,6 +167,7 @@ def _pip_requirements(model) -> list:
     import pandas, numpy
     return reqs + [f"pandas=={pandas.__version__}", f"numpy=={numpy.__version__}"]
 
+# %% ../nbs/02_registry.ipynb #16244631
 def _window_of(df:pd.DataFrame, time_column:str, window) -> tuple:
     "The training window as two ISO strings: given, or the first and last time in `df`."
     if window is not None:
@@ -170,6 +178,7 @@ def _window_of(df:pd.DataFrame, time_column:str, window) -> tuple:
         return (t.min().isoformat(), t.max().isoformat())
     return (None, None)
 
+# %% ../nbs/02_registry.ipynb #5f667965
 def _model_params(model) -> dict:
     "The parameters of the final estimator of `model` that differ from the estimator's defaults."
     est = _unwrap(model)
@@ -179,6 +188,7 @@ def _model_params(model) -> dict:
     except Exception: return {}
     return {k: v for k, v in got.items() if k not in default or repr(default[k]) != repr(v)}
 
+# %% ../nbs/02_registry.ipynb #b2d92d22
 def _tag_value(v) -> str:
     return v if isinstance(v, str) else to_json(v)
 
@@ -210,6 +220,94 @@ def label_classes(model, # the fitted model
     return classes, classes[1] if positive_class is None else classes[class_index(classes, positive_class)]
 
 # %% ../nbs/02_registry.ipynb #baa58f43
+def _register_columns(train_df:pd.DataFrame, # the training data
+                      mc:ModelConfig, # the model's config
+                      features:Sequence[str]|None, # input columns; None: from `mc`
+                      categorical:Sequence[str]|None, # categorical features; None: from `mc`
+                     ) -> tuple:
+    "(features, categorical) of a registration, or a `DataError` naming the features that are not columns."
+    if features is None or categorical is None:
+        f0, c0 = feature_columns(train_df, mc)
+        features = list(features) if features is not None else f0
+        categorical = list(categorical) if categorical is not None else [c for c in c0 if c in features]
+    features, categorical = list(features), list(categorical)
+    missing = [c for c in features if c not in train_df.columns]
+    if missing: raise DataError(f"features: {missing} not in train_df; allowed: columns {list(train_df.columns)}")
+    return features, categorical
+
+# %% ../nbs/02_registry.ipynb #ebff2bb8
+def _reference_snapshot(train_df:pd.DataFrame, # the training data
+                        features:list, # the model's input columns
+                        mc:ModelConfig, # the model's config (target, time column, reference_sample)
+                       ) -> pd.DataFrame:
+    "The training rows kept with a version: features, target and time column, at most `mc.reference_sample` rows."
+    keep = [c for c in dict.fromkeys([*features, mc.target, mc.time_column]) if c in train_df.columns]
+    ref = train_df[keep]
+    if len(ref) > mc.reference_sample: ref = ref.sample(n=mc.reference_sample, random_state=0).sort_index()
+    return ref
+
+# %% ../nbs/02_registry.ipynb #1d64d353
+def _lineage_tags(root:Path, # the project folder (its git commit is recorded)
+                  mc:ModelConfig, # the model's config (task, target, time column)
+                  train_df:pd.DataFrame, ref:pd.DataFrame, # the training data and its reference snapshot
+                  features:list, categorical:list, # the model's input columns
+                  win:tuple, # (start, end) of the training window as ISO strings (or None)
+                  recipe:str|None, params:dict, metrics:dict|None, # how it was trained and what it scored
+                  classes:list|None, positive, # the label values, and the positive one (binary)
+                 ) -> dict:
+    "The `mlprod.*` tags of a registration (strings; empty when unknown)."
+    task = mc.task
+    return {'mlprod.task': task, 'mlprod.target': mc.target, 'mlprod.time_column': mc.time_column,
+            'mlprod.window_start': win[0] or '', 'mlprod.window_end': win[1] or '',
+            'mlprod.data_fingerprint': fingerprint(train_df), 'mlprod.train_rows': str(len(train_df)),
+            'mlprod.reference_rows': str(len(ref)), 'mlprod.recipe': recipe or '', 'mlprod.params': to_json(params),
+            'mlprod.metrics': to_json(metrics or {}), 'mlprod.features': to_json(features),
+            'mlprod.categorical': to_json(categorical), 'mlprod.git_commit': _git_commit(root) or '',
+            'mlprod.mlprod_version': _mlprod_version(), 'mlprod.user': _actor(),
+            'mlprod.classes': to_json(classes) if classes is not None else '',
+            'mlprod.positive_class': to_json(positive) if task == 'binary' else ''}
+
+# %% ../nbs/02_registry.ipynb #64cdd121
+def _log_run(exp_id:str, # the project's MLflow experiment (`mlflow_setup`)
+             name:str, # registered model name (names the run)
+             logged, # the model as logged (`PositiveScore` for binary)
+             X:pd.DataFrame, # the features of the training data
+             sample_scores:np.ndarray, # scores of the first 100 rows (for the signature)
+             tags:dict, params:dict, metrics:dict|None, # lineage tags, training parameters, evaluation figures
+             schema:Schema, ref:pd.DataFrame, # the data contract and the reference snapshot
+            ) -> tuple:
+    "Log the model with its schema, reference snapshot, parameters and lineage in a new MLflow run: (model info, run)."
+    import mlflow, skops.io
+    from mlflow.models import infer_signature
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}") as run:
+        mlflow.set_tags({k: v for k, v in tags.items() if v != ''})
+        if params: mlflow.log_params({k: _tag_value(v)[:6000] for k, v in params.items()})
+        if metrics: mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))})
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*[Ii]nteger column')
+            signature = infer_signature(X.head(100), sample_scores)
+        info = mlflow.sklearn.log_model(logged, name='model', signature=signature,
+                                        input_example=X.head(3), pip_requirements=_pip_requirements(_unwrap(logged)),
+                                        skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(logged)))
+        mlflow.log_dict(schema_to_dict(schema), 'mlprod/schema.json')
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d)/'reference.parquet'; ref.to_parquet(p, index=False)
+            mlflow.log_artifact(str(p), 'mlprod')
+    return info, run
+
+# %% ../nbs/02_registry.ipynb #b3db5827
+def _ensure_registered_model(client, # MLflow client
+                             name:str, # registered model name
+                             description:str, # a sentence for the MLflow UI ('' for the default)
+                             task:str):
+    "Create the registered model `name` unless it exists."
+    try: client.get_registered_model(name)
+    except Exception:
+        try: client.create_registered_model(name, description=description or f"mlprod model {name} ({task})")
+        except Exception as e:
+            if 'already exists' not in str(e).lower() and 'RESOURCE_ALREADY_EXISTS' not in str(e): raise
+
+# %% ../nbs/02_registry.ipynb #4a4300d2
 def register(model, # fitted model: scikit-learn API (predict_proba for binary and multiclass, predict for regression)
              name:str, # registered model name
              train_df:pd.DataFrame, # the training data: features, target and time column
@@ -226,21 +324,13 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
              cfg=None, # ProjectConfig or project folder; default `get_config()`
             ) -> VersionInfo:
     "Log `model` with its signature, schema, reference snapshot and lineage, and register a new version of `name`."
-    import mlflow, skops.io
-    from mlflow.models import infer_signature
     cfg = ensure_state(configure_model(_cfg(cfg), name, train_df, model, target=target, time_column=time_column, features=features))
     mc = _model_cfg(cfg, name)
     if not isinstance(train_df, pd.DataFrame) or len(train_df) == 0:
         raise DataError(f"train_df: got {type(train_df).__name__} with {len(train_df) if hasattr(train_df, '__len__') else '?'} rows; allowed: a non-empty DataFrame")
     if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}', str(name)):
         raise ConfigError('name', name, 'letters, digits, _ . - (up to 200 characters)')
-    if features is None or categorical is None:
-        f0, c0 = feature_columns(train_df, mc)
-        features = list(features) if features is not None else f0
-        categorical = list(categorical) if categorical is not None else [c for c in c0 if c in features]
-    features, categorical = list(features), list(categorical)
-    missing = [c for c in features if c not in train_df.columns]
-    if missing: raise DataError(f"features: {missing} not in train_df; allowed: columns {list(train_df.columns)}")
+    features, categorical = _register_columns(train_df, mc, features, categorical)
     X = train_df[features]
     task = mc.task
     fitted = model.model if isinstance(model, PositiveScore) else model
@@ -249,43 +339,15 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
     try: sample_scores = np.asarray(logged.predict(X.head(100)))
     except Exception as e: raise DataError(f"model: scoring 100 training rows failed ({type(e).__name__}: {e}); allowed: a model fitted on columns {features}") from None
     schema = Schema.infer(train_df, features, categorical)
-    keep = [c for c in dict.fromkeys([*features, mc.target, mc.time_column]) if c in train_df.columns]
-    ref = train_df[keep]
-    if len(ref) > mc.reference_sample: ref = ref.sample(n=mc.reference_sample, random_state=0).sort_index()
-    win = _window_of(train_df, mc.time_column, window)
+    ref = _reference_snapshot(train_df, features, mc)
     params = dict(_model_params(fitted) if params is None else params)
-    recipe = recipe or mc.recipe
-    tags = {'mlprod.task': task, 'mlprod.target': mc.target, 'mlprod.time_column': mc.time_column,
-            'mlprod.window_start': win[0] or '', 'mlprod.window_end': win[1] or '',
-            'mlprod.data_fingerprint': fingerprint(train_df), 'mlprod.train_rows': str(len(train_df)),
-            'mlprod.reference_rows': str(len(ref)), 'mlprod.recipe': recipe or '', 'mlprod.params': to_json(params),
-            'mlprod.metrics': to_json(metrics or {}), 'mlprod.features': to_json(features),
-            'mlprod.categorical': to_json(categorical), 'mlprod.git_commit': _git_commit(cfg.root) or '',
-            'mlprod.mlprod_version': _mlprod_version(), 'mlprod.user': _actor(),
-            'mlprod.classes': to_json(classes) if classes is not None else '',
-            'mlprod.positive_class': to_json(positive) if task == 'binary' else ''}
+    tags = _lineage_tags(cfg.root, mc, train_df, ref, features, categorical, _window_of(train_df, mc.time_column, window),
+                         recipe or mc.recipe, params, metrics, classes, positive)
     exp_id = mlflow_setup(cfg)
     client = _client(cfg)
     t0 = time.perf_counter()
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}") as run:
-        mlflow.set_tags({k: v for k, v in tags.items() if v != ''})
-        if params: mlflow.log_params({k: _tag_value(v)[:6000] for k, v in params.items()})
-        if metrics: mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))})
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='.*[Ii]nteger column')
-            signature = infer_signature(X.head(100), sample_scores)
-        info = mlflow.sklearn.log_model(logged, name='model', signature=signature,
-                                        input_example=X.head(3), pip_requirements=_pip_requirements(fitted),
-                                        skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(logged)))
-        mlflow.log_dict(schema_to_dict(schema), 'mlprod/schema.json')
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d)/'reference.parquet'; ref.to_parquet(p, index=False)
-            mlflow.log_artifact(str(p), 'mlprod')
-    try: client.get_registered_model(name)
-    except Exception:
-        try: client.create_registered_model(name, description=description or f"mlprod model {name} ({task})")
-        except Exception as e:
-            if 'already exists' not in str(e).lower() and 'RESOURCE_ALREADY_EXISTS' not in str(e): raise
+    info, run = _log_run(exp_id, name, logged, X, sample_scores, tags, params, metrics, schema, ref)
+    _ensure_registered_model(client, name, description, task)
     mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id, tags=tags,
                                      description=description or None, model_id=getattr(info, 'model_id', None))
     log.info('registered %s version %s in %.1f s', name, mv.version, time.perf_counter() - t0)
@@ -317,46 +379,61 @@ class LoadedModel:
         return self.tags[tag]
     @property
     def model_uri(self) -> str: return f"models:/{self.name}/{self.version}"
-    @property
-    def classes(self) -> list|None:
-        "The label values in probability-column order (classifiers), as registered; None for regression."
-        if self.tags.get('mlprod.classes'): return json.loads(self.tags['mlprod.classes'])
-        own = getattr(self.model, 'classes_', None)  # versions registered before the tag existed
-        return None if own is None or self.task == 'regression' else [plain_value(c) for c in own]
-    @property
-    def positive_class(self):
-        "Binary: the label value whose probability is the score (as registered); None otherwise."
-        if self.task != 'binary': return None
-        if self.tags.get('mlprod.positive_class'): return json.loads(self.tags['mlprod.positive_class'])
-        return self.classes[1] if self.classes else 1
-    def predict_scores(self, df:pd.DataFrame) -> np.ndarray:
-        "Scores of `df`: positive-class probability (binary), class probabilities (n × k, `classes` order), or the prediction."
-        if isinstance(df, dict): df = pd.DataFrame([df])
-        missing = [c for c in self.features if c not in df.columns]
-        if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {self.features}")
-        X = df[self.features]
-        if self.task == 'binary':
-            return np.asarray(self.model.predict_proba(X))[:, class_index(self.model.classes_, self.positive_class)].astype('float64')
-        if self.task == 'multiclass':
-            P, own = np.asarray(self.model.predict_proba(X), dtype='float64'), [plain_value(c) for c in self.model.classes_]
-            return P if own == self.classes else P[:, [class_index(own, c, 'classes') for c in self.classes]]
-        return np.asarray(self.model.predict(X), dtype='float64').ravel()
-    def reference(self) -> pd.DataFrame:
-        "The training snapshot stored with the version (features, target, time column)."
-        if 'df' not in self._ref:
-            import mlflow
-            with tempfile.TemporaryDirectory() as d:
-                p = mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path='mlprod/reference.parquet',
-                                                        dst_path=d, tracking_uri=self.tracking_uri)
-                self._ref['df'] = pd.read_parquet(p)
-        return self._ref['df'].copy()
-    def to_dict(self) -> dict:
-        return {'name': self.name, 'version': self.version, 'alias': self.alias, 'task': self.task, 'features': self.features,
-                'classes': self.classes, 'positive_class': self.positive_class,
-                'categorical': self.categorical, 'tags': self.tags, 'run_id': self.run_id, 'loaded_at': jsonable(self.loaded_at)}
-    def _repr_html_(self) -> str:
-        return (f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
-                f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(str(self.loaded_at))}</div>")
+
+# %% ../nbs/02_registry.ipynb #9e90b7d3
+@patch(as_prop=True)
+def classes(self:LoadedModel) -> list|None:
+    "The label values in probability-column order (classifiers), as registered; None for regression."
+    if self.tags.get('mlprod.classes'): return json.loads(self.tags['mlprod.classes'])
+    own = getattr(self.model, 'classes_', None)  # versions registered before the tag existed
+    return None if own is None or self.task == 'regression' else [plain_value(c) for c in own]
+
+# %% ../nbs/02_registry.ipynb #cb20ef3d
+@patch(as_prop=True)
+def positive_class(self:LoadedModel):
+    "Binary: the label value whose probability is the score (as registered); None otherwise."
+    if self.task != 'binary': return None
+    if self.tags.get('mlprod.positive_class'): return json.loads(self.tags['mlprod.positive_class'])
+    return self.classes[1] if self.classes else 1
+
+# %% ../nbs/02_registry.ipynb #b66644f2
+@patch
+def predict_scores(self:LoadedModel, df:pd.DataFrame) -> np.ndarray:
+    "Scores of `df`: positive-class probability (binary), class probabilities (n × k, `classes` order), or the prediction."
+    if isinstance(df, dict): df = pd.DataFrame([df])
+    missing = [c for c in self.features if c not in df.columns]
+    if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with columns {self.features}")
+    X = df[self.features]
+    if self.task == 'binary':
+        return np.asarray(self.model.predict_proba(X))[:, class_index(self.model.classes_, self.positive_class)].astype('float64')
+    if self.task == 'multiclass':
+        P, own = np.asarray(self.model.predict_proba(X), dtype='float64'), [plain_value(c) for c in self.model.classes_]
+        return P if own == self.classes else P[:, [class_index(own, c, 'classes') for c in self.classes]]
+    return np.asarray(self.model.predict(X), dtype='float64').ravel()
+
+# %% ../nbs/02_registry.ipynb #527baa9a
+@patch
+def reference(self:LoadedModel) -> pd.DataFrame:
+    "The training snapshot stored with the version (features, target, time column)."
+    if 'df' not in self._ref:
+        import mlflow
+        with tempfile.TemporaryDirectory() as d:
+            p = mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path='mlprod/reference.parquet',
+                                                    dst_path=d, tracking_uri=self.tracking_uri)
+            self._ref['df'] = pd.read_parquet(p)
+    return self._ref['df'].copy()
+
+# %% ../nbs/02_registry.ipynb #82997ddd
+@patch
+def to_dict(self:LoadedModel) -> dict:
+    return {'name': self.name, 'version': self.version, 'alias': self.alias, 'task': self.task, 'features': self.features,
+            'classes': self.classes, 'positive_class': self.positive_class,
+            'categorical': self.categorical, 'tags': self.tags, 'run_id': self.run_id, 'loaded_at': jsonable(self.loaded_at)}
+
+@patch
+def _repr_html_(self:LoadedModel) -> str:
+    return (f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
+            f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(str(self.loaded_at))}</div>")
 
 # %% ../nbs/02_registry.ipynb #08b9112a
 _CACHE, _CACHE_LOCK = {}, threading.Lock()
@@ -375,6 +452,7 @@ def _get_model(client, name:str):
 def _versions(client, name:str) -> list:
     return sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
 
+# %% ../nbs/02_registry.ipynb #5d6191e6
 def _get_version(client, name:str, version) -> Any:
     "The model version, or a clear error naming the versions that exist."
     version = str(version)
@@ -391,6 +469,7 @@ def _get_version(client, name:str, version) -> Any:
                             f"({', '.join(v for v in _versions(client, name) if v != version) or 'none'})")
     return mv
 
+# %% ../nbs/02_registry.ipynb #bd832fe7
 def resolve_version(name:str, # registered model name
                     alias:str='production', # 'staging' or 'production'
                     cfg=None) -> str|None:
@@ -401,6 +480,7 @@ def resolve_version(name:str, # registered model name
     v = aliases.get(alias)
     return str(v) if v is not None else None
 
+# %% ../nbs/02_registry.ipynb #19f62b3f
 def load(name:str, # registered model name
          ref:str='production', # an alias ('production', 'staging') or a version number
          cfg=None) -> LoadedModel:
@@ -435,6 +515,7 @@ def load(name:str, # registered model name
         with _CACHE_LOCK: _CACHE[key] = hit
     return dataclasses.replace(hit, alias=alias) if alias else hit
 
+# %% ../nbs/02_registry.ipynb #06db96d0
 def clear_cache():
     "Forget every loaded model."
     with _CACHE_LOCK: _CACHE.clear()
@@ -463,6 +544,7 @@ class Move:
         return (f"{self.model}: {self.alias} {frm} -> v{self.to_version} ({self.action} by {self.actor}{extra}): {self.reason}")
     def _repr_html_(self) -> str: return f"<p>{esc(self.summary())}</p>"
 
+# %% ../nbs/02_registry.ipynb #af9c779a
 @contextlib.contextmanager
 def _locked(cfg:ProjectConfig, name:str):
     "A connection holding the lock of model `name` in the mlprod database until the block ends (committed on success)."
@@ -501,6 +583,7 @@ def _history_rows(conn, name:str, alias:str|None=None) -> list:
     if alias: q = q.where(_db.alias_history.c.alias == alias)
     return [_row_to_move(r) for r in conn.execute(q.order_by(_db.alias_history.c.id))]
 
+# %% ../nbs/02_registry.ipynb #d916ae9f
 def _mirror_tags(client, moves:list, move:Move):
     "Write the latest moves as JSON on the registered model (within MLflow's 5000-character tag limit)."
     short = [{'at': m.at.isoformat(timespec='seconds') if m.at else None, 'alias': m.alias, 'from': m.from_version, 'to': m.to_version,
@@ -512,12 +595,14 @@ def _mirror_tags(client, moves:list, move:Move):
     if move.to_version:
         client.set_model_version_tag(move.model, move.to_version, LAST_MOVE_TAG, move.summary()[:4900])
 
+# %% ../nbs/02_registry.ipynb #78c81862
 def _set_alias(client, name:str, alias:str, version:str|None):
     if version is None: client.delete_registered_model_alias(name, alias)
     else: client.set_registered_model_alias(name, alias, version)
 
 _FAIL_AFTER_ALIAS = None # test hook: an exception raised after the alias was set, before history is committed
 
+# %% ../nbs/02_registry.ipynb #f8fd7ade
 def _move(cfg, name:str, alias:str, action:str, reason:str, *, version:str|None=None, target=None,
           decision_id:str|None=None, forced:bool=False, actor:str|None=None, check=None) -> Move:
     "Move `alias` of `name` atomically: lock, read, check, set, record, mirror; undo the alias if recording fails."
@@ -572,6 +657,7 @@ def _store_comparison(conn, cid:str, name:str, champion_version, challenger_vers
     if exists: conn.execute(comparisons.update().where(comparisons.c.id == cid).values(**vals))
     else: conn.execute(comparisons.insert().values(id=cid, at=utcnow(), **vals))
 
+# %% ../nbs/02_registry.ipynb #d413870f
 def _comparison_payload(c) -> tuple:
     try: summary = c.summary() if callable(getattr(c, 'summary', None)) else ''
     except Exception: summary = ''
@@ -579,6 +665,7 @@ def _comparison_payload(c) -> tuple:
     except Exception: payload = '{}'
     return summary, payload
 
+# %% ../nbs/02_registry.ipynb #167a0d09
 def record_comparison(comparison, # a mlprod.compare.Comparison (anything with .id and .decision)
                       name:str, # the registered model compared
                       challenger_version, # the version that would be promoted
@@ -594,6 +681,7 @@ def record_comparison(comparison, # a mlprod.compare.Comparison (anything with .
         _store_comparison(conn, comparison.id, name, champion_version, challenger_version, dec, summary, payload)
     return comparison.id
 
+# %% ../nbs/02_registry.ipynb #05f0d151
 def _versions_from_names(c, name:str) -> tuple|None:
     "(champion, challenger) versions read from labels such as 'flights v2' or 'flights/2', or None."
     pat = re.compile(rf"^(?:{re.escape(name)}\s*[:/@ ]\s*)?(?:v|version\s*)?(\d+)$", re.I)
@@ -602,6 +690,7 @@ def _versions_from_names(c, name:str) -> tuple|None:
     m_cp = pat.match(str(getattr(c, 'champion_name', '') or '').strip())
     return (m_cp.group(1) if m_cp else None, m_ch.group(1))
 
+# %% ../nbs/02_registry.ipynb #be459bae
 def _decision_record(conn, decision, name:str) -> dict:
     "What a decision (Comparison or id) is about: id, model, champion and challenger versions, decision."
     if isinstance(decision, str):
@@ -628,6 +717,7 @@ def _decision_record(conn, decision, name:str) -> dict:
     _store_comparison(conn, decision.id, model, cp, ch, decision.decision, summary, payload)
     return dict(id=decision.id, model=model, champion_version=None if cp is None else str(cp), challenger_version=str(ch), decision=decision.decision)
 
+# %% ../nbs/02_registry.ipynb #dddef405
 def _gate(rec:dict, name:str, version:str, current:str|None):
     "Raise PromotionBlocked unless the decision record allows `version` to replace `current` in production."
     problems = []
@@ -683,6 +773,7 @@ def previous_production(moves:Sequence[Move], # alias moves of production, oldes
     while stack and stack[-1] == current: stack.pop()
     return stack[-1] if stack else None
 
+# %% ../nbs/02_registry.ipynb #c30b920d
 def rollback(name:str, # registered model name
              reason:str='', # why; required, kept in the history
              to=None, # version to go back to; default the production version before the current one
@@ -731,6 +822,7 @@ class History(list):
         return ('<table class="mlprod-table"><thead><tr><th>time (UTC)</th><th>alias</th><th>from</th><th>to</th><th>action</th>'
                 f'<th>actor</th><th>decision</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>')
 
+# %% ../nbs/02_registry.ipynb #1a2a8e68
 def history(name:str, # registered model name
             alias:str|None=None, # only moves of this alias
             cfg=None) -> History:
@@ -748,6 +840,7 @@ def _kv_table(d:dict) -> str:
     rows = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(None if v == '' else v)}</td></tr>" for k, v in d.items())
     return f"<table>{rows}</table>" if rows else '<p>(none)</p>'
 
+# %% ../nbs/02_registry.ipynb #e2d59c15
 @dataclass(frozen=True)
 class ModelCard:
     "What a reviewer needs to know about one model version."
@@ -765,31 +858,41 @@ class ModelCard:
     run_id:str
     model_uri:str
     def to_dict(self) -> dict: return jsonable(self)
-    def _body(self) -> str:
-        badges = ''.join(f'<span class="alias">{esc(a)}</span>' for a in self.aliases)
-        cols = ''.join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c.get('nullable'))}</td>"
-                       f"<td>{esc(c.get('min'))}</td><td>{esc(c.get('max'))}</td>"
-                       f"<td>{esc(', '.join(map(str, (c.get('categories') or [])[:20])) + (' …' if len(c.get('categories') or []) > 20 else ''))}</td></tr>"
-                       for c in self.schema.get('columns', []))
-        return (f"<h1>{esc(self.name)} version {esc(self.version)}{badges}</h1>"
-                f"<p>{esc(self.description)}</p><p>Task <b>{esc(self.task)}</b> · registered {esc(str(self.created_at))} · "
-                f"<code>{esc(self.model_uri)}</code> · run <code>{esc(self.run_id)}</code></p>"
-                f"<h2>Metrics</h2>{_kv_table(self.metrics)}"
-                f"<h2>Training data and lineage</h2>{_kv_table(self.lineage)}"
-                f"<h2>Parameters</h2>{_kv_table(self.params)}"
-                f"<h2>Data contract ({len(self.schema.get('columns', []))} columns)</h2>"
-                f"<table><tr><th>column</th><th>kind</th><th>nullable</th><th>min</th><th>max</th><th>categories</th></tr>{cols}</table>"
-                f"<h2>Alias history of this version</h2>{History(self.moves)._repr_html_() if self.moves else '<p>(never moved)</p>'}")
-    def _repr_html_(self) -> str: return styled(f'<div class="mlprod-card">{self._body()}</div>')
-    def html(self) -> str:
-        "A self-contained HTML page (the shared report style)."
-        return page(f"{self.name} v{self.version} model card", f'<div class="mlprod-card">{self._body()}</div>')
-    def save(self, reports_dir=None) -> Path:
-        "Write the card to `reports_dir/<model>/card/v<version>.html` (default: the project's reports folder)."
-        d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.name/'card'
-        d.mkdir(parents=True, exist_ok=True)
-        p = d/f"v{self.version}.html"; p.write_text(self.html(), encoding='utf-8')
-        return p
+
+# %% ../nbs/02_registry.ipynb #de91908e
+@patch
+def _body(self:ModelCard) -> str:
+    badges = ''.join(f'<span class="alias">{esc(a)}</span>' for a in self.aliases)
+    cols = ''.join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c.get('nullable'))}</td>"
+                   f"<td>{esc(c.get('min'))}</td><td>{esc(c.get('max'))}</td>"
+                   f"<td>{esc(', '.join(map(str, (c.get('categories') or [])[:20])) + (' …' if len(c.get('categories') or []) > 20 else ''))}</td></tr>"
+                   for c in self.schema.get('columns', []))
+    return (f"<h1>{esc(self.name)} version {esc(self.version)}{badges}</h1>"
+            f"<p>{esc(self.description)}</p><p>Task <b>{esc(self.task)}</b> · registered {esc(str(self.created_at))} · "
+            f"<code>{esc(self.model_uri)}</code> · run <code>{esc(self.run_id)}</code></p>"
+            f"<h2>Metrics</h2>{_kv_table(self.metrics)}"
+            f"<h2>Training data and lineage</h2>{_kv_table(self.lineage)}"
+            f"<h2>Parameters</h2>{_kv_table(self.params)}"
+            f"<h2>Data contract ({len(self.schema.get('columns', []))} columns)</h2>"
+            f"<table><tr><th>column</th><th>kind</th><th>nullable</th><th>min</th><th>max</th><th>categories</th></tr>{cols}</table>"
+            f"<h2>Alias history of this version</h2>{History(self.moves)._repr_html_() if self.moves else '<p>(never moved)</p>'}")
+
+# %% ../nbs/02_registry.ipynb #36c29e81
+@patch
+def _repr_html_(self:ModelCard) -> str: return styled(f'<div class="mlprod-card">{self._body()}</div>')
+
+@patch
+def html(self:ModelCard) -> str:
+    "A self-contained HTML page (the shared report style)."
+    return page(f"{self.name} v{self.version} model card", f'<div class="mlprod-card">{self._body()}</div>')
+
+@patch
+def save(self:ModelCard, reports_dir=None) -> Path:
+    "Write the card to `reports_dir/<model>/card/v<version>.html` (default: the project's reports folder)."
+    d = Path(reports_dir if reports_dir is not None else get_config().reports_dir)/self.name/'card'
+    d.mkdir(parents=True, exist_ok=True)
+    p = d/f"v{self.version}.html"; p.write_text(self.html(), encoding='utf-8')
+    return p
 
 # %% ../nbs/02_registry.ipynb #f5898ecf
 def card(name:str, # registered model name

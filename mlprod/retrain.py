@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 import numpy as np, pandas as pd
+from fastcore.basics import patch
 from .core import MlprodError, DataError, NotFoundError, ConfigError, Status, esc, fmt, status_badge, to_utc, utcnow, jsonable, to_json
 from .config import get_config, ProjectConfig, ensure_state
 from .data import Schema, fingerprint
@@ -33,6 +34,7 @@ class Step:
     message:str
     seconds:float=0.0
 
+# %% ../nbs/09_retrain.ipynb #43eef4bd
 @dataclass(frozen=True)
 class RetrainResult:
     "What a retraining run did, step by step."
@@ -58,18 +60,21 @@ class RetrainResult:
         if self.error: lines.append(f"  error: {self.error}")
         if self.status == 'staged': lines.append(f"  next: review the comparison and run `mlprod promote {self.model} {self.version} --to production --reason ... --decision {self.comparison_id}` or leave production as is")
         return '\n'.join(lines)
-    def _repr_html_(self) -> str:
-        st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
-        rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
-        err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
-        if self.status == 'staged':
-            err += (f"<p><b>Next:</b> review the comparison, then <code>mlprod promote {esc(self.model)} {esc(self.version)} --to production "
-                    f"--decision {esc(self.comparison_id)} --reason …</code>, or leave production as it is.</p>")
-        return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
-                f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(str, self.train_window)))}"
-                f" · holdout {esc(' → '.join(map(str, self.holdout_window)))} · decision {esc(self.decision)}</p>"
-                + (f"<ul>{''.join(f'<li>{esc(r)}</li>' for r in self.reasons)}</ul>" if self.reasons else '')
-                + f"<table><tr><th>step</th><th>status</th><th>message</th><th>time</th></tr>{rows}</table></div>")
+
+# %% ../nbs/09_retrain.ipynb #d22f5cea
+@patch
+def _repr_html_(self:RetrainResult) -> str:
+    st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
+    rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
+    err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
+    if self.status == 'staged':
+        err += (f"<p><b>Next:</b> review the comparison, then <code>mlprod promote {esc(self.model)} {esc(self.version)} --to production "
+                f"--decision {esc(self.comparison_id)} --reason …</code>, or leave production as it is.</p>")
+    return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
+            f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(str, self.train_window)))}"
+            f" · holdout {esc(' → '.join(map(str, self.holdout_window)))} · decision {esc(self.decision)}</p>"
+            + (f"<ul>{''.join(f'<li>{esc(r)}</li>' for r in self.reasons)}</ul>" if self.reasons else '')
+            + f"<table><tr><th>step</th><th>status</th><th>message</th><th>time</th></tr>{rows}</table></div>")
 
 # %% ../nbs/09_retrain.ipynb #c964c9df
 def windows(as_of, train_days:int, holdout_days:int=7) -> tuple:
@@ -117,11 +122,166 @@ def _write_report(cfg:ProjectConfig, model:str, job:str, title:str, body_html:st
 # %% ../nbs/09_retrain.ipynb #6a0584e7
 class _StepFailed(Exception): pass
 
-def _current(name:str, alias:str, cfg) -> Optional[str]:
+# %% ../nbs/09_retrain.ipynb #39240cba
+def _current(name:str, # registered model name
+             alias:str, # 'staging' or 'production'
+             cfg) -> Optional[str]:
     "The version behind `alias`, or None when the model or the alias does not exist yet."
     try: return registry.resolve_version(name, alias, cfg=cfg)
     except NotFoundError: return None
 
+# %% ../nbs/09_retrain.ipynb #fd21edbd
+@dataclass
+class _Steps:
+    "The steps of one retraining of `name`, in order."
+    name:str # the model retrained (named in the warning of a failed step)
+    done:list=field(default_factory=list) # the `Step`s so far
+
+    def skip(self, label:str, message:str):
+        "Record a step that did not need to run."
+        self.done.append(Step(label, 'SKIPPED', message))
+
+    def run(self, label:str, fn, *args):
+        "Run `fn(*args)` as the step `label` and return its value; raise `_StepFailed` when it fails."
+        t = time.perf_counter()
+        try: msg, st, value = fn(*args)
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}"
+            self.done.append(Step(label, 'FAIL', msg, time.perf_counter() - t))
+            log.warning('retrain %s failed at %s: %s', self.name, label, msg)
+            raise _StepFailed(label, msg) from e
+        self.done.append(Step(label, st, msg, time.perf_counter() - t))
+        return value
+
+# %% ../nbs/09_retrain.ipynb #c8165009
+def _load_step(name:str, # registered model name
+               mc, # the model's `ModelConfig` (data source, time column)
+               start, hold, end, # the window: training rows in [start, hold), holdout rows in [hold, end)
+               data:Optional[pd.DataFrame]=None, # the window's data instead of the data source
+              ) -> tuple:
+    "Load the window and split it: (message, status, (train, holdout))."
+    df = data if data is not None else resolve(mc.data_source, f"models.{name}.data_source")(start, end)
+    if not isinstance(df, pd.DataFrame): raise DataError(f"data source {mc.data_source}: returned {type(df).__name__}; allowed: a DataFrame")
+    t = pd.to_datetime(df[mc.time_column], utc=True)
+    train = df[(t >= start) & (t < hold)].reset_index(drop=True)
+    holdout = df[(t >= hold) & (t < end)].reset_index(drop=True)
+    if len(train) == 0 or len(holdout) == 0:
+        raise DataError(f"window {start.date()} → {end.date()}: {len(train)} training and {len(holdout)} holdout rows; allowed: both non-empty")
+    return f"{len(train):,} training rows, {len(holdout):,} holdout rows", 'SUCCESS', (train, holdout)
+
+# %% ../nbs/09_retrain.ipynb #9b075cde
+def _contract_findings(train:pd.DataFrame, # the training rows
+                       target:str, # label column
+                       schema:Schema, # the data contract of production
+                       prod:str, # production's version (named in the message)
+                      ) -> tuple:
+    "(message, status) of the training rows against `schema`; raise `DataError` for what must not pass."
+    found = schema.validate(train).violations
+    LEARNED = ('unseen_category', 'null', 'out_of_range')
+    learned, bad = [v for v in found if v.kind in LEARNED], [v for v in found if v.kind not in LEARNED]
+    if train[target].isna().any(): bad.append(f"column {target!r} has {int(train[target].isna().sum())} missing label(s)")
+    if bad: raise DataError('data contract: ' + '; '.join(v if isinstance(v, str) else v.message for v in bad))
+    if learned: return f"new in this window (learned by the new version): " + '; '.join(v.message for v in learned), 'WARNING'
+    return f"training data meets the contract of production version {prod}", 'SUCCESS'
+
+# %% ../nbs/09_retrain.ipynb #710822e6
+def _contract_step(name:str, # registered model name
+                   mc, # the model's `ModelConfig`
+                   train:pd.DataFrame, # the training rows
+                   cfg) -> tuple:
+    "Check `train` against production's contract: (message, status, (features, categorical))."
+    feats, cats = feature_columns(train, mc)
+    prod = _current(name, 'production', cfg)
+    if prod is None: return 'no production version yet: nothing to check against', 'SKIPPED', (feats, cats)
+    msg, status = _contract_findings(train, mc.target, registry.load(name, prod, cfg=cfg).schema, prod)
+    return msg, status, (feats, cats)
+
+# %% ../nbs/09_retrain.ipynb #bdf0f8ec
+def _train_step(name:str, # registered model name
+                mc, # the model's `ModelConfig` (recipe)
+                train:pd.DataFrame, # the training rows
+               ) -> tuple:
+    "Fit the model's recipe on `train`: (message, status, model)."
+    model = resolve(mc.recipe, f"models.{name}.recipe")(train, mc)
+    return f"{type(model).__name__} via {mc.recipe}", 'SUCCESS', model
+
+# %% ../nbs/09_retrain.ipynb #b52135ba
+def _register_step(name:str, # registered model name
+                   mc, # the model's `ModelConfig`
+                   model, # the fitted model
+                   train:pd.DataFrame, holdout:pd.DataFrame, # training and holdout rows
+                   features:list, # the model's input columns
+                   params:dict, # the recipe's parameters
+                   window:tuple, # (start, end) of the training rows
+                   end, # end of the whole window (the `as_of`)
+                   cfg) -> tuple:
+    "Register `model` with its holdout figures: (message, status, version)."
+    metrics = holdout_metrics(model, holdout, mc, features)
+    vi = registry.register(model, name, train, window=window, metrics=metrics, cfg=cfg, recipe=mc.recipe, params=params,
+                           description=f"retrained as of {end.date()}")
+    return f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items()), 'SUCCESS', vi.version
+
+# %% ../nbs/09_retrain.ipynb #13d174c6
+def _stage_step(name:str, # registered model name
+                version:str, # the candidate version
+                end, # end of the window (named in the reason)
+                actor:Optional[str], # who is retraining
+                cfg) -> tuple:
+    "Deploy `version` to staging unless it is there: (message, status, None)."
+    if _current(name, 'staging', cfg) == version: return f"version {version} already in staging", 'SUCCESS', None
+    registry.deploy(name, version, to='staging', reason=f"retrained as of {end.date()}", actor=actor, cfg=cfg)
+    return f"version {version} deployed to staging", 'SUCCESS', None
+
+# %% ../nbs/09_retrain.ipynb #d7bc7ea4
+def _compare_step(name:str, # registered model name
+                  version:str, # the candidate version
+                  holdout:pd.DataFrame, # the rows both versions are scored on
+                  cfg) -> tuple:
+    "Compare `version` with production on `holdout`: (message, status, comparison)."
+    from mlprod.evaluate import compare_versions
+    comp = compare_versions(name, version, champion='production', data=holdout, cfg=cfg)
+    return f"decision {comp.decision} on {len(holdout):,} holdout rows", ('SUCCESS' if comp.decision == 'promote' else 'WARNING'), comp
+
+# %% ../nbs/09_retrain.ipynb #fae24af3
+def _promotion(decision:str, # the comparison's decision: 'promote', 'needs_review' or 'reject'
+               auto:bool, # auto_promote
+              ) -> tuple:
+    "(status of the run, why production stays unchanged or None when the candidate is promoted)."
+    if decision != 'promote': return ('rejected' if decision == 'reject' else 'staged'), f"comparison decided {decision}: production unchanged"
+    if not auto: return 'staged', 'gates passed; auto_promote is off: awaiting a human decision'
+    return 'promoted', None
+
+# %% ../nbs/09_retrain.ipynb #267c4c82
+def _promote_step(name:str, # registered model name
+                  version:str, # the candidate version
+                  comp, # the comparison that allows it
+                  end, # end of the window (named in the reason)
+                  actor:Optional[str], # who is retraining
+                  cfg) -> tuple:
+    "Promote `version` to production through the gate of `comp`: (message, status, None)."
+    if _current(name, 'production', cfg) == version: return 'already in production', 'SUCCESS', None
+    registry.promote(name, version, to='production', reason=f"automatic retraining as of {end.date()}: gates passed",
+                     decision=comp, actor=actor, cfg=cfg)
+    return f"version {version} promoted to production", 'SUCCESS', None
+
+# %% ../nbs/09_retrain.ipynb #018aec2a
+def _challenge(steps:_Steps, # the run's steps
+               result:dict, # the run's result fields (comparison id, decision and reasons are added)
+               name:str, version:str, # the model and its candidate version
+               holdout:pd.DataFrame, # the rows the comparison is made on
+               auto:bool, # auto_promote
+               end, # end of the window
+               actor:Optional[str], cfg) -> str:
+    "Stage, compare and (when allowed) promote `version`; the status of the run."
+    steps.run('stage', _stage_step, name, version, end, actor, cfg)
+    comp = steps.run('compare', _compare_step, name, version, holdout, cfg)
+    result.update(comparison_id=comp.id, decision=comp.decision, reasons=tuple(comp.reasons))
+    status, unchanged = _promotion(comp.decision, auto)
+    if unchanged: steps.skip('promote', unchanged)
+    else: steps.run('promote', _promote_step, name, version, comp, end, actor, cfg)
+    return status
+
+# %% ../nbs/09_retrain.ipynb #29d63fdb
 def retrain(name:str, # registered model name (a [models.NAME] section of mlprod.toml)
             as_of, # end of the training window (exclusive), e.g. '2013-08-01'
             *,
@@ -136,104 +296,29 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
     cfg = ensure_state(cfg if isinstance(cfg, ProjectConfig) else get_config(cfg))
     mc = cfg.model(name)
     auto = mc.auto_promote if auto_promote is None else bool(auto_promote)
-    steps, state = [], {}
     as_of_s = to_utc(as_of).isoformat()
-    def step(label, fn):
-        t = time.perf_counter()
-        try: msg, st = fn()
-        except Exception as e:
-            msg = f"{type(e).__name__}: {e}"
-            steps.append(Step(label, 'FAIL', msg, time.perf_counter() - t))
-            log.warning('retrain %s failed at %s: %s', name, label, msg)
-            raise _StepFailed(label, msg) from e
-        steps.append(Step(label, st, msg, time.perf_counter() - t))
     start, hold, end = windows(as_of, mc.train_window_days, holdout_days)
     result = dict(model=name, as_of=as_of_s, train_window=(start.isoformat(), hold.isoformat()), holdout_window=(hold.isoformat(), end.isoformat()))
+    steps = _Steps(name)
     try:
-        def _load():
-            df = data if data is not None else resolve(mc.data_source, f"models.{name}.data_source")(start, end)
-            if not isinstance(df, pd.DataFrame): raise DataError(f"data source {mc.data_source}: returned {type(df).__name__}; allowed: a DataFrame")
-            t = pd.to_datetime(df[mc.time_column], utc=True)
-            state['train'] = df[(t >= start) & (t < hold)].reset_index(drop=True)
-            state['holdout'] = df[(t >= hold) & (t < end)].reset_index(drop=True)
-            if len(state['train']) == 0 or len(state['holdout']) == 0:
-                raise DataError(f"window {start.date()} → {end.date()}: {len(state['train'])} training and {len(state['holdout'])} holdout rows; allowed: both non-empty")
-            return f"{len(state['train']):,} training rows, {len(state['holdout']):,} holdout rows", 'SUCCESS'
-        step('load', _load)
-        def _contract():
-            train = state['train']
-            feats, cats = feature_columns(train, mc)
-            state['feats'], state['cats'] = feats, cats
-            prod = _current(name, 'production', cfg)
-            if prod is None: return 'no production version yet: nothing to check against', 'SKIPPED'
-            schema = registry.load(name, prod, cfg=cfg).schema
-            # new categories, missing values and numbers beyond the last window's range are what retraining learns
-            # (a holiday flag that was 0 all summer); they are named in the step and the comparison gates still
-            # protect production. A missing column, a wrong type or an infinite value must not pass.
-            found = schema.validate(train).violations
-            LEARNED = ('unseen_category', 'null', 'out_of_range')
-            learned, bad = [v for v in found if v.kind in LEARNED], [v for v in found if v.kind not in LEARNED]
-            for c in (mc.target,):
-                if train[c].isna().any(): bad.append(f"column {c!r} has {int(train[c].isna().sum())} missing label(s)")
-            if bad: raise DataError('data contract: ' + '; '.join(v if isinstance(v, str) else v.message for v in bad))
-            if learned: return f"new in this window (learned by the new version): " + '; '.join(v.message for v in learned), 'WARNING'
-            return f"training data meets the contract of production version {prod}", 'SUCCESS'
-        step('contract', _contract)
-        fp = fingerprint(state['train'])
+        train, holdout = steps.run('load', _load_step, name, mc, start, hold, end, data)
+        feats, _ = steps.run('contract', _contract_step, name, mc, train, cfg)
         params = dict(mc.params)
-        existing = find_identical(name, fp, mc.recipe, params, cfg)
+        existing = find_identical(name, fingerprint(train), mc.recipe, params, cfg)
         if existing:
-            state['version'] = existing; result['reused'] = True
-            steps.append(Step('train', 'SKIPPED', f"version {existing} was trained on identical data, recipe and parameters: reused"))
+            version = existing; result['reused'] = True
+            steps.skip('train', f"version {existing} was trained on identical data, recipe and parameters: reused")
         else:
-            def _train():
-                state['model'] = resolve(mc.recipe, f"models.{name}.recipe")(state['train'], mc)
-                return f"{type(state['model']).__name__} via {mc.recipe}", 'SUCCESS'
-            step('train', _train)
-            def _register():
-                metrics = holdout_metrics(state['model'], state['holdout'], mc, state['feats'])
-                vi = registry.register(state['model'], name, state['train'], window=(start, hold), metrics=metrics, cfg=cfg,
-                                       recipe=mc.recipe, params=params,
-                                       description=f"retrained as of {end.date()}")
-                state['version'] = vi.version
-                return f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items()), 'SUCCESS'
-            step('register', _register)
-        result['version'] = state['version']
-        if _current(name, 'production', cfg) == state['version']:
-            steps.append(Step('stage', 'SKIPPED', f"version {state['version']} is already in production: nothing to stage or compare"))
-            res = RetrainResult(status='current', steps=tuple(steps), **result)
-            if report: res = dataclasses.replace(res, report_path=_write_report(cfg, name, 'retrain', f"Retraining {name}", res._repr_html_()))
-            return res
-        def _stage():
-            if _current(name, 'staging', cfg) == state['version']: return f"version {state['version']} already in staging", 'SUCCESS'
-            registry.deploy(name, state['version'], to='staging', reason=f"retrained as of {end.date()}", actor=actor, cfg=cfg)
-            return f"version {state['version']} deployed to staging", 'SUCCESS'
-        step('stage', _stage)
-        def _compare():
-            from mlprod.evaluate import compare_versions
-            comp = compare_versions(name, state['version'], champion='production', data=state['holdout'], cfg=cfg)
-            state['comparison'] = comp
-            result.update(comparison_id=comp.id, decision=comp.decision, reasons=tuple(comp.reasons))
-            return f"decision {comp.decision} on {len(state['holdout']):,} holdout rows", ('SUCCESS' if comp.decision == 'promote' else 'WARNING')
-        step('compare', _compare)
-        comp = state['comparison']
-        if comp.decision != 'promote':
-            status = 'rejected' if comp.decision == 'reject' else 'staged'
-            steps.append(Step('promote', 'SKIPPED', f"comparison decided {comp.decision}: production unchanged"))
-        elif not auto:
-            status = 'staged'
-            steps.append(Step('promote', 'SKIPPED', 'gates passed; auto_promote is off: awaiting a human decision'))
-        else:
-            def _promote():
-                if _current(name, 'production', cfg) == state['version']: return 'already in production', 'SUCCESS'
-                registry.promote(name, state['version'], to='production', reason=f"automatic retraining as of {end.date()}: gates passed",
-                                 decision=comp, actor=actor, cfg=cfg)
-                return f"version {state['version']} promoted to production", 'SUCCESS'
-            step('promote', _promote)
-            status = 'promoted'
-        res = RetrainResult(status=status, steps=tuple(steps), **result)
+            model = steps.run('train', _train_step, name, mc, train)
+            version = steps.run('register', _register_step, name, mc, model, train, holdout, feats, params, (start, hold), end, cfg)
+        result['version'] = version
+        if _current(name, 'production', cfg) == version:
+            steps.skip('stage', f"version {version} is already in production: nothing to stage or compare")
+            status = 'current'
+        else: status = _challenge(steps, result, name, version, holdout, auto, end, actor, cfg)
+        res = RetrainResult(status=status, steps=tuple(steps.done), **result)
     except _StepFailed as e:
-        res = RetrainResult(status='failed', steps=tuple(steps), error=f"{e.args[0]}: {e.args[1]}", **result)
+        res = RetrainResult(status='failed', steps=tuple(steps.done), error=f"{e.args[0]}: {e.args[1]}", **result)
     if report:
         res = dataclasses.replace(res, report_path=_write_report(cfg, name, 'retrain', f"Retraining {name}", res._repr_html_()))
     return res
@@ -272,6 +357,7 @@ class GuardResult:
                 f"{esc(self.metric)} {esc(self.production_value)} vs previous v{esc(self.previous)} {esc(self.previous_value)} "
                 f"(margin {esc(self.margin)}, {self.rows:,} rows): {esc(self.message)}</div>")
 
+# %% ../nbs/09_retrain.ipynb #b7c6b8da
 def guard(name:str, # registered model name
           start, end, # a labelled window after the promotion
           *, cfg=None, data:Optional[pd.DataFrame]=None, # the window's labelled rows (default: the data source)
@@ -323,6 +409,7 @@ class ReproduceResult:
     def to_dict(self): return jsonable(self)
     def _repr_html_(self): return f"<div><b>Reproduce {esc(self.model)} v{esc(self.version)}</b> {status_badge('SUCCESS' if self.ok else 'FAIL')} {esc(self.message)}</div>"
 
+# %% ../nbs/09_retrain.ipynb #9f2a8b28
 def reproduce(name:str, version:str, *, cfg=None, tolerance:float=1e-9, data:Optional[pd.DataFrame]=None) -> ReproduceResult:
     "Retrain version `version` of `name` from its recorded lineage and compare predictions."
     cfg = cfg if isinstance(cfg, ProjectConfig) else get_config(cfg)

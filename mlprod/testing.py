@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 import numpy as np, pandas as pd
 import pytest
+from fastcore.basics import patch
 from .core import MlprodError, ConfigError, DataError, NotFoundError, Status, esc, fmt, status_badge, to_utc, jsonable, to_json
 from .config import get_config, ProjectConfig, ModelConfig, ensure_importable
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'ExpectationFailed', 'Expectation', 'assert_invariant', 'assert_directional',
+__all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'Expectation', 'ExpectationFailed', 'assert_invariant', 'assert_directional',
            'parse_target', 'CandidateCheckFailed', 'Candidate', 'check_contract_reference', 'check_contract_window',
            'MlprodWarning', 'check_gates', 'pytest_addoption', 'pytest_configure', 'pytest_sessionstart', 'MlprodCheck',
            'MlprodCandidate', 'pytest_collection_modifyitems', 'mlprod_config', 'model', 'reference_data', 'champion',
@@ -24,13 +25,6 @@ __all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'ExpectationFailed', 'Expectat
            'ci_promote', 'cmd_ci_check', 'cmd_ci_promote', 'write_github_workflow']
 
 # %% ../nbs/09a_testing.ipynb #c967edff
-class ExpectationFailed(MlprodError, AssertionError):
-    "A behavioural expectation does not hold; carries the `Expectation` with its figures."
-    exit_code = 1
-    def __init__(self, expectation:Expectation):
-        self.expectation = expectation
-        super().__init__(expectation.message)
-
 @dataclass(frozen=True)
 class Expectation:
     "The outcome of a behavioural expectation on a frame, with its figures."
@@ -51,6 +45,14 @@ class Expectation:
         return (f"<div>{status_badge(self.status)} <b>{esc(self.kind)}</b> of {esc(self.model)} to "
                 f"<code>{esc(self.column)}</code>: {esc(self.message)}</div>")
 
+# %% ../nbs/09a_testing.ipynb #9134df05
+class ExpectationFailed(MlprodError, AssertionError):
+    "A behavioural expectation does not hold; carries the `Expectation` with its figures."
+    exit_code = 1
+    def __init__(self, expectation:Expectation):
+        self.expectation = expectation
+        super().__init__(expectation.message)
+
 # %% ../nbs/09a_testing.ipynb #8cd6b3f8
 def _scorer(model) -> tuple:
     "(score function, label) for a LoadedModel, a classifier with predict_proba, or a function of a frame."
@@ -63,6 +65,7 @@ def _scorer(model) -> tuple:
     if callable(model): return model, getattr(model, '__name__', 'model')
     raise ConfigError('model', type(model).__name__, 'a LoadedModel (predict_scores), a classifier with predict_proba, or a function df -> scores')
 
+# %% ../nbs/09a_testing.ipynb #48b2ca1f
 def _scores(score, df:pd.DataFrame, matrix:bool=False) -> np.ndarray:
     "One score per row, or (`matrix`) a multiclass model's probabilities (n × k) as they are."
     s = np.asarray(score(df), dtype='float64')
@@ -73,11 +76,13 @@ def _scores(score, df:pd.DataFrame, matrix:bool=False) -> np.ndarray:
     if len(s) != len(df): raise DataError(f"model: returned {len(s)} scores for {len(df)} rows; allowed: one score per row")
     return s
 
+# %% ../nbs/09a_testing.ipynb #704f2448
 def _check_frame(df, column:str, need_column:bool=True):
     if not isinstance(df, pd.DataFrame) or not len(df): raise DataError(f"df: got {type(df).__name__} with no rows; allowed: a non-empty DataFrame")
     if need_column and column not in df.columns:
         raise DataError(f"column: got {column!r}, not a column of df; allowed: {', '.join(map(str, df.columns))}")
 
+# %% ../nbs/09a_testing.ipynb #bfbaba5e
 def _show(v) -> str:
     if callable(v): return getattr(v, '__name__', 'a function')
     return repr(v.isoformat() if hasattr(v, 'isoformat') else v.item() if hasattr(v, 'item') else v)
@@ -180,6 +185,7 @@ class CandidateCheckFailed(MlprodError, AssertionError):
     "A built-in check of the candidate failed; the message has the figures."
     exit_code = 1
 
+# %% ../nbs/09a_testing.ipynb #bd7e17d2
 @dataclass(eq=False)
 class Candidate:
     "The model version under test and what the built-in checks and fixtures share (loaded lazily, once)."
@@ -211,37 +217,45 @@ class Candidate:
         "A copy of the candidate's training snapshot."
         if 'reference' not in self._cache: self._cache['reference'] = self.model.reference()
         return self._cache['reference'].copy()
-    @property
-    def champion(self):
-        "The champion `LoadedModel` (production by default), or None when the alias is not set."
-        if 'champion' not in self._cache:
-            from mlprod import registry
-            ref = self.champion_ref
-            v = None if ref == 'baseline' else ref if ref.isdigit() else registry.resolve_version(self.name, ref, self.cfg)
-            self._cache['champion'] = None if v is None else registry.load(self.name, v, self.cfg)
-        return self._cache['champion']
-    def evaluation_window(self) -> tuple:
-        "(start, end) of the evaluation window: given, or `window_days` after the candidate's and champion's training windows."
-        from mlprod.evaluate import evaluation_window
-        if self.window: return tuple(to_utc(t) for t in self.window)
-        ends = [self.model.tags.get('mlprod.window_end')]
-        if self.champion is not None and self.champion.version != self.model.version: ends.append(self.champion.tags.get('mlprod.window_end'))
-        return evaluation_window(ends, self.window_days)
-    def window_data(self) -> pd.DataFrame:
-        "Rows of the evaluation window from the model's data source (loaded once)."
-        if 'data' not in self._cache:
-            from mlprod.recipes import resolve
-            start, end = self.evaluation_window()
-            mc = self.cfg.models.get(self.name) or ModelConfig()
-            df = resolve(mc.data_source, 'data_source')(start, end)
-            if not isinstance(df, pd.DataFrame):
-                raise DataError(f"data_source {mc.data_source!r}: returned {type(df).__name__}; allowed: a pandas DataFrame")
-            if not len(df):
-                raise DataError(f"window: no rows in {start.isoformat()} … {end.isoformat()} from {mc.data_source} (the candidate was "
-                                f"trained until {self.model.tags.get('mlprod.window_end') or '?'}); allowed: a window with labelled rows, "
-                                "pass --mlprod-window START END")
-            self._cache['data'] = df
-        return self._cache['data']
+
+# %% ../nbs/09a_testing.ipynb #22eda069
+@patch(as_prop=True)
+def champion(self:Candidate):
+    "The champion `LoadedModel` (production by default), or None when the alias is not set."
+    if 'champion' not in self._cache:
+        from mlprod import registry
+        ref = self.champion_ref
+        v = None if ref == 'baseline' else ref if ref.isdigit() else registry.resolve_version(self.name, ref, self.cfg)
+        self._cache['champion'] = None if v is None else registry.load(self.name, v, self.cfg)
+    return self._cache['champion']
+
+# %% ../nbs/09a_testing.ipynb #aa83f0eb
+@patch
+def evaluation_window(self:Candidate) -> tuple:
+    "(start, end) of the evaluation window: given, or `window_days` after the candidate's and champion's training windows."
+    from mlprod.evaluate import evaluation_window
+    if self.window: return tuple(to_utc(t) for t in self.window)
+    ends = [self.model.tags.get('mlprod.window_end')]
+    if self.champion is not None and self.champion.version != self.model.version: ends.append(self.champion.tags.get('mlprod.window_end'))
+    return evaluation_window(ends, self.window_days)
+
+# %% ../nbs/09a_testing.ipynb #a74fd7d3
+@patch
+def window_data(self:Candidate) -> pd.DataFrame:
+    "Rows of the evaluation window from the model's data source (loaded once)."
+    if 'data' not in self._cache:
+        from mlprod.recipes import resolve
+        start, end = self.evaluation_window()
+        mc = self.cfg.models.get(self.name) or ModelConfig()
+        df = resolve(mc.data_source, 'data_source')(start, end)
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"data_source {mc.data_source!r}: returned {type(df).__name__}; allowed: a pandas DataFrame")
+        if not len(df):
+            raise DataError(f"window: no rows in {start.isoformat()} … {end.isoformat()} from {mc.data_source} (the candidate was "
+                            f"trained until {self.model.tags.get('mlprod.window_end') or '?'}); allowed: a window with labelled rows, "
+                            "pass --mlprod-window START END")
+        self._cache['data'] = df
+    return self._cache['data']
 
 # %% ../nbs/09a_testing.ipynb #91a968cf
 def _violations(res) -> str: return '\n'.join(f"  - {v.message}" for v in res.violations)
@@ -256,6 +270,7 @@ def check_contract_reference(c:Candidate) -> list:
                                    f"with {len(res.violations)} violation(s):\n{_violations(res)}")
     return [f"contract[reference]: {len(ref):,} rows of the training snapshot fit the schema ({len(m.schema.columns)} columns)"]
 
+# %% ../nbs/09a_testing.ipynb #ec38fc27
 def check_contract_window(c:Candidate) -> list:
     "The schema accepts the evaluation window: unseen category values up to `max_unseen` of the rows warn, anything else fails."
     __tracebackhide__ = True
@@ -277,6 +292,7 @@ def check_contract_window(c:Candidate) -> list:
         return [msg]
     return [f"contract[window]: {where} fits the schema"]
 
+# %% ../nbs/09a_testing.ipynb #d2282869
 class MlprodWarning(UserWarning):
     "A built-in check passed with something a person should know."
 
@@ -355,6 +371,7 @@ class MlprodCheck(pytest.Item):
         return super().repr_failure(excinfo)
     def reportinfo(self): return self.path, None, f"mlprod {self.candidate.label}: {self.name}"
 
+# %% ../nbs/09a_testing.ipynb #f1cdb36e
 class MlprodCandidate(pytest.Collector):
     "The built-in checks of the candidate named by --mlprod-model."
     def __init__(self, *, candidate:Candidate, **kw):
@@ -363,6 +380,7 @@ class MlprodCandidate(pytest.Collector):
     def collect(self):
         return [MlprodCheck.from_parent(self, name=n, check=f, candidate=self.candidate) for n, f in CHECKS.items()]
 
+# %% ../nbs/09a_testing.ipynb #537dab32
 @pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, so the built-in checks can be selected like tests
 def pytest_collection_modifyitems(session, config, items):
     c = config.stash.get(_KEY, None)
@@ -379,6 +397,7 @@ def _candidate(request) -> Candidate:
     if c is None: pytest.skip('needs a candidate: run pytest with --mlprod-model NAME@REF (e.g. flights@staging)')
     return c
 
+# %% ../nbs/09a_testing.ipynb #c76dfb29
 @pytest.fixture(scope='session')
 def mlprod_config(request) -> ProjectConfig:
     "The project config (`--mlprod-project`, or found from the working folder)."
@@ -400,6 +419,7 @@ def champion(request):
     "The champion (production) `LoadedModel`, or None when there is none yet."
     return _candidate(request).champion
 
+# %% ../nbs/09a_testing.ipynb #abbc5991
 def pytest_report_header(config):
     c = config.stash.get(_KEY, None)
     if c is not None: return [f"mlprod: candidate {c.label}, champion {c.champion_ref}, project {c.project or 'found from the working folder'}"]
@@ -417,6 +437,7 @@ def _plugin_loaded_by_entry_point() -> bool:
     except Exception: return False
     return any(ep.value == 'mlprod.testing' and ep.name != 'mlprod.testing' for ep in eps)
 
+# %% ../nbs/09a_testing.ipynb #8c1d7400
 def ci_check_command(name:str, # registered model name
                      ref:str='staging', # alias or version of the candidate
                      project=None, # project folder; default the working folder
@@ -462,6 +483,7 @@ class CiPromotion:
     def _repr_html_(self) -> str:
         return f"<div>{status_badge(Status.SUCCESS if self.ok else Status.FAIL)} {esc(self.message)}<pre>{esc(self.comparison_text)}</pre></div>"
 
+# %% ../nbs/09a_testing.ipynb #902000d9
 def ci_promote(name:str, # registered model name
                reason:str='merged PR', # kept in the history
                window=None, # (start, end) evaluation window; default after both training windows
@@ -527,6 +549,7 @@ def _install_command(root:Path) -> str:
     if (root/'pyproject.toml').is_file() or (root/'setup.py').is_file(): return 'python -m pip install -e .'
     return 'python -m pip install mlprod'
 
+# %% ../nbs/09a_testing.ipynb #367ee46b
 _WORKFLOW = '''\
 # Written by `mlprod init --ci github`. Checks the staging candidate on pull requests and promotes it on merge.
 # Repository secrets: MLFLOW_TRACKING_URI and MLPROD_DB_URL point at the team's shared MLflow and mlprod database.
@@ -613,6 +636,7 @@ def test_timestamp_does_not_change_predictions(model, reference_data):
     assert_invariant(model, sample(reference_data), model.time_column, [pd.Timestamp("2030-01-01", tz="UTC")], tolerance=0)
 '''
 
+# %% ../nbs/09a_testing.ipynb #75ca9ba8
 _EXAMPLE_FLIGHTS = '''
 
 def test_more_precipitation_does_not_lower_delay_risk(model, reference_data):
@@ -629,6 +653,7 @@ def test_champion_and_candidate_agree_on_ranking(model, champion, reference_data
     assert rho > 0.3, f"rank correlation with production v{champion.version} is {rho:.2f} (expected > 0.3)"
 '''
 
+# %% ../nbs/09a_testing.ipynb #28f458c1
 def write_github_workflow(project_dir, # project folder (the repository root)
                           model:str='flights', # registered model the workflow checks and promotes
                           branch:str='main', # a push to this branch promotes
