@@ -48,9 +48,11 @@ def decode_features(text:str|None) -> list:
 
 # %% ../nbs/04a_requestlog.ipynb #455e7015
 def encode_predictions(preds) -> str|None:
-    "The `predictions` text of a request: a JSON list of floats (non-finite as null); None when there are none."
+    "The `predictions` text of a request: a JSON list of scores (floats, non-finite as null) or of class labels (multiclass); None when there are none."
     if preds is None: return None
-    return json.dumps([json_value(float(p)) for p in np.asarray(preds, dtype='float64').ravel()])
+    a = np.asarray(preds)
+    if a.dtype.kind in 'fiu': return json.dumps([json_value(float(p)) for p in a.astype('float64').ravel()])
+    return json.dumps([json_value(p) for p in a.ravel().tolist()], default=str)
 
 def decode_predictions(text:str|None) -> list:
     "The predictions of a `predictions` text ([] when there is none)."
@@ -323,7 +325,7 @@ def expand_requests(requests:pd.DataFrame, # from `read_requests`
             lb.extend([None] * k)
     if mismatched: log.warning('%d request(s) have a number of labels that differs from their rows: labels ignored', mismatched)
     df = pd.DataFrame.from_records(records)
-    df[PREDICTION] = pd.to_numeric(pd.Series(pr, dtype=object), errors='coerce').to_numpy(float)
+    df[PREDICTION] = labels_series(pr).to_numpy()  # scores as floats; a multiclass model's class labels as they are
     df[target] = labels_series(lb).to_numpy()
     df['request_id'] = rid
     df[UNSEEN] = pd.Series(un, dtype=object).to_numpy()

@@ -19,12 +19,13 @@ from .scoring import frame_of, fast_path, capabilities, UNSEEN
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMS', 'UNSEEN_POLICIES', 'UNSEEN_PROBE', 'LATENCY_BUCKETS', 'PREDICTION_BUCKETS', 'ROUTES_TEXT',
-           'ServeError', 'RequestError', 'request_id', 'parse_event_time', 'Batch', 'parse_payload', 'RowValidator',
-           'validate_rows', 'violation_dict', 'unexpected_violation', 'unseen_policy', 'FrameScorer', 'make_scorer',
-           'ColumnCapability', 'probe_capabilities', 'contract_validator', 'Served', 'prepare', 'ModelProvider',
-           'StaticProvider', 'CallbackProvider', 'RegistryProvider', 'ServiceMetrics', 'content_kind', 'ScoringService',
-           'service_for', 'add_routes', 'add_error_handlers', 'create_app', 'app_from_env', 'serve', 'cmd_serve']
+__all__ = ['log', 'FORMS', 'UNSEEN_POLICIES', 'UNSEEN_PROBE', 'LATENCY_BUCKETS', 'PREDICTION_BUCKETS', 'RESPONSE_PARAMS',
+           'ROUTES_TEXT', 'ServeError', 'RequestError', 'request_id', 'parse_event_time', 'Batch', 'parse_payload',
+           'RowValidator', 'validate_rows', 'violation_dict', 'unexpected_violation', 'unseen_policy', 'FrameScorer',
+           'make_scorer', 'ColumnCapability', 'probe_capabilities', 'contract_validator', 'Served', 'prepare',
+           'ModelProvider', 'StaticProvider', 'CallbackProvider', 'RegistryProvider', 'ServiceMetrics',
+           'wants_probabilities', 'Answer', 'content_kind', 'ScoringService', 'service_for', 'add_routes',
+           'add_error_handlers', 'create_app', 'app_from_env', 'serve', 'cmd_serve']
 
 # %% ../nbs/05_serve.ipynb #3f816345
 class ServeError(MlprodError):
@@ -77,6 +78,7 @@ class Batch:
     columns:dict # column name → list of values
     n_rows:int
     form:str # which protocol form it came in
+    params:dict|None=None # the request's `params` object (JSON only; None when absent)
     def rows(self) -> list:
         "The rows as dicts."
         names = list(self.columns)
@@ -128,7 +130,11 @@ def _parse_json(body:bytes) -> Batch:
     keys = [k for k in obj if k in FORMS]
     unknown = [k for k in obj if k not in FORMS and k != 'params']
     if unknown or len(keys) != 1: raise _bad('payload', f"body: got keys {list(obj)}; allowed: {_FORMS_TEXT}")
-    form = keys[0]; v = obj[form]
+    batch = _read_form(keys[0], obj[keys[0]])
+    batch.params = obj.get('params')
+    return batch
+
+def _read_form(form:str, v) -> Batch:
     if form == 'dataframe_split': return _from_split(v)
     if form == 'dataframe_records': return _from_records(v, form)
     if isinstance(v, dict): return _from_columns(v, form)
@@ -405,10 +411,15 @@ class Served:
     def name(self) -> str: return self.loaded.name
     @property
     def version(self) -> str: return str(self.loaded.version)
+    @property
+    def task(self) -> str: return self.loaded.task
+    @property
+    def classes(self) -> list|None: return getattr(self.loaded, 'classes', None) if self.task != 'regression' else None
     def info(self) -> dict:
         "Name, version, alias, load time, scorer kind and what happens to unseen category values."
         return {'name': self.name, 'version': self.version, 'alias': self.alias, 'loaded_at': self.loaded_at.isoformat(),
-                'scorer': self.scorer.kind, 'run_id': getattr(self.loaded, 'run_id', None), 'unseen_categories': self.validator.policy}
+                'scorer': self.scorer.kind, 'run_id': getattr(self.loaded, 'run_id', None), 'unseen_categories': self.validator.policy,
+                'task': self.task, 'classes': self.classes}
 
 def prepare(loaded, # a LoadedModel
             alias:str|None=None, # the alias it is served as
@@ -529,16 +540,76 @@ class ServiceMetrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
+# %% ../nbs/05_serve.ipynb #974ff363
+RESPONSE_PARAMS = {'predict_proba': "true: add each row's class probabilities and the class list to the response (classifiers only)"}
+
+def wants_probabilities(params, # the request's `params` object (None when absent)
+                        task:str, # the served model's task: 'binary', 'multiclass' or 'regression'
+                       ) -> bool:
+    "Whether the response adds class probabilities; a 400 for params this service does not know or a task without classes."
+    if params is None: return False
+    allowed = ', '.join(f"{k} ({v})" for k, v in RESPONSE_PARAMS.items())
+    if not isinstance(params, dict): raise RequestError(400, 'params', f"params: got {_short(params)}; allowed: an object with the keys {allowed}")
+    unknown = [k for k in params if k not in RESPONSE_PARAMS]
+    if unknown: raise RequestError(400, 'params', f"params: got keys {unknown}; allowed: {allowed}")
+    proba = params.get('predict_proba', False)
+    if not isinstance(proba, bool): raise RequestError(400, 'params', f"params.predict_proba: got {_short(proba)}; allowed: true or false")
+    if proba and task not in ('binary', 'multiclass'):
+        raise RequestError(400, 'params', f"params.predict_proba: got true for a {task} model; allowed: false (only classifiers have class probabilities)")
+    return proba
+
+# %% ../nbs/05_serve.ipynb #ff1a1afe
+@dataclass(frozen=True, eq=False)
+class Answer:
+    "A scored request: predictions as `mlflow.pyfunc` returns them, the numbers for the prediction histogram, optional class probabilities."
+    predictions:np.ndarray # class labels (multiclass, objects) or scores (binary, regression)
+    observed:np.ndarray # the score, or the probability of the predicted class (multiclass)
+    probabilities:np.ndarray|None=None # n × k in `classes` order, when the request asked
+    classes:list|None=None # the class of each probability column (JSON-native values)
+    def body(self) -> bytes:
+        "The JSON response body."
+        out = b'{"predictions": ' + json.dumps([json_value(p) for p in self.predictions.tolist()]).encode()
+        if self.probabilities is not None:
+            out += b', "probabilities": ' + json.dumps([[json_value(p) for p in r] for r in self.probabilities.tolist()]).encode()
+            out += b', "classes": ' + json.dumps(self.classes).encode()
+        return out + b'}'
+
+# %% ../nbs/05_serve.ipynb #5132fc05
+@patch
+def answer(self:Served, columns:dict, # column name → list of values (checked against the contract)
+           n_rows:int, # rows to score
+           probabilities:bool=False, # add class probabilities (from `wants_probabilities`)
+          ) -> Answer:
+    "Score the rows: class labels for multiclass, else the scores; class probabilities when asked."
+    if self.task != 'multiclass' and not probabilities:
+        s = np.asarray(self.scorer(columns, n_rows), dtype='float64').ravel()
+        return Answer(s, s)
+    P = np.asarray(self.scorer.proba(columns, n_rows), dtype='float64').reshape(n_rows, -1)
+    classes = [json_value(c) for c in self.scorer.classes]
+    if self.task == 'multiclass':
+        best = P.argmax(1)
+        preds, observed = np.asarray(classes + [None], dtype=object)[:-1][best], P[np.arange(n_rows), best]
+    else:
+        pos = [i for i, c in enumerate(classes) if c == self.loaded.positive_class]
+        if len(pos) != 1: raise ServeError(f"positive_class: got {self.loaded.positive_class!r}; allowed: one of the model's classes {classes}")
+        preds = observed = P[:, pos[0]]
+    return Answer(preds, observed, P if probabilities else None, classes if probabilities else None)
+
 # %% ../nbs/05_serve.ipynb #32c380b0
 _JSON_TYPES = ('application/json',)
-_CSV_TYPES = ('text/csv', 'application/csv')
+_CSV_TYPES = ('text/csv',)
 
 def content_kind(content_type:str|None) -> str:
-    "'json' or 'csv' for a request's Content-Type, else a 415."
-    main = (content_type or '').split(';', 1)[0].strip().lower()
-    if main in _JSON_TYPES or main.endswith('+json'): return 'json'
-    if main in _CSV_TYPES: return 'csv'
-    raise RequestError(415, 'content_type', f"header Content-Type: got {content_type!r}; allowed: application/json or text/csv")
+    "'json' or 'csv' for a request's Content-Type (parameters as MLflow's scoring server allows: charset=utf-8 only), else a 415."
+    parts = [p.strip() for p in (content_type or '').split(';')]
+    main, params = parts[0].lower(), dict(p.partition('=')[::2] for p in parts[1:])
+    allowed = "application/json or text/csv, optionally with '; charset=utf-8'"
+    if main not in _JSON_TYPES + _CSV_TYPES: raise RequestError(415, 'content_type', f"header Content-Type: got {content_type!r}; allowed: {allowed}")
+    extra = sorted(k for k in params if k.strip().lower() != 'charset')
+    if extra: raise RequestError(415, 'content_type', f"header Content-Type: got parameters {extra} in {content_type!r}; allowed: {allowed}")
+    cs = next((v for k, v in params.items() if k.strip().lower() == 'charset'), 'utf-8')
+    if cs.strip().strip('"').lower() != 'utf-8': raise RequestError(415, 'content_type', f"header Content-Type: got charset {cs!r}; allowed: utf-8")
+    return 'json' if main in _JSON_TYPES else 'csv'
 
 def _json(obj, status=200, headers=None):
     from starlette.responses import Response
@@ -646,16 +717,18 @@ def check(self:ScoringService, served:Served, batch:Batch) -> dict:
 
 @patch
 def process(self:ScoringService, served:Served, body:bytes, kind:str) -> tuple:
-    "Parse, check and score a request body: (batch, predictions, flags), or a RequestError."
+    "Parse, check and score a request body: (batch, `Answer`, flags), or a RequestError."
     batch = parse_payload(body, kind, served.validator.numeric)
-    try: flags = self.check(served, batch)
+    try:
+        proba = wants_probabilities(batch.params, served.task)
+        flags = self.check(served, batch)
     except RequestError as e: e.batch = batch; raise
-    return batch, served.scorer(batch.columns, batch.n_rows), flags
+    return batch, served.answer(batch.columns, batch.n_rows, proba), flags
 
 # %% ../nbs/05_serve.ipynb #bf5d2ac2
 @patch
 async def _answer(self:ScoringService, request, served:Served|None) -> tuple:
-    "(batch, predictions, flags, event time) of a request, or a RequestError."
+    "(batch, `Answer`, flags, event time) of a request, or a RequestError."
     if self._token is not None: self._check_token(request.headers.get('authorization'))
     if served is None: raise RequestError(503, 'not_ready', f"model {self.name!r}: no version loaded yet ({self.last_error or 'loading'}); retry shortly")
     kind = content_kind(request.headers.get('content-type'))
@@ -663,9 +736,9 @@ async def _answer(self:ScoringService, request, served:Served|None) -> tuple:
     event_time = parse_event_time(request.headers.get('x-event-time'))
     if len(body) > self.thread_bytes:  # big batches: parse, check and score off the event loop
         import anyio
-        batch, preds, flags = await anyio.to_thread.run_sync(self.process, served, body, kind)
-    else: batch, preds, flags = self.process(served, body, kind)
-    return batch, preds, flags, event_time
+        batch, ans, flags = await anyio.to_thread.run_sync(self.process, served, body, kind)
+    else: batch, ans, flags = self.process(served, body, kind)
+    return batch, ans, flags, event_time
 
 @patch
 async def invocations(self:ScoringService, request):
@@ -674,26 +747,25 @@ async def invocations(self:ScoringService, request):
     t0 = time.perf_counter(); at = utcnow()
     rid = request_id(request.headers.get('x-request-id'))
     served = self.provider.current
-    batch = preds = event_time = error = None; flags = {}
+    batch = ans = event_time = error = None; flags = {}
     try:
-        batch, preds, flags, event_time = await self._answer(request, served)
-        status = 200
-        content = b'{"predictions": ' + json.dumps([json_value(p) for p in preds.tolist()]).encode() + b'}'
+        batch, ans, flags, event_time = await self._answer(request, served)
+        status, content = 200, ans.body()
     except RequestError as e:
         status, error = e.status, str(e)
         content = json.dumps(e.body(), default=str).encode()
         batch = getattr(e, 'batch', None)  # 422: the rows are logged too
     except Exception as e:
-        status, error, preds = 500, f"{type(e).__name__}: {e}", None
+        status, error, ans = 500, f"{type(e).__name__}: {e}", None
         log.exception('request %s failed', rid)
         content = json.dumps({'error': 'internal', 'error_code': 'INTERNAL_ERROR',
                               'message': f"internal error while scoring; request id {rid} (details in the server log)"}).encode()
     latency = time.perf_counter() - t0
-    self.metrics.observe(status, latency, preds, flags)
+    self.metrics.observe(status, latency, ans.observed if ans else None, flags)
     headers = {'x-request-id': rid}
     if served is not None: headers['x-model-version'] = served.version
     item = {'request_id': rid, 'model': self.name, 'version': served.version if served else None, 'alias': served.alias if served else None,
-            'at': at, 'n_rows': batch.n_rows if batch else 0, 'columns': batch.columns if batch else None, 'preds': preds,
+            'at': at, 'n_rows': batch.n_rows if batch else 0, 'columns': batch.columns if batch else None, 'preds': ans.predictions if ans else None,
             'latency_ms': latency * 1000, 'status': status, 'error': error, 'event_time': event_time, 'unseen': flags.get('unseen_category')}
     return Response(content, status_code=status, headers=headers, media_type='application/json', background=self._log(item, batch))
 
@@ -714,9 +786,9 @@ async def _shadow_then_log(self:ScoringService, shadow:Served, batch:Batch, item
         if shadow.validator(batch.columns, batch.n_rows): raise DataError('rows break the shadow model contract')
         if batch.n_rows > 256:
             import anyio
-            sp = await anyio.to_thread.run_sync(shadow.scorer, batch.columns, batch.n_rows)
-        else: sp = shadow.scorer(batch.columns, batch.n_rows)
-        item['shadow_version'], item['shadow_preds'] = shadow.version, sp
+            sp = await anyio.to_thread.run_sync(shadow.answer, batch.columns, batch.n_rows)
+        else: sp = shadow.answer(batch.columns, batch.n_rows)
+        item['shadow_version'], item['shadow_preds'] = shadow.version, sp.predictions
     except Exception as e:
         item['shadow_version'] = shadow.version
         log.warning('shadow model %s version %s failed on request %s: %s', shadow.name, shadow.version, item['request_id'], e)
@@ -748,12 +820,13 @@ def service_for(name:str, alias:str='production', cfg=None, shadow:str|None=None
     return ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
 
 # %% ../nbs/05_serve.ipynb #48fc6689
-ROUTES_TEXT = 'POST /invocations, GET /ping, /health, /version, /metrics'
+ROUTES_TEXT = 'POST /invocations, GET /ping, /health, /live, /version, /metrics'
 
 def add_routes(app, svc:ScoringService):
     "The service's endpoints on a Starlette/FastAPI `app`."
     from starlette.responses import Response
-    async def ping(request): return Response(b'\n', media_type='application/json')
+    async def ping(request): return Response(b'\n', status_code=200 if svc.provider.current is not None else 503, media_type='application/json')
+    async def live(request): return Response(b'\n', media_type='application/json')
     async def health(request):
         cur = svc.provider.current
         body = {'status': 'ready' if cur else 'loading', 'model': svc.name, 'version': cur.version if cur else None,
@@ -764,7 +837,7 @@ def add_routes(app, svc:ScoringService):
         from prometheus_client import CONTENT_TYPE_LATEST
         return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
     app.add_route('/invocations', svc.invocations, methods=['POST'])
-    for path, f in (('/ping', ping), ('/health', health), ('/version', version), ('/metrics', metrics)): app.add_route(path, f, methods=['GET'])
+    for path, f in (('/ping', ping), ('/health', health), ('/live', live), ('/version', version), ('/metrics', metrics)): app.add_route(path, f, methods=['GET'])
 
 def add_error_handlers(app):
     "JSON 404/405 that list the routes, and a JSON 500 whose traceback stays in the server log."

@@ -423,3 +423,236 @@ def test_kill_9_mid_load_loses_at_most_the_flush_interval(store, s2):
             assert r.status_code == 200
     finally: srv2.stop()
     assert len(_db_rows(cfg.db_url, "where request_id = 'after-restart'")) == 1
+
+
+# --- every task over HTTP (multiclass, string labels) and MLflow's readiness and content-type cases ---
+
+TASK_SRC = '''
+import numpy as np, pandas as pd
+from sklearn import datasets
+
+def _timed(df):
+    df = df.sample(frac=1, random_state=0).reset_index(drop=True)
+    return df.assign(seen=pd.date_range('2024-01-01', periods=len(df), freq='h', tz='UTC'))
+
+def wine():
+    d = datasets.load_wine(as_frame=True)
+    return _timed(d.data[['alcohol', 'flavanoids', 'color_intensity', 'hue', 'proline']].assign(
+        cultivar=np.array(['barolo', 'grignolino', 'barbera'])[d.target]))
+
+def cancer():
+    d = datasets.load_breast_cancer(as_frame=True)
+    return _timed(d.data[['mean radius', 'mean texture', 'mean smoothness']].assign(
+        diagnosis=np.where(d.target == 1, 'benign', 'malignant')))
+'''
+
+TASK_TOML = '''
+[project]
+name = "tasks"
+
+[models.wine]
+task = "multiclass"
+target = "cultivar"
+time_column = "seen"
+features = ["alcohol", "flavanoids", "color_intensity", "hue", "proline"]
+
+[models.cancer]
+target = "diagnosis"
+time_column = "seen"
+positive_class = "malignant"
+features = ["mean radius", "mean texture", "mean smoothness"]
+'''
+
+
+@pytest.fixture(scope='module')
+def task_project(tmp_path_factory):
+    "A project with a multiclass wine pipeline (string classes) and a binary cancer pipeline ('malignant'/'benign'), registered, no alias yet."
+    import sys
+    from mlprod.config import get_config, reset_config
+    from mlprod import registry
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression
+    mp = pytest.MonkeyPatch()
+    for k in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG'): mp.delenv(k, raising=False)
+    root = tmp_path_factory.mktemp('tasks')
+    (root / 'tasks_src.py').write_text(TASK_SRC, encoding='utf-8')
+    (root / 'mlprod.toml').write_text(TASK_TOML, encoding='utf-8')
+    mp.chdir(root); mp.syspath_prepend(str(root))
+    reset_config(); cfg = get_config()
+    import tasks_src
+    wine, cancer = tasks_src.wine(), tasks_src.cancer()
+    wf, cf = cfg.model('wine').features, cfg.model('cancer').features
+    wtrain, ctrain = wine.iloc[:120], cancer.iloc[:400]
+    wm = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.05)).fit(wtrain[list(wf)], wtrain['cultivar'])
+    cm = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(ctrain[list(cf)], ctrain['diagnosis'])
+    wv = registry.register(wm, 'wine', wtrain, categorical=[], cfg=cfg).version
+    cv = registry.register(cm, 'cancer', ctrain, categorical=[], cfg=cfg).version
+    import mlflow
+    mlflow.set_tracking_uri(cfg.tracking_uri); mlflow.set_registry_uri(cfg.tracking_uri)
+    py = {n: mlflow.pyfunc.load_model(f'models:/{n}/{v}') for n, v in (('wine', wv), ('cancer', cv))}
+    yield type('P', (), dict(cfg=cfg, root=root, versions={'wine': wv, 'cancer': cv}, pyfunc=py, fitted={'wine': wm, 'cancer': cm},
+                             rows={'wine': wine.iloc[120:][list(wf)].reset_index(drop=True), 'cancer': cancer.iloc[400:][list(cf)].reset_index(drop=True)}))
+    registry.clear_cache(); reset_config(); mp.undo()
+
+
+def _alias(cfg, name, version):
+    from mlflow import MlflowClient
+    MlflowClient(cfg.tracking_uri, cfg.tracking_uri).set_registered_model_alias(name, 'production', version)
+
+
+def _wait(url, path, status, timeout=120, proc=None):
+    "Poll GET url+path until it answers `status`; the seconds waited."
+    t0 = time.time()
+    with httpx.Client(trust_env=False) as c:
+        while time.time() - t0 < timeout:
+            if proc is not None and proc.poll() is not None: raise RuntimeError('server exited')
+            try:
+                if c.get(url + path, timeout=2).status_code == status: return time.time() - t0
+            except httpx.TransportError: pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{path} did not answer {status} within {timeout} s")
+
+
+@pytest.fixture(scope='module')
+def task_servers(task_project):
+    "`mlprod serve wine` and `mlprod serve cancer`, started before any alias is set; (servers, readiness observations)."
+    p = task_project
+    db_url = p.cfg.db_url  # the project's own request log, which the monitor reads
+    srv = {n: Server(p.root, name=n) for n in ('wine', 'cancer')}
+    seen = {}
+    try:
+        for n, s in srv.items():
+            _wait(s.url, '/live', 200, proc=s.proc)  # the process answers HTTP ...
+            with httpx.Client(trust_env=False, base_url=s.url) as c:  # ... but nothing is loaded: not ready
+                seen[n] = (c.get('/ping').status_code, c.get('/health').status_code, c.post('/invocations', json={'inputs': []}).status_code)
+            _alias(p.cfg, n, p.versions[n])
+        for n, s in srv.items():
+            _wait(s.url, '/ping', 200, proc=s.proc)
+            s.client = httpx.Client(base_url=s.url, trust_env=False, timeout=30)
+        yield srv, seen, db_url
+    finally:
+        for s in srv.values():
+            if getattr(s, 'client', None): s.client.close()
+            s.stop()
+
+
+def test_ping_and_health_are_ready_checks_live_is_liveness(task_servers):
+    "MLflow's readiness case: /ping and /health fail (503) until the model is loaded, 200 after; /live is 200 throughout."
+    srv, seen, _ = task_servers
+    assert seen == {'wine': (503, 503, 503), 'cancer': (503, 503, 503)}
+    for s in srv.values():
+        assert [s.client.get(p).status_code for p in ('/ping', '/health', '/live')] == [200, 200, 200]
+        assert s.client.get('/ping').text == '\n'
+
+
+def test_multiclass_answers_equal_pyfunc_and_probabilities_follow_classes(task_project, task_servers):
+    p, (srv, _, db_url) = task_project, task_servers
+    s, rows = srv['wine'], p.rows['wine']
+    want = p.pyfunc['wine'].predict(rows)
+    recs = _records(rows)
+    for kw in ({'json': {'dataframe_records': recs}}, {'json': {'dataframe_split': json.loads(rows.to_json(orient='split', index=False))}},
+               {'json': {'inputs': recs}}, {'content': rows.to_csv(index=False).encode(), 'headers': {'Content-Type': 'text/csv'}}):
+        r = s.client.post('/invocations', **kw)
+        assert r.status_code == 200, r.text
+        assert r.json() == {'predictions': [str(v) for v in want]}  # JSON strings, exactly pyfunc's labels
+    assert len(set(want)) == 3  # every class is predicted somewhere in the rows
+    r = s.client.post('/invocations', json={'dataframe_records': recs, 'params': {'predict_proba': True}}, headers={'X-Request-ID': 'wine-proba'})
+    d = r.json()
+    classes = [str(c) for c in p.fitted['wine'].classes_]
+    assert d['classes'] == classes == ['barbera', 'barolo', 'grignolino'] and d['predictions'] == list(want)
+    P = np.array(d['probabilities'])
+    np.testing.assert_allclose(P, p.fitted['wine'].predict_proba(rows), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(P.sum(1), 1, atol=1e-9)
+    assert [classes[i] for i in P.argmax(1)] == list(want)
+    one = s.client.post('/invocations', json={'dataframe_records': recs[:1]}, headers={'X-Request-ID': 'wine-one'})
+    assert one.json() == {'predictions': [want[0]]}
+    v = s.client.get('/version').json()
+    assert (v['task'], v['classes'], v['scorer']) == ('multiclass', classes, 'fast')  # the compiled fast path answered
+    # the request log and the monitor's frame carry the predicted class
+    time.sleep(1.5)
+    logged = {r['request_id']: json.loads(r['predictions']) for r in _db_rows(db_url, "where request_id like 'wine-%'")}
+    assert logged == {'wine-proba': list(want), 'wine-one': [want[0]]}
+    from mlprod.requestlog import expand_requests
+    import sqlite3
+    con = sqlite3.connect(db_url.split('///', 1)[1])
+    try: frame = pd.read_sql("select * from requests where request_id = 'wine-proba'", con).assign(labels=None)
+    finally: con.close()
+    assert expand_requests(frame, 'cultivar')['prediction'].tolist() == list(want)
+
+
+def test_string_label_binary_answers_the_positive_class_probability(task_project, task_servers):
+    p, (srv, _, _) = task_project, task_servers
+    s, rows = srv['cancer'], p.rows['cancer']
+    want = np.asarray(p.pyfunc['cancer'].predict(rows), dtype=float)
+    r = s.client.post('/invocations', json={'dataframe_split': json.loads(rows.to_json(orient='split', index=False))})
+    np.testing.assert_allclose(r.json()['predictions'], want, rtol=0, atol=1e-9)
+    fitted = p.fitted['cancer']
+    np.testing.assert_allclose(want, fitted.predict_proba(rows)[:, list(fitted.classes_).index('malignant')], atol=1e-12)  # 'malignant' is classes_[0]
+    d = s.client.post('/invocations', json={'inputs': _records(rows.iloc[:20]), 'params': {'predict_proba': True}}).json()
+    assert d['classes'] == ['benign', 'malignant']
+    P = np.array(d['probabilities'])
+    np.testing.assert_allclose(P, fitted.predict_proba(rows.iloc[:20]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(P[:, 1], d['predictions'], atol=1e-12)
+
+
+@pytest.mark.parametrize('params, phrase', [
+    ({'predict_prob': True}, "params: got keys ['predict_prob']; allowed: predict_proba"),
+    ({'predict_proba': 'yes'}, "params.predict_proba: got 'yes'; allowed: true or false"),
+    ([True], 'params: got [True]; allowed: an object'),
+])
+def test_bad_params_get_a_clear_400(task_project, task_servers, params, phrase):
+    "A params key the service does not know, a non-boolean, or not an object: 400 naming it (MLflow would ignore it with a warning)."
+    srv, _, _ = task_servers
+    for name, s in srv.items():
+        r = s.client.post('/invocations', json={'inputs': _records(task_project.rows[name].iloc[:1]), 'params': params})
+        assert r.status_code == 400 and r.json()['error'] == 'params' and phrase in r.json()['message'], r.text
+        assert s.client.get('/ping').status_code == 200
+    r = srv['wine'].client.post('/invocations', json={'inputs': _records(task_project.rows['wine'].iloc[:1]), 'params': {'predict_proba': False}})
+    assert set(r.json()) == {'predictions'}
+
+
+CONTENT_TYPES = ['application/json', 'application/json; charset=utf-8', 'application/json; charset=UTF-8', 'application/json;charset=utf-8',
+                 'application/json; something=something', 'application/json; charset=latin-1', 'application/json; format=pandas-split',
+                 'text/csv', 'text/csv; charset=utf-8', 'text/csv; header=present', 'text/plain', 'application/vnd.api+json',
+                 'application/x-www-form-urlencoded']
+
+
+def test_content_types_get_mlflows_status_codes(task_project, task_servers):
+    "Each content type is sent to MLflow's own `invocations` (in process, on the same pyfunc model) and to `mlprod serve`: same status."
+    from mlflow.pyfunc import scoring_server as ss
+    from mlflow.exceptions import MlflowException
+    p, (srv, _, _) = task_project, task_servers
+    s, rows, model = srv['wine'], p.rows['wine'].iloc[:3], p.pyfunc['wine']
+    schema = model.metadata.get_input_schema()
+    got, want = {}, {}
+    for ct in CONTENT_TYPES:
+        body = rows.to_csv(index=False) if ct.startswith('text/csv') else json.dumps({'dataframe_records': _records(rows)})
+        try: want[ct] = ss.invocations(body.encode(), ct, model, schema).status
+        except MlflowException as e: want[ct] = e.get_http_status_code()
+        got[ct] = s.client.post('/invocations', content=body.encode(), headers={'Content-Type': ct}).status_code
+    assert got == want, {ct: (got[ct], want[ct]) for ct in CONTENT_TYPES if got[ct] != want[ct]}
+    assert [got[c] for c in ('application/json; charset=utf-8', 'application/json; something=something', 'text/csv; charset=utf-8')] == [200, 415, 200]
+
+
+def test_monitor_reads_the_predicted_class_from_the_request_log(task_project, task_servers, monkeypatch):
+    "Multiclass traffic in the log: the monitor's prediction drift is categorical over the logged classes, without rescoring the window."
+    from mlprod import monitor as mon
+    p, (srv, _, _) = task_project, task_servers
+    rows = p.rows['wine']
+    for i in range(0, len(rows), 10):
+        r = srv['wine'].client.post('/invocations', json={'dataframe_records': _records(rows.iloc[i:i + 10])},
+                                    headers={'X-Event-Time': '2024-03-01T10:00:00Z', 'X-Request-ID': f'wine-mon-{i}'})
+        assert r.status_code == 200
+    time.sleep(1.5)
+    kw = dict(cfg=p.cfg, log_to_mlflow=False, record=False, alerts=False)
+    first = mon.monitor('wine', '2024-03-01', '2024-03-02', **kw)  # builds and caches the reference profile
+    score = mon.prediction_column
+    def no_rescoring(model, df):  # the reference may be scored; rows from the log (they carry request_id) must not be
+        if 'request_id' in df.columns: raise AssertionError('the monitor rescored rows whose predicted class is in the log')
+        return score(model, df)
+    monkeypatch.setattr(mon, 'prediction_column', no_rescoring)
+    res = mon.monitor('wine', '2024-03-01', '2024-03-02', **kw)
+    pd_ = res.prediction_drift
+    assert res.figures['rows'] == len(rows) == 58 and (pd_.kind, pd_.n_current) == ('categorical', 58)
+    assert pd_.statistic == first.prediction_drift.statistic
