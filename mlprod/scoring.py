@@ -77,8 +77,12 @@ def _column_chains(pre) -> list:
     from sklearn.pipeline import Pipeline
     from sklearn.compose import ColumnTransformer
     if isinstance(pre, Then): return _column_chains(pre.first) if pre.first is not None else []
+    steps = [s for _, s in pre.steps] if isinstance(pre, Pipeline) else [pre]
+    if not any(isinstance(s, ColumnTransformer) for s in steps):  # column-wise steps (imputer, scaler) on every input column
+        names = getattr(steps[0], 'feature_names_in_', None)
+        return [(list(names), steps)] if names is not None else []
     out = []
-    for step in ([s for _, s in pre.steps] if isinstance(pre, Pipeline) else [pre]):
+    for step in steps:
         if isinstance(step, ColumnTransformer):
             for name, trans, cols in step.transformers_:
                 if isinstance(cols, str): cols = [cols]
@@ -146,8 +150,10 @@ def _step_ops(s, k:int) -> tuple|None:
 def numeric_ops(pre, column:str) -> tuple|None:
     "The steps (fill, sub, div, mul, add) scikit-learn applies to a numeric column, or None when they are not all known."
     from sklearn.pipeline import Pipeline
+    from sklearn.compose import ColumnTransformer
     if isinstance(pre, Then): pre = pre.first  # the inner step passes numbers through unchanged
-    if pre is None or (isinstance(pre, Pipeline) and len(pre.steps) != 1): return None
+    if pre is None: return None
+    if isinstance(pre, Pipeline) and len(pre.steps) != 1 and any(isinstance(s, ColumnTransformer) for _, s in pre.steps): return None
     for cols, chain in _column_chains(pre):
         if column in cols:
             ops = [_step_ops(s, cols.index(column)) for s in chain]
@@ -649,6 +655,9 @@ def compile_model(model, # the fitted model (Pipeline or estimator)
     classes = np.asarray(est.classes_) if is_classifier(est) else None
     task = 'regression' if classes is None else 'binary' if len(classes) == 2 else 'multiclass'
     cm = CompiledModel(encoder, predictor, task, classes, type(est).__name__)
+    if not hasattr(est, 'coef_'):  # a tree splits on exact training values: a·x + b may round one ulp away from scikit-learn
+        inexact = [p.column for p in encoder.plans if p.kind == 'numeric' and p.ops is None and not (np.all(p.scale == 1) and np.all(p.shift == 0))]
+        if inexact: raise UnsupportedModelError(f"column {inexact[0]!r}: its preprocessing is repeated as a·x + b, which can round differently from scikit-learn and send a tree split the other way; allowed for tree models: passthrough, SimpleImputer, StandardScaler, MinMaxScaler")
     cats = encoder_categories(pre) if pre is not None else {}
     cap = capabilities(model, features, encoder.categorical, schema)
     for p in encoder.plans:  # what the estimator refuses after the preprocessing, the fast path refuses too
