@@ -166,7 +166,10 @@ def _load_step(name:str, # registered model name
     train = df[(t >= start) & (t < hold)].reset_index(drop=True)
     holdout = df[(t >= hold) & (t < end)].reset_index(drop=True)
     if len(train) == 0 or len(holdout) == 0:
-        raise DataError(f"window {start.date()} → {end.date()}: {len(train)} training and {len(holdout)} holdout rows; allowed: both non-empty")
+        hint = ('; the holdout is the newest days before as_of: give more of them (--holdout-days, holdout_days=) or a later as_of'
+                if len(holdout) == 0 else '; give a longer window (train_window_days in mlprod.toml) or a later as_of')
+        raise DataError(f"window {start.date()} → {end.date()}: {len(train)} training and {len(holdout)} holdout rows "
+                        f"(holdout from {hold.date()}); allowed: both non-empty" + hint)
     return f"{len(train):,} training rows, {len(holdout):,} holdout rows", 'SUCCESS', (train, holdout)
 
 # %% ../nbs/09_retrain.ipynb #9b075cde
