@@ -1,0 +1,81 @@
+"""The documentation site (`make docs`, docs/build.py) builds and reads well in headless Chromium with the network off:
+the home page loads, the nav reaches an API page with the docments table of `mlprod.registry.promote` and a runbook,
+no console error, no request that leaves the disk. Screenshots land in reports/screenshots/docs_*.png."""
+import os, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import ROOT
+from test_dashboard_browser import CHROMIUM, FLAGS, SHOTS, ensure_chromium
+
+pytest.importorskip('mkdocs', reason='the docs builder is installed by `make docs` / dev_requirements')
+
+
+@pytest.fixture(scope='session')
+def docs_site(tmp_path_factory):
+    "The site built once per session by the same script `make docs` runs, into a temporary folder."
+    site = tmp_path_factory.mktemp('docs')/'_docs'
+    r = subprocess.run([sys.executable, str(ROOT/'docs'/'build.py'), '--site', str(site)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (site/'index.html').exists() and (site/'api'/'registry.html').exists()
+    return site
+
+
+@pytest.fixture(scope='module')
+def page():
+    "A Chromium page with the network off that records console errors and every non-file request."
+    ensure_chromium()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        ctx = b.new_context(viewport={'width': 1280, 'height': 900}, offline=True)
+        pg = ctx.new_page()
+        pg.errors, pg.foreign = [], []
+        pg.on('console', lambda m: pg.errors.append(m.text) if m.type == 'error' else None)
+        pg.on('pageerror', lambda e: pg.errors.append(str(e)))
+        pg.on('request', lambda r: pg.foreign.append(r.url) if not r.url.startswith(('file://', 'data:')) else None)
+        yield pg
+        b.close()
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS/name))
+
+
+def test_site_has_every_part(docs_site):
+    pages = {p.relative_to(docs_site).as_posix() for p in docs_site.rglob('*.html')}
+    notebooks = [p for p in (ROOT/'nbs').glob('[0-9]*.ipynb')]
+    assert len([p for p in pages if p.startswith('api/')]) == len(notebooks)
+    assert {'index.html', 'about.html', 'runbooks/index.html', 'runbooks/rollback.html'} <= pages
+    tutorials = list((ROOT/'nbs'/'tutorials').glob('*.ipynb'))
+    assert {f'tutorials/{t.stem}.html' for t in tutorials} <= pages
+
+
+def test_nav_reaches_api_docments_and_runbook_offline(docs_site, page):
+    page.goto((docs_site/'index.html').as_uri(), wait_until='load')
+    assert 'mlprod' in page.title() and 'From the command line' in page.inner_text('article')
+    shot(page, 'docs_home.png')
+    page.click('nav.md-nav--primary a:has-text("registry: Registry")')
+    page.wait_for_load_state('load')
+    assert page.url.endswith('/api/registry.html')
+    heading = page.locator('h3#promote')
+    heading.scroll_into_view_if_needed()
+    rows = page.evaluate('''() => {
+        let el = document.getElementById('promote');
+        while (el && !(el.tagName === 'TABLE')) el = el.nextElementSibling;
+        return el ? [...el.querySelectorAll('tbody tr')].map(r => [...r.cells].map(c => c.innerText.trim())) : null }''')
+    assert rows, 'no docments table after the promote heading'
+    by_name = {r[0]: r for r in rows}
+    assert by_name['name'][1:] == ['str', '', 'registered model name']
+    assert by_name['to'][2] == "'production'" and by_name['force'][1:3] == ['bool', 'False']
+    assert 'why' in by_name['reason'][3]
+    assert 'def promote(' in page.inner_text('article') and 'Point alias' in page.inner_text('article')
+    page.evaluate("document.getElementById('promote').scrollIntoView()")
+    shot(page, 'docs_api_promote.png')
+    page.click('nav.md-nav--primary a:has-text("Bad deployment")')
+    page.wait_for_load_state('load')
+    assert page.url.endswith('/runbooks/rollback.html')
+    assert 'mlprod rollback' in page.inner_text('article')
+    shot(page, 'docs_runbook.png')
+    assert page.errors == [] and page.foreign == []
