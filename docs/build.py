@@ -229,17 +229,19 @@ def stage(src: Path, execute_tutorials: bool = False) -> list:
                 [{_title(p.read_text(encoding='utf-8'), p.stem): f'runbooks/{p.name}'} for p in books]})
     shutil.copy(here/'about.md', src/'about.md')
     shutil.copy(here/'extra.css', src/'extra.css')
+    shutil.copy(here/'vendor'/'iframe-worker-shim.js', src/'iframe-worker-shim.js')
     nav.append({'About these docs': 'about.md'})
     return nav
 
 
 def mkdocs_config(src: Path, site: Path, nav: list) -> dict:
-    "The MkDocs configuration: Material theme, no web fonts, no search (its worker cannot start from file:// offline)."
+    "The MkDocs configuration: Material theme without web fonts; search works from file:// with the offline plugin and a local iframe-worker shim."
     cfg = settings()
     return {'site_name': cfg.get('title', cfg['lib_name']), 'site_description': cfg.get('description', ''),
             'docs_dir': str(src), 'site_dir': str(site), 'use_directory_urls': False, 'strict': False,
             'theme': {'name': 'material', 'font': False, 'features': ['navigation.sections', 'navigation.top', 'toc.follow']},
-            'plugins': [], 'extra_css': ['extra.css'],
+            'plugins': ['search', 'offline'], 'extra_css': ['extra.css'],
+            'extra': {'polyfills': ['iframe-worker-shim.js']},  # else the offline plugin loads it from a CDN
             'markdown_extensions': ['tables', 'attr_list', 'md_in_html', 'admonition', 'pymdownx.superfences',
                                     {'toc': {'permalink': True}}, {'pymdownx.highlight': {'use_pygments': True}}],
             'validation': {'links': {'not_found': 'warn', 'unrecognized_links': 'ignore'}}, 'nav': nav}

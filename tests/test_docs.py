@@ -79,3 +79,18 @@ def test_nav_reaches_api_docments_and_runbook_offline(docs_site, page):
     assert 'mlprod rollback' in page.inner_text('article')
     shot(page, 'docs_runbook.png')
     assert page.errors == [] and page.foreign == []
+
+
+def test_search_works_from_disk(docs_site, page):
+    "Material's search runs in a worker; from file:// it needs the local iframe-worker shim, not a CDN."
+    page.goto((docs_site/'api'/'core.html').as_uri(), wait_until='load')
+    page.click('input.md-search__input')
+    page.fill('input.md-search__input', 'rollback')
+    page.wait_for_selector('.md-search-result__item', timeout=15000)
+    titles = page.locator('.md-search-result__item').all_inner_texts()
+    assert any('rollback' in t.lower() for t in titles), titles
+    shot(page, 'docs_search.png')
+    page.locator('.md-search-result__item a').first.click()
+    page.wait_for_load_state('load')
+    assert 'rollback' in page.url
+    assert page.errors == [] and page.foreign == []
