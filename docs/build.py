@@ -2,7 +2,7 @@
 the runbooks and README.md, with MkDocs and the Material theme; `make docs` runs it.
 
 Why not `nbdev_docs`, and what each page is made of: docs/about.md (it is also a page of the site).
-Usage: python docs/build.py [--execute-tutorials] [--keep-source]"""
+Usage: python docs/build.py [--site DIR] [--no-execute] [--keep-source]"""
 import argparse, base64, os, configparser, html, importlib, inspect, json, logging, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
@@ -167,15 +167,17 @@ def _title(md: str, default: str) -> str:
     return m.group(1).strip() if m else default
 
 
-def execute_notebook(path: Path, timeout: int) -> Path:
-    "Run a copy of a tutorial in a temporary folder (its own project store) and return the executed copy."
+def execute_notebook(path: Path, work: Path, timeout: int) -> Path:
+    "Run a copy of a tutorial (and its folder) in `work`, so it gets a project store of its own; return the executed copy."
     import nbformat
     from nbclient import NotebookClient
-    work = Path(tempfile.mkdtemp(prefix='mlprod-docs-'))
+    from nbclient.exceptions import CellExecutionError
     shutil.copytree(path.parent, work, dirs_exist_ok=True)
     nb = nbformat.read(work/path.name, as_version=4)
     t0 = time.time()
-    NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(work)}}).execute()
+    try: NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(work)}}).execute()
+    except CellExecutionError as e:
+        raise DocsError(f'{path.name}: got a failing cell; allowed: a tutorial that runs (or saved outputs)\n{e}') from e
     log.info('executed %s in %.0f s', path.name, time.time() - t0)
     nbformat.write(nb, work/path.name)
     return work/path.name
@@ -189,7 +191,12 @@ def _readme_markdown(text: str) -> str:
     return text.replace('](_docs/index.html)', '](index.md)')
 
 
-def stage(src: Path, execute_tutorials: bool = False) -> list:
+def _has_outputs(path: Path) -> bool:
+    "Whether a notebook was saved with any cell output."
+    return any(c.get('outputs') for c in json.loads(path.read_text(encoding='utf-8'))['cells'])
+
+
+def stage(src: Path, execute: bool = True) -> list:
     "Write every page's Markdown under `src`; return the MkDocs nav."
     cfg = settings()
     lib, nbs = cfg['lib_name'], ROOT/cfg.get('nbs_path', 'nbs')
@@ -202,14 +209,18 @@ def stage(src: Path, execute_tutorials: bool = False) -> list:
     tutorials = sorted(tut_dir.glob('*.ipynb')) if tut_dir.is_dir() else []
     if tutorials:
         (src/'tutorials').mkdir()
-        run = execute_tutorials or not (tut_dir/'.notest').exists()
         items = []
         for nb in tutorials:
             t0 = time.time()
-            md = notebook_markdown(execute_notebook(nb, timeout=900) if run else nb, lib, src/'tutorials'/'assets')
+            run = execute and not _has_outputs(nb)  # saved without outputs (nbdev_clean): run it to show them
+            if run:
+                work = Path(tempfile.mkdtemp(prefix='mlprod-docs-run-'))
+                try: md = notebook_markdown(execute_notebook(nb, work, timeout=900), lib, src/'tutorials'/'assets')
+                finally: shutil.rmtree(work, ignore_errors=True)
+            else: md = notebook_markdown(nb, lib, src/'tutorials'/'assets')
             (src/'tutorials'/f'{nb.stem}.md').write_text(md, encoding='utf-8')
             items.append({_title(md, nb.stem): f'tutorials/{nb.stem}.md'})
-            log.info('tutorial %s (%s) in %.1f s', nb.name, 'executed' if run else 'saved outputs', time.time() - t0)
+            log.info('tutorial %s (%s) in %.1f s', nb.name, 'executed' if run else 'as saved', time.time() - t0)
         nav.append({'Tutorials': items})
     items = []
     for nb in sorted(nbs.glob('*.ipynb')):
@@ -257,13 +268,13 @@ def check_offline(site: Path) -> None:
     if bad: raise DocsError(f'site: got {len(bad)} network load(s), e.g. {bad[:3]}; allowed: none (the site must work offline)')
 
 
-def build(site: Path | None = None, execute_tutorials: bool = False, keep_source: bool = False) -> Path:
+def build(site: Path | None = None, execute: bool = True, keep_source: bool = False) -> Path:
     "Build the whole site into `site` (default: settings.ini `doc_path`); return the path of its index.html."
     import yaml
     t0 = time.time()
     site = Path(site) if site else ROOT/settings().get('doc_path', '_docs')
     src = Path(tempfile.mkdtemp(prefix='mlprod-docs-src-'))/'docs'
-    nav = stage(src, execute_tutorials)
+    nav = stage(src, execute)
     conf = src.parent/'mkdocs.yml'
     conf.write_text(yaml.safe_dump(mkdocs_config(src, site, nav), sort_keys=False), encoding='utf-8')
     r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--clean', '-q', '-f', str(conf)], capture_output=True, text=True,
@@ -281,11 +292,11 @@ def build(site: Path | None = None, execute_tutorials: bool = False, keep_source
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--site', type=Path, default=None, help='output folder (default: doc_path in settings.ini)')
-    p.add_argument('--execute-tutorials', action='store_true', help='run the tutorials even when nbs/tutorials/.notest says they are slow')
+    p.add_argument('--no-execute', action='store_true', help='show tutorials as saved instead of running those saved without outputs')
     p.add_argument('--keep-source', action='store_true', help='keep the staged Markdown and mkdocs.yml (their folder is logged)')
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='docs: %(message)s')
-    try: index = build(a.site, a.execute_tutorials, a.keep_source)
+    try: index = build(a.site, not a.no_execute, a.keep_source)
     except DocsError as e: log.error('%s', e); return 2
     print(f'open {index.as_uri()}')
     return 0

@@ -50,6 +50,9 @@ def test_site_has_every_part(docs_site):
     assert {'index.html', 'about.html', 'runbooks/index.html', 'runbooks/rollback.html'} <= pages
     tutorials = list((ROOT/'nbs'/'tutorials').glob('*.ipynb'))
     assert {f'tutorials/{t.stem}.html' for t in tutorials} <= pages
+    for t in tutorials:  # shown with outputs: saved ones, or made by running it during the build
+        assert 'nb-output' in (docs_site/'tutorials'/f'{t.stem}.html').read_text(encoding='utf-8') or \
+               'language-text' in (docs_site/'tutorials'/f'{t.stem}.html').read_text(encoding='utf-8'), t.name
 
 
 def test_nav_reaches_api_docments_and_runbook_offline(docs_site, page):
