@@ -88,7 +88,9 @@ def test_search_works_from_disk(docs_site, page):
     "Material's search runs in a worker; from file:// it needs the local iframe-worker shim, not a CDN."
     page.goto((docs_site/'api'/'core.html').as_uri(), wait_until='load')
     page.click('input.md-search__input')
-    page.fill('input.md-search__input', 'rollback')
+    page.wait_for_function("() => { const m = document.querySelector('.md-search-result__meta');"
+                           " return m && m.innerText.trim() && !/initializ/i.test(m.innerText) }", timeout=15000)
+    page.type('input.md-search__input', 'rollback', delay=20)
     page.wait_for_selector('.md-search-result__item', timeout=15000)
     titles = page.locator('.md-search-result__item').all_inner_texts()
     assert any('rollback' in t.lower() for t in titles), titles
