@@ -3,14 +3,17 @@ the runbooks and README.md, with MkDocs and the Material theme; `make docs` runs
 
 Why not `nbdev_docs`, and what each page is made of: docs/about.md (it is also a page of the site).
 Usage: python docs/build.py [--site DIR] [--no-execute] [--keep-source]"""
-import argparse, base64, os, configparser, html, importlib, inspect, json, logging, re, shutil, subprocess, sys, tempfile, time
+import argparse, base64, configparser, os, html, importlib, inspect, json, logging, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger('docs')
 
 
-class DocsError(Exception):
+from mlprod.core import MlprodError
+
+
+class DocsError(MlprodError):
     "The site cannot be built; the message says what to fix."
 
 

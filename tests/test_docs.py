@@ -7,8 +7,6 @@ import pytest
 from conftest import ROOT
 from test_dashboard_browser import CHROMIUM, FLAGS, SHOTS, ensure_chromium
 
-pytest.importorskip('mkdocs', reason='the docs builder is installed by `make docs` / dev_requirements')
-
 
 @pytest.fixture(scope='session')
 def docs_site(tmp_path_factory):
@@ -41,6 +39,29 @@ def page():
 def shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS/name))
+
+
+def _builder():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('docs_build', ROOT/'docs'/'build.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_api_markdown_documents_every_parameter():
+    "Signature with docments comments, one-line docstring, and a table that survives `|` in types and `<` in defaults."
+    def scale(x:float, # the value
+              unit:str|None=None, # `km` or `mi`; None keeps it
+              *, factory=dict, # made per call
+              **kw)->float:
+        "Scale `x`."
+    md = _builder().api_markdown(scale, 'scale')
+    assert md.startswith('### scale { #scale }') and 'def scale(' in md and 'x:float, # the value' in md
+    assert '*Scale `x`.*' in md
+    table = md[md.index('<table'):]
+    assert '<td><code>unit</code></td><td><code>str | None</code></td><td><code>None</code></td><td><code>km</code> or <code>mi</code>; None keeps it</td>' in table
+    assert '<td><code>factory</code></td><td></td><td><code>dict</code></td><td>made per call</td>' in table
+    assert '<code>**kw</code>' in table and '<b>returns</b></td><td><code>float</code>' in table
 
 
 def test_site_has_every_part(docs_site):
