@@ -95,6 +95,47 @@ def api_markdown(obj, name: str) -> str:
     return '\n\n'.join(parts)
 
 
+## Links from prose to the API pages
+
+def symbol_index(nbs: Path, lib: str) -> dict:
+    """Where each exported name is documented ('api/mod.md#name'): under `lib.mod.name` and `mod.name`; under `name` alone a class
+    exported by one module only; and per page (key `(page, name)`) the names that page documents."""
+    index, classes = {}, {}
+    for nb in sorted(nbs.glob('*.ipynb')):
+        m = re.search(r'default_exp\s+([\w.]+)', nb.read_text(encoding='utf-8'))
+        if not m: continue
+        mod, page = m.group(1), f'api/{m.group(1)}.md'
+        module = importlib.import_module(f'{lib}.{mod}')
+        for name in getattr(module, '__all__', []):
+            target = f'{page}#{name}'
+            index[f'{lib}.{mod}.{name}'] = index[f'{mod}.{name}'] = index[(page, name)] = target
+            if inspect.isclass(getattr(module, name, None)): classes.setdefault(name, set()).add(target)
+    index.update({n: t.pop() for n, t in classes.items() if len(t) == 1})
+    return index
+
+
+_FENCE = re.compile(r'^(\s*)(`{3,}|~{3,})')
+
+
+def link_symbols(md: str, index: dict, page: str) -> str:
+    "Turn `name` and `name()` code spans in prose (not in code blocks) into links to where `name` is documented (see `symbol_index`)."
+    out, fence = [], None
+    here = Path(page).parent
+    def link(m):
+        target = index.get(m.group(1)) or index.get((page, m.group(1)))
+        if not target: return m.group(0)
+        path, anchor = target.split('#')
+        rel = Path(os.path.relpath(path, here)).as_posix() if path != page else ''
+        return f'[{m.group(0)}]({rel}#{anchor})'
+    for line in md.split('\n'):
+        f = _FENCE.match(line)
+        if f and fence is None: fence = f.group(2)
+        elif f and fence and f.group(2).startswith(fence[0]) and len(f.group(2)) >= len(fence) and not line.strip()[len(f.group(2)):]: fence = None
+        elif fence is None: line = re.sub(r'(?<![\[\w`])`([A-Za-z_][\w.]*)(?:\(\))?`(?![\]`])', link, line)
+        out.append(line)
+    return '\n'.join(out)
+
+
 ## Notebooks to Markdown pages
 
 def _fence(text: str, lang: str = '') -> str:
@@ -139,7 +180,7 @@ def _resolve(module, name: str):
     return obj
 
 
-def notebook_markdown(path: Path, lib: str, assets: Path) -> str:
+def notebook_markdown(path: Path, lib: str, assets: Path, index: dict | None = None, page: str = '') -> str:
     "A notebook as one Markdown page: prose as is, code and saved outputs, each exported symbol documented from the imported module."
     from nbdev.process import NBProcessor
     from nbdev.processors import add_show_docs, populate_language, strip_ansi, hide_line, rm_header_dash, rm_export, clean_magics, hide_
@@ -156,7 +197,7 @@ def notebook_markdown(path: Path, lib: str, assets: Path) -> str:
     parts = []
     for c in proc.nb.cells:
         if getattr(c, 'api_', None): parts.append(c.api_); continue
-        if c.cell_type == 'markdown': parts.append(c.source); continue
+        if c.cell_type == 'markdown': parts.append(link_symbols(c.source, index, page) if index else c.source); continue
         if c.cell_type != 'code': continue
         d = c.directives_
         if d.get('echo', ['true'])[0].lower() != 'false' and c.source.strip(): parts.append(_fence(c.source.strip('\n'), 'python'))
@@ -206,7 +247,8 @@ def stage(src: Path, execute: bool = True) -> list:
     here = Path(__file__).resolve().parent
     if src.exists(): shutil.rmtree(src)
     (src/'api').mkdir(parents=True)
-    (src/'index.md').write_text(_readme_markdown((ROOT/'README.md').read_text(encoding='utf-8')), encoding='utf-8')
+    index = symbol_index(nbs, lib)
+    (src/'index.md').write_text(link_symbols(_readme_markdown((ROOT/'README.md').read_text(encoding='utf-8')), index, 'index.md'), encoding='utf-8')
     nav = [{'Home': 'index.md'}]
     tut_dir = nbs/'tutorials'
     tutorials = sorted(tut_dir.glob('*.ipynb')) if tut_dir.is_dir() else []
@@ -218,9 +260,9 @@ def stage(src: Path, execute: bool = True) -> list:
             run = execute and not _has_outputs(nb)  # saved without outputs (nbdev_clean): run it to show them
             if run:
                 work = Path(tempfile.mkdtemp(prefix='mlprod-docs-run-'))
-                try: md = notebook_markdown(execute_notebook(nb, work, timeout=900), lib, src/'tutorials'/'assets')
+                try: md = notebook_markdown(execute_notebook(nb, work, timeout=900), lib, src/'tutorials'/'assets', index, f'tutorials/{nb.stem}.md')
                 finally: shutil.rmtree(work, ignore_errors=True)
-            else: md = notebook_markdown(nb, lib, src/'tutorials'/'assets')
+            else: md = notebook_markdown(nb, lib, src/'tutorials'/'assets', index, f'tutorials/{nb.stem}.md')
             (src/'tutorials'/f'{nb.stem}.md').write_text(md, encoding='utf-8')
             items.append({_title(md, nb.stem): f'tutorials/{nb.stem}.md'})
             log.info('tutorial %s (%s) in %.1f s', nb.name, 'executed' if run else 'as saved', time.time() - t0)
@@ -229,15 +271,17 @@ def stage(src: Path, execute: bool = True) -> list:
     for nb in sorted(nbs.glob('*.ipynb')):
         if nb.name == cfg.get('readme_nb', 'index.ipynb'): continue
         t0 = time.time()
-        md = notebook_markdown(nb, lib, src/'api'/'assets')
-        name = re.sub(r'^\d+[a-z]?_', '', nb.stem)
         exp = re.search(r'default_exp\s+([\w.]+)', nb.read_text(encoding='utf-8'))
-        page = f'api/{exp.group(1) if exp else name}.md'
+        name = exp.group(1) if exp else re.sub(r'^\d+[a-z]?_', '', nb.stem)
+        page = f'api/{name}.md'
+        md = notebook_markdown(nb, lib, src/'api'/'assets', index, page)
         (src/page).write_text(md, encoding='utf-8')
-        items.append({f'{exp.group(1) if exp else name}: {_title(md, name)}': page})
+        items.append({f'{name}: {_title(md, name)}': page})
         log.info('%s in %.1f s', nb.name, time.time() - t0)
     nav.append({'API': items})
     shutil.copytree(ROOT/'runbooks', src/'runbooks')
+    for p in (src/'runbooks').glob('*.md'):
+        p.write_text(link_symbols(p.read_text(encoding='utf-8'), index, f'runbooks/{p.name}'), encoding='utf-8')
     books = sorted(p for p in (src/'runbooks').glob('*.md') if p.name != 'README.md')
     nav.append({'Runbooks': [{'All runbooks': 'runbooks/README.md'}] +
                 [{_title(p.read_text(encoding='utf-8'), p.stem): f'runbooks/{p.name}'} for p in books]})
@@ -252,13 +296,13 @@ def mkdocs_config(src: Path, site: Path, nav: list) -> dict:
     "The MkDocs configuration: Material theme without web fonts; search works from file:// with the offline plugin and a local iframe-worker shim."
     cfg = settings()
     return {'site_name': cfg.get('title', cfg['lib_name']), 'site_description': cfg.get('description', ''),
-            'docs_dir': str(src), 'site_dir': str(site), 'use_directory_urls': False, 'strict': False,
+            'docs_dir': str(src), 'site_dir': str(site), 'use_directory_urls': False, 'strict': True,  # a broken link or anchor fails the build
             'theme': {'name': 'material', 'font': False, 'features': ['navigation.sections', 'navigation.top', 'toc.follow']},
             'plugins': ['search', 'offline'], 'extra_css': ['extra.css'],
             'extra': {'polyfills': ['iframe-worker-shim.js']},  # else the offline plugin loads it from a CDN
             'markdown_extensions': ['tables', 'attr_list', 'md_in_html', 'admonition', 'pymdownx.superfences',
                                     {'toc': {'permalink': True}}, {'pymdownx.highlight': {'use_pygments': True}}],
-            'validation': {'links': {'not_found': 'warn', 'unrecognized_links': 'ignore'}}, 'nav': nav}
+            'validation': {'links': {'not_found': 'warn', 'anchors': 'warn', 'unrecognized_links': 'ignore'}}, 'nav': nav}
 
 
 _REMOTE = re.compile(r'''<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)=["']?(?:https?:)?//''', re.I)

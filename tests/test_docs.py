@@ -64,6 +64,18 @@ def test_api_markdown_documents_every_parameter():
     assert '<code>**kw</code>' in table and '<b>returns</b></td><td><code>float</code>' in table
 
 
+def test_prose_links_to_api_pages():
+    "Qualified names link anywhere, a page's own names link on that page, unique classes everywhere; code blocks are left alone."
+    index = {'mlprod.registry.promote': 'api/registry.md#promote', ('api/registry.md', 'load'): 'api/registry.md#load',
+             'Check': 'api/core.md#Check'}
+    md = "Use `mlprod.registry.promote` and `load()`; `Check` too; `other`, [`Check`](x.md).\n```python\n`Check`\n```\n`load`"
+    link = _builder().link_symbols
+    test = link(md, index, 'api/registry.md')
+    assert test == ("Use [`mlprod.registry.promote`](#promote) and [`load()`](#load); [`Check`](core.md#Check) too; `other`, "
+                    "[`Check`](x.md).\n```python\n`Check`\n```\n[`load`](#load)"), test
+    assert link('see `Check`, `load`', index, 'runbooks/rollback.md') == 'see [`Check`](../api/core.md#Check), `load`'
+
+
 def test_site_has_every_part(docs_site):
     pages = {p.relative_to(docs_site).as_posix() for p in docs_site.rglob('*.html')}
     notebooks = [p for p in (ROOT/'nbs').glob('[0-9]*.ipynb')]
