@@ -98,7 +98,7 @@ def api_markdown(obj, name: str) -> str:
 ## Links from prose to the API pages
 
 def symbol_index(nbs: Path, lib: str) -> dict:
-    """Where each exported name is documented ('api/mod.md#name'): under `lib.mod.name` and `mod.name`; under `name` alone a class
+    """Where each exported function or class is documented ('api/mod.md#name'): under `lib.mod.name` and `mod.name`; under `name` alone a class
     exported by one module only; and per page (key `(page, name)`) the names that page documents."""
     index, classes = {}, {}
     for nb in sorted(nbs.glob('*.ipynb')):
@@ -107,9 +107,11 @@ def symbol_index(nbs: Path, lib: str) -> dict:
         mod, page = m.group(1), f'api/{m.group(1)}.md'
         module = importlib.import_module(f'{lib}.{mod}')
         for name in getattr(module, '__all__', []):
+            obj = getattr(module, name, None)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)): continue  # show_doc documents defs and classes only
             target = f'{page}#{name}'
             index[f'{lib}.{mod}.{name}'] = index[f'{mod}.{name}'] = index[(page, name)] = target
-            if inspect.isclass(getattr(module, name, None)): classes.setdefault(name, set()).add(target)
+            if inspect.isclass(obj): classes.setdefault(name, set()).add(target)
     index.update({n: t.pop() for n, t in classes.items() if len(t) == 1})
     return index
 
@@ -324,9 +326,9 @@ def build(site: Path | None = None, execute: bool = True, keep_source: bool = Fa
     nav = stage(src, execute)
     conf = src.parent/'mkdocs.yml'
     conf.write_text(yaml.safe_dump(mkdocs_config(src, site, nav), sort_keys=False), encoding='utf-8')
-    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--clean', '-q', '-f', str(conf)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--clean', '-f', str(conf)], capture_output=True, text=True,
                        env=dict(os.environ, NO_MKDOCS_2_WARNING='1'))
-    warnings = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+    warnings = [l for l in (r.stdout + r.stderr).splitlines() if l.strip() and not l.startswith('INFO')]
     for w in warnings: log.warning('mkdocs: %s', w)
     if r.returncode != 0: raise DocsError(f'mkdocs build: got exit code {r.returncode}; allowed: 0\n' + '\n'.join(warnings[-20:]))
     check_offline(site)
