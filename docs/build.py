@@ -223,7 +223,7 @@ def execute_notebook(path: Path, work: Path, timeout: int) -> Path:
     t0 = time.time()
     try: NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(work)}}).execute()
     except CellExecutionError as e:
-        raise DocsError(f'{path.name}: got a failing cell; allowed: a tutorial that runs (or saved outputs)\n{e}') from e
+        raise DocsError(f'{path.name}: got a failing cell; allowed: a tutorial that runs (or saved outputs)\n{_ANSI.sub("", str(e))}') from e
     log.info('executed %s in %.0f s', path.name, time.time() - t0)
     nbformat.write(nb, work/path.name)
     return work/path.name
