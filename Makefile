@@ -54,5 +54,11 @@ bench: $(STAMP)
 sync: $(STAMP)
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/python .ci/readme.py
 
+# documentation site in _docs/ from nbs/, nbs/tutorials/, runbooks/ and README (docs/about.md says how and why)
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/python -m pip install -q "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10"
+	$(BIN)/python docs/build.py $(DOCS_ARGS)
+
 clean:
 	rm -rf $(VENV) .mlprod

@@ -317,14 +317,16 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
              features:Sequence[str]|None=None, # input columns; default from the model's config
              categorical:Sequence[str]|None=None, # which features are categorical; default from the config
              window=None, # (start, end) of the training window; default the time range of `train_df`
-             recipe:str|None=None, # recipe that trained the model; default from the config
+             recipe:str|None=None, # recipe that trained the model; default from the config (written into a first, inferred section)
+             data_source:str|None=None, # `module:function(start, end)` loading a window, written into a first, inferred section
              params:dict|None=None, # training parameters; default the final estimator's parameters that differ from its defaults
              metrics:dict|None=None, # evaluation figures to keep with the version
              description:str='', # a sentence for the MLflow UI
              cfg=None, # ProjectConfig or project folder; default `get_config()`
             ) -> VersionInfo:
     "Log `model` with its signature, schema, reference snapshot and lineage, and register a new version of `name`."
-    cfg = ensure_state(configure_model(_cfg(cfg), name, train_df, model, target=target, time_column=time_column, features=features))
+    cfg = ensure_state(configure_model(_cfg(cfg), name, train_df, model, target=target, time_column=time_column, features=features,
+                                             data_source=data_source, recipe=recipe))
     mc = _model_cfg(cfg, name)
     if not isinstance(train_df, pd.DataFrame) or len(train_df) == 0:
         raise DataError(f"train_df: got {type(train_df).__name__} with {len(train_df) if hasattr(train_df, '__len__') else '?'} rows; allowed: a non-empty DataFrame")
@@ -946,6 +948,9 @@ def cmd_register(name:str, # registered model name
                  train_data:str, # Parquet file of the training rows (features, target, time)
                  window:tuple[str, str]|None=None, # training window (default: time range of the data)
                  recipe:str|None=None, # recipe that trained it (default: from mlprod.toml)
+                 target:str|None=None, # label column, for a first registration without a [models.NAME] section (then --time-column too)
+                 time_column:str|None=None, # timestamp column, for a first registration
+                 data_source:str|None=None, # module:function loading a window, written into a first, inferred section
                  metrics:str|None=None, # JSON object of evaluation figures, e.g. '{"roc_auc": 0.71}'
                  project=None, # project folder or mlprod.toml (the global `--project`)
                 ) -> int:
@@ -961,7 +966,8 @@ def cmd_register(name:str, # registered model name
     except Exception as e:
         raise NotFoundError(f"--model-uri: cannot load {model_uri!r} as a scikit-learn model ({type(e).__name__}: {str(e)[:200]}); "
                             "allowed: runs:/RUN_ID/model, models:/NAME/VERSION or a model folder logged with mlflow.sklearn") from None
-    v = register(model, name, df, window=tuple(window) if window else None, recipe=recipe,
+    v = register(model, name, df, window=tuple(window) if window else None, recipe=recipe, target=target,
+                 time_column=time_column, data_source=data_source,
                  metrics=json.loads(metrics) if metrics else None, cfg=cfg)
     lin = v.lineage
     print(f"registered {v.name} version {v.version} (window {lin.get('window_start') or '?'} .. {lin.get('window_end') or '?'}, "
