@@ -195,6 +195,7 @@ def _sandbox(case: Case, tmp_path: Path) -> tuple:
     "A copy of the project folder and the environment its commands run in."
     root = tmp_path / case.project
     shutil.copytree(PROJECTS / case.project, root, ignore=shutil.ignore_patterns('__pycache__', '.mlprod', 'reports'))
+    for script in (PROJECTS / 'scripts').glob('*.py'): shutil.copy(script, root)  # the same two user scripts in every project
     extra = {'MLPROD_ACTOR': 'test-your-model'}
     if case.hand_written:
         shutil.copy(root / 'handwritten.toml', root / 'mlprod.toml')
@@ -223,10 +224,11 @@ def run_flow(flow: Flow, tmp_path: Path) -> Flow:
         toml = flow.root / 'mlprod.toml'
         flow.check('zero-config registration wrote mlprod.toml', toml.is_file(), needs=FEATURE_ZERO_CONFIG, stop=True)
         section = tomllib.loads(toml.read_text()).get('models', {}).get(name, {})
-        flow.check(f"[models.{name}] written with target, time column and task", section.get('target') == case.target and
-                   section.get('time_column') == case.time_column and section.get('task', 'binary') == case.task,
+        flow.check(f"[models.{name}] written with target, time column, task, data source and recipe", section.get('target') == case.target and
+                   section.get('time_column') == case.time_column and section.get('task', 'binary') == case.task and
+                   section.get('data_source') == 'my_src:load' and section.get('recipe') == 'my_src:train',
                    toml.read_text()[-2000:], needs=FEATURE_ZERO_CONFIG)
-        # the user then names their data source (and the recipe, unless registration recorded it) and the window length
+        # the user then sets the training window length (the data source and recipe were named at registration)
         days = (pd.Timestamp(case.first[1]) - pd.Timestamp(case.first[0])).days
         _ensure_keys(toml, name, {'data_source': 'my_src:load', 'recipe': 'my_src:train', 'train_window_days': days})
     # 2. version 1 against the prior baseline, then production

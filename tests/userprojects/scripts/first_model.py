@@ -13,6 +13,8 @@ model = my_src.train(df)
 if '--configured' in sys.argv[3:]:
     v = registry.register(model, my_src.NAME, df, recipe='my_src:train')
 else:
-    # zero-config: task, features, categoricals and the positive class are inferred from the fitted model and `df`
-    v = registry.register(model, my_src.NAME, df, target=my_src.TARGET, time_column=my_src.TIME_COLUMN, recipe='my_src:train')
+    # zero-config: task, features, categoricals and the positive class are inferred from the fitted model and `df`;
+    # the data source and recipe named here are written into the section, for retraining and the scheduled jobs
+    v = registry.register(model, my_src.NAME, df, target=my_src.TARGET, time_column=my_src.TIME_COLUMN,
+                          data_source='my_src:load', recipe='my_src:train')
 print(v.version)
