@@ -416,6 +416,7 @@ def data_quality_checks(current:pd.DataFrame, # rows of the window (with `unseen
 from .db import monitor_runs
 
 # %% ../nbs/06_monitor.ipynb #930e805d
+from fastcore.basics import patch
 from .reports import REPORT_CSS, page, styled
 from . import reports
 
@@ -427,7 +428,7 @@ class MonitorResult:
     alias:str|None
     start:dt.datetime # window start (inclusive, UTC)
     end:dt.datetime # window end (exclusive, UTC)
-    source:str # 'request log' or 'data frame'
+    source:str # 'request-log', 'data-source' or 'data-frame'
     checks:Checks
     figures:dict # key numbers: rows, drift_share, realized/estimated metric, latency p95, error rate…
     drift:DriftResult|None=None
@@ -452,35 +453,43 @@ class MonitorResult:
         d['calibration'] = self.calibration.to_dict() if self.calibration else None
         return jsonable(dict(d, status=self.status.value, ok=self.ok, checks=[c.to_dict() for c in self.checks.checks],
                               alert_events=[e.to_dict() for e in self.alert_events]))
-    def summary(self) -> str:
-        "A few lines for a terminal."
-        f = self.figures
-        head = (f"{self.model} version {self.version} {self.start:%Y-%m-%d %H:%M} .. {self.end:%Y-%m-%d %H:%M} UTC "
-                f"({self.source}): {self.status.value}, {f.get('rows', 0)} rows")
-        lines = [head]
-        for c in self.checks.checks:
-            if c.status != Status.SUCCESS and not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction')):
-                lines.append(f"  {c.status.value:8} {c.name}: {c.message}")
-        drifted = (self.drift.drifted_columns if self.drift else [])
-        if drifted: lines.append(f"  drifted columns: {', '.join(drifted)}")
-        if len(lines) == 1: lines.append('  all checks passed')
-        for e in self.alert_events: lines.append(f"  alert {e.action}: {e.key}")
-        lines += [f"  note: {n}" for n in self.notes]
-        return '\n'.join(lines)
-    def _repr_html_(self) -> str: return styled(self._body_html())
-    def _body_html(self) -> str:
-        f = self.figures
-        keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift',
-                'label_coverage', 'realized_metric', 'estimated_roc_auc', 'calibration_ece')
-        figs = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(f.get(k))}</td></tr>" for k in keys if k in f)
-        main = [c for c in self.checks.checks if not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction'))]
-        notes = ''.join(f"<li>{esc(n)}</li>" for n in self.notes)
-        alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
-        return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
-                f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
-                f"<table>{figs}</table>{checks_table_html(main)}"
-                + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
-                + (self.drift._repr_html_() if self.drift is not None else '') + '</div>')
+
+# %% ../nbs/06_monitor.ipynb #0b0a110c
+@patch
+def summary(self:MonitorResult) -> str:
+    "A few lines for a terminal."
+    f = self.figures
+    head = (f"{self.model} version {self.version} {self.start:%Y-%m-%d %H:%M} .. {self.end:%Y-%m-%d %H:%M} UTC "
+            f"({self.source}): {self.status.value}, {f.get('rows', 0)} rows")
+    lines = [head]
+    for c in self.checks.checks:
+        if c.status != Status.SUCCESS and not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction')):
+            lines.append(f"  {c.status.value:8} {c.name}: {c.message}")
+    drifted = (self.drift.drifted_columns if self.drift else [])
+    if drifted: lines.append(f"  drifted columns: {', '.join(drifted)}")
+    if len(lines) == 1: lines.append('  all checks passed')
+    for e in self.alert_events: lines.append(f"  alert {e.action}: {e.key}")
+    lines += [f"  note: {n}" for n in self.notes]
+    return '\n'.join(lines)
+
+# %% ../nbs/06_monitor.ipynb #d2cb0a6b
+@patch
+def _repr_html_(self:MonitorResult) -> str: return styled(self._body_html())
+
+@patch
+def _body_html(self:MonitorResult) -> str:
+    f = self.figures
+    keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift',
+            'label_coverage', 'realized_metric', 'estimated_roc_auc', 'calibration_ece')
+    figs = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(f.get(k))}</td></tr>" for k in keys if k in f)
+    main = [c for c in self.checks.checks if not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction'))]
+    notes = ''.join(f"<li>{esc(n)}</li>" for n in self.notes)
+    alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
+    return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
+            f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
+            f"<table>{figs}</table>{checks_table_html(main)}"
+            + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
+            + (self.drift._repr_html_() if self.drift is not None else '') + '</div>')
 
 # %% ../nbs/06_monitor.ipynb #4efe0fd2
 def _record(cfg:ProjectConfig, r:MonitorResult):
