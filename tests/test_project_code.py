@@ -112,7 +112,7 @@ def test_cli_retrain_imports_project_code(proj, elsewhere):
 def test_job_kernel_imports_project_code(proj, elsewhere):
     before = len(calls(proj))
     r = run_cli('--project', proj, 'run', 'monitor', '-p', 'model', 'temp', '-p', 'start', '2013-03-01', '-p', 'end', '2013-03-15',
-                '-p', 'source', 'data', '--json', '--no-dashboard', cwd=elsewhere)
+                '-p', 'source', 'data-source', '--json', '--no-dashboard', cwd=elsewhere)
     out = r.stdout + r.stderr
     assert 'No module named' not in out and 'cannot import module' not in out, out
     run = json.loads(r.stdout[r.stdout.index('{'):r.stdout.rindex('}') + 1])

@@ -57,7 +57,8 @@ def test_all_green(green):
     assert sc.warning_signs == ()
     assert len(sc.items) == 13 and {i.category for i in sc.items} == set(rd.CATEGORIES)
     assert 'successful request(s) for version' in sc['served and healthy'].evidence
-    assert 'the 6 default rules' in sc['alert rules'].evidence
+    from mlprod.alerts import DEFAULT_RULES
+    assert f'the {len(DEFAULT_RULES)} default rules' in sc['alert rules'].evidence
     assert sc['rollback drill'].evidence.startswith('rollback v') and 'rollback drill' in sc['rollback drill'].evidence
     assert sc['last retraining'].evidence.split()[0] in ('promoted', 'staged', 'rejected')
 
