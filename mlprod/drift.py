@@ -337,8 +337,10 @@ class DriftResult:
     def to_frame(self) -> pd.DataFrame:
         "One row per column."
         return pd.DataFrame([dict(c.to_dict(), rule=c.rule) for c in self.columns])
-    def _repr_html_(self):
-        status = Status.FAIL if self.dataset_drift else Status.SUCCESS
+    def _repr_html_(self): return self.html()
+    def html(self, status:Status|None=None) -> str:
+        "The drift table; `status` is the verdict of the check this drift stands for (default: FAIL on data-set drift, WARNING when a column drifted)."
+        status = status or (Status.FAIL if self.dataset_drift else Status.WARNING if self.n_drifted else Status.SUCCESS)
         rows = ''.join(f"<tr><td>{esc(c.column)}</td><td>{esc(c.kind)}</td><td>{esc(c.stattest)}</td><td>{esc(c.statistic)}</td>"
                        f"<td>{esc(c.rule)}</td><td>{status_badge(Status.WARNING if c.drifted else Status.SUCCESS)}</td></tr>"
                        for c in self.columns)

@@ -28,8 +28,8 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGUR
            'profile_path', 'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns',
            'data_quality_checks', 'MonitorResult', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
            'read_source_window', 'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks',
-           'estimated_checks', 'report_samples', 'evaluate_window', 'publish', 'monitor', 'evidently_html',
-           'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'estimated_checks', 'report_samples', 'traffic_seconds', 'evaluate_window', 'publish', 'monitor',
+           'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -75,7 +75,7 @@ def service_checks(requests:pd.DataFrame, # one row per request: columns status,
     else:
         out += [Check(f'service:latency_{k}', Status.SKIPPED, None, None, 'no latency recorded') for k in ('p50', 'p95', 'p99')]
     tput = rows / seconds if seconds > 0 else math.nan
-    out.append(Check('service:throughput', Status.SUCCESS, tput, None, f"{tput:.3g} scored rows per second over the window"))
+    out.append(Check('service:throughput', Status.SUCCESS, tput, None, f"{tput:.3g} scored rows per second over the {seconds:.0f} s in which requests arrived"))
     return out
 
 # %% ../nbs/06_monitor.ipynb #414e7b7c
@@ -489,7 +489,8 @@ def _body_html(self:MonitorResult) -> str:
             f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
             f"<table>{figs}</table>{checks_table_html(main)}"
             + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
-            + (self.drift._repr_html_() if self.drift is not None else '') + '</div>')
+            + (self.drift.html(self.checks['drift:share'].status if any(c.name == 'drift:share' for c in self.checks.checks) else None)
+                   if self.drift is not None else '') + '</div>')
 
 # %% ../nbs/06_monitor.ipynb #4efe0fd2
 def _record(cfg:ProjectConfig, r:MonitorResult):
@@ -778,7 +779,12 @@ SERVICE_FIGURES = {'service:requests': 'requests', 'service:error_rate': 'error_
                    'service:latency_p95': 'latency_p95_ms', 'service:latency_p99': 'latency_p99_ms',
                    'service:throughput': 'throughput_rows_per_s'} # check name → figure name
 
-def _window_seconds(t0, t1) -> float: return (t1 - t0).total_seconds()
+def traffic_seconds(requests:pd.DataFrame, # request-log rows (column `at`, the arrival time)
+                    t0, t1) -> float: # the window, used when arrival times are missing
+    "Seconds from the first to the last request of the window (at least 1); the window's length without arrival times."
+    at = pd.to_datetime(requests['at'], utc=True, errors='coerce').dropna() if 'at' in requests else pd.Series([], dtype=object)
+    if len(at) == 0: return (t1 - t0).total_seconds()
+    return max((at.max() - at.min()).total_seconds(), 1.0)
 
 # %% ../nbs/06_monitor.ipynb #22d9bbf6
 def evaluate_window(window:Window, # from `load_window` (or built by hand)
@@ -795,7 +801,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     th, ref = thresholds, model.reference() if reference is None else reference
     checks, figures, notes = [], {}, [window.why] if window.why else []
     if window.requests is not None:
-        svc = service_checks(window.requests, _window_seconds(window.start, window.end), th)
+        svc = service_checks(window.requests, traffic_seconds(window.requests, window.start, window.end), th)
         checks += svc; figures.update({SERVICE_FIGURES[c.name]: c.observed for c in svc})
         if len(window.requests_by_version) > 1: figures['requests_by_version'] = dict(window.requests_by_version)
     current = scored_rows(window, model, ref)
