@@ -21,7 +21,7 @@ __all__ = ['log', 'TASKS', 'HEADLINE', 'METRICS', 'MULTICLASS_METRICS', 'MCNEMAR
            'log_loss', 'brier', 'f1', 'accuracy', 'rmse', 'mae', 'r2', 'delong_cov', 'DeLongResult', 'delong',
            'McNemarResult', 'mcnemar', 'BootstrapResult', 'paired_bootstrap', 'as_scorer', 'PriorBaseline',
            'OpsFigures', 'model_size_bytes', 'single_row_latency', 'operational_figures', 'prediction_agreement',
-           'MetricRow', 'SliceRow', 'Evidence', 'ci_level', 'Gate', 'MinSamples', 'LatencyBudget', 'SliceGate',
+           'ci_level', 'MetricRow', 'SliceRow', 'Evidence', 'Gate', 'MinSamples', 'LatencyBudget', 'SliceGate',
            'decide', 'Comparison', 'default_gates', 'compare']
 
 # %% ../nbs/03_compare.ipynb #417cb118
@@ -637,6 +637,15 @@ def prediction_agreement(champion_scores, challenger_scores, task:str='binary', 
     else: out['correlation'] = float(np.corrcoef(a, b)[0, 1]) if len(d) > 1 and a.std() > 0 and b.std() > 0 else None
     return out
 
+# %% ../nbs/03_compare.ipynb #4ee3cf4e
+def ci_level(alpha:float) -> str:
+    "The confidence level of `alpha` as a person reads it: '95', '99.6' (Bonferroni over slices), never a rounded '100'."
+    level = 100 * (1 - alpha)
+    for d in range(0, 5):
+        s = f"{level:.{d}f}"
+        if abs(float(s) - level) < 1e-9 or (float(s) < 100 and d >= 1): return s.rstrip('0').rstrip('.') if '.' in s else s
+    return f"{level:.5g}"
+
 # %% ../nbs/03_compare.ipynb #1f6910f2
 @dataclass(frozen=True)
 class MetricRow:
@@ -692,14 +701,6 @@ class Evidence:
     challenger_name:str='challenger'
 
 def _bad(critical:bool) -> Status: return Status.FAIL if critical else Status.WARNING
-def ci_level(alpha:float) -> str:
-    "The confidence level of `alpha` as a person reads it: '95', '99.6' (Bonferroni over slices), never a rounded '100'."
-    level = 100 * (1 - alpha)
-    for d in range(0, 5):
-        s = f"{level:.{d}f}"
-        if abs(float(s) - level) < 1e-9 or (float(s) < 100 and d >= 1): return s.rstrip('0').rstrip('.') if '.' in s else s
-    return f"{level:.5g}"
-
 def _ci_text(lo, hi, alpha): return f"{ci_level(alpha)}% CI {fmt(lo)} … {fmt(hi)}"
 
 # %% ../nbs/03_compare.ipynb #b9d85679
