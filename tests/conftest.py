@@ -41,6 +41,17 @@ def _keep_store_env():
         else: os.environ[k] = v
 
 
+def project_folder(tmp_path_factory, name:str, files:dict):
+    """A module-scoped project folder holding `files` (name -> text) as the working folder and first on sys.path, with
+    no store variable of the environment; returns (root, MonkeyPatch): call `.undo()` when the module is done."""
+    mp = pytest.MonkeyPatch()
+    for k in _STORE_VARS: mp.delenv(k, raising=False)
+    root = tmp_path_factory.mktemp(name)
+    for fname, text in files.items(): (root / fname).write_text(text, encoding='utf-8')
+    mp.chdir(root); mp.syspath_prepend(str(root))
+    return root, mp
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     "An empty project folder as the working folder, with a clean config cache."

@@ -6,7 +6,7 @@ The data source and the recipe live in a module of the project folder, as a user
 import json, os, textwrap
 import numpy as np, pandas as pd, pytest
 from sklearn import metrics as skm
-from conftest import run_cli, offline_env
+from conftest import run_cli, offline_env, project_folder
 
 SRC = '''
 import numpy as np, pandas as pd
@@ -76,12 +76,8 @@ def labels_project(tmp_path_factory):
     import sys, dataclasses
     from mlprod.config import get_config, reset_config
     from mlprod import registry
-    mp = pytest.MonkeyPatch()
-    for k in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG'): mp.delenv(k, raising=False)
-    root = tmp_path_factory.mktemp('labels')
-    (root/'labels_src.py').write_text(SRC, encoding='utf-8')
-    (root/'mlprod.toml').write_text(TOML, encoding='utf-8')
-    mp.chdir(root); mp.syspath_prepend(str(root)); mp.setenv('MLPROD_ACTOR', 'tester')
+    root, mp = project_folder(tmp_path_factory, 'labels', {'labels_src.py': SRC, 'mlprod.toml': TOML})
+    mp.setenv('MLPROD_ACTOR', 'tester')
     reset_config(); cfg = get_config()
     import labels_src
     versions = {}

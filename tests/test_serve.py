@@ -4,7 +4,7 @@ from pathlib import Path
 
 import httpx, numpy as np, pandas as pd, pytest
 
-from conftest import free_port, offline_env
+from conftest import free_port, offline_env, project_folder
 
 FEATURES = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance',
             'temp', 'dewp', 'humid', 'wind_dir', 'wind_speed', 'precip', 'pressure', 'visib']
@@ -473,12 +473,7 @@ def task_project(tmp_path_factory):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.linear_model import LogisticRegression
-    mp = pytest.MonkeyPatch()
-    for k in ('MLPROD_HOME', 'MLFLOW_TRACKING_URI', 'MLPROD_DB_URL', 'MLPROD_CONFIG'): mp.delenv(k, raising=False)
-    root = tmp_path_factory.mktemp('tasks')
-    (root / 'tasks_src.py').write_text(TASK_SRC, encoding='utf-8')
-    (root / 'mlprod.toml').write_text(TASK_TOML, encoding='utf-8')
-    mp.chdir(root); mp.syspath_prepend(str(root))
+    root, mp = project_folder(tmp_path_factory, 'tasks', {'tasks_src.py': TASK_SRC, 'mlprod.toml': TASK_TOML})
     reset_config(); cfg = get_config()
     import tasks_src
     wine, cancer = tasks_src.wine(), tasks_src.cancer()
