@@ -27,6 +27,18 @@ def test_beta_binomial_sequence_covers_the_rate_at_every_look():
     assert (up[:, -1] < 0.02).mean() > 0.9 and np.median(up[:, -1] - lo[:, -1]) < 0.013
 
 
+def test_beta_binomial_bounds_are_the_ends_of_the_set_the_martingale_keeps():
+    "Bisection assumes {p : M_n(p) < 1/alpha} is an interval around x/n: check it on a fine grid for random counts."
+    from mlprod.sequential import _log_mixture
+    rng, grid = np.random.default_rng(14), np.linspace(0, 1, 100_001)[1:-1]
+    for _ in range(60):
+        n = int(rng.integers(1, 30_000)); x = int(rng.binomial(n, rng.choice([0.001, 0.01, 0.1, 0.5])))
+        keep = np.flatnonzero(_log_mixture(grid, x, n, (0.5, 0.5), 1000 / 8) < math.log(1 / 0.025))
+        lo, up = beta_binomial_cs(x, n, alpha=0.025)
+        assert (np.diff(keep) == 1).all(), (x, n)
+        assert lo - 2e-5 <= grid[keep[0]] and grid[keep[-1]] <= up + 2e-5 and up - lo <= grid[keep[-1]] - grid[keep[0]] + 4e-5, (x, n)
+
+
 def test_bernstein_sequence_covers_the_mean_after_every_row():
     rng = np.random.default_rng(12)
     sims, rows, mean = 300, 2000, 0.2
