@@ -107,6 +107,13 @@ def test_aa_with_margins_promotes_and_never_aborts():
     assert s['abort'] + s['promote'] + s['undecided'] == pytest.approx(1)
 
 
+def test_aa_share_changed_halfway_keeps_wrong_decisions_at_most_5_percent():
+    sims = 200
+    aa = simulate_canaries(sims, horizon=10_000, look_every=50, share=(0.05, 0.5), seed=24)
+    assert aa['sequential']['abort'] <= 0.05 + noise(0.05, sims), aa['sequential']
+    assert all(v <= 0.05 + noise(0.05, sims) for v in aa['sequential_differs'].values()), aa['sequential_differs']
+
+
 @pytest.mark.parametrize('change, within, power', [(dict(error_ratio=3), 2000, 0.8), (dict(latency_ratio=1.3), 500, 0.95)])
 def test_power_a_worse_canary_is_aborted(change, within, power):
     r = simulate_canaries(100, horizon=20_000, look_every=100, seed=23, **change)
