@@ -982,14 +982,21 @@ def evidently_html(reference:pd.DataFrame, # reference rows (features, optionall
         return snap.get_html_str(as_iframe=False)
 
 # %% ../nbs/06_monitor.ipynb #d6c741a9
+def _evidently_note(result:MonitorResult, ref:pd.DataFrame, cur:pd.DataFrame, where:str) -> str:
+    return (f"<p><b>How to read Evidently's sections.</b> The verdicts above are mlprod's, computed on all {esc(result.figures.get('rows'))} rows "
+            f"of the window against the version's full reference profile. Evidently's sections ({where}) are computed on a "
+            f"<b>sample</b> of {esc(len(cur))} current and {esc(len(ref))} reference rows, to keep the report fast; they illustrate "
+            "the distributions and may differ in detail from the verdicts.</p>")
+
 def monitor_report_html(result:MonitorResult, # from `monitor`
                         reference_sample:pd.DataFrame|None=None, # default: the sample kept in `result`
                         current_sample:pd.DataFrame|None=None, # default: the sample kept in `result`
                         categorical:Sequence[str]|None=None, # categorical features (default: those of the drift result)
                         evidently:bool=True, # add Evidently's sections
                         history:pd.DataFrame|None=None, # earlier runs (`monitor_history`): adds performance and drift over the monitored windows
+                        evidently_href:str|None=None, # link Evidently's sections at this address instead of embedding them (keeps the page small)
                        ) -> str:
-    "A self-contained HTML page: mlprod's summary and checks, then Evidently's drift and classification sections on a sample."
+    "A self-contained HTML page: mlprod's summary, checks and charts, then Evidently's drift and classification sections on a sample (or a link to them)."
     ref = result.samples.get('reference') if reference_sample is None else reference_sample
     cur = result.samples.get('current') if current_sample is None else current_sample
     cols = [c.column for c in result.drift.columns] if result.drift is not None else []
@@ -997,29 +1004,36 @@ def monitor_report_html(result:MonitorResult, # from `monitor`
     title = f"Monitor {result.model} v{result.version} {result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}"
     trend = performance_chart(history, result) if history is not None else ''
     head = f"<h1>{esc(title)}</h1>{result._body_html()}" + (f"<h4>Over the monitored windows</h4>{trend}" if trend else '')
-    if evidently and ref is not None and cur is not None and cols:
-        target = next((c for c in cur.columns if c not in cols and c != PREDICTION), None)
-        note = (f"<p><b>How to read what follows.</b> The verdicts above are mlprod's, computed on all {esc(result.figures.get('rows'))} rows "
-                f"of the window against the version's full reference profile. The Evidently sections below are computed on a "
-                f"<b>sample</b> of {esc(len(cur))} current and {esc(len(ref))} reference rows, to keep the report fast; they illustrate "
-                "the distributions and may differ in detail from the verdicts.</p>")
-        try: ev = evidently_html(ref, cur, cols, cats, target=target)
-        except Exception as e:
-            log.error('Evidently could not render the report: %s', e)
-            return page(title, f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p>")
-        # Evidently's page keeps its own style and scripts (inline); ours is scoped to the mlprod block above them
-        ev = ev.replace('<head>', f"<head><title>{esc(title)}</title><style>{REPORT_CSS}</style>", 1)
-        m = re.search(r'<body[^>]*>', ev)
-        block = f'<div class="mlprod-report">{head}{note}</div>'
-        return ev[:m.end()] + block + ev[m.end():] if m else ev + block
-    return page(title, head)
+    if not (evidently and ref is not None and cur is not None and cols): return page(title, head)
+    if evidently_href:
+        return page(title, f"{head}<h4>Evidently</h4>{_evidently_note(result, ref, cur, 'on their own page')}<p><a href=\"{esc(evidently_href)}\">"
+                           "Evidently's drift and classification sections</a> (Evidently's own page and script, several MB; opens offline).</p>")
+    target = next((c for c in cur.columns if c not in cols and c != PREDICTION), None)
+    try: ev = evidently_html(ref, cur, cols, cats, target=target)
+    except Exception as e:
+        log.error('Evidently could not render the report: %s', e)
+        return page(title, f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p>")
+    # Evidently's page keeps its own style and scripts (inline); ours is scoped to the mlprod block above them
+    ev = ev.replace('<head>', f"<head><title>{esc(title)}</title><style>{REPORT_CSS}</style>", 1)
+    m = re.search(r'<body[^>]*>', ev)
+    block = f'<div class="mlprod-report">{head}{_evidently_note(result, ref, cur, "below")}</div>'
+    return ev[:m.end()] + block + ev[m.end():] if m else ev + block
 
+# %% ../nbs/06_monitor.ipynb #9ff4c627
 def save_monitor_report(result:MonitorResult, cfg:ProjectConfig|None=None, evidently:bool=True) -> Path:
-    "Write the report of `result` to `reports/<model>/monitor/<UTC timestamp>.html` (`mlprod.reports.save_report`) and return the path."
+    "Write the report of `result` to `reports/<model>/monitor/<UTC timestamp>.html` (Evidently's page under `monitor-evidently/`); return its path."
+    import os
     cfg = cfg or get_config()
     try: history = monitor_history(result.model, cfg, limit=200)
     except Exception as e: history = None; log.warning('monitor report of %s drawn without earlier runs: %s', result.model, e)
-    return reports.save_report(monitor_report_html(result, evidently=evidently, history=history), cfg.reports_dir, result.model, 'monitor', at=result.at)
+    href = None
+    if evidently and result.samples.get('reference') is not None and result.drift is not None:
+        full = monitor_report_html(result, evidently=True)
+        if '<script' in full:  # Evidently rendered: its page goes beside the report
+            ev = reports.save_report(full, cfg.reports_dir, result.model, 'monitor-evidently', at=result.at)
+            href = Path(os.path.relpath(ev, reports.report_path(cfg.reports_dir, result.model, 'monitor', result.at).parent)).as_posix()
+    html = monitor_report_html(result, evidently=evidently, history=history, evidently_href=href)
+    return reports.save_report(html, cfg.reports_dir, result.model, 'monitor', at=result.at)
 
 # %% ../nbs/06_monitor.ipynb #06ae47db
 from typing import Literal
