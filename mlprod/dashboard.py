@@ -104,11 +104,15 @@ def trend_time(run:JobRun) -> tuple:
         except DataError as e: log.debug('run %s: end %r is not a time (%s); drawn at its start', run.id, p['end'], e)
     return run.started_at, False
 
+def _window_start(run:JobRun):
+    try: return to_utc(run.params['start']) if trend_time(run)[1] else None
+    except DataError: return None
+
 def job_trends(runs:Sequence, # successful JobRun items of one model, any order
                figures:Sequence[str]=TREND_FIGURES, # figures drawn
                n:int=30, # points kept per trend (the latest windows)
               ) -> tuple:
-    "({(job, figure): [(time, value, version)]}, {job: axis title}), oldest first, one point per window (the latest run)."
+    "({(job, figure): [(time, value, version, window start or None)]}, {job: axis title}), oldest first, one point per window (the latest run)."
     trends, axes = {}, {}
     for job in sorted({r.job for r in runs}):
         latest = {}
@@ -116,7 +120,7 @@ def job_trends(runs:Sequence, # successful JobRun items of one model, any order
             t, windowed = trend_time(r); latest[t] = r; axes[job] = 'window end (UTC)' if windowed else 'run start (UTC)'
         ordered = sorted(latest.items(), key=lambda kv: kv[0])
         for fig in figures:
-            pts = [(t, r.figures[fig], r.figures.get('version')) for t, r in ordered if _number(r.figures.get(fig))]
+            pts = [(t, r.figures[fig], r.figures.get('version'), _window_start(r)) for t, r in ordered if _number(r.figures.get(fig))]
             if pts: trends[(job, fig)] = pts[-n:]
     return trends, axes
 
@@ -131,7 +135,7 @@ def _releases(cfg:ProjectConfig, name:str) -> list:
 # %% ../nbs/08a_dashboard.ipynb #4dafa195
 _RUN_STATUS = {'success': Status.SUCCESS, 'failed': Status.FAIL}
 _FIGURE_LABELS = {'drift_share': 'drift share', 'prediction_drift': 'prediction drift', 'realized_metric': 'realized metric',
-                  'estimated_metric': 'estimated metric', 'latency_p95_ms': 'latency p95 (ms)', 'error_rate': 'error rate', 'rows': 'rows', 'label_rate': 'label rate',
+                  'estimated_metric': 'estimated metric', 'estimated_roc_auc': 'estimated ROC AUC', 'latency_p95_ms': 'latency p95 (ms)', 'error_rate': 'error rate', 'rows': 'rows', 'label_rate': 'label rate',
                   'n_drifted': 'drifted columns', 'reference_rows': 'reference rows',
                   'champion_metric': 'production metric', 'challenger_metric': 'challenger metric'}
 
@@ -166,11 +170,12 @@ def trend_chart(job:str, fig:str, # the job and figure
                 axis:str='window end (UTC)', # x axis title
                 releases:Sequence=(), # production moves (dicts with action, to_version) naming version changes
                 width:int=380) -> str:
-    "One trend as a chart: the figure per window, its last value in the title, version changes marked."
+    "One trend as a chart: the figure per window, its last value in the title, version changes marked where the new version's first window starts."
     label = _FIGURE_LABELS.get(fig, fig)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     vers = [p[2] if len(p) > 2 else None for p in points]
-    marks = [(xs[i], _change_label(vers[i - 1], vers[i], releases)) for i in range(1, len(points))
+    where = lambda i: points[i][3] if len(points[i]) > 3 and points[i][3] is not None else xs[i - 1] + (xs[i] - xs[i - 1]) / 2
+    marks = [(where(i), _change_label(vers[i - 1], vers[i], releases)) for i in range(1, len(points))
              if vers[i] is not None and vers[i - 1] is not None and str(vers[i]) != str(vers[i - 1])]
     return line_chart({label: (xs, ys)}, f"{job} · {label}: {fmt(ys[-1])}" if ys else f"{job} · {label}", axis, label,
                       markers=marks, width=width, height=220)

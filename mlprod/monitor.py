@@ -478,7 +478,7 @@ def summary(self:MonitorResult) -> str:
 def _repr_html_(self:MonitorResult) -> str: return styled(self._body_html())
 
 @patch
-def _body_html(self:MonitorResult) -> str:
+def _body_html(self:MonitorResult, extra:str='') -> str:
     f = self.figures
     keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift',
             'label_coverage', 'realized_metric', 'estimated_roc_auc', 'calibration_ece')
@@ -488,7 +488,7 @@ def _body_html(self:MonitorResult) -> str:
     alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
     return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
             f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
-            f"<table>{figs}</table>{checks_table_html(main)}{self.distribution_charts()}{self.quality_chart()}"
+            f"<table>{figs}</table>{checks_table_html(main)}{extra}{self.distribution_charts()}{self.quality_chart()}"
             + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
             + (self.drift.html(self.checks['drift:share'].status if any(c.name == 'drift:share' for c in self.checks.checks) else None)
                    if self.drift is not None else '') + '</div>')
@@ -1003,7 +1003,7 @@ def monitor_report_html(result:MonitorResult, # from `monitor`
     cats = list(categorical) if categorical is not None else [c.column for c in result.drift.columns if c.kind == 'categorical'] if result.drift else []
     title = f"Monitor {result.model} v{result.version} {result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}"
     trend = performance_chart(history, result) if history is not None else ''
-    head = f"<h1>{esc(title)}</h1>{result._body_html()}" + (f"<h4>Over the monitored windows</h4>{trend}" if trend else '')
+    head = f"<h1>{esc(title)}</h1>{result._body_html(f'<h4>Over the monitored windows</h4>{trend}' if trend else '')}"
     if not (evidently and ref is not None and cur is not None and cols): return page(title, head)
     if evidently_href:
         return page(title, f"{head}<h4>Evidently</h4>{_evidently_note(result, ref, cur, 'on their own page')}<p><a href=\"{esc(evidently_href)}\">"

@@ -36,19 +36,20 @@ def site(tmp_path_factory, flights):
     registry.promote('flights', v1, 'production', reason='first version', force=True, cfg=cfg)
     v2 = registry.register(fit(60), 'flights', train, cfg=cfg).version
     reports = {}
-    m1 = monitor('flights', '2013-03-01', '2013-03-15', cfg=cfg, log_to_mlflow=False, alerts=False, save_report=True, sample_rows=2000)
+    march = run_job('monitor', {'start': '2013-03-01', 'end': '2013-03-15'}, cfg=cfg)  # v1 in production
+    assert march.ok, march.error_text
     vc = compare_versions('flights', v2, 'production', start='2013-03-01', end='2013-03-15', cfg=cfg, log_to_mlflow=False,
                           n_boot=100, measure_ops=False)
     reports['comparison'] = Path(vc.report_path)
     registry.promote('flights', v2, 'production', reason='the comparison', decision=vc if vc.ok else None, force=not vc.ok, cfg=cfg)
-    m2 = monitor('flights', '2013-04-01', '2013-04-15', cfg=cfg, log_to_mlflow=False, alerts=False, save_report=True, sample_rows=2000)
-    reports['monitor'] = Path(m2.report_path)
-    job = run_job('monitor', {'start': '2013-05-01', 'end': '2013-05-15'}, cfg=cfg)
-    assert job.ok, job.error_text
-    reports['job'] = Path(job.report_path)
+    april = monitor('flights', '2013-04-01', '2013-04-15', cfg=cfg, log_to_mlflow=False, alerts=False, save_report=True, sample_rows=2000)
+    reports['monitor'] = Path(april.report_path)
+    may = run_job('monitor', {'start': '2013-05-01', 'end': '2013-05-15'}, cfg=cfg)
+    assert may.ok, may.error_text
+    reports['job'] = Path(may.report_path)
     reports['readiness'] = readiness('flights', cfg=cfg).save(cfg.reports_dir)
     reports['dashboard'] = build_dashboard(cfg)
-    return cfg, reports, (m1, m2, vc)
+    return cfg, reports, (april, vc)
 
 
 @pytest.fixture(scope='module')
@@ -100,19 +101,22 @@ def check_page(browser, path: Path, shot: str, min_charts: int, titles=()):
 
 
 def test_comparison_report(site, browser):
-    cfg, reports, (m1, m2, vc) = site
+    cfg, reports, (april, vc) = site
     text, labels = check_page(browser, reports['comparison'], 'report_comparison.png', 5,
                               ['ROC curve', 'Precision–recall', 'Calibration', 'score by true class', 'by slice'])
     assert vc.comparison.curves['roc'] and 'Curves' in text and 'Slices' in text
 
 
 def test_monitor_report(site, browser):
-    cfg, reports, (m1, m2, vc) = site
+    cfg, reports, (april, vc) = site
     text, labels = check_page(browser, reports['monitor'], 'report_monitor.png', 5,
                               ['Performance per monitored window', 'Share of drifted columns', 'prediction', 'Missing values'])
     assert 'Reference vs window' in text and 'Over the monitored windows' in text
     html = reports['monitor'].read_text()
     assert 'v1 → v2' in html  # the version change between the two monitored windows
+    assert '<script' not in html and 'monitor-evidently/' in html  # Evidently's page (its own script) is beside it, linked
+    ev = reports['monitor'].parent.parent/'monitor-evidently'/reports['monitor'].name
+    assert ev.is_file() and '<script' in ev.read_text()
 
 
 def test_job_report(site, browser):
@@ -134,5 +138,6 @@ def test_dashboard(site, browser):
     cfg, reports, _ = site
     text, labels = check_page(browser, reports['dashboard'], 'report_dashboard.png', 2, ['monitor · drift share'])
     html = reports['dashboard'].read_text()
-    assert 'window end (UTC)' in html and '2013-05' in html  # drawn on the monitored window, not on the run time (2026)
+    assert 'window end (UTC)' in html and '>2013-03-15<' in html and '>2013-05-' in html  # on the monitored windows, not run times (2026)
+    assert 'promote v2' in html  # the version change between the March and May windows, named by the release history
 
