@@ -1139,5 +1139,4 @@ def compare(champion, # fitted model (predict_proba/predict), callable DataFrame
                      prediction_agreement(sa, sb, task, threshold), threshold, alpha, n_boot, seed,
                      jsonable(pos if task == 'binary' else None), tuple(jsonable(list(classes or ()))),
                      curves=comparison_curves(y, {champion_name: sa, challenger_name: sb}, task, classes or ()))
-    log.info("compare: %s", res.summary())
-    return res
+    log.info("compare: %s", res.summary()); return res
