@@ -22,7 +22,7 @@ __all__ = ['log', 'TASKS', 'HEADLINE', 'METRICS', 'MULTICLASS_METRICS', 'MCNEMAR
            'McNemarResult', 'mcnemar', 'BootstrapResult', 'paired_bootstrap', 'as_scorer', 'PriorBaseline',
            'OpsFigures', 'model_size_bytes', 'single_row_latency', 'operational_figures', 'prediction_agreement',
            'ci_level', 'MetricRow', 'SliceRow', 'Evidence', 'Gate', 'MinSamples', 'LatencyBudget', 'SliceGate',
-           'decide', 'Comparison', 'default_gates', 'compare']
+           'decide', 'comparison_curves', 'Comparison', 'default_gates', 'compare']
 
 # %% ../nbs/03_compare.ipynb #417cb118
 class InvalidLabels(DataError):
@@ -832,6 +832,33 @@ def decide(checks:Sequence[Check]) -> tuple:
     if warned: return 'needs_review', tuple(f"{c.name}: {c.message}" for c in warned)
     return 'promote', tuple(f"{c.name}: {c.message}" for c in checks if c.status == Status.SUCCESS)
 
+# %% ../nbs/03_compare.ipynb #6cbf9848
+from .charts import (roc_points, pr_points, calibration_points, share_bins, roc_chart, pr_chart, calibration_chart,
+                           binned_chart, forest_plot, chart_grid)
+
+def comparison_curves(y:np.ndarray, # encoded labels (`encode_labels`)
+                      scores:dict, # model name → its scores of the same rows (`task_scores`)
+                      task:str='binary', # 'binary', 'multiclass' or 'regression'
+                      classes:Sequence=(), # label values in score order (names the classes in the charts)
+                      max_points:int=101, bins:int=20) -> dict:
+    "Small, JSON-ready chart data: {'roc', 'pr', 'calibration': {name: points}, 'scores': {name: share_bins}} (keys by task)."
+    out, y = {}, np.asarray(y)
+    if task == 'binary':
+        neg, pos = (str(c) for c in classes) if len(classes) == 2 else ('0', '1')
+        in01 = all(((s >= 0) & (s <= 1)).all() for s in scores.values())
+        if 0 < (y == 1).sum() < len(y):
+            out['roc'] = {n: roc_points(y, s, max_points) for n, s in scores.items()}
+            out['pr'] = {n: pr_points(y, s, max_points) for n, s in scores.items()}
+        if in01: out['calibration'] = {n: calibration_points(y, s) for n, s in scores.items()}
+        out['scores'] = {n: share_bins({f"label {neg}": s[y != 1], f"label {pos}": s[y == 1]}, bins, 0, (0, 1) if in01 else None)
+                         for n, s in scores.items()}
+    elif task == 'multiclass':
+        out['scores'] = {n: share_bins({'right': S.max(1)[S.argmax(1) == y], 'wrong': S.max(1)[S.argmax(1) != y]}, bins, 0, (0, 1))
+                         for n, S in scores.items()}
+    else:
+        out['residuals'] = share_bins({n: s - y for n, s in scores.items()}, bins)
+    return out
+
 # %% ../nbs/03_compare.ipynb #8aa599ae
 _DECISION_STATUS = {'promote': 'SUCCESS', 'needs_review': 'WARNING', 'reject': 'FAIL'}
 
@@ -864,6 +891,7 @@ class Comparison:
     classes:tuple=() # the label values in score order (binary: negative, positive; multiclass: probability columns)
     id:str=field(default_factory=lambda: uuid.uuid4().hex)
     created_at:Any=field(default_factory=utcnow)
+    curves:dict=field(default_factory=dict) # chart data (`comparison_curves`): ROC/PR points, calibration bins, score distributions
 
     @property
     def ok(self) -> bool: return self.decision == 'promote'
@@ -910,8 +938,39 @@ def _repr_html_(self:Comparison) -> str:
     return (f'<div class="mlprod-comparison"><h3>{esc(self.challenger_name)} vs {esc(self.champion_name)}: {badge}</h3>'
             f"<p>{esc(self.n_rows)} rows, task {esc(self.task)}, headline {esc(self.metric)}, "
             f"{esc(self.n_boot)} bootstrap replicates, id {esc(self.id)}, {esc(str(self.created_at))}</p>"
-            f"<ul>{reasons}</ul><h4>Metrics</h4>{mt}" + (f"<h4>Slices</h4>{st}" if self.slices else '') +
+            f"<ul>{reasons}</ul><h4>Metrics</h4>{mt}{self.charts_html()}" + (f"<h4>Slices</h4>{self.slice_chart()}{st}" if self.slices else '') +
             f"{ops}{agr}<h4>Checks</h4>{checks_table_html(self.checks.checks)}</div>")
+
+# %% ../nbs/03_compare.ipynb #ced7465f
+@patch
+def charts_html(self:Comparison) -> str:
+    "The model curves as inline SVG charts (empty when the comparison kept no curves)."
+    c, names = self.curves or {}, f"{self.champion_name} vs {self.challenger_name}"
+    charts = [roc_chart(c['roc'], f'ROC curve: {names}') if c.get('roc') else '',
+              pr_chart(c['pr'], f'Precision–recall: {names}') if c.get('pr') else '',
+              calibration_chart(c['calibration'], f'Calibration: {names}') if c.get('calibration') else '']
+    what = 'top-class probability' if self.task == 'multiclass' else 'score'
+    charts += [binned_chart(b, f'{n}: {what} by {"answer" if self.task == "multiclass" else "true class"}', what, width=360)
+               for n, b in (c.get('scores') or {}).items()]
+    if c.get('residuals'): charts.append(binned_chart(c['residuals'], f'Residuals (prediction − label): {names}', 'residual'))
+    charts = [s for s in charts if s]
+    return f"<h4>Curves</h4>{chart_grid(*charts)}" if charts else ''
+
+@patch
+def slice_chart(self:Comparison) -> str:
+    "The difference (challenger − champion) per evaluated slice with its interval; flagged slices red."
+    out = ''
+    for m in dict.fromkeys(s.metric for s in self.slices if s.evaluated):
+        rows = [s for s in self.slices if s.evaluated and s.metric == m]
+        bad = {c.name for c in self.checks.checks if c.status != Status.SUCCESS}
+        head = [r for r in self.metrics if r.metric == m]
+        data = [('all rows', head[0].diff, head[0].ci_low, head[0].ci_high)] if head else []
+        data += [(f"{s.column}={s.value} ({s.n})", s.diff, s.ci_low, s.ci_high) for s in rows]
+        flagged = [False] * (len(data) - len(rows)) + [f"slice:{s.column}={s.value}:{m}" in bad for s in rows]
+        better = 'higher' if rows[0].greater_is_better else 'lower'
+        out += forest_plot(data, f"{m}: {self.challenger_name} − {self.champion_name} by slice ({better} is better for the challenger)",
+                           f"difference in {m} (slice intervals Bonferroni-adjusted)", flagged=flagged, width=620)
+    return chart_grid(out) if out else ''
 
 # %% ../nbs/03_compare.ipynb #f62280f2
 def default_gates(metric:str, min_samples:int=200, margin:float=0.005) -> tuple:
@@ -1078,6 +1137,6 @@ def compare(champion, # fitted model (predict_proba/predict), callable DataFrame
     res = Comparison(champion_name, challenger_name, task, metric, len(y), tuple(rows), tuple(srows),
                      Checks(f"{challenger_name} vs {champion_name}", checks), decision, reasons, ops_a, ops_b,
                      prediction_agreement(sa, sb, task, threshold), threshold, alpha, n_boot, seed,
-                     jsonable(pos if task == 'binary' else None), tuple(jsonable(list(classes or ()))))
-    log.info("compare: %s", res.summary())
-    return res
+                     jsonable(pos if task == 'binary' else None), tuple(jsonable(list(classes or ()))),
+                     curves=comparison_curves(y, {champion_name: sa, challenger_name: sb}, task, classes or ()))
+    log.info("compare: %s", res.summary()); return res

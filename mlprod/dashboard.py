@@ -16,28 +16,12 @@ from .alerts import open_alerts
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'KEY_FIGURES', 'sparkline_svg', 'age_text',
-           'stale_after', 'dashboard_data', 'render_dashboard', 'build_dashboard', 'cmd_dashboard']
+__all__ = ['log', 'UNSCHEDULED_STALE_AFTER', 'TREND_FIGURES', 'HEALTH_JOBS', 'KEY_FIGURES', 'age_text', 'stale_after',
+           'dashboard_data', 'trend_time', 'job_trends', 'trend_chart', 'render_dashboard', 'build_dashboard',
+           'cmd_dashboard']
 
 # %% ../nbs/08a_dashboard.ipynb #c006
-def sparkline_svg(values:Sequence, # the series, oldest first (None and NaN are skipped)
-                  width:int=140, height:int=32, # size in pixels
-                  color:str='#0969da', # line colour
-                  label:str='', # accessible name (escaped)
-                 ) -> str:
-    "An inline SVG line of `values`, with the last value marked."
-    pts = [(i, float(v)) for i, v in enumerate(values) if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
-    lab = html.escape(label, quote=True)
-    head = f'<svg class="spark" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{lab}"><title>{lab}</title>'
-    if not pts: return head + f'<text x="4" y="{height//2+4}" font-size="11" fill="#6e7781">no data</text></svg>'
-    n, lo, hi = len(values), min(v for _, v in pts), max(v for _, v in pts)
-    pad = 3
-    x = lambda i: pad + (width - 2*pad) * (i / (n - 1) if n > 1 else 0.5)
-    y = lambda v: height/2 if hi == lo else pad + (height - 2*pad) * (1 - (v - lo) / (hi - lo))
-    line = ' '.join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
-    lx, ly = x(pts[-1][0]), y(pts[-1][1])
-    poly = f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{line}"/>' if len(pts) > 1 else ''
-    return head + poly + f'<circle cx="{lx:.1f}" cy="{ly:.1f}" r="2.6" fill="{color}"/></svg>'
+from .charts import sparkline_svg, line_chart, chart_grid
 
 # %% ../nbs/08a_dashboard.ipynb #c009
 UNSCHEDULED_STALE_AFTER = dt.timedelta(days=7)
@@ -99,24 +83,59 @@ def dashboard_data(cfg:ProjectConfig|None=None, # project (default: `get_config(
             jobs.append(dict(job=job, schedule=sched.get(job), last=last, age_s=age,
                              stale=bool(last is None and job in sched) or (age is not None and age > limit.total_seconds()),
                              stale_after_s=limit.total_seconds()))
-        ok_runs = [r for r in reversed(mruns) if r.status == 'success']
-        trends = {}
-        for job in sorted({r.job for r in ok_runs}):
-            for fig in TREND_FIGURES:
-                pts = [(r.started_at, r.figures.get(fig)) for r in ok_runs if r.job == job and _number(r.figures.get(fig))]
-                if pts: trends[(job, fig)] = pts[-trend_points:]
+        trends, axes = job_trends([r for r in mruns if r.status == 'success'], n=trend_points)
         health = next((r.figures.get('status') for r in mruns if r.job in HEALTH_JOBS and r.status == 'success'
                        and r.figures.get('status') in Status.__members__), None)
         models.append(dict(name=name, versions=_versions(cfg, name) if name in cfg.models else dict.fromkeys(_ALIASES),
-                           jobs=jobs, trends=trends, health=health))
+                           jobs=jobs, trends=trends, trend_axes=axes, health=health,
+                           releases=_releases(cfg, name) if name in cfg.models else []))
     project_runs = [r for r in runs if not r.model]
     return dict(project=cfg.name, generated_at=now, models=models, alerts=[dataclasses.asdict(a) for a in open_alerts(cfg)], runs=runs[:50],
                 project_jobs=[dict(job=j, last=next(r for r in project_runs if r.job == j)) for j in sorted({r.job for r in project_runs})])
 
+# %% ../nbs/08a_dashboard.ipynb #c0ccd667
+from .core import DataError
+
+def trend_time(run:JobRun) -> tuple:
+    "(time, True when it is the end of the monitored window): the run's `end` parameter when it has `start` and `end`, else its start."
+    p = run.params or {}
+    if p.get('start') and p.get('end'):
+        try: return to_utc(p['end']), True
+        except DataError as e: log.debug('run %s: end %r is not a time (%s); drawn at its start', run.id, p['end'], e)
+    return run.started_at, False
+
+def _window_start(run:JobRun):
+    try: return to_utc(run.params['start']) if trend_time(run)[1] else None
+    except DataError: return None
+
+def job_trends(runs:Sequence, # successful JobRun items of one model, any order
+               figures:Sequence[str]=TREND_FIGURES, # figures drawn
+               n:int=30, # points kept per trend (the latest windows)
+              ) -> tuple:
+    "({(job, figure): [(time, value, version, window start or None)]}, {job: axis title}), oldest first, one point per window (the latest run)."
+    trends, axes = {}, {}
+    for job in sorted({r.job for r in runs}):
+        latest = {}
+        for r in sorted((r for r in runs if r.job == job), key=lambda r: r.started_at):
+            t, windowed = trend_time(r); latest[t] = r; axes[job] = 'window end (UTC)' if windowed else 'run start (UTC)'
+        ordered = sorted(latest.items(), key=lambda kv: kv[0])
+        for fig in figures:
+            pts = [(t, r.figures[fig], r.figures.get('version'), _window_start(r)) for t, r in ordered if _number(r.figures.get(fig))]
+            if pts: trends[(job, fig)] = pts[-n:]
+    return trends, axes
+
+# %% ../nbs/08a_dashboard.ipynb #b93fe5e8
+def _releases(cfg:ProjectConfig, name:str) -> list:
+    "The production alias moves of `name`, oldest first, as dicts (empty when nothing was released)."
+    from mlprod.registry import history
+    try: return [m.to_dict() for m in history(name, 'production', cfg=cfg)]
+    except Exception as e:  # no registry yet (a project that never registered a model)
+        log.debug('no release history for %s: %s', name, e); return []
+
 # %% ../nbs/08a_dashboard.ipynb #4dafa195
 _RUN_STATUS = {'success': Status.SUCCESS, 'failed': Status.FAIL}
 _FIGURE_LABELS = {'drift_share': 'drift share', 'prediction_drift': 'prediction drift', 'realized_metric': 'realized metric',
-                  'estimated_metric': 'estimated metric', 'latency_p95_ms': 'latency p95 (ms)', 'error_rate': 'error rate', 'rows': 'rows', 'label_rate': 'label rate',
+                  'estimated_metric': 'estimated metric', 'estimated_roc_auc': 'estimated ROC AUC', 'latency_p95_ms': 'latency p95 (ms)', 'error_rate': 'error rate', 'rows': 'rows', 'label_rate': 'label rate',
                   'n_drifted': 'drifted columns', 'reference_rows': 'reference rows',
                   'champion_metric': 'production metric', 'challenger_metric': 'challenger metric'}
 
@@ -140,6 +159,27 @@ def _figs(figures:dict, n:int=6) -> str:
            [k for k, v in figures.items() if k not in KEY_FIGURES and k != 'status' and not k.endswith('_id') and not isinstance(v, (dict, list, bool)) and v is not None]
     return ', '.join(f"{esc(_FIGURE_LABELS.get(k, k))} {esc(figures[k])}" for k in keys[:n])
 
+# %% ../nbs/08a_dashboard.ipynb #d62f01fd
+def _change_label(old, new, releases:Sequence) -> str:
+    "'promote v3', 'rollback v2' (the latest production move to `new`), else 'v2 → v3'."
+    move = next((r for r in reversed(releases) if str(r.get('to_version')) == str(new)), None)
+    return f"{move['action']} v{new}" if move else f"v{old} → v{new}"
+
+def trend_chart(job:str, fig:str, # the job and figure
+                points:Sequence, # [(time, value, version)] oldest first (`job_trends`)
+                axis:str='window end (UTC)', # x axis title
+                releases:Sequence=(), # production moves (dicts with action, to_version) naming version changes
+                width:int=380) -> str:
+    "One trend as a chart: the figure per window, its last value in the title, version changes marked where the new version's first window starts."
+    label = _FIGURE_LABELS.get(fig, fig)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    vers = [p[2] if len(p) > 2 else None for p in points]
+    where = lambda i: points[i][3] if len(points[i]) > 3 and points[i][3] is not None else xs[i - 1] + (xs[i] - xs[i - 1]) / 2
+    marks = [(where(i), _change_label(vers[i - 1], vers[i], releases)) for i in range(1, len(points))
+             if vers[i] is not None and vers[i - 1] is not None and str(vers[i]) != str(vers[i - 1])]
+    return line_chart({label: (xs, ys)}, f"{job} · {label}: {fmt(ys[-1])}" if ys else f"{job} · {label}", axis, label,
+                      markers=marks, width=width, height=220)
+
 # %% ../nbs/08a_dashboard.ipynb #3a4c97d7
 def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     v = m['versions']
@@ -160,12 +200,9 @@ def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
                  f"<td><a href=\"{_href(last.report_path, base)}\">report</a></td></tr>")
     jobs = (f'<table><thead><tr><th>job</th><th>schedule (UTC)</th><th>last run</th><th>health</th><th>when</th><th>took</th><th>key figures</th><th></th></tr></thead>'
             f'<tbody>{rows}</tbody></table>') if rows else '<p class="muted">no jobs yet</p>'
-    cards = ''
-    for (job, fig), pts in m['trends'].items():
-        vals = [p[1] for p in pts]
-        cards += (f'<div class="card"><div class="k">{esc(job)} · {esc(_FIGURE_LABELS.get(fig, fig))}</div><div class="v">{esc(vals[-1])}</div>'
-                  f'{sparkline_svg(vals, label=f"{job} {fig} over the last {len(vals)} runs")}<div class="k">{_when(pts[0][0])} → {_when(pts[-1][0])}</div></div>')
-    trends = f'<h3>Trends</h3><div class="cards">{cards}</div>' if cards else ''
+    axes, rel = m.get('trend_axes', {}), m.get('releases', [])
+    charts = [trend_chart(job, fig, pts, axes.get(job, 'run start (UTC)'), rel) for (job, fig), pts in m['trends'].items()]
+    trends = f'<h3>Trends</h3>{chart_grid(*charts)}' if charts else ''
     return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}</div>'
             f'<h3>Jobs</h3>{jobs}{trends}</section>')
 

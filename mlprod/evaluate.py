@@ -147,10 +147,9 @@ def _head(self:VersionComparison) -> str:
     links = (f" · MLflow run <code>{esc(self.run_id)}</code>" if self.run_id else '')
     hint = (f"<p>Next step: <code>mlprod promote {esc(self.model)} {esc(self.challenger_version)} --to production "
             f"--decision {esc(self.id)} --reason &quot;…&quot;</code></p>") if self.ok else ''
-    flags = ''.join(f'<li class="flag">{esc(f.message)}</li>' for f in self.flagged_slices)
     return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
             f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
-            f" · evaluation window {w}{links}</p>" + (f"<p>Slices flagged:</p><ul>{flags}</ul>" if flags else '') + hint)
+            f" · evaluation window {w}{links}</p>" + hint)
 
 # %% ../nbs/03a_compare_models.ipynb #a306aa0b
 @patch

@@ -26,10 +26,11 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGUR
            'service_checks', 'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
            'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column',
            'profile_path', 'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns',
-           'data_quality_checks', 'MonitorResult', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
-           'read_source_window', 'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks',
-           'estimated_checks', 'report_samples', 'traffic_seconds', 'evaluate_window', 'publish', 'monitor',
-           'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'data_quality_checks', 'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window',
+           'require_rows', 'read_request_window', 'read_source_window', 'load_window', 'scored_rows', 'window_drift',
+           'window_calibration', 'realized_checks', 'estimated_checks', 'report_samples', 'traffic_seconds',
+           'evaluate_window', 'publish', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report',
+           'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -477,7 +478,7 @@ def summary(self:MonitorResult) -> str:
 def _repr_html_(self:MonitorResult) -> str: return styled(self._body_html())
 
 @patch
-def _body_html(self:MonitorResult) -> str:
+def _body_html(self:MonitorResult, extra:str='') -> str:
     f = self.figures
     keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift',
             'label_coverage', 'realized_metric', 'estimated_roc_auc', 'calibration_ece')
@@ -487,10 +488,86 @@ def _body_html(self:MonitorResult) -> str:
     alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
     return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
             f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
-            f"<table>{figs}</table>{checks_table_html(main)}"
+            f"<table>{figs}</table>{checks_table_html(main)}{extra}{self.distribution_charts()}{self.quality_chart()}"
             + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
             + (self.drift.html(self.checks['drift:share'].status if any(c.name == 'drift:share' for c in self.checks.checks) else None)
                    if self.drift is not None else '') + '</div>')
+
+# %% ../nbs/06_monitor.ipynb #6e1f67cf
+from .charts import histogram_chart, bar_chart, category_shares, line_chart, chart_grid
+
+def drift_strength(c:ColumnDrift) -> float:
+    "How far a column's drift test is past its threshold: ≥ 1 means drifted (p-values: log p / log threshold)."
+    s, t = c.statistic, c.threshold
+    if s is None or not math.isfinite(s): return 0.0
+    if c.is_p_value: return math.log(max(s, 1e-300)) / math.log(t) if 0 < t < 1 else float(s <= t)
+    return s / t if t > 0 else float(s > 0)
+
+# %% ../nbs/06_monitor.ipynb #c6042f33
+def _column_chart(col:str, ref:pd.DataFrame, cur:pd.DataFrame, title:str, categorical:bool) -> str:
+    if categorical: return bar_chart(*category_shares({'reference': ref[col], 'window': cur[col]}), title, width=400)
+    num = lambda s: pd.to_numeric(s, errors='coerce').to_numpy(float)
+    return histogram_chart({'reference': num(ref[col]), 'window': num(cur[col])}, title, col, width=400)
+
+@patch
+def distribution_charts(self:MonitorResult, top:int=4) -> str:
+    "Reference vs window distributions of the `top` most drifted (× important, when known) columns and of the prediction."
+    ref, cur = self.samples.get('reference'), self.samples.get('current')
+    if ref is None or cur is None or self.drift is None: return ''
+    imp = self.figures.get('feature_importance') or {}
+    cols = [c for c in self.drift.columns if c.column in ref.columns and c.column in cur.columns]
+    chosen = sorted(cols, key=lambda c: drift_strength(c) * (float(imp.get(c.column, 0)) if imp else 1), reverse=True)[:top]
+    if imp: chosen += [c for c in sorted(cols, key=lambda c: -float(imp.get(c.column, 0))) if c not in chosen][:max(1, top // 2)]
+    charts = [_column_chart(c.column, ref, cur, f"{c.column}: {c.stattest} {fmt(c.statistic)} ({'drifted' if c.drifted else 'no drift'})",
+                            c.kind == 'categorical') for c in chosen]
+    if PREDICTION in ref.columns and PREDICTION in cur.columns and pd.api.types.is_numeric_dtype(cur[PREDICTION]):
+        pd_ = self.prediction_drift
+        charts.append(_column_chart(PREDICTION, ref, cur, f"prediction" + (f": {pd_.stattest} {fmt(pd_.statistic)}" if pd_ else ''), False))
+    how = 'drift weighted by feature importance' if imp else 'drift (no feature importance in this run)'
+    return (f"<h4>Reference vs window</h4><p class=\"muted\">Columns ranked by {how}; drawn from the report's samples "
+            f"({len(ref)} reference and {len(cur)} window rows).</p>{chart_grid(*charts)}") if charts else ''
+
+# %% ../nbs/06_monitor.ipynb #d5c0bdd9
+@patch
+def quality_chart(self:MonitorResult, top:int=10) -> str:
+    "Missing-value shares (reference and window samples) and unseen-category shares (whole window) of the worst `top` columns."
+    ref, cur = self.samples.get('reference'), self.samples.get('current')
+    unseen = {c.name.split(':', 2)[2]: float(c.observed or 0) for c in self.checks.checks if c.name.startswith('data_quality:unseen:')}
+    if ref is None or cur is None: return ''
+    feats = [c.column for c in self.drift.columns] if self.drift is not None else [c for c in cur.columns if c != PREDICTION]
+    share = lambda df: {c: float(df[c].isna().mean()) if c in df.columns and len(df) else 0.0 for c in feats}
+    mr, mc = share(ref), share(cur)
+    cols = sorted({c for c in feats if mr[c] > 0 or mc[c] > 0} | set(unseen), key=lambda c: -max(mr.get(c, 0), mc.get(c, 0), unseen.get(c, 0)))[:top]
+    if not cols: return '<p class="muted">No missing values in the samples and no category unseen in training.</p>'
+    return chart_grid(bar_chart(cols, {'missing · reference': [mr.get(c, 0.0) for c in cols], 'missing · window': [mc.get(c, 0.0) for c in cols],
+                                       'unseen in training · window': [unseen.get(c, 0.0) for c in cols]},
+                                'Missing values and categories unseen in training', width=520))
+
+# %% ../nbs/06_monitor.ipynb #fc76c65b
+def performance_chart(history:pd.DataFrame, # `monitor_history(name, cfg)` (newest first or any order)
+                      current:MonitorResult|None=None, # a run not yet recorded: drawn as the last point
+                      width:int=620) -> str:
+    "Realized and estimated performance (with the realized CI band) and drift share per monitored window, version changes marked."
+    rows = [] if history is None or not len(history) else history.to_dict('records')
+    if current is not None:
+        rows.append(dict(window_start=current.start, window_end=current.end, version=current.version, at=current.at,
+                         **{f"fig_{k}": v for k, v in current.figures.items() if not isinstance(v, (dict, list))}))
+    if not rows: return ''
+    df = pd.DataFrame(rows)
+    for c in ('window_start', 'window_end', 'at'): df[c] = pd.to_datetime(df[c], utc=True, errors='coerce')
+    df = df.sort_values('at', kind='stable').drop_duplicates(['window_start', 'window_end'], keep='last').sort_values('window_end', kind='stable')
+    col = lambda k: [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in df[k]] if k in df else [None] * len(df)
+    x, ver = list(df['window_end']), [str(v) for v in df['version']]
+    markers = [(df['window_start'].iloc[i], f"v{ver[i - 1]} → v{ver[i]}") for i in range(1, len(ver)) if ver[i] != ver[i - 1]]
+    metric = next((m for m in col('fig_metric') if m), 'roc_auc')
+    perf = {f"realized {metric}": (x, col('fig_realized_metric')), 'estimated ROC AUC': (x, col('fig_estimated_roc_auc'))}
+    perf = {k: v for k, v in perf.items() if any(y is not None for y in v[1])}
+    band = {f"realized {metric}": (x, col('fig_realized_ci_low'), col('fig_realized_ci_high'))} if f"realized {metric}" in perf else {}
+    charts = [line_chart(perf, 'Performance per monitored window', 'window end (UTC)', metric, bands=band, markers=markers, width=width)
+              if perf else '',
+              line_chart({'drift share': (x, col('fig_drift_share'))}, 'Share of drifted columns per window', 'window end (UTC)', 'share',
+                         markers=markers, width=width, y_range=(0, 1))]
+    return chart_grid(*charts)
 
 # %% ../nbs/06_monitor.ipynb #4efe0fd2
 def _record(cfg:ProjectConfig, r:MonitorResult):
@@ -905,40 +982,58 @@ def evidently_html(reference:pd.DataFrame, # reference rows (features, optionall
         return snap.get_html_str(as_iframe=False)
 
 # %% ../nbs/06_monitor.ipynb #d6c741a9
+def _evidently_note(result:MonitorResult, ref:pd.DataFrame, cur:pd.DataFrame, where:str) -> str:
+    return (f"<p><b>How to read Evidently's sections.</b> The verdicts above are mlprod's, computed on all {esc(result.figures.get('rows'))} rows "
+            f"of the window against the version's full reference profile. Evidently's sections ({where}) are computed on a "
+            f"<b>sample</b> of {esc(len(cur))} current and {esc(len(ref))} reference rows, to keep the report fast; they illustrate "
+            "the distributions and may differ in detail from the verdicts.</p>")
+
 def monitor_report_html(result:MonitorResult, # from `monitor`
                         reference_sample:pd.DataFrame|None=None, # default: the sample kept in `result`
                         current_sample:pd.DataFrame|None=None, # default: the sample kept in `result`
                         categorical:Sequence[str]|None=None, # categorical features (default: those of the drift result)
                         evidently:bool=True, # add Evidently's sections
+                        history:pd.DataFrame|None=None, # earlier runs (`monitor_history`): adds performance and drift over the monitored windows
+                        evidently_href:str|None=None, # link Evidently's sections at this address instead of embedding them (keeps the page small)
                        ) -> str:
-    "A self-contained HTML page: mlprod's summary and checks, then Evidently's drift and classification sections on a sample."
+    "A self-contained HTML page: mlprod's summary, checks and charts, then Evidently's drift and classification sections on a sample (or a link to them)."
     ref = result.samples.get('reference') if reference_sample is None else reference_sample
     cur = result.samples.get('current') if current_sample is None else current_sample
     cols = [c.column for c in result.drift.columns] if result.drift is not None else []
     cats = list(categorical) if categorical is not None else [c.column for c in result.drift.columns if c.kind == 'categorical'] if result.drift else []
     title = f"Monitor {result.model} v{result.version} {result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}"
-    head = f"<h1>{esc(title)}</h1>{result._body_html()}"
-    if evidently and ref is not None and cur is not None and cols:
-        target = next((c for c in cur.columns if c not in cols and c != PREDICTION), None)
-        note = (f"<p><b>How to read what follows.</b> The verdicts above are mlprod's, computed on all {esc(result.figures.get('rows'))} rows "
-                f"of the window against the version's full reference profile. The Evidently sections below are computed on a "
-                f"<b>sample</b> of {esc(len(cur))} current and {esc(len(ref))} reference rows, to keep the report fast; they illustrate "
-                "the distributions and may differ in detail from the verdicts.</p>")
-        try: ev = evidently_html(ref, cur, cols, cats, target=target)
-        except Exception as e:
-            log.error('Evidently could not render the report: %s', e)
-            return page(title, f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p>")
-        # Evidently's page keeps its own style and scripts (inline); ours is scoped to the mlprod block above them
-        ev = ev.replace('<head>', f"<head><title>{esc(title)}</title><style>{REPORT_CSS}</style>", 1)
-        m = re.search(r'<body[^>]*>', ev)
-        block = f'<div class="mlprod-report">{head}{note}</div>'
-        return ev[:m.end()] + block + ev[m.end():] if m else ev + block
-    return page(title, head)
+    trend = performance_chart(history, result) if history is not None else ''
+    head = f"<h1>{esc(title)}</h1>{result._body_html(f'<h4>Over the monitored windows</h4>{trend}' if trend else '')}"
+    if not (evidently and ref is not None and cur is not None and cols): return page(title, head)
+    if evidently_href:
+        return page(title, f"{head}<h4>Evidently</h4>{_evidently_note(result, ref, cur, 'on their own page')}<p><a href=\"{esc(evidently_href)}\">"
+                           "Evidently's drift and classification sections</a> (Evidently's own page and script, several MB; opens offline).</p>")
+    target = next((c for c in cur.columns if c not in cols and c != PREDICTION), None)
+    try: ev = evidently_html(ref, cur, cols, cats, target=target)
+    except Exception as e:
+        log.error('Evidently could not render the report: %s', e)
+        return page(title, f"{head}<p>Evidently could not render its sections: {esc(f'{type(e).__name__}: {e}')}</p>")
+    # Evidently's page keeps its own style and scripts (inline); ours is scoped to the mlprod block above them
+    ev = ev.replace('<head>', f"<head><title>{esc(title)}</title><style>{REPORT_CSS}</style>", 1)
+    m = re.search(r'<body[^>]*>', ev)
+    block = f'<div class="mlprod-report">{head}{_evidently_note(result, ref, cur, "below")}</div>'
+    return ev[:m.end()] + block + ev[m.end():] if m else ev + block
 
+# %% ../nbs/06_monitor.ipynb #9ff4c627
 def save_monitor_report(result:MonitorResult, cfg:ProjectConfig|None=None, evidently:bool=True) -> Path:
-    "Write the report of `result` to `reports/<model>/monitor/<UTC timestamp>.html` (`mlprod.reports.save_report`) and return the path."
+    "Write the report of `result` to `reports/<model>/monitor/<UTC timestamp>.html` (Evidently's page under `monitor-evidently/`); return its path."
+    import os
     cfg = cfg or get_config()
-    return reports.save_report(monitor_report_html(result, evidently=evidently), cfg.reports_dir, result.model, 'monitor', at=result.at)
+    try: history = monitor_history(result.model, cfg, limit=200)
+    except Exception as e: history = None; log.warning('monitor report of %s drawn without earlier runs: %s', result.model, e)
+    href = None
+    if evidently and result.samples.get('reference') is not None and result.drift is not None:
+        full = monitor_report_html(result, evidently=True)
+        if '<script' in full:  # Evidently rendered: its page goes beside the report
+            ev = reports.save_report(full, cfg.reports_dir, result.model, 'monitor-evidently', at=result.at)
+            href = Path(os.path.relpath(ev, reports.report_path(cfg.reports_dir, result.model, 'monitor', result.at).parent)).as_posix()
+    html = monitor_report_html(result, evidently=evidently, history=history, evidently_href=href)
+    return reports.save_report(html, cfg.reports_dir, result.model, 'monitor', at=result.at)
 
 # %% ../nbs/06_monitor.ipynb #06ae47db
 from typing import Literal
