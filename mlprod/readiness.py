@@ -536,7 +536,7 @@ def _monitoring_items(cfg, name, now, fresh_hours, channel_days) -> list:
 def _documentation_items(cfg, name, prod) -> list:
     folder = Path(cfg.root)/'runbooks'
     missing = [n for n in EXPECTED_RUNBOOKS if not (folder/n).is_file()]
-    items = [_item('documentation', 'runbooks present', not missing, f"{len(EXPECTED_RUNBOOKS)} runbooks in {_rel(cfg, folder)}/",
+    items = [_item('documentation', 'runbooks present', not missing, f"{len(EXPECTED_RUNBOOKS) - len(missing)} of {len(EXPECTED_RUNBOOKS)} runbooks in {_rel(cfg, folder)}/",
                    'runbooks/README.md' if (folder/'README.md').is_file() else '',
                    (f"missing in {_rel(cfg, folder)}/: {', '.join(missing)}; `mlprod runbooks install` copies the shipped ones"))]
     try: rec = last_runbook_check(folder, cfg) if folder.is_dir() else None
