@@ -3,23 +3,27 @@
 1. Scoring, 15 flights features resampled from real 2013 rows: mlprod's local engine (contract check, fast encoding,
    rejects, atomic Parquet output) vs `mlflow.pyfunc` `predict` of the same registered version on the same data in the
    same chunks (read with the same reader, no output written). Rows/s and peak RSS, each side in its own subprocess;
-   the local engine at 1M and at ROWS rows (is memory flat as the input grows?).
-2. Drift of ROWS rows x 30 columns from Parquet against a cached reference profile (`mlprod.batch.parquet_drift`) vs
+   the local engine at SMALL and at ROWS rows (is memory flat as the input grows?).
+2. Drift of DRIFT_ROWS rows x 30 columns from Parquet against a cached reference profile (`mlprod.batch.parquet_drift`) vs
    Evidently 0.7's DataDriftPreset on the same table, in a subprocess limited to EVIDENTLY_GB of address space and
    EVIDENTLY_S seconds (its time, or how it failed).
 
-`make bench` runs it; MLPROD_BENCH_BATCH_ROWS sets ROWS (default 10,000,000). Prints figures and ratios; asserts only
-that the outputs are right (equal predictions, equal row counts)."""
+`make bench` runs it. On this 2-core machine LightGBM's own predict costs ~70 us a row under load, so 10M rows take
+~12 minutes per scoring side: the scoring part defaults to SMALL = 500,000 and ROWS = 2,000,000 rows
+(MLPROD_BENCH_SCORE_ROWS=10000000 for the full figure); the drift part reads DRIFT_ROWS = 10,000,000 rows
+(MLPROD_BENCH_DRIFT_ROWS). Prints figures and ratios; asserts only that the outputs are right (equal predictions, equal
+row counts)."""
 import json, os, resource, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
 
-ROWS = int(os.environ.get('MLPROD_BENCH_BATCH_ROWS', 10_000_000))
-SMALL = min(1_000_000, ROWS)
+ROWS = int(os.environ.get('MLPROD_BENCH_SCORE_ROWS', 2_000_000))
+SMALL = min(500_000, ROWS)
+DRIFT_ROWS = int(os.environ.get('MLPROD_BENCH_DRIFT_ROWS', 10_000_000))
 CHUNK = 100_000
 TREES = int(os.environ.get('MLPROD_BENCH_BATCH_TREES', 30))
-EVIDENTLY_GB, EVIDENTLY_S = 8, int(os.environ.get('MLPROD_BENCH_EVIDENTLY_S', 240))
+EVIDENTLY_GB, EVIDENTLY_S = 8, int(os.environ.get('MLPROD_BENCH_EVIDENTLY_S', 150))
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
 
@@ -32,30 +36,27 @@ def _env():
 
 
 def write_scoring_data(folder: Path, flights: pd.DataFrame, feats: list):
-    "ROWS resampled flights rows as a folder of 1M-row Parquet files (part 0 alone is the SMALL input)."
+    "ROWS resampled flights rows as a folder of SMALL-row Parquet files (part 0 alone is the SMALL input)."
     import pyarrow as pa, pyarrow.parquet as pq
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     src = flights[feats + ['time_hour']].reset_index(drop=True)
-    for k, start in enumerate(range(0, ROWS, 1_000_000)):
-        n = min(1_000_000, ROWS - start)
+    for k, start in enumerate(range(0, ROWS, SMALL)):
+        n = min(SMALL, ROWS - start)
         part = src.iloc[rng.integers(0, len(src), n)].reset_index(drop=True).assign(flight_id=np.arange(start, start + n))
         pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder/f"part-{k:03d}.parquet", row_group_size=CHUNK)
 
 
 def write_drift_data(path: Path):
-    "ROWS x 30 columns (20 numeric, 10 categorical; some shifted), written 1M rows at a time; the reference is 1M unshifted rows."
+    "DRIFT_ROWS x 30 columns (20 numeric, 10 categorical; some shifted): bench_drift's 1M-row block written again and again; the reference is 1M unshifted rows."
     sys.path.insert(0, str(HERE.parent))
     from bench_drift import make_frames
     import pyarrow as pa, pyarrow.parquet as pq
-    w = None
-    for k, start in enumerate(range(0, ROWS, 1_000_000)):
-        ref, cur = make_frames(min(1_000_000, ROWS - start), seed=k)
-        if k == 0: ref.to_parquet(path.with_name('reference.parquet'))
-        t = pa.Table.from_pandas(cur, preserve_index=False)
-        w = w or pq.ParquetWriter(path, t.schema)
-        w.write_table(t, row_group_size=250_000)
-    w.close()
+    ref, cur = make_frames(min(1_000_000, DRIFT_ROWS), seed=0)
+    ref.to_parquet(path.with_name('reference.parquet'))
+    t = pa.Table.from_pandas(cur, preserve_index=False); del ref, cur
+    with pq.ParquetWriter(path, t.schema) as w:
+        for start in range(0, DRIFT_ROWS, t.num_rows): w.write_table(t.slice(0, min(t.num_rows, DRIFT_ROWS - start)), row_group_size=250_000)
 
 
 def worker(kind: str, args: dict):
@@ -169,8 +170,8 @@ def test_parquet_drift_benchmark(tmp_path):
     t = time.perf_counter(); ReferenceProfile.from_frame(pd.read_parquet(tmp_path/'reference.parquet')).save(tmp_path/'reference.profile.npz'); build = time.perf_counter() - t
     ours = run_side('mlprod-drift', profile=tmp_path/'reference.profile.npz', input=tmp_path/'current.parquet')
     theirs = run_side('evidently', timeout=EVIDENTLY_S, reference=tmp_path/'reference.parquet', input=tmp_path/'current.parquet')
-    print(f"\n\ndrift from Parquet: {ROWS:,} rows x 30 columns (20 numeric, 10 categorical; written in {gen:.0f} s) against a "
-          f"1,000,000-row reference (profile built once and cached in {build:.1f} s)")
+    print(f"\n\ndrift from Parquet: {DRIFT_ROWS:,} rows x 30 columns (20 numeric, 10 categorical; written in {gen:.0f} s) against a "
+          f"{min(1_000_000, DRIFT_ROWS):,}-row reference (profile built once and cached in {build:.1f} s)")
     print(f"{'':40}{'s':>9}{'peak MB':>10}")
     print(f"{'mlprod parquet_drift (cached profile)':40}{ours['seconds']:>9.1f}{ours['peak_mb']:>10.0f}   "
           f"{ours['n_drifted']} drifted columns, data-set drift {ours['dataset_drift']} (goal <= 60 s, <= 2048 MB)")
@@ -178,7 +179,7 @@ def test_parquet_drift_benchmark(tmp_path):
     else:
         print(f"{'evidently DataDriftPreset':40}{theirs['seconds']:>9.1f}{theirs['peak_mb']:>10.0f}")
         print(f"time ratio evidently / mlprod: {theirs['seconds'] / ours['seconds']:.1f}x; memory ratio {theirs['peak_mb'] / ours['peak_mb']:.1f}x")
-    assert ours['rows'] == ROWS
+    assert ours['rows'] == DRIFT_ROWS
 
 
 if __name__ == '__main__':
