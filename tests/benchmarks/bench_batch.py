@@ -13,7 +13,7 @@
 (MLPROD_BENCH_SCORE_ROWS=10000000 for the full figure); the drift part reads DRIFT_ROWS = 10,000,000 rows
 (MLPROD_BENCH_DRIFT_ROWS). Prints figures and ratios; asserts only that the outputs are right (equal predictions, equal
 row counts)."""
-import json, os, resource, signal, subprocess, sys, time
+import json, os, resource, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
