@@ -163,3 +163,25 @@ def test_cli_and_kill_9_leaves_no_partial_output(proj, flights, tmp_path):
     from mlprod.score import batch_runs
     runs = batch_runs(cfg.db_url, 'flights')
     assert runs['status'].iloc[0] == 'success' and runs['output'].iloc[0] == str(out)
+
+
+def test_score_job_report_and_failure(proj, flights, tmp_path):
+    "The `score` job notebook runs under `mlprod run` (papermill, HTML report, figures); too many rejects fail the run and its report shows them."
+    cfg, model = proj
+    d = month(flights, '2013-07-01', '2013-07-02')
+    d.to_parquet(tmp_path/'july.parquet'); d.drop(columns=['dest']).to_parquet(tmp_path/'broken.parquet')
+    def run(src, out):
+        r = subprocess.run([str(BIN/'mlprod'), '--project', str(cfg.root), 'run', 'score', '-p', 'input', str(src), '-p', 'output', str(out),
+                            '-p', 'id_column', 'flight_id', '-p', 'time_column', 'time_hour', '--json', '--no-dashboard'],
+                           env=offline_env(), capture_output=True, text=True, timeout=600)
+        return r, json.loads(r.stdout) if r.stdout.strip().startswith('{') else None
+    r, run_ok = run(tmp_path/'july.parquet', tmp_path/'scored{start}.parquet')  # {start}: empty when run by hand
+    assert run_ok and run_ok['status'] == 'success', r.stdout[-2000:] + r.stderr[-2000:]
+    assert (run_ok['figures']['rows'], run_ok['figures']['rejected']) == (len(d), 0) and (tmp_path/'scored.parquet').exists()
+    html = open(run_ok['report_path']).read()
+    assert 'Batch scoring report' in html and f"{len(d):,} of {len(d):,} rows scored" in html
+    r, run_bad = run(tmp_path/'broken.parquet', tmp_path/'broken.scores.parquet')
+    assert r.returncode != 0 and run_bad and run_bad['status'] == 'failed', r.stdout[-2000:]
+    assert not (tmp_path/'broken.scores.parquet').exists() and (tmp_path/'broken.scores.rejects.parquet').exists()
+    html = open(run_bad['report_path']).read()
+    assert 'max_reject_share' in html and "'dest'" in html  # the error, and the rejects table's reason
