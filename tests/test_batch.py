@@ -109,7 +109,7 @@ def test_rejects_with_reasons_and_threshold(proj, flights, tmp_path):
     from mlprod import registry
     cfg, model = proj
     lm = registry.load('flights', 'production', cfg)
-    d = month(flights, '2013-04-01', '2013-04-03').astype({'temp': object, 'carrier': object})
+    d = month(flights, '2013-04-01', '2013-04-03').astype({'temp': object, 'carrier': object, 'distance': 'float64'})
     d.loc[[0, 1], 'carrier'] = 'ZZ'; d.loc[2, 'temp'] = 'n/a?'; d.loc[3, 'distance'] = np.inf
     d.to_csv(tmp_path/'april.csv', index=False)
     r = score_local(lm, tmp_path/'april.csv', tmp_path/'april.parquet', id_column='flight_id', unseen='reject', max_reject_share=0.01)
