@@ -552,7 +552,7 @@ def summary(self:MonitorResult) -> str:
     f = self.figures
     head = (f"{self.model} version {self.version} {self.start:%Y-%m-%d %H:%M} .. {self.end:%Y-%m-%d %H:%M} UTC "
             f"({self.source}): {self.status.value}, {f.get('rows', 0)} rows")
-    lines = [head]
+    lines = [head] + ([f"  verdict: {f['verdict_reason']}"] if f.get('verdict_reason') else [])
     for c in self.checks.checks:
         if c.status != Status.SUCCESS and not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction')):
             lines.append(f"  {c.status.value:8} {c.name}: {c.message}")
@@ -578,6 +578,7 @@ def _body_html(self:MonitorResult) -> str:
     alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
     return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
             f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
+            + (f"<p><b>Verdict:</b> {esc(f['verdict_reason'])}</p>" if f.get('verdict_reason') else '') +
             f"<table>{figs}</table>{checks_table_html(main)}"
             + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
             + (self.drift.html(self.checks['drift:share'].status if any(c.name == 'drift:share' for c in self.checks.checks) else None)
