@@ -546,7 +546,7 @@ class DriftCalibration:
     "Per-window drift thresholds measured on resampled in-distribution chunks at a grid of window sizes."
     sizes:tuple # window sizes (rows) of the grid
     rates:tuple # false-alarm rates per window, strictest first, e.g. (0.01, 0.05) for FAIL and WARNING
-    columns:dict # column -> {'stattest', 'distance': [[threshold per rate] per size], 'missing': same}
+    columns:dict # column -> {'stattest', 'distance': [[threshold per rate] per size], 'missing': same, 'typical': [[distance, missing] per size]}
     score:tuple # data-set score thresholds: [[threshold per rate] per size]
     weights:dict # column -> weight in the data-set score (columns below the importance floor left out)
     n_draws:int=200 # chunks drawn per size
@@ -558,6 +558,10 @@ class DriftCalibration:
         "Column `column`'s `which` ('distance' or 'missing') threshold for an `n`-row window at `rates[rate]`."
         v = interpolate_threshold(self.sizes, [q[rate] for q in self.columns[column][which]], n)
         return max(v, MIN_MISSING_SHIFT) if which == 'missing' else v
+    def typical(self, column:str, n:int) -> tuple:
+        "(distance, missing-share change) typical of an in-distribution `n`-row window: the scale of the data-set score."
+        t = self.columns[column]['typical']
+        return interpolate_threshold(self.sizes, [v[0] for v in t], n), interpolate_threshold(self.sizes, [v[1] for v in t], n)
     def score_threshold(self, n:int, rate:int=0) -> float:
         "The data-set score's threshold for an `n`-row window at `rates[rate]`."
         return interpolate_threshold(self.sizes, [q[rate] for q in self.score], n)
@@ -619,11 +623,17 @@ def column_ratios(stats:Mapping[str,tuple], # from `column_statistics`
         out[c] = max(d / max(distance_thresholds[c], 1e-12), m / max(missing_thresholds[c], MIN_MISSING_SHIFT))
     return out
 
+def _ratios(a:np.ndarray, q:np.ndarray) -> np.ndarray:
+    "`column_ratios` of many draws at once: `a` is (draws, columns, 2) statistics, `q` (columns, 2) thresholds."
+    return np.fmax(np.nan_to_num(a[:, :, 0]) / np.maximum(q[:, 0], 1e-12), a[:, :, 1] / np.maximum(q[:, 1], MIN_MISSING_SHIFT))
+
 def _quantiles(a:np.ndarray, rates:Sequence[float]) -> np.ndarray:
-    "Upper quantiles (one per rate) along the first axis, NaN ignored (all NaN: 0)."
+    "Upper quantiles (one per rate) along the first axis, conformal: a new draw exceeds them at most `rate` of the time (NaN ignored; all NaN: 0)."
+    k = np.isfinite(a).sum(0).min() if a.ndim > 1 else np.isfinite(a).sum()
+    qs = [min(1.0, (1 - r) * (1 + 1 / max(k, 1))) for r in rates]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
-        return np.nan_to_num(np.nanquantile(a, [1 - r for r in rates], axis=0), nan=0.0)
+        return np.nan_to_num(np.nanquantile(a, qs, axis=0, method='higher'), nan=0.0)
 
 # %% ../nbs/05a_drift.ipynb #59dd49b8
 def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
@@ -649,17 +659,18 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
     weights = importance_weights(imp, names if score_columns is None else score_columns, importance_floor)
     grid = [int(s) for s in sorted(set(sizes)) if int(s) <= len(frame)] or [len(frame)]
     rng, w = np.random.default_rng(seed), np.array([weights.get(c, 0.0) for c in names])
-    cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[]) for c in names}, []
+    cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[], typical=[]) for c in names}, []
     for n in grid:
         a = np.empty((n_draws, len(names), 2))
         for k in range(n_draws):
-            st = column_statistics(profile, frame.iloc[rng.choice(len(frame), n, replace=False)], names)
+            st = column_statistics(profile, frame.iloc[rng.integers(0, len(frame), n)], names)
             a[k] = [st[c][:2] for c in names]
         q = _quantiles(a, rates) # (rates, columns, 2)
         for j, c in enumerate(names):
             cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist())
-        r = np.fmax(np.nan_to_num(a[:, :, 0]) / np.maximum(q[0, :, 0], 1e-12), a[:, :, 1] / np.maximum(q[0, :, 1], MIN_MISSING_SHIFT))
-        score.append(_quantiles(r @ w, rates).tolist())
+        typical = np.nan_to_num(np.nanmedian(a, axis=0)) # (columns, 2): the scale the score divides by
+        for j, c in enumerate(names): cols[c]['typical'].append(typical[j].tolist())
+        score.append(_quantiles(_ratios(a, typical) @ w, rates).tolist())
     return DriftCalibration(tuple(grid), rates, cols, tuple(score), weights, n_draws, seed, source, len(frame), float(importance_floor))
 
 # %% ../nbs/05a_drift.ipynb #3448479f
@@ -685,10 +696,12 @@ def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (f
     n, st = len(current), column_statistics(profile, current, names)
     dth = {c: cal.threshold(c, n, 'distance') for c in names}; mth = {c: cal.threshold(c, n, 'missing') for c in names}
     ratio, imp = column_ratios(st, dth, mth), importance_weights(profile.importance, [c for c in profile.importance], 0.0) if profile.importance else {}
-    rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] >= 1), profile[c].n, st[c][2],
+    rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] > 1), profile[c].n, st[c][2],
                         missing_shift=st[c][1], missing_threshold=mth[c], importance=imp.get(c), ratio=ratio[c]) for c in names]
-    score = float(sum(cal.weights[c] * ratio[c] for c in names if c in cal.weights))
+    typ = {c: cal.typical(c, n) for c in names if c in cal.weights}
+    score = float(sum(cal.weights[c] * v for c, v in column_ratios({c: st[c] for c in typ}, {c: t[0] for c, t in typ.items()},
+                                                                     {c: t[1] for c, t in typ.items()}).items()))
     fail, warn = cal.score_threshold(n, 0), cal.score_threshold(n, len(cal.rates) - 1)
     n_drifted = sum(r.drifted for r in rows)
-    return DriftResult(tuple(rows), n_drifted, n_drifted / len(rows) if rows else 0.0, 0.5, bool(score >= fail), profile.n_rows, n,
+    return DriftResult(tuple(rows), n_drifted, n_drifted / len(rows) if rows else 0.0, 0.5, bool(score > fail), profile.n_rows, n,
                        mode='calibrated', score=score, score_fail=fail, score_warning=warn, rates=tuple(cal.rates))

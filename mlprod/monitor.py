@@ -282,7 +282,7 @@ def _share_check(drift:DriftResult, thresholds:Thresholds) -> Check:
         return Check('drift:share', st, share, f"< {fmt(thresholds.drift_share_warning)} (fails at {fmt(thresholds.drift_share_fail)})",
                      f"{drift.n_drifted} of {len(drift)} input columns drifted" + (f": {', '.join(drift.drifted_columns)}" if drift.n_drifted else ''), details)
     s = drift.score
-    st = Status.FAIL if s >= drift.score_fail else Status.WARNING if s >= drift.score_warning else Status.SUCCESS
+    st = Status.FAIL if s > drift.score_fail else Status.WARNING if s > drift.score_warning else Status.SUCCESS
     top = '; '.join(f"{c.column} ({fmt(c.ratio)}× its limit" + (f", importance {c.importance:.0%})" if c.importance is not None else ')')
                     for c in drift.ranked(True)[:5])
     rates = ' / '.join(f"{r:.0%}" for r in reversed(drift.rates))
