@@ -26,8 +26,8 @@ __all__ = ['log', 'NUMERICAL', 'CATEGORICAL', 'INT_CARDINALITY_LIMIT', 'SMALL_RE
            'MIN_MISSING_SHIFT', 'EmptyColumnError', 'ProfileFormatError', 'infer_kind', 'wasserstein_from_counts',
            'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest', 'is_drift', 'ColumnDrift',
            'DriftResult', 'detect_drift', 'calibrated_stattest', 'missing_count', 'column_statistics',
-           'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'permutation_importance', 'column_ratios',
-           'calibrate_drift', 'UncalibratedProfileError', 'calibrated_drift']
+           'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'importance_shares',
+           'permutation_importance', 'column_ratios', 'calibrate_drift', 'UncalibratedProfileError', 'calibrated_drift']
 
 # %% ../nbs/05a_drift.ipynb #c9f66b16
 class EmptyColumnError(DataError):
@@ -586,6 +586,13 @@ def importance_weights(importance:Mapping[str,float]|None, # column -> importanc
     s = sum(kept.values())
     return {c: v / s for c, v in kept.items()}
 
+def importance_shares(importance:Mapping[str,float]|None, # column -> importance (negatives count as 0)
+                     ) -> dict:
+    "{column: share of the total importance} for every column given ({} without importances)."
+    raw = {c: max(float(v), 0.0) for c, v in (importance or {}).items()}
+    total = sum(raw.values())
+    return {c: (v / total if total > 0 else 1 / len(raw)) for c, v in raw.items()}
+
 # %% ../nbs/05a_drift.ipynb #45780dcb
 def permutation_importance(predict, # frame -> scores (e.g. `LoadedModel.predict_scores`)
                            frame:pd.DataFrame, # labelled rows the model did not train on
@@ -695,7 +702,7 @@ def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (f
     if absent: raise DataError(f"current: got no column(s) {absent}; allowed: a frame with every profiled column {names}")
     n, st = len(current), column_statistics(profile, current, names)
     dth = {c: cal.threshold(c, n, 'distance') for c in names}; mth = {c: cal.threshold(c, n, 'missing') for c in names}
-    ratio, imp = column_ratios(st, dth, mth), importance_weights(profile.importance, [c for c in profile.importance], 0.0) if profile.importance else {}
+    ratio, imp = column_ratios(st, dth, mth), importance_shares(profile.importance)
     rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] > 1), profile[c].n, st[c][2],
                         missing_shift=st[c][1], missing_threshold=mth[c], importance=imp.get(c), ratio=ratio[c]) for c in names]
     typ = {c: cal.typical(c, n) for c in names if c in cal.weights}

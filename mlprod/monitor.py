@@ -881,8 +881,8 @@ def traffic_seconds(requests:pd.DataFrame, # request-log rows (column `at`, the 
     return max((at.max() - at.min()).total_seconds(), 1.0)
 
 # %% ../nbs/06_monitor.ipynb #7e8d8690
-VERDICT_SIGNALS = (('service:', 'service', 'the service'), ('data_quality:', 'data_quality', 'data quality'),
-                   ('performance:', 'performance', 'realized performance (labels)'), ('estimated:', 'estimate', 'the label-free performance estimate'),
+VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels)'), ('estimated:', 'estimate', 'the label-free performance estimate'),
+                   ('service:', 'service', 'the service'), ('data_quality:', 'data_quality', 'data quality'),
                    ('drift:share', 'drift', 'drift in the features the model uses'), ('drift:prediction', 'prediction_drift', 'prediction drift'),
                    ('drift:', 'column_drift', 'drift in single columns'), ('', 'other', 'another check')) # prefix, driver, words
 
