@@ -669,8 +669,9 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
     cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[], typical=[]) for c in names}, []
     for n in grid:
         a = np.empty((n_draws, len(names), 2))
+        chunk = max(2, round(1 / (1 / n + 1 / len(frame)))) # a little smaller: the rows drawn from are a sample too
         for k in range(n_draws):
-            st = column_statistics(profile, frame.iloc[rng.integers(0, len(frame), n)], names)
+            st = column_statistics(profile, frame.iloc[rng.integers(0, len(frame), chunk)], names)
             a[k] = [st[c][:2] for c in names]
         q = _quantiles(a, rates) # (rates, columns, 2)
         for j, c in enumerate(names):
