@@ -17,19 +17,20 @@ from .core import ConfigError, MlprodError, jsonable
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'PROJECT_TOML', 'FLIGHTS_TOML', 'ALERTS_TOML',
-           'DEFAULT_TOML', 'Thresholds', 'ModelConfig', 'ChannelConfig', 'AlertRule', 'rules_from_dicts',
-           'AlertsConfig', 'ProjectConfig', 'parse_config', 'find_config', 'get_config', 'reset_config',
-           'project_paths', 'ensure_importable', 'importable_paths', 'project_env', 'ensure_state', 'mlflow_setup']
+__all__ = ['log', 'DRIFT_MODES', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'PROJECT_TOML', 'FLIGHTS_TOML',
+           'ALERTS_TOML', 'DEFAULT_TOML', 'Thresholds', 'validate_thresholds', 'ModelConfig', 'ChannelConfig',
+           'AlertRule', 'rules_from_dicts', 'AlertsConfig', 'ProjectConfig', 'parse_config', 'find_config',
+           'get_config', 'reset_config', 'project_paths', 'ensure_importable', 'importable_paths', 'project_env',
+           'ensure_state', 'mlflow_setup']
 
 # %% ../nbs/00a_config.ipynb #8f98d4af
 @dataclass(frozen=True)
 class Thresholds:
     "Limits the monitor and the comparison hold a model to."
-    drift_statistic:float=0.1 # per-column drift score above which a column has drifted (Evidently's default)
-    drift_share_warning:float=0.3 # share of drifted columns that warns
-    drift_share_fail:float=0.5 # share of drifted columns that fails
-    prediction_drift:float=0.1 # drift score of the prediction column that fails
+    drift_statistic:float=0.1 # fixed: per-column drift score above which a column has drifted (Evidently's default)
+    drift_share_warning:float=0.3 # fixed: share of drifted columns that warns
+    drift_share_fail:float=0.5 # fixed: share of drifted columns that fails
+    prediction_drift:float=0.1 # fixed: drift score of the prediction column that warns (prediction drift alone never fails)
     min_metric:float=0.6 # realized or estimated metric below this fails (metrics where bigger is better; AUC and multiclass macro AUC: 0.5 is chance)
     max_metric_drop:float=0.05 # drop of the metric against the reference that fails
     latency_p95_ms:float=50.0 # service latency p95 above this fails
@@ -40,6 +41,28 @@ class Thresholds:
     min_improvement:float=0.0 # required improvement of the metric against the champion
     max_unseen_share:float=0.05 # share of rows with a category value unseen in training (per column, and any column) above which the data-quality check warns
     max_reject_share:float=0.01 # batch scoring: share of input rows refused by the data contract above which the run fails (nothing is written)
+    drift_mode:str='calibrated' # 'calibrated': thresholds measured on the version's own holdout for the window's size; 'fixed': Evidently's
+    false_alarm_fail:float=0.01 # calibrated: share of in-distribution windows allowed to FAIL a drift check
+    false_alarm_warning:float=0.05 # calibrated: share of in-distribution windows allowed to WARN (at least false_alarm_fail)
+    importance_floor:float=0.02 # calibrated: a column whose importance share is below this never fails the data-set drift on its own
+    calibration_draws:int=200 # calibrated: chunks drawn per window size when the thresholds are measured
+
+
+# %% ../nbs/00a_config.ipynb #1893a4bf
+DRIFT_MODES = ('calibrated', 'fixed') # models.NAME.thresholds.drift_mode
+
+def validate_thresholds(th:Thresholds, # the thresholds to check
+                        prefix:str='thresholds', # dotted key used in error messages, e.g. 'models.flights.thresholds'
+                       ) -> Thresholds:
+    "`th` when its drift settings are allowed, else a `ConfigError` naming the key, the value and what is allowed."
+    if th.drift_mode not in DRIFT_MODES: raise ConfigError(f"{prefix}.drift_mode", th.drift_mode, ' or '.join(map(repr, DRIFT_MODES)))
+    for k in ('false_alarm_fail', 'false_alarm_warning'):
+        if not (0 < getattr(th, k) < 0.5): raise ConfigError(f"{prefix}.{k}", getattr(th, k), 'a share of windows in (0, 0.5), e.g. 0.01')
+    if th.false_alarm_warning < th.false_alarm_fail:
+        raise ConfigError(f"{prefix}.false_alarm_warning", th.false_alarm_warning, f"at least false_alarm_fail ({th.false_alarm_fail})")
+    if not (0 <= th.importance_floor < 1): raise ConfigError(f"{prefix}.importance_floor", th.importance_floor, 'a share in [0, 1)')
+    if th.calibration_draws < 20: raise ConfigError(f"{prefix}.calibration_draws", th.calibration_draws, 'an integer >= 20')
+    return th
 
 # %% ../nbs/00a_config.ipynb #d24339fc
 @dataclass(frozen=True)
@@ -214,6 +237,7 @@ def _build_model(name, data, src) -> ModelConfig:
         if not isinstance(v, str) or len(v.split()) != 5:
             raise ConfigError(f"{pre}.schedules.{k}", v, "a cron expression with 5 fields, e.g. '0 6 * * *'")
     if m.unseen_categories not in UNSEEN_POLICIES: raise ConfigError(f"{pre}.unseen_categories", m.unseen_categories, "'score' or 'reject'", "or leave it out ('auto': decided from the fitted model)")
+    validate_thresholds(m.thresholds, f"{pre}.thresholds")
     if m.train_window_days < 1: raise ConfigError(f"{pre}.train_window_days", m.train_window_days, 'an integer ≥ 1')
     return m
 
@@ -275,12 +299,13 @@ learning_rate = 0.05
 num_leaves = 31
 
 [models.flights.thresholds]
-drift_statistic = 0.1                    # per-column drift score limit (Evidently's default)
-drift_share_warning = 0.3
-drift_share_fail = 0.55                  # weather always differs from a 7-week winter window: measured
-                                         # 0.47-0.53 in spring, 0.6-0.67 in summer on 1,200 flights a month
-prediction_drift = 0.15                  # reference scores come from training rows (more confident than on
-                                         # new data): measured 0.10 on March, 0.2-0.33 in months that changed
+drift_mode = "calibrated"                # drift thresholds measured on the version's holdout for each window size
+false_alarm_fail = 0.01                  # share of in-distribution windows allowed to fail a drift check
+false_alarm_warning = 0.05               # ... and to warn
+importance_floor = 0.02                  # drift in a column below this importance share never fails on its own
+drift_statistic = 0.1                    # drift_mode = "fixed": Evidently's per-column limit
+drift_share_warning = 0.3                # drift_mode = "fixed": shares of drifted columns that warn / fail
+drift_share_fail = 0.5
 min_metric = 0.6
 max_metric_drop = 0.05
 latency_p95_ms = 50.0                    # serving: p95 of request latency (monitor)

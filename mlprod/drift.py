@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_drift.ipynb #0236a6d5
 from __future__ import annotations
-import json, logging, math
+import dataclasses, json, logging, math, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
+from fastcore.basics import patch
 
 from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, Check, Checks, jsonable, esc, fmt,
                          status_badge)
@@ -21,9 +22,12 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'NUMERICAL', 'CATEGORICAL', 'INT_CARDINALITY_LIMIT', 'SMALL_REFERENCE', 'FEW_VALUES', 'JS_VALUE_BINS',
-           'PROFILE_FORMAT', 'PROFILE_VERSION', 'STATTESTS', 'EmptyColumnError', 'ProfileFormatError', 'infer_kind',
-           'wasserstein_from_counts', 'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest',
-           'is_drift', 'ColumnDrift', 'DriftResult', 'detect_drift']
+           'PROFILE_FORMAT', 'PROFILE_VERSION', 'STATTESTS', 'CALIBRATION_SIZES', 'FALSE_ALARM_RATES',
+           'MIN_MISSING_SHIFT', 'EmptyColumnError', 'ProfileFormatError', 'infer_kind', 'wasserstein_from_counts',
+           'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest', 'is_drift', 'ColumnDrift',
+           'DriftResult', 'detect_drift', 'calibrated_stattest', 'missing_count', 'column_statistics',
+           'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'importance_shares',
+           'permutation_importance', 'column_ratios', 'calibrate_drift', 'UncalibratedProfileError', 'calibrated_drift']
 
 # %% ../nbs/05a_drift.ipynb #c9f66b16
 class EmptyColumnError(DataError):
@@ -160,7 +164,7 @@ def _profile_column(s:pd.Series, kind:str) -> ColumnProfile:
 
 # %% ../nbs/05a_drift.ipynb #580ce093
 PROFILE_FORMAT = 'mlprod.drift.ReferenceProfile'
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2 # 2: importance and calibrated thresholds; version 1 files are still read
 
 @dataclass(frozen=True, eq=False)
 class ReferenceProfile:
@@ -169,6 +173,8 @@ class ReferenceProfile:
     n_rows:int # rows of the reference frame
     skipped:dict=field(default_factory=dict) # column -> why it is not tested
     meta:dict=field(default_factory=dict) # free JSON-able facts, e.g. model name and version
+    importance:dict=field(default_factory=dict) # column -> the model's importance of it (permutation importance on a holdout)
+    calibration:Any=None # `DriftCalibration`: per-window thresholds measured on the version's holdout
     def __post_init__(self): object.__setattr__(self, 'columns', tuple(self.columns))
     @property
     def names(self) -> list: return [c.name for c in self.columns]
@@ -179,7 +185,8 @@ class ReferenceProfile:
     def __len__(self): return len(self.columns)
     def to_dict(self) -> dict:
         return jsonable(dict(n_rows=self.n_rows, columns=[c.summary() for c in self.columns],
-                              skipped=self.skipped, meta=self.meta))
+                              skipped=self.skipped, meta=self.meta, importance=self.importance,
+                              calibration=self.calibration.to_dict() if self.calibration else None))
     def _repr_html_(self):
         rows = ''.join(f"<tr><td>{esc(c.name)}</td><td>{esc(c.kind)}</td><td>{esc(c.n)}</td><td>{esc(c.n_missing)}</td>"
                        f"<td>{esc(c.n_unique)}</td><td>{esc(c.std if c.kind == NUMERICAL else None)}</td></tr>" for c in self.columns)
@@ -228,7 +235,8 @@ def _save(self, path) -> Path:
     "Write the profile to one `.npz` file (no pickle) and return its path."
     path = Path(path)
     header = dict(format=PROFILE_FORMAT, version=PROFILE_VERSION, n_rows=self.n_rows, skipped=self.skipped,
-                  meta=jsonable(self.meta), columns=[])
+                  meta=jsonable(self.meta), columns=[],
+                  importance=jsonable(self.importance), calibration=self.calibration.to_dict() if self.calibration else None)
     arrays = {}
     for i, c in enumerate(self.columns):
         h = dict(name=c.name, kind=c.kind, n_missing=c.n_missing, std=None if math.isnan(c.std) else c.std,
@@ -257,15 +265,19 @@ def _load(cls, path) -> ReferenceProfile:
             arrays = {k: z[k] for k in z.files if k != 'header'}
     except (ValueError, OSError, KeyError) as e:
         raise ProfileFormatError(path, type(e).__name__, f"an .npz file written by ReferenceProfile.save") from None
-    if header.get('format') != PROFILE_FORMAT or header.get('version') != PROFILE_VERSION:
-        raise ProfileFormatError(path, (header.get('format'), header.get('version')), f"{PROFILE_FORMAT} version {PROFILE_VERSION}")
+    if header.get('format') != PROFILE_FORMAT or header.get('version') not in (1, PROFILE_VERSION):
+        raise ProfileFormatError(path, (header.get('format'), header.get('version')), f"{PROFILE_FORMAT} version 1 or {PROFILE_VERSION}; "
+                                 "rebuild the profile (ReferenceProfile.from_frame(df).save(path); for a model version: "
+                                 "mlprod.monitor.reference_profile(model, cfg, rebuild=True))")
     cols = []
     for i, h in enumerate(header['columns']):
         values = (np.array(h['categories'] + [None], dtype=object)[:-1] if h['kind'] == CATEGORICAL else arrays[f'values_{i}'])
         counts = np.ones(len(values), np.int64) if h.get('unit_counts') else arrays[f'counts_{i}']
         cols.append(ColumnProfile(h['name'], h['kind'], values, counts, h['n_missing'],
                                   math.nan if h['std'] is None else h['std'], h['integer']))
-    return cls(tuple(cols), header['n_rows'], header['skipped'], header['meta'])
+    cal = header.get('calibration')
+    return cls(tuple(cols), header['n_rows'], header['skipped'], header['meta'], header.get('importance') or {},
+               DriftCalibration.from_dict(cal) if cal else None)
 
 ReferenceProfile.save, ReferenceProfile.load = _save, _load
 
@@ -305,11 +317,17 @@ class ColumnDrift:
     drifted:bool # the verdict
     n_reference:int=0 # finite reference values
     n_current:int=0 # finite current values
+    missing_shift:float|None=None # calibrated mode: change of the share of missing values against the reference
+    missing_threshold:float|None=None # calibrated mode: the missing-share change that drifts
+    importance:float|None=None # the model's importance share of the column, when known
+    ratio:float|None=None # calibrated mode: how far beyond its thresholds the column is (1 = at the limit)
     @property
     def is_p_value(self) -> bool: return STATTESTS[self.stattest][2]
     @property
     def rule(self) -> str:
         "The drift condition in words, e.g. `p <= 0.05` or `distance >= 0.1`."
+        if self.missing_threshold is not None:
+            return f"distance >= {fmt(self.threshold)} or missing share moves >= {fmt(self.missing_threshold)}"
         if not self.is_p_value: return f"distance >= {fmt(self.threshold)}"
         return f"p {'<=' if STATTESTS[self.stattest][3] else '<'} {fmt(self.threshold)}"
     def to_dict(self) -> dict: return jsonable(self)
@@ -325,6 +343,11 @@ class DriftResult:
     dataset_drift:bool # the data-set verdict
     n_reference:int=0 # rows of the reference
     n_current:int=0 # rows of the current frame
+    mode:str='fixed' # 'fixed' (Evidently's thresholds) or 'calibrated' (thresholds measured on the version's holdout)
+    score:float|None=None # calibrated: the importance-weighted data-set drift score
+    score_fail:float|None=None # calibrated: the score that fails (the strictest false-alarm rate)
+    score_warning:float|None=None # calibrated: the score that warns
+    rates:tuple=() # calibrated: the false-alarm rates per window behind score_fail and score_warning
     def __post_init__(self): object.__setattr__(self, 'columns', tuple(self.columns))
     @property
     def drifted_columns(self) -> list: return [c.column for c in self.columns if c.drifted]
@@ -346,9 +369,26 @@ class DriftResult:
                        for c in self.columns)
         return (f"<div><h4>Data drift {status_badge(status)}</h4><p>{esc(self.n_drifted)} of {esc(len(self))} columns drifted "
                 f"(share {esc(self.drift_share)}; the data set drifts at {esc(self.share_threshold)}); "
-                f"{esc(self.n_reference)} reference rows, {esc(self.n_current)} current rows.</p>"
+                f"{esc(self.n_reference)} reference rows, {esc(self.n_current)} current rows.{self._calibrated_html()}</p>"
                 '<table class="mlprod-drift"><thead><tr><th>column</th><th>kind</th><th>test</th><th>statistic</th>'
                 f"<th>drift when</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+# %% ../nbs/05a_drift.ipynb #9cfe9f4f
+@patch
+def ranked(self:DriftResult, drifted_only:bool=False) -> list:
+    "Columns by importance × drift (calibrated: × how far beyond the limit; fixed: drifted columns first), largest first."
+    def key(c): return (1.0 if c.importance is None else c.importance) * (float(c.drifted) if c.ratio is None else c.ratio)
+    return sorted([c for c in self.columns if c.drifted or not drifted_only], key=key, reverse=True)
+
+@patch
+def _calibrated_html(self:DriftResult) -> str:
+    "The calibrated verdict in words (empty in fixed mode)."
+    if self.mode != 'calibrated': return ''
+    top = ', '.join(f"{c.column} ({fmt(c.ratio)}× its limit" + (f", importance {c.importance:.0%})" if c.importance is not None else ')')
+                    for c in self.ranked(True)[:5])
+    return (f" Importance-weighted drift score {esc(fmt(self.score))}: warns at {esc(fmt(self.score_warning))}, fails at "
+            f"{esc(fmt(self.score_fail))} (thresholds measured for {esc(self.n_current)}-row windows at "
+            f"{esc(' / '.join(f'{r:.0%}' for r in reversed(self.rates)))} false alarms)." + (f" Ranked by importance × drift: {esc(top)}." if top else ''))
 
 # %% ../nbs/05a_drift.ipynb #b0d6662c
 def _checks(self, column_status:Status|str=Status.WARNING, # status of a drifted column
@@ -456,3 +496,220 @@ def detect_drift(profile:ReferenceProfile|pd.DataFrame, # reference profile (or 
     share = n_drifted / len(rows) if rows else 0.0
     return DriftResult(tuple(rows), n_drifted, share, float(drift_share), bool(share >= drift_share),
                        profile.n_rows, len(current))
+
+# %% ../nbs/05a_drift.ipynb #e1224d4b
+CALIBRATION_SIZES = (200, 1_000, 10_000, 100_000) # window sizes (rows) thresholds are measured at
+FALSE_ALARM_RATES = (0.01, 0.05) # default false-alarm rates per window: FAIL, WARNING
+MIN_MISSING_SHIFT = 0.01 # a change of the missing share below one point never counts as drift
+
+def calibrated_stattest(column:ColumnProfile) -> str:
+    "The distance calibrated mode measures a column with: 'wasserstein' on a numeric column with many values, else 'jensenshannon'."
+    return 'wasserstein' if column.kind == NUMERICAL and column.n_unique > FEW_VALUES else 'jensenshannon'
+
+def missing_count(s:pd.Series, kind:str) -> int:
+    "Rows of `s` that drift tests drop: NaN and infinities (numerical), missing values (categorical)."
+    if kind == NUMERICAL: return int((~np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
+    return int(s.isna().sum())
+
+# %% ../nbs/05a_drift.ipynb #f48441a6
+def column_statistics(profile:ReferenceProfile, # the reference profile
+                      current:pd.DataFrame, # the window (every profiled column of `columns`)
+                      columns:Sequence[str]|None=None, # profiled columns to measure (default: all)
+                     ) -> dict:
+    "{column: (distance, missing-share change, finite values)} of `current` against `profile`, with `calibrated_stattest`."
+    out = {}
+    for name in (profile.names if columns is None else columns):
+        ref, s = profile[name], current[name]
+        fn = _numeric_drift if ref.kind == NUMERICAL else _categorical_drift
+        try: d = fn(ref, s, calibrated_stattest(ref))[1]
+        except EmptyColumnError: d = math.nan
+        miss = missing_count(s, ref.kind)
+        shift = abs(miss / max(len(s), 1) - ref.n_missing / max(ref.n + ref.n_missing, 1))
+        out[name] = (float(d), float(shift), len(s) - miss)
+    return out
+
+# %% ../nbs/05a_drift.ipynb #0bf1178d
+def interpolate_threshold(sizes:Sequence[int], # window sizes of the grid, increasing
+                          values:Sequence[float], # a threshold at each size
+                          n:int, # the window's size
+                         ) -> float:
+    "The threshold for a window of `n` rows: log-log interpolation, the first segment extended below the grid, flat above."
+    x, y = np.log(np.asarray(sizes, float)), np.log(np.maximum(np.asarray(values, float), 1e-12))
+    ln = math.log(max(int(n), 1))
+    if len(x) == 1 or ln >= x[-1]: return float(np.exp(y[-1]))
+    if ln <= x[0]: return float(np.exp(y[0] + (y[1] - y[0]) / (x[1] - x[0]) * (ln - x[0])))
+    return float(np.exp(np.interp(ln, x, y)))
+
+# %% ../nbs/05a_drift.ipynb #0c345e74
+@dataclass(frozen=True)
+class DriftCalibration:
+    "Per-window drift thresholds measured on resampled in-distribution chunks at a grid of window sizes."
+    sizes:tuple # window sizes (rows) of the grid
+    rates:tuple # false-alarm rates per window, strictest first, e.g. (0.01, 0.05) for FAIL and WARNING
+    columns:dict # column -> {'stattest', 'distance': [[threshold per rate] per size], 'missing': same, 'typical': [[distance, missing] per size]}
+    score:tuple # data-set score thresholds: [[threshold per rate] per size]
+    weights:dict # column -> weight in the data-set score (columns below the importance floor left out)
+    n_draws:int=200 # chunks drawn per size
+    seed:int=0 # the random seed of the draws
+    source:str='holdout' # rows the chunks were drawn from: 'holdout' or 'reference split'
+    n_rows:int=0 # rows the chunks were drawn from
+    importance_floor:float=0.0 # importance share below which a column is left out of the score
+    def threshold(self, column:str, n:int, which:str='distance', rate:int=0) -> float:
+        "Column `column`'s `which` ('distance' or 'missing') threshold for an `n`-row window at `rates[rate]`."
+        v = interpolate_threshold(self.sizes, [q[rate] for q in self.columns[column][which]], n)
+        return max(v, MIN_MISSING_SHIFT) if which == 'missing' else v
+    def typical(self, column:str, n:int) -> tuple:
+        "(distance, missing-share change) typical of an in-distribution `n`-row window: the scale of the data-set score."
+        t = self.columns[column]['typical']
+        return interpolate_threshold(self.sizes, [v[0] for v in t], n), interpolate_threshold(self.sizes, [v[1] for v in t], n)
+    def score_threshold(self, n:int, rate:int=0) -> float:
+        "The data-set score's threshold for an `n`-row window at `rates[rate]`."
+        return interpolate_threshold(self.sizes, [q[rate] for q in self.score], n)
+    def to_dict(self) -> dict: return jsonable(dataclasses.asdict(self))
+    @classmethod
+    def from_dict(cls, d:dict) -> DriftCalibration:
+        return cls(**{k: tuple(v) if k in ('sizes', 'rates', 'score') else v for k, v in d.items()})
+
+# %% ../nbs/05a_drift.ipynb #86fb06d5
+def importance_weights(importance:Mapping[str,float]|None, # column -> importance (any scale; negatives count as 0)
+                       columns:Sequence[str], # the columns the score covers
+                       floor:float=0.0, # importance share below which a column is left out
+                      ) -> dict:
+    "{column: weight} summing to 1 over `columns` whose importance share is at least `floor` (equal weights without importances)."
+    if not (0 <= floor < 1): raise ConfigError('importance_floor', floor, 'a share in [0, 1)')
+    cols = list(columns)
+    if not cols: return {}
+    raw = {c: max(float((importance or {}).get(c, 0.0)), 0.0) for c in cols}
+    total = sum(raw.values())
+    if not importance or total <= 0: return {c: 1 / len(cols) for c in cols}
+    kept = {c: v for c, v in raw.items() if v / total >= floor and v > 0}
+    s = sum(kept.values())
+    return {c: v / s for c, v in kept.items()}
+
+def importance_shares(importance:Mapping[str,float]|None, # column -> importance (negatives count as 0)
+                     ) -> dict:
+    "{column: share of the total importance} for every column given ({} without importances)."
+    raw = {c: max(float(v), 0.0) for c, v in (importance or {}).items()}
+    total = sum(raw.values())
+    return {c: (v / total if total > 0 else 1 / len(raw)) for c, v in raw.items()}
+
+# %% ../nbs/05a_drift.ipynb #45780dcb
+def permutation_importance(predict, # frame -> scores (e.g. `LoadedModel.predict_scores`)
+                           frame:pd.DataFrame, # labelled rows the model did not train on
+                           y, # their labels, as the metric takes them
+                           metric, # (y, scores) -> value
+                           columns:Sequence[str], # the columns to shuffle
+                           greater_is_better:bool=True, # the metric's direction
+                           n_repeats:int=3, # shuffles per column
+                           max_rows:int=20_000, # rows used at most (a seeded sample)
+                           seed=0) -> dict:
+    "{column: mean worsening of `metric` when the column is shuffled} (0 or below: the model does not use it)."
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    if len(frame) > max_rows:
+        keep = np.sort(rng.choice(len(frame), max_rows, replace=False)); frame, y = frame.iloc[keep], y[keep]
+    frame = frame.reset_index(drop=True)
+    base, sign, out = metric(y, predict(frame)), (1 if greater_is_better else -1), {}
+    for c in columns:
+        drops = []
+        for _ in range(n_repeats):
+            shuffled = frame.assign(**{c: frame[c].to_numpy()[rng.permutation(len(frame))]})
+            drops.append(sign * (base - metric(y, predict(shuffled))))
+        out[c] = float(np.mean(drops))
+    return out
+
+# %% ../nbs/05a_drift.ipynb #8cf1f0ab
+def column_ratios(stats:Mapping[str,tuple], # from `column_statistics`
+                  distance_thresholds:Mapping[str,float], # column -> distance threshold
+                  missing_thresholds:Mapping[str,float], # column -> missing-share threshold
+                 ) -> dict:
+    "{column: the larger of distance / its threshold and missing-share change / its threshold} (no distance counts as 0)."
+    out = {}
+    for c, (d, m, *_) in stats.items():
+        d = 0.0 if not math.isfinite(d) else d
+        out[c] = max(d / max(distance_thresholds[c], 1e-12), m / max(missing_thresholds[c], MIN_MISSING_SHIFT))
+    return out
+
+def _ratios(a:np.ndarray, q:np.ndarray) -> np.ndarray:
+    "`column_ratios` of many draws at once: `a` is (draws, columns, 2) statistics, `q` (columns, 2) thresholds."
+    return np.fmax(np.nan_to_num(a[:, :, 0]) / np.maximum(q[:, 0], 1e-12), a[:, :, 1] / np.maximum(q[:, 1], MIN_MISSING_SHIFT))
+
+def _quantiles(a:np.ndarray, rates:Sequence[float]) -> np.ndarray:
+    "Upper quantiles (one per rate) along the first axis, conformal: a new draw exceeds them at most `rate` of the time (NaN ignored; all NaN: 0)."
+    k = np.isfinite(a).sum(0).min() if a.ndim > 1 else np.isfinite(a).sum()
+    qs = [min(1.0, (1 - r) * (1 + 1 / max(k, 1))) for r in rates]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        return np.nan_to_num(np.nanquantile(a, qs, axis=0, method='higher'), nan=0.0)
+
+# %% ../nbs/05a_drift.ipynb #59dd49b8
+def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
+                    frame:pd.DataFrame, # in-distribution rows the profile was not built from (a holdout)
+                    importance:Mapping[str,float]|None=None, # column -> importance; default: the profile's
+                    score_columns:Sequence[str]|None=None, # columns the data-set score covers (default: all profiled)
+                    sizes:Sequence[int]=CALIBRATION_SIZES, # window sizes to measure at
+                    rates:Sequence[float]=FALSE_ALARM_RATES, # false-alarm rates per window (FAIL, WARNING)
+                    n_draws:int=200, # chunks per size
+                    seed:int=0, # random seed: same seed and rows, same thresholds
+                    importance_floor:float=0.0, # importance share below which a column is left out of the score
+                    source:str='holdout', # what `frame` is, in words
+                   ) -> DriftCalibration:
+    "Thresholds for each column and for the data-set score, from chunks of `frame` at each of `sizes`."
+    rates = tuple(sorted(float(r) for r in rates))
+    if not rates or not all(0 < r < 0.5 for r in rates): raise ConfigError('rates', list(rates), 'false-alarm rates in (0, 0.5)')
+    if not isinstance(n_draws, int) or n_draws < 20: raise ConfigError('n_draws', n_draws, 'an integer >= 20')
+    names = profile.names
+    missing = [c for c in names if c not in frame.columns]
+    if missing: raise DataError(f"calibration rows: got no column(s) {missing}; allowed: a frame with every profiled column")
+    if len(frame) < 20: raise DataError(f"calibration rows: got {len(frame)}; allowed: at least 20 rows (a holdout)")
+    imp = profile.importance if importance is None else importance
+    weights = importance_weights(imp, names if score_columns is None else score_columns, importance_floor)
+    grid = [int(s) for s in sorted(set(sizes)) if int(s) <= len(frame)] or [len(frame)]
+    rng, w = np.random.default_rng(seed), np.array([weights.get(c, 0.0) for c in names])
+    cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[], typical=[]) for c in names}, []
+    for n in grid:
+        a = np.empty((n_draws, len(names), 2))
+        chunk = max(2, round(1 / (1 / n + 1 / len(frame)))) # a little smaller: the rows drawn from are a sample too
+        for k in range(n_draws):
+            st = column_statistics(profile, frame.iloc[rng.integers(0, len(frame), chunk)], names)
+            a[k] = [st[c][:2] for c in names]
+        q = _quantiles(a, rates) # (rates, columns, 2)
+        for j, c in enumerate(names):
+            cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist())
+        typical = np.nan_to_num(np.nanmedian(a, axis=0)) # (columns, 2): the scale the score divides by
+        for j, c in enumerate(names): cols[c]['typical'].append(typical[j].tolist())
+        score.append(_quantiles(_ratios(a, typical) @ w, rates).tolist())
+    return DriftCalibration(tuple(grid), rates, cols, tuple(score), weights, n_draws, seed, source, len(frame), float(importance_floor))
+
+# %% ../nbs/05a_drift.ipynb #3448479f
+class UncalibratedProfileError(ConfigError):
+    "Calibrated drift was asked of a profile that holds no calibrated thresholds."
+    def __init__(self, profile:ReferenceProfile):
+        super().__init__('drift_mode', 'calibrated', "a profile calibrated by calibrate_drift, or drift_mode = 'fixed'",
+                         f"the profile of model {profile.meta.get('model')!r} version {profile.meta.get('version')!r} holds no "
+                         "thresholds: rebuild it (mlprod.monitor.reference_profile(model, cfg, rebuild=True))")
+
+def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (from `calibrate_drift`)
+                     current:pd.DataFrame, # the window
+                     columns:Sequence[str]|None=None, # profiled columns to test (default: all)
+                    ) -> DriftResult:
+    "Drift of `current` against the profile's calibrated thresholds for a window of its size."
+    cal = profile.calibration
+    if cal is None: raise UncalibratedProfileError(profile)
+    names = profile.names if columns is None else _as_list(columns, 'columns')
+    unknown = [c for c in names if c not in profile.names]
+    if unknown: raise ConfigError('columns', unknown, f"columns of the profile: {profile.names}")
+    absent = [c for c in names if c not in current.columns]
+    if absent: raise DataError(f"current: got no column(s) {absent}; allowed: a frame with every profiled column {names}")
+    n, st = len(current), column_statistics(profile, current, names)
+    dth = {c: cal.threshold(c, n, 'distance') for c in names}; mth = {c: cal.threshold(c, n, 'missing') for c in names}
+    ratio, imp = column_ratios(st, dth, mth), importance_shares(profile.importance)
+    rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] > 1), profile[c].n, st[c][2],
+                        missing_shift=st[c][1], missing_threshold=mth[c], importance=imp.get(c), ratio=ratio[c]) for c in names]
+    typ = {c: cal.typical(c, n) for c in names if c in cal.weights}
+    score = float(sum(cal.weights[c] * v for c, v in column_ratios({c: st[c] for c in typ}, {c: t[0] for c, t in typ.items()},
+                                                                     {c: t[1] for c, t in typ.items()}).items()))
+    fail, warn = cal.score_threshold(n, 0), cal.score_threshold(n, len(cal.rates) - 1)
+    n_drifted = sum(r.drifted for r in rows)
+    return DriftResult(tuple(rows), n_drifted, n_drifted / len(rows) if rows else 0.0, 0.5, bool(score > fail), profile.n_rows, n,
+                       mode='calibrated', score=score, score_fail=fail, score_warning=warn, rates=tuple(cal.rates))

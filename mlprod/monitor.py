@@ -15,22 +15,24 @@ import sqlalchemy as sa
 
 from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, Check, Checks, jsonable, to_json,
                          esc, fmt, status_badge, checks_table_html, utcnow, to_utc)
-from .config import ProjectConfig, Thresholds, get_config, ensure_state
+from .config import ProjectConfig, Thresholds, get_config, ensure_state, validate_thresholds
 from . import db as _db
-from .drift import ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMALL_REFERENCE, ProfileFormatError
+from .drift import (ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMALL_REFERENCE, ProfileFormatError, CATEGORICAL,
+                    NUMERICAL, calibrate_drift, calibrated_drift, permutation_importance)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGURES', 'MonitorError', 'NoDataError',
-           'service_checks', 'metric_interval', 'performance_check', 'expected_calibration_error', 'expected_roc_auc',
-           'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks', 'prediction_column',
-           'profile_path', 'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns',
-           'data_quality_checks', 'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window',
-           'require_rows', 'read_request_window', 'read_source_window', 'load_window', 'scored_rows', 'window_drift',
+__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError',
+           'NoDataError', 'service_checks', 'metric_interval', 'performance_check', 'expected_calibration_error',
+           'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks',
+           'prediction_column', 'model_importances', 'version_importance', 'calibrate_profile', 'profile_path',
+           'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
+           'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window', 'require_rows',
+           'read_request_window', 'read_source_window', 'load_window', 'scored_rows', 'window_drift',
            'window_calibration', 'realized_checks', 'estimated_checks', 'report_samples', 'traffic_seconds',
-           'evaluate_window', 'publish', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report',
-           'cmd_monitor']
+           'decide_verdict', 'evaluate_window', 'publish', 'monitor', 'evidently_html', 'monitor_report_html',
+           'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -272,23 +274,36 @@ def estimate_check(scores, # the model's scores of the window (no labels needed)
 # %% ../nbs/06_monitor.ipynb #6855f88e
 PREDICTION = 'prediction' # column of model scores in frames given to `monitor` and in the reference profile
 
+def _share_check(drift:DriftResult, thresholds:Thresholds) -> Check:
+    "`drift:share`: the importance-weighted score against its calibrated thresholds, or the share of drifted columns (fixed)."
+    details = dict(n_drifted=drift.n_drifted, n_columns=len(drift), drifted=[c.column for c in drift.ranked(True)], mode=drift.mode)
+    if drift.mode != 'calibrated':
+        share = drift.drift_share
+        st = (Status.FAIL if share >= thresholds.drift_share_fail else Status.WARNING if share >= thresholds.drift_share_warning else Status.SUCCESS)
+        return Check('drift:share', st, share, f"< {fmt(thresholds.drift_share_warning)} (fails at {fmt(thresholds.drift_share_fail)})",
+                     f"{drift.n_drifted} of {len(drift)} input columns drifted" + (f": {', '.join(drift.drifted_columns)}" if drift.n_drifted else ''), details)
+    s = drift.score
+    st = Status.FAIL if s > drift.score_fail else Status.WARNING if s > drift.score_warning else Status.SUCCESS
+    top = '; '.join(f"{c.column} ({fmt(c.ratio)}× its limit" + (f", importance {c.importance:.0%})" if c.importance is not None else ')')
+                    for c in drift.ranked(True)[:5])
+    rates = ' / '.join(f"{r:.0%}" for r in reversed(drift.rates))
+    details.update(score_warning=drift.score_warning, score_fail=drift.score_fail, rates=list(drift.rates),
+                   ranked=[dict(column=c.column, importance=c.importance, ratio=c.ratio) for c in drift.ranked(True)])
+    return Check('drift:share', st, s, f"< {fmt(drift.score_warning)} (fails at {fmt(drift.score_fail)})",
+                 f"importance-weighted drift score {fmt(s)} on {drift.n_current} rows (warns at {fmt(drift.score_warning)}, fails at "
+                 f"{fmt(drift.score_fail)}: {rates} false alarms per window); {drift.n_drifted} of {len(drift)} input columns beyond "
+                 "their limits" + (f", by importance × drift: {top}" if top else ''), details)
+
 def drift_checks(drift:DriftResult, # per-feature drift of the window
-                 thresholds:Thresholds=Thresholds(), # drift_share_warning, drift_share_fail
+                 thresholds:Thresholds=Thresholds(), # drift_share_warning, drift_share_fail (fixed mode)
                  prediction:ColumnDrift|None=None, # drift of the prediction column, if measured
                 ) -> list:
-    "Checks `drift:<column>` (WARNING when drifted), `drift:share` and `drift:prediction`."
-    out = [c for c in drift.checks(Status.WARNING, Status.FAIL).checks if c.name != 'drift:share']
-    share = drift.drift_share
-    st = (Status.FAIL if share >= thresholds.drift_share_fail else Status.WARNING if share >= thresholds.drift_share_warning
-          else Status.SUCCESS)
-    out.append(Check('drift:share', st, share, f"< {fmt(thresholds.drift_share_warning)} (fails at {fmt(thresholds.drift_share_fail)})",
-                     f"{drift.n_drifted} of {len(drift)} input columns drifted" +
-                     (f": {', '.join(drift.drifted_columns)}" if drift.n_drifted else ''),
-                     dict(n_drifted=drift.n_drifted, n_columns=len(drift), drifted=drift.drifted_columns)))
+    "Checks `drift:<column>` (WARNING when drifted), `drift:share` (the data-set verdict) and `drift:prediction` (WARNING at most)."
+    out = [c for c in drift.checks(Status.WARNING, Status.FAIL).checks if c.name != 'drift:share'] + [_share_check(drift, thresholds)]
     if prediction is not None:
-        out.append(Check('drift:prediction', Status.FAIL if prediction.drifted else Status.SUCCESS, prediction.statistic,
+        out.append(Check('drift:prediction', Status.WARNING if prediction.drifted else Status.SUCCESS, prediction.statistic,
                          f"no drift (drift when {prediction.rule})", f"model scores: {prediction.stattest} {fmt(prediction.statistic)} against the reference "
-                         f"({'drift' if prediction.drifted else 'no drift'} when {prediction.rule})",
+                         f"({'drift' if prediction.drifted else 'no drift'} when {prediction.rule}; prediction drift alone never fails)",
                          dict(stattest=prediction.stattest, threshold=prediction.threshold)))
     return out
 
@@ -324,6 +339,63 @@ def _report_samples(model, samples:dict) -> dict:
         out[k] = df
     return out
 
+# %% ../nbs/06_monitor.ipynb #28b0c903
+def model_importances(model, # a `mlprod.registry.LoadedModel`
+                     ) -> dict:
+    "{input column: importance} from the fitted model's `feature_importances_` ({} when they do not map to input columns)."
+    est = model.model
+    final, prep = (est.steps[-1][1], est[:-1]) if hasattr(est, 'steps') else (est, None)
+    imp = getattr(final, 'feature_importances_', None)
+    if imp is None: return {}
+    try: names = list(prep.get_feature_names_out()) if prep is not None else list(getattr(final, 'feature_names_in_', model.features))
+    except (AttributeError, ValueError, TypeError): return {}
+    if len(names) != len(imp) or not set(names) <= set(model.features): return {}
+    return {str(n): float(v) for n, v in zip(names, imp)}
+
+def version_importance(model, # a `mlprod.registry.LoadedModel`
+                       holdout:pd.DataFrame|None=None, # labelled rows the model did not train on
+                       reference:pd.DataFrame|None=None, # its training snapshot (last resort)
+                       seed:int=0) -> tuple:
+    "({column: importance}, how it was measured): permutation on the holdout, else the model's own, else permutation on the training snapshot."
+    from mlprod.compare import get_metric, encode_labels
+    from mlprod.config import TASKS
+    t = model.target
+    def perm(rows, how):
+        rows = rows[rows[t].notna()]
+        m = get_metric(TASKS[model.task][0], model.task)
+        y = rows[t].to_numpy(float) if model.task == 'regression' else encode_labels(rows[t], model.task, model.classes, model.positive_class)
+        return permutation_importance(model.predict_scores, rows, y, lambda a, b: m(*m.validate(a, b)), model.features,
+                                      m.greater_is_better, seed=seed), how
+    if holdout is not None and t in holdout.columns and holdout[t].notna().sum() >= 20: return perm(holdout, 'permutation on the holdout')
+    own = model_importances(model)
+    if own: return own, "the model's own importances"
+    if reference is not None and t in reference.columns and reference[t].notna().sum() >= 20:
+        return perm(reference, 'permutation on the training snapshot (optimistic)')
+    return {}, 'none (equal weights)'
+
+
+# %% ../nbs/06_monitor.ipynb #aaafbda1
+def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile` (its importance decides the score's weights)
+                      model, # the version
+                      holdout:pd.DataFrame|None=None, # rows the model did not train on (labels not needed)
+                      reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
+                      thresholds:Thresholds=Thresholds(), # false_alarm_fail/warning, importance_floor, calibration_draws
+                      seed:int=0) -> ReferenceProfile:
+    "`profile` with calibrated drift thresholds measured on the holdout (else on a split of the training snapshot)."
+    th, feats = validate_thresholds(thresholds), [c for c in profile.names if c != PREDICTION]
+    if holdout is not None and len(holdout) >= 20: rows, against, source = holdout, profile, 'holdout'
+    else:
+        ref = model.reference() if reference is None else reference
+        idx = np.random.default_rng(seed).permutation(len(ref)); cut = int(len(ref) * 0.7)
+        part = ref.iloc[idx[:cut]]
+        kinds = dict(categorical=[c.name for c in profile.columns if c.kind == CATEGORICAL], numerical=[c.name for c in profile.columns if c.kind == NUMERICAL])
+        against = ReferenceProfile.from_frame(part[model.features].assign(**{PREDICTION: prediction_column(model, part)}), **kinds)
+        rows, source = ref.iloc[idx[cut:]], 'reference split'
+    frame = rows[model.features].assign(**{PREDICTION: prediction_column(model, rows)})
+    cal = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning),
+                          n_draws=th.calibration_draws, seed=seed, importance_floor=th.importance_floor, source=source)
+    return dataclasses.replace(profile, calibration=cal)
+
 # %% ../nbs/06_monitor.ipynb #d27ff636
 def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
     "Where the reference profile of `name` version `version` is cached."
@@ -331,8 +403,10 @@ def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
 
 def build_reference_profile(model, # a `mlprod.registry.LoadedModel`
                             reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
+                            holdout:pd.DataFrame|None=None, # labelled rows it did not train on: importance and drift thresholds
+                            thresholds:Thresholds=Thresholds(), # drift_mode and the calibration settings
                            ) -> ReferenceProfile:
-    "Score the version's training snapshot and profile its inputs and `prediction` (with calibration on those rows)."
+    "Score the version's training snapshot and profile its inputs and `prediction`, with importance and (calibrated mode) drift thresholds."
     ref = model.reference() if reference is None else reference
     if PREDICTION in model.features: raise DataError(f"features: a feature is called {PREDICTION!r}; allowed: any other name (it is the score column)")
     scores = prediction_column(model, ref)
@@ -342,23 +416,40 @@ def build_reference_profile(model, # a `mlprod.registry.LoadedModel`
         from mlprod.compare import encode_labels
         cal = fit_calibration(encode_labels(ref[model.target], 'binary', model.classes, model.positive_class), scores, 'training snapshot')
         meta['calibration'] = cal.to_dict()
+    importance, meta['importance_source'] = version_importance(model, holdout, ref)
     mc = model.task == 'multiclass'  # the predicted class is categorical
-    return ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
+    prof = ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
                                        numerical=[] if mc else [PREDICTION], meta=meta)
+    prof = dataclasses.replace(prof, importance=importance)
+    return calibrate_profile(prof, model, holdout, ref, thresholds) if validate_thresholds(thresholds).drift_mode == 'calibrated' else prof
 
 # %% ../nbs/06_monitor.ipynb #24d3eff2
+def _stale(prof:ReferenceProfile, th:Thresholds, holdout) -> str:
+    "Why a cached profile no longer fits the thresholds (empty when it does)."
+    if th.drift_mode != 'calibrated': return ''
+    cal = prof.calibration
+    if cal is None: return 'it holds no calibrated thresholds'
+    if (tuple(cal.rates), cal.n_draws, cal.importance_floor) != ((th.false_alarm_fail, th.false_alarm_warning), th.calibration_draws, th.importance_floor):
+        return 'the thresholds settings changed'
+    return 'a holdout is given now' if holdout is not None and cal.source != 'holdout' else ''
+
 def reference_profile(model, # a `mlprod.registry.LoadedModel`
                       cfg:ProjectConfig, # project (for the cache folder)
                       rebuild:bool=False, # ignore a cached profile
+                      holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (importance, drift thresholds)
+                      thresholds:Thresholds|None=None, # default: the model's in `cfg` (else the defaults)
                      ) -> ReferenceProfile:
-    "The cached reference profile of `model` (input columns and `prediction`), built on first use."
+    "The cached reference profile of `model` (inputs, `prediction`, importance, drift thresholds), built on first use."
+    th = thresholds or (cfg.models[model.name].thresholds if model.name in cfg.models else Thresholds())
     p = profile_path(cfg, model.name, model.version)
     if p.exists() and not rebuild:
         try:
             prof = ReferenceProfile.load(p)
-            if prof.meta.get('run_id') == model.run_id: return prof
+            why = 'it belongs to another run' if prof.meta.get('run_id') != model.run_id else _stale(prof, th, holdout)
+            if not why: return prof
+            log.info('rebuilding reference profile %s: %s', p, why)
         except (ProfileFormatError, NotFoundError) as e: log.warning('rebuilding reference profile %s: %s', p, e)
-    prof = build_reference_profile(model)
+    prof = build_reference_profile(model, holdout=holdout, thresholds=th)
     try: prof.save(p)
     except (OSError, DataError) as e: log.warning('reference profile of %s version %s not cached: %s', model.name, model.version, e)
     return prof
@@ -462,7 +553,7 @@ def summary(self:MonitorResult) -> str:
     f = self.figures
     head = (f"{self.model} version {self.version} {self.start:%Y-%m-%d %H:%M} .. {self.end:%Y-%m-%d %H:%M} UTC "
             f"({self.source}): {self.status.value}, {f.get('rows', 0)} rows")
-    lines = [head]
+    lines = [head] + ([f"  verdict: {f['verdict_reason']}"] if f.get('verdict_reason') else [])
     for c in self.checks.checks:
         if c.status != Status.SUCCESS and not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction')):
             lines.append(f"  {c.status.value:8} {c.name}: {c.message}")
@@ -488,6 +579,7 @@ def _body_html(self:MonitorResult, extra:str='') -> str:
     alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
     return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
             f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
+            + (f"<p><b>Verdict:</b> {esc(f['verdict_reason'])}</p>" if f.get('verdict_reason') else '') +
             f"<table>{figs}</table>{checks_table_html(main)}{extra}{self.distribution_charts()}{self.quality_chart()}"
             + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')
             + (self.drift.html(self.checks['drift:share'].status if any(c.name == 'drift:share' for c in self.checks.checks) else None)
@@ -739,10 +831,12 @@ def scored_rows(window:Window, # from `load_window`
 # %% ../nbs/06_monitor.ipynb #54f2da75
 def window_drift(profile:ReferenceProfile, # the version's reference profile
                  current:pd.DataFrame, # rows from `scored_rows`
-                 thresholds:Thresholds=Thresholds(), # drift_statistic, prediction_drift, drift_share_fail
+                 thresholds:Thresholds=Thresholds(), # drift_mode; fixed: drift_statistic, prediction_drift, drift_share_fail
                 ) -> tuple:
-    "(input drift, prediction drift) of the window against the reference profile."
+    "(input drift, prediction drift) of the window against the reference profile, calibrated or fixed (`thresholds.drift_mode`)."
     feats = [c for c in profile.names if c != PREDICTION]
+    if validate_thresholds(thresholds).drift_mode == 'calibrated':
+        return calibrated_drift(profile, current, feats), calibrated_drift(profile, current, [PREDICTION])[PREDICTION]
     drift = detect_drift(profile, current, columns=feats, threshold=_thresholds_for(profile, feats, thresholds.drift_statistic) or None,
                          drift_share=thresholds.drift_share_fail)
     pdrift = detect_drift(profile, current, columns=[PREDICTION],
@@ -866,6 +960,30 @@ def traffic_seconds(requests:pd.DataFrame, # request-log rows (column `at`, the 
     if len(at) == 0: return (t1 - t0).total_seconds()
     return max((at.max() - at.min()).total_seconds(), 1.0)
 
+# %% ../nbs/06_monitor.ipynb #7e8d8690
+VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels)'), ('estimated:', 'estimate', 'the label-free performance estimate'),
+                   ('service:', 'service', 'the service'), ('data_quality:', 'data_quality', 'data quality'),
+                   ('drift:share', 'drift', 'drift in the features the model uses'), ('drift:prediction', 'prediction_drift', 'prediction drift'),
+                   ('drift:', 'column_drift', 'drift in single columns'), ('', 'other', 'another check')) # prefix, driver, words
+
+def decide_verdict(checks:Sequence[Check], # every check of a window
+                  ) -> tuple:
+    "(checks, driver, reason): realized performance with a verdict lowers failed drift checks to WARNING; the signal behind the worst status."
+    decided = next((c for c in checks if c.name.startswith('performance:') and c.name != 'performance:label_coverage'
+                    and c.status in (Status.SUCCESS, Status.FAIL)), None)
+    if decided is not None:
+        checks = [dataclasses.replace(c, status=Status.WARNING, message=f"{c.message} (realized performance decides: {decided.name} "
+                                      f"{decided.status.value}; drift explains)") if c.name.startswith('drift:') and c.status == Status.FAIL else c
+                  for c in checks]
+    worst = Status.worst(c.status for c in checks)
+    if worst in (Status.SUCCESS, Status.SKIPPED):
+        return list(checks), 'none', 'SUCCESS: every check passed' + (f", {decided.name} included" if decided is not None else '') + '.'
+    for prefix, driver, words in VERDICT_SIGNALS:
+        hit = next((c for c in checks if c.name.startswith(prefix) and c.status == worst), None)
+        if hit is not None:
+            tail = ' Realized performance had the last word on drift.' if decided is not None and driver != 'performance' else ''
+            return list(checks), driver, f"{worst.value} because of {words}: {hit.name}: {hit.message}.{tail}"
+
 # %% ../nbs/06_monitor.ipynb #22d9bbf6
 def evaluate_window(window:Window, # from `load_window` (or built by hand)
                     model, # the version (`mlprod.registry.LoadedModel`)
@@ -889,7 +1007,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
     drift, pdrift = window_drift(profile, current, th)
     checks += drift_checks(drift, th, pdrift)
-    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic)
+    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
     cal = window_calibration(model, profile, holdout, window.prior, th.min_rows, ref)
     metric = metric or 'roc_auc'
@@ -897,6 +1015,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     rc, rf = realized_checks(model, current, metric, th, *_baseline(model, metric, cal), train_metric)
     ec, ef = estimated_checks(model, current, cal, metric, th, max_ece)
     checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
+    checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
     return MonitorResult(window.model, str(model.version), window.alias, window.start, window.end, window.source,
                          Checks(f"Monitor {window.model} v{model.version}", checks), figures, drift, pdrift, cal,
                          uuid.uuid4().hex, utcnow(), notes=tuple(notes), samples=report_samples(model, ref, current, sample_rows))
@@ -951,7 +1070,7 @@ def monitor(name:str, # model name from mlprod.toml
     elif (window.model, window.start, window.end) != (name, to_utc(start), to_utc(end)):
         raise ConfigError('window', f"{window.model} {window.start} .. {window.end}", f"the window of {name} {start} .. {end}")
     model, mc = registry.load(name, window.version, cfg), cfg.model(name)
-    result = evaluate_window(window, model, reference_profile(model, cfg), mc.thresholds, metric=mc.metric, reference=model.reference(),
+    result = evaluate_window(window, model, reference_profile(model, cfg, holdout=calibration, thresholds=mc.thresholds), mc.thresholds, metric=mc.metric, reference=model.reference(),
                              holdout=calibration, max_ece=max_ece, sample_rows=sample_rows)
     return publish(result, cfg, mlflow=log_to_mlflow, record=record, alerts=alerts, report=save_report)
 
