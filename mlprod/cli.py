@@ -70,6 +70,7 @@ COMMANDS = {
     'serve': ('mlprod.serve', 'cmd_serve', 'serve a model over HTTP (MLflow protocol)'),
     'labels': ('mlprod.requestlog', None, 'record ground truth for logged requests'),
     'labels ingest': ('mlprod.requestlog', 'cmd_labels_ingest', 'record labels from a CSV or Parquet file'),
+    'score': ('mlprod.score', 'cmd_score', 'score a table (Parquet or CSV) with a registered model into Parquet, rejects beside it'),
     'monitor': ('mlprod.monitor', 'cmd_monitor', 'check health, drift and performance over a window'),
     'alerts': ('mlprod.alerts', 'cmd_alerts', 'list, test and resolve alerts'),
     'alerts test': ('mlprod.alerts', 'cmd_alerts_test', 'send a test message through every configured channel'),

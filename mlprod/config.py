@@ -39,6 +39,7 @@ class Thresholds:
     non_inferiority_margin:float=0.005 # a challenger may be this much worse (metric) and still pass
     min_improvement:float=0.0 # required improvement of the metric against the champion
     max_unseen_share:float=0.05 # share of rows with a category value unseen in training (per column, and any column) above which the data-quality check warns
+    max_reject_share:float=0.01 # batch scoring: share of input rows refused by the data contract above which the run fails (nothing is written)
 
 # %% ../nbs/00a_config.ipynb #d24339fc
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ metadata = sa.MetaData()
 
 # %% auto #0
 __all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts', 'comparisons',
-           'locks', 'monitor_runs', 'alert_streaks', 'alert_deliveries', 'runbook_checks', 'add_missing_columns',
-           'driver_url', 'engine', 'dispose_all']
+           'locks', 'monitor_runs', 'alert_streaks', 'alert_deliveries', 'runbook_checks', 'batch_runs',
+           'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
 
 # %% ../nbs/00b_db.ipynb #25251b4a
 UTCDateTime = sa.DateTime(timezone=True)
@@ -216,3 +216,21 @@ runbook_checks = sa.Table('runbook_checks', metadata,
     sa.Column('ok', sa.Boolean, nullable=False),
     sa.Column('summary', sa.Text),
     sa.Column('details', sa.Text)) # JSON of the checks
+
+# %% ../nbs/00b_db.ipynb #010996fd
+batch_runs = sa.Table('batch_runs', metadata,
+    sa.Column('id', sa.String(64), primary_key=True),
+    sa.Column('model', sa.String(200), nullable=False, index=True),
+    sa.Column('version', sa.String(20)),
+    sa.Column('engine', sa.String(20), nullable=False), # 'local' or 'spark'
+    sa.Column('status', sa.String(20), nullable=False), # 'success' or 'failed'
+    sa.Column('input', sa.Text, nullable=False),
+    sa.Column('output', sa.Text), # the scored Parquet (None when the run failed: nothing was written)
+    sa.Column('rejects_path', sa.Text),
+    sa.Column('n_rows', sa.Integer), sa.Column('n_scored', sa.Integer), sa.Column('n_rejected', sa.Integer),
+    sa.Column('id_column', sa.String(200)), sa.Column('time_column', sa.String(200)),
+    sa.Column('time_min', UTCDateTime), sa.Column('time_max', UTCDateTime), # range of the time column (or scored_at) of the scored rows
+    sa.Column('started_at', UTCDateTime, nullable=False, index=True),
+    sa.Column('duration_s', sa.Float),
+    sa.Column('result', sa.Text), # JSON of the BatchResult
+    sa.Column('error', sa.Text))

@@ -610,7 +610,7 @@ def read_source_window(cfg:ProjectConfig, name:str, t0, t1, # project, model nam
 def load_window(name:str, # model name from mlprod.toml
                 start, end, # the window [start, end), dates or datetimes, UTC
                 *, cfg:ProjectConfig|str|None=None, # project config or folder (default: `get_config()`)
-                source:str='auto', # 'request-log', 'data-source' or 'auto' (the request log when it has rows, else the data source)
+                source:str='auto', # 'request-log', 'data-source', 'batch' (outputs of `mlprod score` runs) or 'auto' (the request log when it has rows, else the data source)
                 data:pd.DataFrame|None=None, # the window's rows given directly (recorded as 'data-frame')
                 version:str|None=None, # model version (default: the one behind `alias`)
                 alias:str='production', # alias that names the version when `version` is None
@@ -618,7 +618,7 @@ def load_window(name:str, # model name from mlprod.toml
                 calibration_days:float=28, # request log: days before the window whose labelled rows calibrate estimates
                ) -> Window:
     "Read the rows of model `name` over [start, end) from the request log or the data source: the one place a window is read."
-    if source not in SOURCES: raise ConfigError('source', source, ', '.join(map(repr, SOURCES)))
+    if source not in SOURCES + ('batch',): raise ConfigError('source', source, ', '.join(map(repr, SOURCES + ('batch',))))
     t0, t1 = to_utc(start), to_utc(end)
     if t0 >= t1: raise ConfigError('window', f"{start} .. {end}", 'start before end')
     cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
@@ -628,6 +628,9 @@ def load_window(name:str, # model name from mlprod.toml
         model = registry.load(name, str(version) if version is not None else alias, cfg)
         w = Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-frame', data)
     elif source == 'data-source': w = read_source_window(cfg, name, t0, t1, version, alias)
+    elif source == 'batch':
+        from mlprod.score import read_batch_window  # batch outputs in the window: needed columns only, filtered in the scan
+        w = read_batch_window(cfg, name, t0, t1, version, alias)
     else:
         w = read_request_window(cfg, name, t0, t1, version, alias, time_field, calibration_days)
         if source == 'auto' and not len(w) and not cfg.model(name).data_source:
@@ -948,7 +951,7 @@ def cmd_monitor(name:str, # model name from mlprod.toml
                 end:str, # window end, exclusive
                 version:str|None=None, # model version (default: the one behind --alias)
                 alias:str='production', # alias naming the version
-                source:Literal['auto', 'request-log', 'data-source']='auto', # where the rows come from (auto: the request log when it has rows, else the data source)
+                source:Literal['auto', 'request-log', 'data-source', 'batch']='auto', # where the rows come from (batch: `mlprod score` outputs; auto: the request log when it has rows, else the data source)
                 time_field:Literal['event_time', 'at']='event_time', # request time used for the window (default: event_time, else at)
                 json:bool=False, # print the result as JSON
                 report:bool=False, # write the HTML report under reports/<model>/monitor/

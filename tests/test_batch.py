@@ -1,0 +1,159 @@
+"""Batch scoring on real flights months: the local engine equals the model (and `mlflow.pyfunc`), feeds the monitor
+with the same verdicts as the request log, writes rejects with reasons, fails past the threshold, joins labels by id,
+and survives `kill -9` without a partial output."""
+import dataclasses, json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+from conftest import BIN, offline_env, project_folder, window
+
+TOML_TREES = 'n_estimators = 200'
+
+
+@pytest.fixture(scope='module')
+def proj(tmp_path_factory, flights):
+    "A project with a production flights model trained on January 2013: (cfg, model)."
+    from mlprod.config import DEFAULT_TOML, get_config, reset_config, ensure_state
+    from mlprod import registry
+    from mlprod.recipes import train_lightgbm
+    toml = DEFAULT_TOML.replace(TOML_TREES, 'n_estimators = 40').replace('reference_sample = 100000', 'reference_sample = 20000')
+    root, mp = project_folder(tmp_path_factory, 'batch', {'mlprod.toml': toml})
+    reset_config()
+    cfg = ensure_state(get_config(root))
+    mc = cfg.model('flights')
+    train = window(flights, '2013-01-01', '2013-02-01').sample(20_000, random_state=0).sort_values('time_hour').reset_index(drop=True)
+    model = train_lightgbm(train, mc)
+    v = registry.register(model, 'flights', train, window=('2013-01-01', '2013-02-01'), cfg=cfg)
+    registry.promote('flights', v.version, reason='batch tests', force=True, cfg=cfg)
+    yield cfg, model
+    reset_config(); mp.undo()
+
+
+def month(flights, start, end):
+    "The flights of [start, end) with an integer id column."
+    return window(flights, start, end).assign(flight_id=lambda d: np.arange(len(d)) + int(pd.Timestamp(start).strftime('%Y%m%d')) * 100_000)
+
+
+def test_local_engine_equals_model_and_pyfunc(proj, flights, tmp_path):
+    "Every row of March 2013, scored locally from Parquet, equals the model's predict_proba (1e-9) and mlflow.pyfunc's predict."
+    import mlflow
+    from mlprod.score import score
+    from mlprod import registry
+    cfg, model = proj
+    mar = month(flights, '2013-03-01', '2013-04-01')
+    mar.to_parquet(tmp_path/'march.parquet', row_group_size=10_000)
+    r = score('flights', tmp_path/'march.parquet', tmp_path/'out'/'march.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
+    out = pd.read_parquet(r.output)
+    feats = list(cfg.model('flights').features)
+    assert (r.n_rows, r.n_scored, r.n_rejected, len(out)) == (len(mar), len(mar), 0, len(mar))
+    assert out['flight_id'].tolist() == mar['flight_id'].astype(str).tolist()
+    np.testing.assert_allclose(out['proba_1'], model.predict_proba(mar[feats])[:, 1], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(out['proba_0'] + out['proba_1'], 1.0, atol=1e-12)
+    lm = registry.load('flights', 'production', cfg)
+    pyf = mlflow.pyfunc.load_model(lm.model_uri).predict(mar[feats].iloc[:20_000])
+    np.testing.assert_allclose(out['prediction'].to_numpy()[:20_000], np.asarray(pyf, dtype='float64'), rtol=0, atol=1e-9)
+    assert out['prediction'].equals(out['proba_1'])
+    assert (out['time_hour'] == mar['time_hour']).all() and out['version'].eq(lm.version).all()
+
+
+def _log_online(cfg, rows, preds, version):
+    "The same rows as the request log holds them after `mlprod serve` answered one request per row."
+    from mlprod import db
+    from mlprod.requestlog import log_row
+    from mlprod.core import utcnow
+    feats = list(cfg.model('flights').features)
+    recs = [log_row(dict(request_id=f"online-{i}", model='flights', version=version, alias='production', at=utcnow(), n_rows=1,
+                         columns={k: [v] for k, v in r.items()}, preds=[p], latency_ms=2.0, status=200, event_time=t.to_pydatetime()))
+            for i, r, p, t in zip(rows['flight_id'], rows[feats].to_dict('records'), preds, rows['time_hour'])]
+    with db.engine(cfg.db_url).begin() as conn: conn.execute(db.requests_log.insert(), recs)
+
+
+def test_monitor_verdicts_equal_online_and_labels_give_realized_performance(proj, flights, tmp_path):
+    "A week scored in batch and the same rows served online get the same drift, prediction-drift and performance verdicts."
+    from sklearn.metrics import roc_auc_score
+    from mlprod.score import score
+    from mlprod.monitor import monitor
+    from mlprod.requestlog import ingest_labels
+    cfg, model = proj
+    wk = month(flights, '2013-06-03', '2013-06-10')
+    wk.to_parquet(tmp_path/'june.parquet')
+    r = score('flights', tmp_path/'june.parquet', tmp_path/'june.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
+    out = pd.read_parquet(r.output)
+    _log_online(cfg, wk, out['proba_1'].tolist(), r.version)
+    labels = pd.DataFrame({'request_id': wk['flight_id'].astype(str), 'label': wk['delayed']})
+    labels.to_csv(tmp_path/'batch_labels.csv', index=False)
+    labels.assign(request_id='online-' + labels['request_id']).to_csv(tmp_path/'online_labels.csv', index=False)
+    ingest_labels(tmp_path/'batch_labels.csv', cfg=cfg); ingest_labels(tmp_path/'online_labels.csv', cfg=cfg)
+    kw = dict(cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
+    batch = monitor('flights', '2013-06-03', '2013-06-10', source='batch', **kw)
+    online = monitor('flights', '2013-06-03', '2013-06-10', source='request-log', **kw)
+    assert batch.source == 'batch' and len(batch.checks.checks) >= 5
+    b = {c.name: (c.status, c.observed) for c in batch.checks.checks}
+    o = {c.name: (c.status, c.observed) for c in online.checks.checks}
+    assert set(b) <= set(o) and all(n.startswith('service') for n in set(o) - set(b)), (sorted(b), sorted(o))
+    for n in b:
+        assert b[n][0] == o[n][0], (n, b[n], o[n])
+        if isinstance(b[n][1], float): assert abs(b[n][1] - o[n][1]) < 1e-6, (n, b[n], o[n])
+    realized = [c for c in batch.checks.checks if 'realized' in c.name]
+    assert realized, sorted(b)
+    auc = roc_auc_score(wk['delayed'], out['proba_1'])
+    assert any(isinstance(c.observed, float) and abs(c.observed - auc) < 1e-9 for c in realized), ([(c.name, c.observed) for c in realized], auc)
+
+
+def test_rejects_with_reasons_and_threshold(proj, flights, tmp_path):
+    "Unseen values (policy reject), garbage and infinities go to the rejects file with reasons; past the threshold nothing is written."
+    from mlprod.batch import score_local, BatchError, rejects_path
+    from mlprod import registry
+    cfg, model = proj
+    lm = registry.load('flights', 'production', cfg)
+    d = month(flights, '2013-04-01', '2013-04-03').astype({'temp': object, 'carrier': object})
+    d.loc[[0, 1], 'carrier'] = 'ZZ'; d.loc[2, 'temp'] = 'n/a?'; d.loc[3, 'distance'] = np.inf
+    d.to_csv(tmp_path/'april.csv', index=False)
+    r = score_local(lm, tmp_path/'april.csv', tmp_path/'april.parquet', id_column='flight_id', unseen='reject', max_reject_share=0.01)
+    rej = pd.read_parquet(r.rejects_path)
+    assert (r.n_rejected, rej['row'].tolist(), rej['column'].tolist()) == (4, [0, 1, 2, 3], ['carrier', 'carrier', 'temp', 'distance'])
+    assert rej['id'].tolist() == d['flight_id'].astype(str).tolist()[:4]
+    assert "'ZZ'" in rej['reason'][0] and 'unseen_categories' in rej['reason'][0], rej['reason'][0]
+    assert 'wrong type' in rej['reason'][2] and rej['value'][2] == 'n/a?', rej.iloc[2].to_dict()
+    assert len(pd.read_parquet(r.output)) == len(d) - 4
+    # the same rows under 'score': unseen carriers are scored (and flagged), like online
+    r2 = score_local(lm, tmp_path/'april.csv', tmp_path/'april2.parquet', id_column='flight_id', unseen='score')
+    assert r2.n_rejected == 2
+    # a missing column rejects every row: the run fails, the output is not written, the rejects are
+    d.drop(columns=['dest']).to_csv(tmp_path/'nodest.csv', index=False)
+    with pytest.raises(BatchError, match='max_reject_share'):
+        score_local(lm, tmp_path/'nodest.csv', tmp_path/'nodest.parquet', id_column='flight_id')
+    assert not (tmp_path/'nodest.parquet').exists()
+    rej = pd.read_parquet(rejects_path(tmp_path/'nodest.parquet'))
+    assert len(rej) == len(d) and rej['reason'].str.contains("'dest'").all()
+    with pytest.raises(BatchError, match='allowed: at most 0.01%'):
+        score_local(lm, tmp_path/'april.csv', tmp_path/'strict.parquet', max_reject_share=0.0001, unseen='reject')
+
+
+def test_cli_and_kill_9_leaves_no_partial_output(proj, flights, tmp_path):
+    "`mlprod score` killed with SIGKILL mid-run leaves no output (only a temporary file); the rerun succeeds and cleans it."
+    cfg, model = proj
+    big = month(flights, '2013-05-01', '2013-06-01')
+    big = pd.concat([big] * 20, ignore_index=True).assign(flight_id=lambda x: np.arange(len(x)))
+    big.to_parquet(tmp_path/'big.parquet', row_group_size=50_000)
+    out = tmp_path/'out'/'big.scores.parquet'
+    args = [str(BIN/'mlprod'), '--project', str(cfg.root), 'score', 'flights', '--input', str(tmp_path/'big.parquet'), '--output', str(out),
+            '--id-column', 'flight_id', '--time-column', 'time_hour', '--json']
+    env = offline_env()
+    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, tmp = time.time() + 120, None
+    while time.time() < deadline and p.poll() is None:
+        tmps = list(out.parent.glob('.big.scores.parquet.tmp-*')) if out.parent.exists() else []
+        if tmps and tmps[0].stat().st_size > 1_000_000: tmp = tmps[0]; break
+        time.sleep(0.05)
+    assert tmp is not None and p.poll() is None, (p.poll(), p.stderr.read()[-2000:] if p.poll() is not None else '')
+    os.kill(p.pid, signal.SIGKILL); p.wait(timeout=30)
+    assert not out.exists() and tmp.exists()
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    assert (res['n_rows'], res['n_scored']) == (len(big), len(big))
+    assert len(pd.read_parquet(out, columns=['flight_id'])) == len(big)
+    assert not list(out.parent.glob('.big.scores.parquet.tmp-*'))
+    from mlprod.score import batch_runs
+    runs = batch_runs(cfg.db_url, 'flights')
+    assert runs['status'].iloc[0] == 'success' and runs['output'].iloc[0] == str(out)
