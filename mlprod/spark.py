@@ -252,10 +252,19 @@ class _Files:
         if not fs.rename(p, self._fs(dst)[1]): raise BatchError(f"output: could not rename {src} to {dst}; allowed: a writable folder")
 
 # %% ../nbs/05f_spark.ipynb #d1c5b839
+def _dead(pid:str) -> bool:
+    try: os.kill(int(pid), 0); return False
+    except ProcessLookupError: return True
+    except (PermissionError, ValueError): return False
+
 def spark_temp(target:str) -> str:
-    "The hidden folder beside `target` a Spark run writes before renaming it to `target`."
+    "The hidden folder beside `target` a Spark run writes before renaming it to `target` (local: those of dead runs removed)."
     target = str(_local(target)) if _is_local(target) else str(target).rstrip('/')
     head, _, name = target.rpartition('/')
+    if _is_local(target) and Path(head).is_dir():
+        for old in Path(head).glob(f".{name}.spark-*"):
+            if _dead(old.name[len(name) + 8:].split('-')[0]):
+                log.info('removing %s, left by a Spark run that stopped', old); shutil.rmtree(old, ignore_errors=True)
     return f"{head}/.{name}.spark-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 def commit_folder(spark, # the SparkSession (its file system, for URLs other than local paths)

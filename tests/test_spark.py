@@ -107,3 +107,32 @@ def test_spark_drift_profile_gives_the_monitor_verdicts(proj, flights, spark, tm
     m = monitor('flights', '2013-07-01', '2013-08-01', cfg=cfg, source='batch', log_to_mlflow=False, record=False, alerts=False)
     assert m.figures['rows'] == len(jul)
     for c in local_checks: assert m[c.name].status == c.status, (c.name, m[c.name].message, c.message)
+
+
+def test_killed_spark_run_leaves_no_output_and_a_rerun_succeeds(proj, flights, spark, tmp_path):
+    "A driver killed (-9) after Spark wrote the output but before it was committed leaves no output; the rerun succeeds and cleans up."
+    import os, subprocess, sys
+    from conftest import offline_env
+    from mlprod.spark import score_spark
+    cfg, _ = proj
+    rows_of(flights, '2013-02-01', '2013-02-08').to_parquet(tmp_path/'feb.parquet')
+    out = tmp_path/'feb.scores.parquet'
+    script = f"""
+import os, signal
+import mlprod.spark as s
+from mlprod.config import get_config
+commit = s.commit_folder
+def killed_before_output(spark, tmp, target):
+    if target.endswith('feb.scores.parquet'): os.kill(os.getpid(), signal.SIGKILL)  # the worst moment: every part file written
+    return commit(spark, tmp, target)
+s.commit_folder = killed_before_output
+s.score_spark('flights', {str(tmp_path/'feb.parquet')!r}, {str(out)!r}, id_column='flight_id', cfg=get_config({str(cfg.root)!r}), master='local[2]')
+"""
+    p = subprocess.run([sys.executable, '-c', script], cwd=cfg.root, env=offline_env(PYTHONPATH=os.environ.get('PYTHONPATH', '')),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    left = [q for q in tmp_path.iterdir() if q.name.startswith('.feb.scores.parquet.spark-')]
+    assert not out.exists() and len(left) == 1 and any(left[0].glob('*.parquet'))
+    r = score_spark('flights', tmp_path/'feb.parquet', out, id_column='flight_id', cfg=cfg, spark=spark)
+    assert r.n_scored == len(pd.read_parquet(out)) > 0
+    assert not left[0].exists()
