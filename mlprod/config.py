@@ -62,6 +62,7 @@ class ModelConfig:
     thresholds:Thresholds=field(default_factory=Thresholds)
     schedules:dict=field(default_factory=dict) # job name → cron expression
     unseen_categories:str='auto' # category values unseen in training: 'score' (and flag), 'reject' (422), or 'auto' = 'score' when the fitted model can
+    batch:dict=field(default_factory=dict) # the scheduled `score` job's defaults: input, output (may contain {start}, {end}), id_column, time_column
 
 # %% ../nbs/00a_config.ipynb #55dc0b3f
 @dataclass(frozen=True)
