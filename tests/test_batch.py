@@ -1,8 +1,8 @@
 """Batch scoring on real flights months: the local engine equals the model (and `mlflow.pyfunc`), feeds the monitor
 with the same verdicts as the request log, writes rejects with reasons, fails past the threshold, joins labels by id,
 and survives `kill -9` without a partial output."""
-import dataclasses, json, os, signal, subprocess, sys, time
-from pathlib import Path
+import json, os, signal, subprocess, time
+
 import numpy as np, pandas as pd, pytest
 from conftest import BIN, offline_env, project_folder, window
 

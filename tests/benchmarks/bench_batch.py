@@ -13,7 +13,7 @@
 (MLPROD_BENCH_SCORE_ROWS=10000000 for the full figure); the drift part reads DRIFT_ROWS = 10,000,000 rows
 (MLPROD_BENCH_DRIFT_ROWS). Prints figures and ratios; asserts only that the outputs are right (equal predictions, equal
 row counts)."""
-import json, os, resource, signal, subprocess, sys, time
+import json, os, resource, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
@@ -68,7 +68,8 @@ def worker(kind: str, args: dict):
         from mlprod import registry
         from mlprod.config import get_config
         cfg = get_config(args['project'])
-        r = score_local(registry.load('flights', 'production', cfg), args['input'], args['output'], id_column='flight_id',
+        lm = registry.load('flights', 'production', cfg); res['loaded_mb'] = _rss_mb()  # imports and model, before any row
+        r = score_local(lm, args['input'], args['output'], id_column='flight_id',
                         time_column='time_hour', chunk_rows=CHUNK)
         res.update(rows=r.n_scored)
     elif kind == 'pyfunc':
@@ -78,7 +79,7 @@ def worker(kind: str, args: dict):
         from mlprod import registry
         cfg = get_config(args['project'])
         lm = registry.load('flights', 'production', cfg)
-        model = mlflow.pyfunc.load_model(lm.model_uri)
+        model = mlflow.pyfunc.load_model(lm.model_uri); res['loaded_mb'] = _rss_mb()
         feats, preds, n = list(lm.features), [], 0
         _, chunks = input_batches(args['input'], feats + ['flight_id', 'time_hour'], chunk_rows=CHUNK)
         for c in chunks:
@@ -149,11 +150,12 @@ def test_batch_scoring_benchmark(bench_project, tmp_path):
     ours = run_side('local', project=root, input=tmp_path/'in', output=tmp_path/'big.parquet') if ROWS > SMALL else ours_small
     print(f"\n\nbatch scoring: {ROWS:,} flights rows x {len(feats)} features (resampled real 2013 rows, Parquet, written in {gen:.0f} s), "
           f"LightGBM {TREES} trees, chunks of {CHUNK:,} rows, each side in its own process")
-    print(f"{'':44}{'rows':>12}{'s':>9}{'rows/s':>12}{'peak MB':>10}")
+    print("('loaded MB': peak RSS after the imports and the model were loaded, before the first row)")
+    print(f"{'':44}{'rows':>12}{'s':>9}{'rows/s':>12}{'peak MB':>10}{'loaded MB':>11}")
     for name, r in ((f'mlprod local engine, {SMALL:,} rows', ours_small), (f'mlflow.pyfunc predict, {SMALL:,} rows', pyf),
                     (f'mlprod local engine, {ROWS:,} rows', ours)):
         if 'failed' in r: print(f"{name:44}  failed: {r['failed']}"); continue
-        print(f"{name:44}{r['rows']:>12,}{r['seconds']:>9.1f}{r['rows'] / r['seconds']:>12,.0f}{r['peak_mb']:>10.0f}")
+        print(f"{name:44}{r['rows']:>12,}{r['seconds']:>9.1f}{r['rows'] / r['seconds']:>12,.0f}{r['peak_mb']:>10.0f}{r['loaded_mb']:>11.0f}")
     assert 'failed' not in ours_small and 'failed' not in pyf and 'failed' not in ours, (ours_small, pyf, ours)
     speed = (ours_small['rows'] / ours_small['seconds']) / (pyf['rows'] / pyf['seconds'])
     print(f"rows/s local engine / pyfunc predict: {speed:.2f}x (goal >= 10x); peak memory {ours['peak_mb']:.0f} MB at {ROWS:,} rows "
