@@ -419,38 +419,43 @@ def _per_column(arg, name:str, columns:list, kind:type) -> dict:
     if not isinstance(arg, kind): raise ConfigError(name, arg, f"a {kind.__name__} or a {{column: value}} dict")
     return {c: arg for c in columns}
 
-def _numeric_drift(ref:ColumnProfile, s:pd.Series, stattest:str|None) -> tuple:
-    a = _finite_values(s, 'current')
-    if a.size == 0: raise EmptyColumnError(ref.name, 'current', len(s))
-    cur_values = cur_counts = None
-    if ref.n_unique <= FEW_VALUES: # the number of distinct values decides between tests
-        cur_values, cur_counts = _counts(np.sort(a))
-        n_values = len(np.union1d(ref.values, cur_values))
-    else: n_values = FEW_VALUES + 1
+def _current_counts(ref:ColumnProfile, s:pd.Series|ColumnProfile) -> tuple:
+    "(sorted distinct finite values, counts, integer dtype) of a current column, or of its profile (e.g. computed by Spark)."
+    if isinstance(s, ColumnProfile): values, counts, integer, n_rows = s.values, s.counts, s.integer, s.n + s.n_missing
+    else:
+        a = _finite_values(s, 'current')
+        (values, counts), integer, n_rows = _counts(np.sort(a)), pd.api.types.is_integer_dtype(s), len(s)
+    if len(values) == 0: raise EmptyColumnError(ref.name, 'current', n_rows)
+    return values, counts, integer
+
+def _numeric_drift(ref:ColumnProfile, s:pd.Series|ColumnProfile, stattest:str|None) -> tuple:
+    cur_values, cur_counts, cur_integer = _current_counts(ref, s)
+    n_cur = int(cur_counts.sum())
+    # the number of distinct values decides between tests
+    n_values = len(np.union1d(ref.values, cur_values)) if ref.n_unique <= FEW_VALUES else FEW_VALUES + 1
     test = stattest or default_stattest(NUMERICAL, ref.n, n_values)
     if test in ('chisquare', 'z', 'jensenshannon') and (test != 'jensenshannon' or ref.n_unique <= JS_VALUE_BINS):
-        if cur_values is None: cur_values, cur_counts = _counts(np.sort(a))
         keys = np.union1d(ref.values, cur_values)
         rc, cc = np.zeros(len(keys), np.int64), np.zeros(len(keys), np.int64)
         rc[np.searchsorted(keys, ref.values)] = ref.counts
         cc[np.searchsorted(keys, cur_values)] = cur_counts
-        return test, _share_test(test, rc, cc, keys.tolist()), a.size
+        return test, _share_test(test, rc, cc, keys.tolist()), n_cur
     if test == 'jensenshannon': # Sturges bins over reference and current together
-        integer = ref.integer and pd.api.types.is_integer_dtype(s)
-        lo, hi = min(ref.values[0], a.min()), max(ref.values[-1], a.max())
+        integer = ref.integer and cur_integer
+        lo, hi = min(ref.values[0], cur_values[0]), max(ref.values[-1], cur_values[-1])
         if integer: lo, hi = int(lo), int(hi)
-        edges = sturges_edges(lo, hi, ref.n + a.size, integer)
+        edges = sturges_edges(lo, hi, ref.n + n_cur, integer)
         rp = np.histogram(ref.values, edges, weights=ref.counts)[0] / ref.n
-        cp = np.histogram(a, edges)[0] / a.size
-        return test, float(distance.jensenshannon(rp, cp)), a.size
+        cp = np.histogram(cur_values, edges, weights=cur_counts)[0] / n_cur
+        return test, float(distance.jensenshannon(rp, cp)), n_cur
     if test == 'ks':
-        return test, float(stats.ks_2samp(np.repeat(ref.values, ref.counts), a)[1]), a.size
-    if cur_values is None: cur_values, cur_counts = _counts(np.sort(a))
-    return test, wasserstein_from_counts(ref.values, ref.counts, cur_values, cur_counts) / max(ref.std, 0.001), a.size
+        return test, float(stats.ks_2samp(np.repeat(ref.values, ref.counts), np.repeat(cur_values, cur_counts))[1]), n_cur
+    return test, wasserstein_from_counts(ref.values, ref.counts, cur_values, cur_counts) / max(ref.std, 0.001), n_cur
 
-def _categorical_drift(ref:ColumnProfile, s:pd.Series, stattest:str|None) -> tuple:
-    vc = _category_counts(s)
-    if len(vc) == 0: raise EmptyColumnError(ref.name, 'current', len(s))
+def _categorical_drift(ref:ColumnProfile, s:pd.Series|ColumnProfile, stattest:str|None) -> tuple:
+    prof = isinstance(s, ColumnProfile)
+    vc = pd.Series(s.counts, index=pd.Index(s.values, dtype=object)) if prof else _category_counts(s)
+    if len(vc) == 0: raise EmptyColumnError(ref.name, 'current', s.n_missing if prof else len(s))
     pos = pd.Index(ref.values, dtype=object).get_indexer(vc.index.astype(object))
     new = pos < 0
     keys = list(ref.values) + vc.index[new].tolist()
@@ -462,7 +467,7 @@ def _categorical_drift(ref:ColumnProfile, s:pd.Series, stattest:str|None) -> tup
 
 # %% ../nbs/05a_drift.ipynb #69212750
 def detect_drift(profile:ReferenceProfile|pd.DataFrame, # reference profile (or a reference frame to profile now)
-                 current:pd.DataFrame, # current data; must hold every profiled column
+                 current:pd.DataFrame|ReferenceProfile, # current data, or its profile (e.g. `mlprod.spark.spark_profile`); must hold every profiled column
                  threshold:float|Mapping[str,float]|None=None, # test threshold for all columns or per column (default: the test's)
                  stattest:str|Mapping[str,str]|None=None, # test for all columns or per column (default: Evidently's choice)
                  drift_share:float=0.5, # the data set drifts when at least this share of columns drifted
@@ -472,11 +477,13 @@ def detect_drift(profile:ReferenceProfile|pd.DataFrame, # reference profile (or 
     if isinstance(profile, pd.DataFrame): profile = ReferenceProfile.from_frame(profile)
     if not isinstance(profile, ReferenceProfile):
         raise DataError(f"profile: got {type(profile).__name__}; allowed: a ReferenceProfile or a DataFrame")
-    if not isinstance(current, pd.DataFrame): raise DataError(f"current: got {type(current).__name__}; allowed: a pandas DataFrame")
+    if not isinstance(current, (pd.DataFrame, ReferenceProfile)):
+        raise DataError(f"current: got {type(current).__name__}; allowed: a pandas DataFrame or a ReferenceProfile of it")
+    have = current.names if isinstance(current, ReferenceProfile) else current.columns
     names = profile.names if columns is None else _as_list(columns, 'columns')
     unknown = [c for c in names if c not in profile.names]
     if unknown: raise ConfigError('columns', unknown, f"columns of the profile: {profile.names}")
-    missing = [c for c in names if c not in current.columns]
+    missing = [c for c in names if c not in have]
     if missing: raise DataError(f"current: got no column(s) {missing}; allowed: a frame with every profiled column {names}")
     if not (0 < drift_share <= 1): raise ConfigError('drift_share', drift_share, 'a share in (0, 1]')
     tests, thresholds = _per_column(stattest, 'stattest', names, str), _per_column(threshold, 'threshold', names, (int, float))
@@ -495,7 +502,7 @@ def detect_drift(profile:ReferenceProfile|pd.DataFrame, # reference profile (or 
     n_drifted = sum(r.drifted for r in rows)
     share = n_drifted / len(rows) if rows else 0.0
     return DriftResult(tuple(rows), n_drifted, share, float(drift_share), bool(share >= drift_share),
-                       profile.n_rows, len(current))
+                       profile.n_rows, current.n_rows if isinstance(current, ReferenceProfile) else len(current))
 
 # %% ../nbs/05a_drift.ipynb #e1224d4b
 CALIBRATION_SIZES = (200, 1_000, 10_000, 100_000) # window sizes (rows) thresholds are measured at

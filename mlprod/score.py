@@ -32,17 +32,18 @@ def spark_scorer():
     return score_spark
 
 # %% ../nbs/05g_score.ipynb #58a82cfd
-def time_range(path, # a scored Parquet file
+def time_range(path, # a scored Parquet file, or folder of them (the Spark engine writes a folder)
                column:str) -> tuple: # the time column (or 'scored_at')
     "(min, max) of `column` from the Parquet row-group statistics, as UTC datetimes (None, None when empty)."
-    import pyarrow.parquet as pq
-    md = pq.ParquetFile(str(path)).metadata
-    j = md.schema.to_arrow_schema().get_field_index(column)
+    import pyarrow.parquet as pq, pyarrow.dataset as ds
     lo = hi = None
-    for g in range(md.num_row_groups):
-        st = md.row_group(g).column(j).statistics
-        if st is None or not st.has_min_max: return _scan_range(path, column)
-        lo = st.min if lo is None else min(lo, st.min); hi = st.max if hi is None else max(hi, st.max)
+    for file in ds.dataset(str(path), format='parquet').files:
+        md = pq.ParquetFile(file).metadata
+        j = md.schema.to_arrow_schema().get_field_index(column)
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(j).statistics
+            if st is None or not st.has_min_max: return _scan_range(path, column)
+            lo = st.min if lo is None else min(lo, st.min); hi = st.max if hi is None else max(hi, st.max)
     return (to_utc(lo) if lo is not None else None, to_utc(hi) if hi is not None else None)
 
 def _scan_range(path, column:str) -> tuple:
