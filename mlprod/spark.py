@@ -67,7 +67,8 @@ def spark_session(master:str|None=None, # Spark master URL: local[4], spark://ho
         log.info('connecting to Spark Connect at %s', remote)
         return SparkSession.builder.remote(remote).getOrCreate()
     master = master or DEFAULT_MASTER
-    if master.startswith('local'): os.environ.setdefault('SPARK_LOCAL_IP', '127.0.0.1')
+    if master.startswith('local'):  # workers run this Python (Spark 4 reads PYSPARK_PYTHON, not only spark.pyspark.python)
+        os.environ.setdefault('SPARK_LOCAL_IP', '127.0.0.1'); os.environ.setdefault('PYSPARK_PYTHON', sys.executable)
     b = SparkSession.builder.master(master).appName('mlprod')
     for k, v in {**session_conf(master), **(conf or {})}.items(): b = b.config(k, v)
     spark = b.getOrCreate()
