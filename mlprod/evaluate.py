@@ -58,14 +58,16 @@ def evaluation_window(train_ends:Sequence, # training-window ends (ISO strings o
     return start, start + pd.Timedelta(days=days).to_pytimedelta()
 
 # %% ../nbs/03a_compare_models.ipynb #a061ea58
+from .reports import fmt_time
+
 def window_check(window:tuple, # (start, end) of the evaluation rows
                  trained:dict, # label → (start, end) of that model's training window
                 ) -> Check:
     "A warning check when the evaluation window overlaps a training window, else a success."
     s, e = (to_utc(t) for t in window)
-    hits = [f"{label} (trained {fmt(str(ts))} … {fmt(str(te))})" for label, (ts, te) in trained.items()
+    hits = [f"{label} (trained {fmt_time(ts)} … {fmt_time(te)})" for label, (ts, te) in trained.items()
             if ts and te and s < to_utc(te) and to_utc(ts) < e]
-    span = f"{s.isoformat()} … {e.isoformat()}"
+    span = f"{fmt_time(s)} … {fmt_time(e)}"
     if hits: return Check('data:window', Status.WARNING, span, 'after every training window',
                           f"the evaluation window overlaps the training data of {', '.join(hits)}; its figures are optimistic")
     return Check('data:window', Status.SUCCESS, span, 'after every training window', 'no model was trained on the evaluation window')
