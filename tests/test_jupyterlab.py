@@ -41,8 +41,8 @@ def lab_project(tmp_path_factory):
     root, mp = project_folder(tmp_path_factory, 'lab', {'mlprod.toml': toml, 'release.ipynb': json.dumps(NOTEBOOK)})
     reset_config(); cfg = get_config(root)
     df = load_flights('2013-01-01', '2013-01-08').sample(2000, random_state=0).sort_values('time_hour').reset_index(drop=True)
-    mc = dataclasses.replace(cfg.model('flights'), params={'n_estimators': 10, 'num_leaves': 7})
-    for _ in range(2): registry.register(train_lightgbm(df, mc), 'flights', df, cfg=cfg)
+    mc = cfg.model('flights')
+    for n in (10, 30): registry.register(train_lightgbm(df, dataclasses.replace(mc, params={'n_estimators': n, 'num_leaves': 7})), 'flights', df, cfg=cfg)
     registry.promote('flights', '1', to='production', reason='first release', cfg=cfg)
     registry.promote('flights', '2', to='staging', reason='candidate', cfg=cfg)
     yield root, cfg
@@ -57,6 +57,9 @@ def _lab_env(root: Path, tmp: Path) -> dict:
                    'expose_app_in_browser': True, 'extension_manager': 'readonly'},
         'ServerApp': {'open_browser': False, 'allow_root': os.name == 'posix' and os.geteuid() == 0}}))
     (tmp/'settings'/'@jupyterlab/notebook-extension'/'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
+    (tmp/'settings'/'@jupyterlab/apputils-extension').mkdir(parents=True, exist_ok=True)
+    (tmp/'settings'/'@jupyterlab/apputils-extension'/'notification.jupyterlab-settings').write_text(
+        json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))  # no "get notified about Jupyter news?" toast
     return offline_env(JUPYTER_CONFIG_DIR=str(tmp/'config'), JUPYTER_DATA_DIR=str(tmp/'data'), JUPYTER_RUNTIME_DIR=str(tmp/'runtime'),
                        JUPYTERLAB_SETTINGS_DIR=str(tmp/'settings'), JUPYTERLAB_WORKSPACES_DIR=str(tmp/'workspaces'),
                        PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get('PYTHONPATH', '')) if p))
@@ -100,6 +103,19 @@ def _shot(page, name: str):
     page.screenshot(path=str(SHOTS/f'lab_{name}.png'), full_page=True)
 
 
+def _button(page, label: str):
+    "The ipywidgets button showing `label` (its icon's glyph is CSS content, so match the element's text)."
+    return page.locator('button.jupyter-button', has_text=re.compile(rf'^\s*{re.escape(label)}\s*$'))
+
+
+def _panel_shot(page, name: str):
+    "Screenshot the panel's output (JupyterLab scrolls inside the notebook, so a page screenshot would miss it)."
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    out = page.locator('.jp-OutputArea-output', has=page.locator('.widget-vbox')).first
+    out.scroll_into_view_if_needed()
+    out.screenshot(path=str(SHOTS/f'lab_{name}.png'))
+
+
 def _wait_text(locator, pattern: str, timeout: float = 120):
     "Wait until `locator`'s text matches `pattern`; return the text."
     t0, text = time.time(), ''
@@ -135,40 +151,43 @@ def test_release_from_jupyterlab(lab_project, lab, browser):
     assert 'flights' in text and re.search(r'(promote|reject|needs[ -]review)', text), text[:2000]  # the comparison's decision
     assert '+00:00' not in text and re.search(r'\d{4}-\d\d-\d\d \d\d:\d\d UTC', text)  # readable times
     version = page.locator('.widget-dropdown', has=page.locator('label', has_text=re.compile(r'^version$'))).locator('select')
-    assert version.evaluate('s => s.options[s.selectedIndex].text') == 'v2 (staging)'  # preselected: the staging version
+    assert version.evaluate('s => s.options[s.selectedIndex].text').replace('\xa0', ' ') == 'v2 (staging)'  # preselected: the staging version
     for label in ('force (no passing comparison)', 'parameters (JSON)', 'Roll back production'):  # not cut off
         el = page.get_by_text(label, exact=True).first
         assert el.evaluate('e => e.scrollWidth <= e.clientWidth + 1'), f'{label!r} is cut off'
-    _shot(page, 'opened')
+    _shot(page, 'opened'); _panel_shot(page, 'panel')
 
     # promote v2 to production: two steps
     page.locator('input[placeholder="why (kept in the history)"]').fill('beats v1 on January')
     page.locator('.widget-checkbox', has_text='force (no passing comparison)').locator('input').check()
-    page.get_by_role('button', name='Promote', exact=True).click()
+    _button(page, 'Promote').click()
     _wait_text(nb, r'Promote flights v2 to production \(forced\)\? Click Confirm')
     assert registry.resolve_version('flights', 'production', cfg=cfg) == '1'  # nothing moved before Confirm
-    page.get_by_role('button', name='Confirm', exact=True).click()
+    _button(page, 'Confirm').click()
     _wait_text(nb, r'production: v2')
     assert registry.resolve_version('flights', 'production', cfg=cfg) == '2'
     assert [m.action for m in registry.history('flights', cfg=cfg)][-1] == 'promote'
-    _shot(page, 'promoted')
+    _panel_shot(page, 'promoted')
 
     # run the smoke job: parameters shown with defaults, the button disabled while it runs, then a report link
     page.locator('.widget-dropdown', has=page.locator('label', has_text=re.compile(r'^job$'))).locator('select').select_option('smoke')
     _wait_text(nb, r'message\s+"hello"')
     page.locator('input[placeholder=\'{"start": "2013-03-01"}\']').fill('{"message": "from JupyterLab", "sleep": 2}')
-    run = page.get_by_role('button', name='Run job', exact=True)
+    run = _button(page, 'Run job')
     run.click()
     page.wait_for_function("() => [...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Run job' && b.disabled)", timeout=30_000)
-    _shot(page, 'running')
+    _panel_shot(page, 'running')
     _wait_text(nb, r'smoke: success in [\d.]+ s open the report', timeout=180)
     assert not run.is_disabled()
     link = page.get_by_role('link', name='open the report')
     href = link.get_attribute('href')
-    assert re.search(r'reports/flights/smoke/\d{4}-\d\d-\d\dT\d{6}Z\.html$', href), href
+    # JupyterLab resolved the relative link against the notebook's folder: it serves the report itself
+    assert re.match(rf'{re.escape(url)}/files/reports/flights/smoke/\d{{4}}-\d\d-\d\dT\d{{6}}Z\.html', href), href
+    served = page.request.get(href)
+    assert served.ok and 'from JupyterLab' in served.text()
     frame = page.frame_locator('iframe[srcdoc]')
     assert 'from JupyterLab' in frame.locator('body').inner_text()
-    _shot(page, 'job_done')
+    _panel_shot(page, 'job_done')
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
     time.sleep(1)
     ctx.close()
