@@ -11,7 +11,7 @@ from .core import ConfigError, esc, utcnow, to_utc
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REPORT_CLASS', 'REPORT_CSS', 'TIME_FORMAT', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'styled', 'page',
+__all__ = ['log', 'REPORT_CLASS', 'REPORT_CSS', 'NOTEBOOK_CSS', 'TIME_FORMAT', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'styled', 'page',
            'external_references', 'fmt_time', 'report_link', 'run_url', 'run_link', 'report_stamp', 'check_name',
            'report_path', 'save_report']
 
@@ -58,11 +58,17 @@ div.mlprod-report{padding:4px 8px}
 .mlprod-report svg.spark{display:block;margin-top:2px}
 """
 
+# %% ../nbs/00c_reports.ipynb #fd7a9293
+NOTEBOOK_CSS = """
+.mlprod-report.mlprod-report table{table-layout:auto;margin-left:0;margin-right:0}
+.mlprod-report.mlprod-report th,.mlprod-report.mlprod-report td{text-align:left;vertical-align:top;padding:3px 8px}
+"""  # JupyterLab's output table rules that outweigh REPORT_CSS, undone (see above)
+
 # %% ../nbs/00c_reports.ipynb #52be41a7
 def styled(body_html:str, # an HTML fragment, every value already escaped
           ) -> str:
     "`body_html` in a `mlprod-report` block that carries the shared style: what a result's `_repr_html_` returns."
-    return f'<div class="{REPORT_CLASS}"><style>{REPORT_CSS}</style>{body_html}</div>'
+    return f'<div class="{REPORT_CLASS}"><style>{REPORT_CSS}{NOTEBOOK_CSS}</style>{body_html}</div>'
 
 # %% ../nbs/00c_reports.ipynb #e46a58e6
 def page(title:str, # the page title (escaped here)
