@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 import ipywidgets as W
 from fastcore.basics import patch
-from .core import MlprodError, Status, esc, fmt, status_badge, to_utc
+from .core import MlprodError, Status, esc, fmt, status_badge, to_utc, utcnow
 from .config import ProjectConfig, get_config
 from .jobs import list_jobs, run_job, job_notebook, job_parameters, RUNNER_PARAMETERS
 from .reports import fmt_time, report_link, styled
@@ -216,7 +216,9 @@ class Panel(_ReleaseActions, _JobActions):
         self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style='info', style=_WIDE, layout=W.Layout(display='none'))
         self.job_params, self.job_message, self.report = HtmlOutput(), HtmlOutput(), W.HTML()
         self._wire()
-        self.widget = W.VBox([W.HBox([self.refresh_button]), self.status,
+        self._static_id = f'mlprod-static-{id(self):x}'  # the live widget hides the static copy of this panel
+        hide = W.HTML(f'<style>.{self._static_id}{{display:none}}</style>')
+        self.widget = W.VBox([hide, W.HBox([self.refresh_button]), self.status,
                               W.HTML('<b>Release</b>'), W.HBox([self.version, self.alias]), self.reason, W.HBox([self.decision, self.force]),
                               W.HBox([self.promote_button, self.rollback_button, self.confirm_button, self.cancel_button]), self.message,
                               W.HTML('<b>Jobs</b>'), W.HBox([self.job, self.params, self.run_button, self.progress]), self.job_params,
@@ -242,12 +244,22 @@ def refresh(self:Panel):
     self.version.value = picked
     self.runs = recent_runs(self.cfg, model=self.name, limit=8)
     self.status.value = status_html(self.name, self.versions, _open_alerts(self.cfg, self.name), self.runs)
+    if getattr(self, '_static', None) is not None:  # keep the displayed static copy current (it is what a saved notebook keeps)
+        from IPython.display import HTML
+        self._static.update(HTML(self.static_html()))
 
 @patch
-def _repr_mimebundle_(self:Panel, include=None, exclude=None):
-    "The widget view plus a static HTML copy of the status, for viewers without the widget model."
-    bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude) or {}
-    return {**bundle, 'text/html': self.status.value + _say_html('A static copy of the panel: run the cell to use its buttons.', ok=True)}
+def static_html(self:Panel) -> str:
+    "A static copy of the panel's status, shown where the widget cannot be (the live widget hides it)."
+    note = _say_html(f"A static copy of the panel as of {fmt_time(utcnow())}: run the cell to use its buttons.")
+    return f'<div class="mlprod-panel-static {self._static_id}">{self.status.value}{note}</div>'
+
+@patch
+def _ipython_display_(self:Panel):
+    "Display the static copy, then the widget; the widget's style hides the copy while its model lives."
+    from IPython.display import HTML, display
+    self._static = display(HTML(self.static_html()), display_id=True)
+    display(self.widget)
 
 def panel(name:str, # model name from mlprod.toml
           cfg:ProjectConfig|None=None, # project (default: `get_config()`)

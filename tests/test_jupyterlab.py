@@ -9,11 +9,11 @@ import pytest
 from conftest import BIN, free_port, offline_env, project_folder, require_system_package
 from test_dashboard_browser import CHROMIUM, FLAGS, SHOTS
 
-# Console errors JupyterLab 4.6 prints by itself in a session like this one, each checked by hand (the test
-# ignores only these): none of them comes from mlprod's outputs.
+# The one console error JupyterLab 4.6 prints in this session, checked by hand and allowed only after the kernel is
+# gone (while the notebook runs and is driven, no console error at all is allowed):
 BENIGN = (
-    # the kernel's websocket is closed while the test shuts the server down at the end
-    'WebSocket connection to',
+    # after the kernel is gone, jupyterlab-manager logs the widget it cannot restore (the test checks the static copy shows)
+    'widget model not found',
 )
 
 NOTEBOOK = {
@@ -155,6 +155,7 @@ def test_release_from_jupyterlab(lab_project, lab, browser):
     for label in ('force (no passing comparison)', 'parameters (JSON)', 'Roll back production'):  # not cut off
         el = page.get_by_text(label, exact=True).first
         assert el.evaluate('e => e.scrollWidth <= e.clientWidth + 1'), f'{label!r} is cut off'
+    assert page.locator('.mlprod-panel-static').count() == 1 and page.locator('.mlprod-panel-static').is_hidden()  # the live widget hides the copy
     _shot(page, 'opened'); _panel_shot(page, 'panel')
 
     # promote v2 to production: two steps
@@ -189,14 +190,26 @@ def test_release_from_jupyterlab(lab_project, lab, browser):
     assert 'from JupyterLab' in frame.locator('body').inner_text()
     _panel_shot(page, 'job_done')
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-    time.sleep(1)
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+
+    # the kernel goes away; the saved notebook, opened again, shows the panel's static copy instead of an error
+    for sess in page.request.get(f'{url}/api/sessions?token={token}').json():
+        assert page.request.delete(f"{url}/api/sessions/{sess['id']}?token={token}").ok
+    live_errors = list(errors)
+    page.reload(wait_until='domcontentloaded')
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell.currentWidget.context", timeout=120_000)
+    outs = page.locator('.jp-Cell').last.locator('.jp-OutputArea-output')
+    _wait_text(outs.last, r'Error displaying widget', timeout=60)  # what JupyterLab shows for a widget without its model…
+    static = page.locator('.mlprod-panel-static')
+    assert static.is_visible() and 'production: v2' in static.inner_text() and 'static copy of the panel' in static.inner_text()  # …and the copy above it
+    static.scroll_into_view_if_needed(); outs.first.screenshot(path=str(SHOTS/'lab_after_restart.png'))
     ctx.close()
 
-    saved = json.loads((root/'release.ipynb').read_text())
-    bundle = saved['cells'][2]['outputs'][0]['data']
-    assert 'application/vnd.jupyter.widget-view+json' in bundle and 'Model flights' in ''.join(bundle['text/html'])  # the static copy
+    saved = [o['data'] for o in json.loads((root/'release.ipynb').read_text())['cells'][2]['outputs']]
+    assert 'mlprod-panel-static' in ''.join(saved[0]['text/html']) and 'application/vnd.jupyter.widget-view+json' in saved[1]
+    assert live_errors == [], live_errors
     bad = [e for e in errors if not any(b in e for b in BENIGN)]
     assert bad == [], bad
     assert foreign == [], foreign
     assert 'Failed to fetch news' not in log.read_text() and 'pypi.org' not in log.read_text()
-    print(f'JupyterLab: notebook opened and ran in {opened:.1f} s; ignored console messages: {[e for e in errors if e not in bad]}')
+    print(f'JupyterLab: notebook opened and ran in {opened:.1f} s; console errors after the kernel was gone: {[e.splitlines()[0] for e in errors]}')
