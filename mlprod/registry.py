@@ -131,6 +131,8 @@ class PositiveScore:
 def _unwrap(m): return m.model if isinstance(m, PositiveScore) else m
 
 # %% ../nbs/02_registry.ipynb #d52578b2
+from .reports import fmt_time, styled
+
 @dataclass(frozen=True)
 class VersionInfo:
     "A registered model version and its lineage."
@@ -148,8 +150,8 @@ class VersionInfo:
     def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self) -> str:
         rows = ''.join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in self.lineage.items())
-        return (f"<div><h4>{esc(self.name)} version {esc(self.version)} {esc(', '.join(self.aliases))}</h4>"
-                f"<p>{esc(self.model_uri)} · run {esc(self.run_id)} · {esc(str(self.created_at))}</p><table>{rows}</table></div>")
+        return styled(f"<div><h4>{esc(self.name)} version {esc(self.version)} {esc(', '.join(self.aliases))}</h4>"
+                f"<p>{esc(self.model_uri)} · run {esc(self.run_id)} · {esc(fmt_time(self.created_at))}</p><table>{rows}</table></div>")
 
 def _version_info(mv) -> VersionInfo:
     created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.timezone.utc) if mv.creation_timestamp else None
@@ -435,8 +437,8 @@ def to_dict(self:LoadedModel) -> dict:
 
 @patch
 def _repr_html_(self:LoadedModel) -> str:
-    return (f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
-            f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(str(self.loaded_at))}</div>")
+    return styled(f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
+            f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(fmt_time(self.loaded_at, seconds=True))}</div>")
 
 # %% ../nbs/02_registry.ipynb #08b9112a
 _CACHE, _CACHE_LOCK = {}, threading.Lock()
@@ -804,8 +806,6 @@ def version_exists(name:str, # registered model name
     except NotFoundError: return False
 
 # %% ../nbs/02_registry.ipynb #162c4d7b
-from .reports import fmt_time
-
 class History(list):
     "The alias moves of a model, oldest first."
     def to_dict(self) -> list: return [m.to_dict() for m in self]
