@@ -81,7 +81,7 @@ def job_parameters_html(job:str, # a job name (`list_jobs()`)
                        ) -> str:
     "A table of the parameters of `job`: name, default, help."
     ps = {k: v for k, v in job_parameters(job_notebook(job)).items() if k not in skip}
-    rows = ''.join(f"<tr><td><code>{esc(k)}</code></td><td><code>{esc(json.dumps(p['default']))}</code></td><td>{esc(p['help'])}</td></tr>"
+    rows = ''.join(f"<tr><td><code>{esc(k)}</code></td><td style='white-space:nowrap'><code>{esc(json.dumps(p['default']))}</code></td><td>{esc(p['help'])}</td></tr>"
                    for k, p in ps.items())
     return styled(f"<table><tr><th>parameter</th><th>default</th><th>meaning</th></tr>{rows}</table>" if rows
                   else f"<p>{esc(job)} takes no parameters.</p>")
