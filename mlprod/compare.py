@@ -920,6 +920,8 @@ class Comparison:
 
 
 # %% ../nbs/03_compare.ipynb #aaaee32e
+from .reports import fmt_time
+
 @patch
 def _repr_html_(self:Comparison) -> str:
     "The comparison as an HTML block: decision, reasons, metrics, slices, operations and checks."
@@ -937,7 +939,7 @@ def _repr_html_(self:Comparison) -> str:
     agr = _table(['agreement', 'value'], list(self.agreement.items())) if self.agreement else ''
     return (f'<div class="mlprod-comparison"><h3>{esc(self.challenger_name)} vs {esc(self.champion_name)}: {badge}</h3>'
             f"<p>{esc(self.n_rows)} rows, task {esc(self.task)}, headline {esc(self.metric)}, "
-            f"{esc(self.n_boot)} bootstrap replicates, id {esc(self.id)}, {esc(str(self.created_at))}</p>"
+            f"{esc(self.n_boot)} bootstrap replicates, id {esc(self.id)}, {esc(fmt_time(self.created_at))}</p>"
             f"<ul>{reasons}</ul><h4>Metrics</h4>{mt}{self.charts_html()}" + (f"<h4>Slices</h4>{self.slice_chart()}{st}" if self.slices else '') +
             f"{ops}{agr}<h4>Checks</h4>{checks_table_html(self.checks.checks)}</div>")
 

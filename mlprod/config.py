@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'DRIFT_MODES', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'PROJECT_TOML', 'FLIGHTS_TOML',
            'ALERTS_TOML', 'DEFAULT_TOML', 'Thresholds', 'validate_thresholds', 'ModelConfig', 'ChannelConfig',
-           'AlertRule', 'rules_from_dicts', 'AlertsConfig', 'ProjectConfig', 'parse_config', 'find_config',
+           'AlertRule', 'rules_from_dicts', 'AlertsConfig', 'ProjectConfig', 'parse_config', 'mask_url', 'find_config',
            'get_config', 'reset_config', 'project_paths', 'ensure_importable', 'importable_paths', 'project_env',
            'ensure_state', 'mlflow_setup']
 
@@ -373,6 +373,29 @@ def parse_config(text:str, root:Path=Path('.'), source:str='mlprod.toml', env:Op
     db_url = env.get('MLPROD_DB_URL') or p.db_url or f"sqlite:///{state/'mlprod.db'}"
     return dataclasses.replace(p, state_dir=state, reports_dir=reports, tracking_uri=tracking, db_url=db_url,
                                models=types.MappingProxyType(built), alerts=_build_alerts(data.get('alerts', {})))
+
+# %% ../nbs/00a_config.ipynb #d304e3fc
+import re as _re
+from fastcore.basics import patch
+
+def mask_url(url:str, # a store URL, such as 'postgresql://user:secret@host/db'
+            ) -> str:
+    "`url` with the password (if any) replaced by `***`, for views and logs."
+    return _re.sub(r'(//[^/:@]+:)[^@/]*@', r'\1***@', str(url))
+
+@patch
+def _repr_html_(self:ProjectConfig) -> str:
+    from mlprod.core import esc
+    from mlprod.reports import styled
+    rows = ''.join(f"<tr><td><b>{esc(n)}</b></td><td>{esc(m.task)}</td><td>{esc(m.target)}</td><td>{esc(m.metric)}</td>"
+                   f"<td><code>{esc(m.data_source or '—')}</code></td><td>{esc(', '.join(f'{j} {c}' for j, c in m.schedules.items()) or '—')}</td></tr>"
+                   for n, m in self.models.items())
+    kv = [('source', self.source), ('root', self.root), ('tracking', mask_url(self.tracking_uri)), ('database', mask_url(self.db_url)),
+          ('reports', self.reports_dir), ('alerts', f"{len(self.alerts.channels) or 1} channel(s), {len(self.alerts.rules) or 'default'} rule(s)")]
+    return styled(f"<div class='mlprod-config'><b>Project {esc(self.name)}</b><table>"
+                  + ''.join(f"<tr><th>{esc(k)}</th><td><code>{esc(v)}</code></td></tr>" for k, v in kv) + '</table>'
+                  + (f"<table><tr><th>model</th><th>task</th><th>target</th><th>metric</th><th>data source</th><th>schedules</th></tr>{rows}</table>"
+                     if rows else '<p>No models configured.</p>') + '</div>')
 
 # %% ../nbs/00a_config.ipynb #e5960fe1
 _ENV_KEYS = ('MLPROD_HOME','MLFLOW_TRACKING_URI','MLPROD_DB_URL','MLPROD_CONFIG')

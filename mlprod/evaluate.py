@@ -58,20 +58,22 @@ def evaluation_window(train_ends:Sequence, # training-window ends (ISO strings o
     return start, start + pd.Timedelta(days=days).to_pytimedelta()
 
 # %% ../nbs/03a_compare_models.ipynb #a061ea58
+from .reports import fmt_time
+
 def window_check(window:tuple, # (start, end) of the evaluation rows
                  trained:dict, # label → (start, end) of that model's training window
                 ) -> Check:
     "A warning check when the evaluation window overlaps a training window, else a success."
     s, e = (to_utc(t) for t in window)
-    hits = [f"{label} (trained {fmt(str(ts))} … {fmt(str(te))})" for label, (ts, te) in trained.items()
+    hits = [f"{label} (trained {fmt_time(ts)} … {fmt_time(te)})" for label, (ts, te) in trained.items()
             if ts and te and s < to_utc(te) and to_utc(ts) < e]
-    span = f"{s.isoformat()} … {e.isoformat()}"
+    span = f"{fmt_time(s)} … {fmt_time(e)}"
     if hits: return Check('data:window', Status.WARNING, span, 'after every training window',
                           f"the evaluation window overlaps the training data of {', '.join(hits)}; its figures are optimistic")
     return Check('data:window', Status.SUCCESS, span, 'after every training window', 'no model was trained on the evaluation window')
 
 # %% ../nbs/03a_compare_models.ipynb #08371965
-from .reports import page, styled, report_path
+from .reports import page, styled, report_path, fmt_time, report_link, run_link
 
 def _v(version) -> str: return 'prior baseline' if version is None else f"v{version}"
 
@@ -87,6 +89,7 @@ class VersionComparison:
     champion_ref:str|None=None # what was asked for, e.g. 'production'
     run_id:str|None=None # MLflow run with the figures
     report_path:str|None=None # HTML report
+    tracking_uri:str='' # where the run is logged: an http(s) server gets a link to the run page
 
     @property
     def id(self) -> str: return self.comparison.id
@@ -143,27 +146,32 @@ def to_json(self:VersionComparison, **kw) -> str: return to_json(self.to_dict(),
 # %% ../nbs/03a_compare_models.ipynb #caa8a091
 @patch
 def _head(self:VersionComparison) -> str:
-    w = f"{esc(self.window[0])} … {esc(self.window[1])}" if self.window[0] else 'given data'
-    links = (f" · MLflow run <code>{esc(self.run_id)}</code>" if self.run_id else '')
+    w = f"{esc(fmt_time(self.window[0]))} … {esc(fmt_time(self.window[1]))}" if self.window[0] else 'given data'
+    links = (f" · MLflow run {run_link(self.tracking_uri, self.run_id)}" if self.run_id else '')
     hint = (f"<p>Next step: <code>mlprod promote {esc(self.model)} {esc(self.challenger_version)} --to production "
             f"--decision {esc(self.id)} --reason &quot;…&quot;</code></p>") if self.ok else ''
     return (f"<p>Model <b>{esc(self.model)}</b>: challenger <b>{esc(_v(self.challenger_version))}</b> vs champion "
             f"<b>{esc(_v(self.champion_version))}</b>" + (f" (asked: {esc(self.champion_ref)})" if self.champion_ref else '') +
             f" · evaluation window {w}{links}</p>" + hint)
 
+@patch
+def _report_line(self:VersionComparison) -> str:
+    "The link to the saved report, for the notebook view (the saved page does not link itself)."
+    return f"<p>Report: {report_link(self.report_path)}</p>" if self.report_path else ''
+
 # %% ../nbs/03a_compare_models.ipynb #a306aa0b
 @patch
 def _body_html(self:VersionComparison) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
 
 @patch
-def _repr_html_(self:VersionComparison) -> str: return styled(self._body_html())
+def _repr_html_(self:VersionComparison) -> str: return styled(self._body_html() + self._report_line())
 
 @patch
 def html(self:VersionComparison) -> str:
     "A self-contained HTML page (the shared report style, no scripts, every value escaped)."
     title = f"{self.model} {_v(self.challenger_version)} vs {_v(self.champion_version)}: {self.decision}"
     return page(title, f"<h1>{esc(title)}</h1>{self._body_html()}"
-                       f"<p><small>written {esc(utcnow().isoformat(timespec='seconds'))} by mlprod</small></p>")
+                       f"<p><small>written {esc(fmt_time(utcnow()))} by mlprod</small></p>")
 
 # %% ../nbs/03a_compare_models.ipynb #f1fdeffc
 def _report_path(cfg:ProjectConfig, name:str, at) -> Path:
@@ -271,7 +279,7 @@ def _publish(vc:VersionComparison, cfg:ProjectConfig, name:str, log_to_mlflow:bo
     client = run_id = None
     if log_to_mlflow:
         client, run_id = _start_run(cfg, vc)
-        vc = dataclasses.replace(vc, run_id=run_id)
+        vc = dataclasses.replace(vc, run_id=run_id, tracking_uri=cfg.tracking_uri)
     try:
         if save_report: vc = dataclasses.replace(vc, report_path=str(_report_path(cfg, name, vc.comparison.created_at)))
         page = vc.html()

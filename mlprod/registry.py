@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 
 # %% auto #0
-__all__ = ['log', 'ALIASES', 'ACTIONS', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'RegistryError', 'PromotionBlocked', 'RollbackError',
-           'registry_client', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo', 'label_classes', 'register',
-           'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'deploy', 'record_comparison', 'promote',
-           'previous_production', 'rollback', 'version_exists', 'History', 'history', 'ModelCard', 'card', 'cmd_models',
-           'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback', 'cmd_history', 'cmd_card']
+__all__ = ['log', 'ALIASES', 'ACTIONS', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'ALIAS_STYLE', 'RegistryError', 'PromotionBlocked',
+           'RollbackError', 'registry_client', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo',
+           'label_classes', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'deploy',
+           'record_comparison', 'promote', 'previous_production', 'rollback', 'version_exists', 'History', 'history',
+           'ModelCard', 'card', 'cmd_models', 'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback',
+           'cmd_history', 'cmd_card']
 
 # %% ../nbs/02_registry.ipynb #236943cc
 ALIASES = ('staging', 'production')
@@ -130,6 +131,8 @@ class PositiveScore:
 def _unwrap(m): return m.model if isinstance(m, PositiveScore) else m
 
 # %% ../nbs/02_registry.ipynb #d52578b2
+from .reports import fmt_time, styled
+
 @dataclass(frozen=True)
 class VersionInfo:
     "A registered model version and its lineage."
@@ -147,8 +150,8 @@ class VersionInfo:
     def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self) -> str:
         rows = ''.join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in self.lineage.items())
-        return (f"<div><h4>{esc(self.name)} version {esc(self.version)} {esc(', '.join(self.aliases))}</h4>"
-                f"<p>{esc(self.model_uri)} · run {esc(self.run_id)} · {esc(str(self.created_at))}</p><table>{rows}</table></div>")
+        return styled(f"<div><h4>{esc(self.name)} version {esc(self.version)} {esc(', '.join(self.aliases))}</h4>"
+                f"<p>{esc(self.model_uri)} · run {esc(self.run_id)} · {esc(fmt_time(self.created_at))}</p><table>{rows}</table></div>")
 
 def _version_info(mv) -> VersionInfo:
     created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.timezone.utc) if mv.creation_timestamp else None
@@ -434,8 +437,8 @@ def to_dict(self:LoadedModel) -> dict:
 
 @patch
 def _repr_html_(self:LoadedModel) -> str:
-    return (f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
-            f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(str(self.loaded_at))}</div>")
+    return styled(f"<div><b>{esc(self.name)}</b> version {esc(self.version)}" + (f" ({esc(self.alias)})" if self.alias else '') +
+            f" · {esc(self.task)} · {len(self.features)} features · loaded {esc(fmt_time(self.loaded_at, seconds=True))}</div>")
 
 # %% ../nbs/02_registry.ipynb #08b9112a
 _CACHE, _CACHE_LOCK = {}, threading.Lock()
@@ -818,10 +821,10 @@ class History(list):
                        f"{m.reason}" + (' [FORCED]' if m.forced else ''))
         return '\n'.join(out)
     def _repr_html_(self) -> str:
-        rows = ''.join(f"<tr><td>{esc(m.at.isoformat(timespec='seconds'))}</td><td>{esc(m.alias)}</td><td>{esc(m.from_version)}</td>"
+        rows = ''.join(f"<tr><td>{esc(fmt_time(m.at, seconds=True))}</td><td>{esc(m.alias)}</td><td>{esc(m.from_version)}</td>"
                        f"<td>{esc(m.to_version)}</td><td>{esc(m.action)}{' <b>forced</b>' if m.forced else ''}</td><td>{esc(m.actor)}</td>"
                        f"<td>{esc(m.decision_id)}</td><td>{esc(m.reason)}</td></tr>" for m in self)
-        return ('<table class="mlprod-table"><thead><tr><th>time (UTC)</th><th>alias</th><th>from</th><th>to</th><th>action</th>'
+        return ('<table class="mlprod-table"><thead><tr><th>time</th><th>alias</th><th>from</th><th>to</th><th>action</th>'
                 f'<th>actor</th><th>decision</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>')
 
 # %% ../nbs/02_registry.ipynb #1a2a8e68
@@ -836,7 +839,9 @@ def history(name:str, # registered model name
     return History(moves)
 
 # %% ../nbs/02_registry.ipynb #6203455d
-from .reports import page, styled
+from .reports import page, styled, fmt_time, run_link
+
+ALIAS_STYLE = 'background:#0969da;color:#fff;border-radius:4px;padding:1px 6px;margin-left:4px;font-size:80%'  # an alias badge, styled inline
 
 def _kv_table(d:dict) -> str:
     rows = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(None if v == '' else v)}</td></tr>" for k, v in d.items())
@@ -859,19 +864,20 @@ class ModelCard:
     moves:tuple # alias moves that involve this version
     run_id:str
     model_uri:str
+    tracking_uri:str='' # where the run is tracked: an http(s) server gets a link to the run page
     def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/02_registry.ipynb #de91908e
 @patch
 def _body(self:ModelCard) -> str:
-    badges = ''.join(f'<span class="alias">{esc(a)}</span>' for a in self.aliases)
+    badges = ''.join(f' <span class="alias" style="{ALIAS_STYLE}">{esc(a)}</span>' for a in self.aliases)  # inline: a notebook may drop <style>
     cols = ''.join(f"<tr><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c.get('nullable'))}</td>"
                    f"<td>{esc(c.get('min'))}</td><td>{esc(c.get('max'))}</td>"
                    f"<td>{esc(', '.join(map(str, (c.get('categories') or [])[:20])) + (' …' if len(c.get('categories') or []) > 20 else ''))}</td></tr>"
                    for c in self.schema.get('columns', []))
     return (f"<h1>{esc(self.name)} version {esc(self.version)}{badges}</h1>"
-            f"<p>{esc(self.description)}</p><p>Task <b>{esc(self.task)}</b> · registered {esc(str(self.created_at))} · "
-            f"<code>{esc(self.model_uri)}</code> · run <code>{esc(self.run_id)}</code></p>"
+            f"<p>{esc(self.description)}</p><p>Task <b>{esc(self.task)}</b> · registered {esc(fmt_time(self.created_at))} · "
+            f"<code>{esc(self.model_uri)}</code> · run {run_link(self.tracking_uri, self.run_id)}</p>"
             f"<h2>Metrics</h2>{_kv_table(self.metrics)}"
             f"<h2>Training data and lineage</h2>{_kv_table(self.lineage)}"
             f"<h2>Parameters</h2>{_kv_table(self.params)}"
@@ -922,7 +928,7 @@ def card(name:str, # registered model name
     created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.timezone.utc) if mv.creation_timestamp else None
     return ModelCard(name, version, aliases, created, mv.description or '', tags.get('mlprod.task', ''),
                      json.loads(tags.get('mlprod.metrics', '{}')), json.loads(tags.get('mlprod.params', '{}')),
-                     lineage, schema, moves, mv.run_id, f"models:/{name}/{version}")
+                     lineage, schema, moves, mv.run_id, f"models:/{name}/{version}", cfg.tracking_uri)
 
 # %% ../nbs/02_registry.ipynb #5d9eb34d
 def cmd_models(*, json:bool=False, # print JSON

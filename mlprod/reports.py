@@ -11,8 +11,9 @@ from .core import ConfigError, esc, utcnow, to_utc
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REPORT_CLASS', 'REPORT_CSS', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'styled', 'page', 'external_references',
-           'report_stamp', 'check_name', 'report_path', 'save_report']
+__all__ = ['log', 'REPORT_CLASS', 'REPORT_CSS', 'NOTEBOOK_CSS', 'TIME_FORMAT', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'styled', 'page',
+           'external_references', 'fmt_time', 'report_link', 'run_url', 'run_link', 'report_stamp', 'check_name',
+           'report_path', 'save_report']
 
 # %% ../nbs/00c_reports.ipynb #fd175bdc
 REPORT_CLASS = 'mlprod-report'  # the wrapper class every rule of REPORT_CSS is scoped under
@@ -57,11 +58,17 @@ div.mlprod-report{padding:4px 8px}
 .mlprod-report svg.spark{display:block;margin-top:2px}
 """
 
+# %% ../nbs/00c_reports.ipynb #fd7a9293
+NOTEBOOK_CSS = """
+.mlprod-report.mlprod-report table{table-layout:auto;margin-left:0;margin-right:0}
+.mlprod-report.mlprod-report th,.mlprod-report.mlprod-report td{text-align:left;vertical-align:top;padding:3px 8px}
+"""  # JupyterLab's output table rules that outweigh REPORT_CSS, undone (see above)
+
 # %% ../nbs/00c_reports.ipynb #52be41a7
 def styled(body_html:str, # an HTML fragment, every value already escaped
           ) -> str:
     "`body_html` in a `mlprod-report` block that carries the shared style: what a result's `_repr_html_` returns."
-    return f'<div class="{REPORT_CLASS}"><style>{REPORT_CSS}</style>{body_html}</div>'
+    return f'<div class="{REPORT_CLASS}"><style>{REPORT_CSS}{NOTEBOOK_CSS}</style>{body_html}</div>'
 
 # %% ../nbs/00c_reports.ipynb #e46a58e6
 def page(title:str, # the page title (escaped here)
@@ -80,6 +87,42 @@ def external_references(html:str, # a page
                        ) -> list:
     "Tags of `html` that would load something over the network (should be empty)."
     return [m.group(0) for m in _EXTERNAL.finditer(html)]
+
+# %% ../nbs/00c_reports.ipynb #b6bdcc1c
+TIME_FORMAT = '%Y-%m-%d %H:%M UTC'  # how every view shows a time to a person
+
+def fmt_time(t, # a date/time (string, datetime, pandas Timestamp); None: missing
+             seconds:bool=False, # keep the seconds ('10:28:16 UTC'), for durations that matter to the second
+            ) -> str:
+    "`t` as readable UTC text, e.g. '2026-12-04 10:28 UTC'; '—' when missing."
+    if t is None or (isinstance(t, float) and t != t): return '—'
+    return to_utc(t).strftime(TIME_FORMAT.replace('%M', '%M:%S') if seconds else TIME_FORMAT)
+
+# %% ../nbs/00c_reports.ipynb #3077a4e7
+def report_link(path, # the report file
+                base=None, # the folder the link is relative to (default: the working folder, where a notebook runs)
+                text:str|None=None, # the link text (default: the path as written in the link)
+               ) -> str:
+    "An escaped `<a>` to report `path`, relative to `base` when it can be."
+    p = Path(path).absolute()
+    try: href = Path(os.path.relpath(p, Path(base if base is not None else os.getcwd()).absolute())).as_posix()
+    except ValueError: href = p.as_uri()  # another drive (Windows): no relative path exists
+    return f'<a href="{esc(href)}" target="_blank" rel="noopener">{esc(text if text is not None else href)}</a>'
+
+# %% ../nbs/00c_reports.ipynb #dbcdc5d0
+def run_url(tracking_uri:str, # the project's MLflow tracking URI
+            run_id:str, # the MLflow run id
+           ) -> str|None:
+    "The MLflow UI page of run `run_id` when `tracking_uri` is an http(s) server; None otherwise."
+    if not run_id or not str(tracking_uri).startswith(('http://', 'https://')): return None
+    return f"{str(tracking_uri).rstrip('/')}/#/runs/{run_id}"
+
+def run_link(tracking_uri:str, # the project's MLflow tracking URI
+             run_id:str, # the MLflow run id
+            ) -> str:
+    "An escaped link to the MLflow run page (an http(s) tracking server), else the run id as `<code>`."
+    url = run_url(tracking_uri, run_id)
+    return f'<a href="{esc(url)}" target="_blank" rel="noopener"><code>{esc(run_id)}</code></a>' if url else f'<code>{esc(run_id)}</code>'
 
 # %% ../nbs/00c_reports.ipynb #a3842009
 STAMP_FORMAT = '%Y-%m-%dT%H%M%SZ'  # the one timestamp format of report (and job run) file names

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from .core import MlprodError, Status, esc, status_badge, to_json, to_utc, jsonable
 from .config import ProjectConfig, get_config
 from .db import engine, job_runs
-from .reports import styled
+from .reports import styled, fmt_time, report_link
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class JobRun:
         st = Status.SUCCESS if self.ok else Status.FAIL
         figs = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in self.figures.items())
         return styled(f"<div><b>{esc(self.job)}</b> ({esc(self.model)}) {status_badge(st)} in {esc(round(self.duration_s, 2))} s — "
-                       f"report <code>{esc(self.report_path)}</code>" + (f"<pre>{esc(self.error_text)}</pre>" if self.error else '')
+                       f"started {esc(fmt_time(self.started_at))} · report {report_link(self.report_path) if self.report_path else '—'}" + (f"<pre>{esc(self.error_text)}</pre>" if self.error else '')
                        + (f"<table>{figs}</table>" if figs else '') + "</div>")
 
 # %% ../nbs/07b_runs.ipynb #b2824d21
