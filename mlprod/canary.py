@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'CANARY_DECISIONS', 'routes_to_canary', 'CanaryError', 'CanaryGates', 'gates_for', 'Canary', 'canary_of_row',
            'active_canary', 'latest_canary', 'start_canary', 'set_share', 'CanaryData', 'canary_data', 'ks_distance',
            'CanaryComparison', 'compare_canary', 'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary',
-           'CanaryRouter', 'sticky_key', 'canary_html', 'save_canary_report', 'cmd_canary']
+           'CanaryRouter', 'sticky_key', 'canary_html', 'save_canary_report', 'canary_summary', 'canary_card_html',
+           'cmd_canary']
 
 # %% ../nbs/05d_canary.ipynb #9063fc5c
 def routes_to_canary(key:str, # the request id, or the value of the sticky key column
@@ -304,9 +305,18 @@ def compare_canary(c:Canary, # the canary
                             {'ks': ks_distance(fc, fp), 'n_canary': len(fc), 'n_production': len(fp)}, data.failures, decision, why, utcnow())
 
 # %% ../nbs/05d_canary.ipynb #c6947c0a
-def _task(cfg, name) -> tuple:
+_POSITIVE = {} # (tracking uri, model, version) → positive class
+
+def _task(cfg, name:str, version:str) -> tuple:
+    "(task, positive class) of a model version: the task from the config, the positive class as registered (`mlprod.positive_class`)."
     mc = cfg.models.get(name)
-    return (mc.task if mc else 'binary'), (mc.positive_class if mc and mc.positive_class is not None else 1)
+    task = mc.task if mc else 'binary'
+    key = (cfg.tracking_uri, name, version)
+    if task == 'binary' and key not in _POSITIVE:
+        from mlprod.registry import registry_client
+        tag = (registry_client(cfg).get_model_version(name, version).tags or {}).get('mlprod.positive_class')
+        _POSITIVE[key] = json.loads(tag) if tag else 1
+    return task, _POSITIVE.get(key)
 
 def comparison(name:str, # registered model name
                cfg=None, canary:Canary|None=None) -> CanaryComparison:
@@ -315,7 +325,7 @@ def comparison(name:str, # registered model name
     cfg = cfg or get_config()
     c = canary or active_canary(name, cfg) or latest_canary(name, cfg)
     if c is None: raise CanaryError(f"canary: {name!r} has no canary; allowed: start one (`mlprod serve {name} --canary ALIAS --canary-share 0.1`)")
-    task, positive = _task(cfg, name)
+    task, positive = _task(cfg, name, c.version)
     return compare_canary(c, canary_data(c, cfg), task, positive)
 
 def abort_canary(name:str, # registered model name
@@ -422,7 +432,8 @@ def poll(self:CanaryRouter):
     if self.start is not None and not getattr(self, 'start_done', False): self._begin()
     self.flush()
     st = active_canary(self.name, self.cfg)
-    if st is not None and (self.served is None or self.served.version != st.version):
+    if st is None: self.served = None  # nothing to route to: let the decided canary's model go
+    elif self.served is None or self.served.version != st.version:
         mc = self.cfg.models.get(self.name)
         self.served = prepare(registry.load(self.name, st.version, cfg=self.cfg), st.alias or 'canary', self.prefer,
                               mc.unseen_categories if mc else 'auto')
@@ -482,9 +493,10 @@ async def answer(self:CanaryRouter, svc, request, served, rid:str) -> tuple:
     kind = content_kind(request.headers.get('content-type'))
     body = await svc._read_body(request)
     event_time = parse_event_time(request.headers.get('x-event-time'))
-    st, canary = self.state, self.served
-    key = (sticky_key(body, kind, st.sticky, served.validator.numeric) if st.sticky else None) or rid
-    if canary is None or not routes_to_canary(key, st.share): return (*await self._production(svc, served, body, kind), event_time, served)
+    st, canary = self.state, self.served  # read once: the poll thread may replace them meanwhile
+    key = (sticky_key(body, kind, st.sticky, served.validator.numeric) if st is not None and st.sticky else None) or rid
+    if st is None or canary is None or not routes_to_canary(key, st.share):
+        return (*await self._production(svc, served, body, kind), event_time, served)
     t = time.perf_counter()
     try:
         fut = asyncio.get_running_loop().run_in_executor(self._pool, svc.process, canary, body, kind)
@@ -525,6 +537,28 @@ def save_canary_report(c:Canary, ev:CanaryComparison, cfg) -> Path:
     "Write the canary's report page and return its path."
     from mlprod.reports import page, save_report
     return save_report(page(f"{c.model} canary v{c.version}", canary_html(c, ev)), cfg.reports_dir, c.model, 'canary')
+
+# %% ../nbs/05d_canary.ipynb #e0fe67a6
+def canary_summary(cfg, # project config
+                   name:str, # registered model name
+                  ) -> dict|None:
+    "The latest canary of `name` as plain data, with the path of its latest report (None when it never had one)."
+    c = latest_canary(name, cfg)
+    if c is None: return None
+    folder = Path(cfg.reports_dir)/name/'canary'
+    reports = sorted(folder.glob('*.html')) if folder.is_dir() else []
+    return dict(version=c.version, production_version=c.production_version, share=c.share, decision=c.decision,
+                started_at=c.started_at, decided_at=c.decided_at, reason=c.reason, report=str(reports[-1]) if reports else None)
+
+def canary_card_html(s:dict|None, # from `canary_summary`
+                     href:str|None=None, # link to its report, relative to the dashboard
+                    ) -> str:
+    "A dashboard card for a canary summary ('' when there is none)."
+    if s is None: return ''
+    state = f"{s['decision']}" + (f" · {s['share']:.0%} of requests" if s['decision'] == 'running' else '')
+    link = f' · <a href="{esc(href)}">report</a>' if href else ''
+    return (f'<div class="card"><div class="k">canary v{esc(s["version"])} vs v{esc(s["production_version"])}</div>'
+            f'<div class="v">{esc(state)}</div><div class="k" title="{esc(s["reason"] or "")}">{esc((s["reason"] or "")[:80])}{link}</div></div>')
 
 # %% ../nbs/05d_canary.ipynb #370e4127
 def _comparison_text(c:Canary, ev:CanaryComparison) -> str:

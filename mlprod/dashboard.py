@@ -12,6 +12,7 @@ from .config import ProjectConfig, get_config, ensure_state
 from .reports import page
 from .runs import JobRun, recent_runs
 from .alerts import open_alerts
+from .canary import canary_summary, canary_card_html
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def dashboard_data(cfg:ProjectConfig|None=None, # project (default: `get_config(
         health = next((r.figures.get('status') for r in mruns if r.job in HEALTH_JOBS and r.status == 'success'
                        and r.figures.get('status') in Status.__members__), None)
         models.append(dict(name=name, versions=_versions(cfg, name) if name in cfg.models else dict.fromkeys(_ALIASES),
-                           jobs=jobs, trends=trends, health=health))
+                           jobs=jobs, trends=trends, health=health, canary=canary_summary(cfg, name) if name in cfg.models else None))
     project_runs = [r for r in runs if not r.model]
     return dict(project=cfg.name, generated_at=now, models=models, alerts=[dataclasses.asdict(a) for a in open_alerts(cfg)], runs=runs[:50],
                 project_jobs=[dict(job=j, last=next(r for r in project_runs if r.job == j)) for j in sorted({r.job for r in project_runs})])
@@ -166,7 +167,9 @@ def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
         cards += (f'<div class="card"><div class="k">{esc(job)} · {esc(_FIGURE_LABELS.get(fig, fig))}</div><div class="v">{esc(vals[-1])}</div>'
                   f'{sparkline_svg(vals, label=f"{job} {fig} over the last {len(vals)} runs")}<div class="k">{_when(pts[0][0])} → {_when(pts[-1][0])}</div></div>')
     trends = f'<h3>Trends</h3><div class="cards">{cards}</div>' if cards else ''
-    return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}</div>'
+    can = m.get('canary')
+    can = canary_card_html(can, _href(can['report'], base) if can and can['report'] else None)
+    return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}{can}</div>'
             f'<h3>Jobs</h3>{jobs}{trends}</section>')
 
 # %% ../nbs/08a_dashboard.ipynb #6f5f4d96

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx, numpy as np, pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from conftest import free_port, offline_env
+from conftest import free_port, offline_env, run_cli
 
 FEATURES = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance',
             'temp', 'dewp', 'humid', 'wind_dir', 'wind_speed', 'precip', 'pressure', 'visib']
@@ -178,7 +178,27 @@ def test_good_canary_is_promoted_and_history_says_why(store, server):
     move = [m for m in registry.history('flights', 'production', cfg=cfg) if m.to_version == v2][-1]
     assert move.action == 'promote' and not move.forced and move.decision_id == c.evidence['id']
     assert 'canary passed' in move.reason and 'error_rate' in move.reason and 'not worse' in move.reason
+    shown = run_cli('--project', store['home'], 'canary', 'flights')
+    assert shown.returncode == 0 and 'promoted' in shown.stdout and 'error_rate' in shown.stdout and 'latency canary: p50' in shown.stdout, shown
+    from mlprod.dashboard import build_dashboard
+    page = build_dashboard(cfg).read_text()
+    assert f'canary v{v2} vs v{store["v1"]}' in page and 'flights/canary/' in page
     print(f"\ngood canary v{v2}: promoted after {secs:.1f} s, {len(out)} requests; history: {move.summary()[:300]}")
+
+
+def test_share_and_abort_by_hand_are_in_the_history(store, server):
+    from mlprod import canary, registry
+    cfg, v5 = store['cfg'], store['v5']
+    canary.start_canary('flights', v5, 0.1, reason='by hand', actor='alice', cfg=cfg, **GATES)
+    r = run_cli('--project', store['home'], 'canary', 'flights', '--share', '0.4', '--reason', 'more traffic', '--actor', 'alice')
+    assert r.returncode == 0 and canary.active_canary('flights', cfg).share == 0.4, r
+    r = run_cli('--project', store['home'], 'canary', 'flights', '--abort', '--reason', 'not needed', '--actor', 'bob')
+    assert r.returncode == 0 and 'aborted by bob: not needed' in r.stdout, r
+    h = [(m.action, m.actor, m.reason) for m in registry.history('flights', cfg=cfg) if m.alias == 'canary' and m.to_version == v5][-3:]
+    assert h == [('canary-start', 'alice', 'by hand (10% of requests)'), ('canary-share', 'alice', 'share 10% -> 40%: more traffic'),
+                 ('canary-abort', 'bob', 'not needed')], h
+    r = run_cli('--project', store['home'], 'canary', 'flights', '--abort', '--reason', 'again')
+    assert r.returncode != 0 and 'no running canary' in r.stderr, r
 
 
 def test_every_production_version_has_its_card_after_rollback(store):
