@@ -27,6 +27,18 @@ def test_beta_binomial_sequence_covers_the_rate_at_every_look():
     assert (up[:, -1] < 0.02).mean() > 0.9 and np.median(up[:, -1] - lo[:, -1]) < 0.013
 
 
+def test_beta_binomial_bounds_are_the_ends_of_the_set_the_martingale_keeps():
+    "Bisection assumes {p : M_n(p) < 1/alpha} is an interval around x/n: check it on a fine grid for random counts."
+    from mlprod.sequential import _log_mixture
+    rng, grid = np.random.default_rng(14), np.linspace(0, 1, 100_001)[1:-1]
+    for _ in range(60):
+        n = int(rng.integers(1, 30_000)); x = int(rng.binomial(n, rng.choice([0.001, 0.01, 0.1, 0.5])))
+        keep = np.flatnonzero(_log_mixture(grid, x, n, (0.5, 0.5), 1000 / 8) < math.log(1 / 0.025))
+        lo, up = beta_binomial_cs(x, n, alpha=0.025)
+        assert (np.diff(keep) == 1).all(), (x, n)
+        assert lo - 2e-5 <= grid[keep[0]] and grid[keep[-1]] <= up + 2e-5 and up - lo <= grid[keep[-1]] - grid[keep[0]] + 4e-5, (x, n)
+
+
 def test_bernstein_sequence_covers_the_mean_after_every_row():
     rng = np.random.default_rng(12)
     sims, rows, mean = 300, 2000, 0.2
@@ -93,6 +105,13 @@ def test_aa_with_margins_promotes_and_never_aborts():
     assert s['abort'] <= 0.05 + noise(0.05, sims), s                       # with margin > 0 a promote is right
     assert s['promote'] >= 0.05, s                                          # ... and happens (rare errors need many rows)
     assert s['abort'] + s['promote'] + s['undecided'] == pytest.approx(1)
+
+
+def test_aa_share_changed_halfway_keeps_wrong_decisions_at_most_5_percent():
+    sims = 200
+    aa = simulate_canaries(sims, horizon=10_000, look_every=50, share=(0.05, 0.5), seed=24)
+    assert aa['sequential']['abort'] <= 0.05 + noise(0.05, sims), aa['sequential']
+    assert all(v <= 0.05 + noise(0.05, sims) for v in aa['sequential_differs'].values()), aa['sequential_differs']
 
 
 @pytest.mark.parametrize('change, within, power', [(dict(error_ratio=3), 2000, 0.8), (dict(latency_ratio=1.3), 500, 0.95)])
