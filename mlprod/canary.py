@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'CANARY_DECISIONS', 'routes_to_canary', 'CanaryError', 'CanaryGates', 'gates_for', 'Canary', 'canary_of_row',
            'active_canary', 'latest_canary', 'start_canary', 'set_share', 'CanaryData', 'canary_data', 'ks_distance',
            'CanaryComparison', 'compare_canary', 'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary',
-           'CanaryRouter', 'sticky_key', 'canary_html', 'save_canary_report', 'canary_summary', 'canary_card_html',
-           'cmd_canary']
+           'CanaryRouter', 'claim_evaluation', 'sticky_key', 'canary_html', 'save_canary_report', 'canary_summary',
+           'canary_card_html', 'cmd_canary']
 
 # %% ../nbs/05d_canary.ipynb #9063fc5c
 def routes_to_canary(key:str, # the request id, or the value of the sticky key column
@@ -403,7 +403,7 @@ class CanaryRouter:
                  threads:int=4): # threads that score canary requests
         self.name, self.cfg, self.start, self.share, self.sticky = name, cfg, start, share, sticky
         self.refresh, self.decide_every, self.prefer = refresh, decide_every, prefer
-        self.state, self.served, self.last_error, self._decided_at = None, None, None, 0.0
+        self.state, self.served, self.last_error = None, None, None
         self._failures, self._lock = [], threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix='canary')
     @property
@@ -424,6 +424,16 @@ def _begin(self:CanaryRouter):
         log.warning('not starting canary v%s of %s again: it was %s (%s)', version, self.name, last.decision, last.reason); return
     start_canary(self.name, self.start, self.share, self.sticky, reason=f"mlprod serve --canary {self.start}", cfg=self.cfg)
 
+def claim_evaluation(c:Canary, # the running canary
+                     every:float, # seconds between evaluations
+                     cfg) -> bool:
+    "True for the one process (of every worker and replica) that may evaluate `c` now: a conditional update of its `evaluated_at`."
+    t, now = _db.canaries, utcnow()
+    with _db.engine(cfg.db_url).begin() as conn:
+        return conn.execute(t.update().where(t.c.id == c.id, t.c.decision == 'running',
+                                             sa.or_(t.c.evaluated_at.is_(None), t.c.evaluated_at <= now - dt.timedelta(seconds=every)))
+                            .values(evaluated_at=now)).rowcount == 1
+
 @patch
 def poll(self:CanaryRouter):
     "Read the canary row, load its version when it changed, write queued failures and, when due, evaluate (blocking: run it in a thread)."
@@ -439,9 +449,7 @@ def poll(self:CanaryRouter):
                               mc.unseen_categories if mc else 'auto')
         log.info('canary of %s: version %s loaded, %.0f%% of requests', self.name, st.version, 100 * st.share)
     self.state = st
-    if st is not None and self.decide_every and time.monotonic() - self._decided_at >= self.decide_every:
-        self._decided_at = time.monotonic()
-        evaluate_canary(self.name, self.cfg)
+    if st is not None and self.decide_every and claim_evaluation(st, self.decide_every, self.cfg): evaluate_canary(self.name, self.cfg)
 
 # %% ../nbs/05d_canary.ipynb #d26074b4
 @patch

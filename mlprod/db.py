@@ -234,7 +234,8 @@ canaries = sa.Table('canaries', metadata,
     sa.Column('decided_at', UTCDateTime),
     sa.Column('actor', sa.String(200)),
     sa.Column('reason', sa.Text),
-    sa.Column('evidence', sa.Text)) # JSON of the comparison the decision rests on
+    sa.Column('evidence', sa.Text), # JSON of the comparison the decision rests on
+    sa.Column('evaluated_at', UTCDateTime)) # last evaluation: the process that moves it evaluates (one per period across replicas)
 
 canary_failures = sa.Table('canary_failures', metadata,
     sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
