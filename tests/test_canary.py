@@ -206,6 +206,8 @@ def test_every_production_version_has_its_card_after_rollback(store):
     from mlprod import registry
     from mlprod.readiness import readiness
     cfg, v1 = store['cfg'], store['v1']
+    if registry.resolve_version('flights', 'production', cfg=cfg) == v1:  # run alone: the good canary was not promoted
+        registry.promote('flights', store['v2'], reason='test: v2 first', force=True, cfg=cfg)
     card = Path(cfg.reports_dir) / 'flights' / 'card' / f"v{v1}.html"
     card.unlink(missing_ok=True)
     registry.rollback('flights', reason='test: back to v1', to=v1, cfg=cfg)
