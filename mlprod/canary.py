@@ -453,6 +453,14 @@ def poll(self:CanaryRouter):
 
 # %% ../nbs/05d_canary.ipynb #d26074b4
 @patch
+def info(self:CanaryRouter) -> dict|None:
+    "What `/version` shows of the canary: version, share, routing key, decision (None when none runs)."
+    st = self.state
+    if st is None: return None
+    return {'id': st.id, 'version': st.version, 'share': st.share, 'routed_by': st.sticky or 'request id', 'decision': st.decision,
+            'loaded': self.served is not None and self.served.version == st.version, 'started_at': st.started_at.isoformat()}
+
+@patch
 def record_failure(self:CanaryRouter, request_id:str, kind:str, error:str, latency_ms:float):
     "Queue a canary failure production answered (written by the next `poll`)."
     st = self.state

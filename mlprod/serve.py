@@ -807,6 +807,7 @@ def version_info(self:ScoringService) -> dict:
     d = {'name': self.name, 'alias': self.provider.alias, 'version': None, 'loaded_at': None, 'scorer': None}
     if cur is not None: d.update(cur.info())
     d['shadow'] = sh.info() if sh is not None else None
+    d['canary'] = self.canary.info() if self.canary is not None else None
     from mlprod import __version__
     d['mlprod'] = __version__
     return d

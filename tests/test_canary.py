@@ -234,6 +234,8 @@ def test_two_serve_processes_on_postgres_route_the_same_share(store, postgres):
             if all(x.headers['x-model-version'] == store['v2'] for x in r if x.status_code == 200 and canary.routes_to_canary(x.headers['x-request-id'], 0.3)) \
                and sum(x.headers['x-model-version'] == store['v2'] for x in r) > 0: break
             time.sleep(0.5)
+        shown = [httpx.get(s.url + '/version', trust_env=False).json()['canary'] for s in servers]
+        assert [(c['version'], c['share'], c['routed_by'], c['loaded']) for c in shown] == [(store['v2'], 0.3, 'request id', True)] * 2, shown
         answered = []
         for s in servers:
             with httpx.Client(base_url=s.url, trust_env=False, timeout=30) as c:
