@@ -68,6 +68,7 @@ COMMANDS = {
     'compare': ('mlprod.evaluate', 'cmd_compare', 'compare a challenger with the champion (exit 0 promote, 1 reject/review)'),
     'optimize': ('mlprod.optimize', 'cmd_optimize', 'faster inference backends with an equivalence proof'),
     'serve': ('mlprod.serve', 'cmd_serve', 'serve a model over HTTP (MLflow protocol)'),
+    'canary': ('mlprod.canary', 'cmd_canary', 'live comparison of a canary release with production; --abort, --promote, --share act'),
     'labels': ('mlprod.requestlog', None, 'record ground truth for logged requests'),
     'labels ingest': ('mlprod.requestlog', 'cmd_labels_ingest', 'record labels from a CSV or Parquet file'),
     'score': ('mlprod.score', 'cmd_score', 'score a table (Parquet or CSV) with a registered model into Parquet, rejects beside it'),

@@ -12,6 +12,7 @@ from .config import ProjectConfig, get_config, ensure_state
 from .reports import page
 from .runs import JobRun, recent_runs
 from .alerts import open_alerts
+from .canary import canary_summary, canary_card_html
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ def dashboard_data(cfg:ProjectConfig|None=None, # project (default: `get_config(
                        and r.figures.get('status') in Status.__members__), None)
         models.append(dict(name=name, versions=_versions(cfg, name) if name in cfg.models else dict.fromkeys(_ALIASES),
                            jobs=jobs, trends=trends, trend_axes=axes, health=health,
-                           releases=_releases(cfg, name) if name in cfg.models else []))
+                           releases=_releases(cfg, name) if name in cfg.models else [],
+                           canary=canary_summary(cfg, name) if name in cfg.models else None))
     project_runs = [r for r in runs if not r.model]
     return dict(project=cfg.name, generated_at=now, models=models, alerts=[dataclasses.asdict(a) for a in open_alerts(cfg)], runs=runs[:50],
                 project_jobs=[dict(job=j, last=next(r for r in project_runs if r.job == j)) for j in sorted({r.job for r in project_runs})])
@@ -203,7 +205,9 @@ def _model_html(m:dict, base:Path, now:dt.datetime) -> str:
     axes, rel = m.get('trend_axes', {}), m.get('releases', [])
     charts = [trend_chart(job, fig, pts, axes.get(job, 'run start (UTC)'), rel) for (job, fig), pts in m['trends'].items()]
     trends = f'<h3>Trends</h3>{chart_grid(*charts)}' if charts else ''
-    return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}</div>'
+    can = m.get('canary')
+    can = canary_card_html(can, _href(can['report'], base) if can and can['report'] else None)
+    return (f'<section class="model" id="model-{esc(m["name"])}"><h2>Model {esc(m["name"])}</h2><div class="cards">{ver}{health}{can}</div>'
             f'<h3>Jobs</h3>{jobs}{trends}</section>')
 
 # %% ../nbs/08a_dashboard.ipynb #6f5f4d96

@@ -14,8 +14,8 @@ metadata = sa.MetaData()
 
 # %% auto #0
 __all__ = ['log', 'metadata', 'UTCDateTime', 'alias_history', 'requests_log', 'labels', 'job_runs', 'alerts', 'comparisons',
-           'locks', 'monitor_runs', 'alert_streaks', 'alert_deliveries', 'runbook_checks', 'batch_runs',
-           'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
+           'locks', 'monitor_runs', 'alert_streaks', 'alert_deliveries', 'runbook_checks', 'canaries',
+           'canary_failures', 'batch_runs', 'add_missing_columns', 'driver_url', 'engine', 'dispose_all']
 
 # %% ../nbs/00b_db.ipynb #25251b4a
 UTCDateTime = sa.DateTime(timezone=True)
@@ -216,6 +216,35 @@ runbook_checks = sa.Table('runbook_checks', metadata,
     sa.Column('ok', sa.Boolean, nullable=False),
     sa.Column('summary', sa.Text),
     sa.Column('details', sa.Text)) # JSON of the checks
+
+# %% ../nbs/00b_db.ipynb #d032e5c8
+canaries = sa.Table('canaries', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('model', sa.String(200), nullable=False, index=True),
+    sa.Column('active', sa.String(200), unique=True), # the model's name while running, else NULL: one running canary per model
+    sa.Column('alias', sa.String(50)), # the alias it was started from (NULL: a version number)
+    sa.Column('version', sa.String(20), nullable=False),
+    sa.Column('production_version', sa.String(20)), # what it is compared with
+    sa.Column('share', sa.Float, nullable=False), # share of requests it scores
+    sa.Column('sticky', sa.String(200)), # routing column (NULL: the request id)
+    sa.Column('gates', sa.Text), # JSON of mlprod.canary.CanaryGates
+    sa.Column('started_at', UTCDateTime, nullable=False),
+    sa.Column('updated_at', UTCDateTime, nullable=False),
+    sa.Column('decision', sa.String(20), nullable=False), # running, aborted, promoted, stopped, blocked
+    sa.Column('decided_at', UTCDateTime),
+    sa.Column('actor', sa.String(200)),
+    sa.Column('reason', sa.Text),
+    sa.Column('evidence', sa.Text), # JSON of the comparison the decision rests on
+    sa.Column('evaluated_at', UTCDateTime)) # last evaluation: the process that moves it evaluates (one per period across replicas)
+
+canary_failures = sa.Table('canary_failures', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('canary_id', sa.Integer, nullable=False, index=True),
+    sa.Column('request_id', sa.String(64), nullable=False),
+    sa.Column('kind', sa.String(20), nullable=False), # error, timeout
+    sa.Column('error', sa.Text),
+    sa.Column('latency_ms', sa.Float), # time the canary was given
+    sa.Column('at', UTCDateTime, nullable=False))
 
 # %% ../nbs/00b_db.ipynb #010996fd
 batch_runs = sa.Table('batch_runs', metadata,

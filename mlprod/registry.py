@@ -24,9 +24,9 @@ os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 # %% auto #0
 __all__ = ['log', 'ALIASES', 'ACTIONS', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'ALIAS_STYLE', 'RegistryError', 'PromotionBlocked',
            'RollbackError', 'registry_client', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo',
-           'label_classes', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'deploy',
-           'record_comparison', 'promote', 'previous_production', 'rollback', 'version_exists', 'History', 'history',
-           'ModelCard', 'card', 'cmd_models', 'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback',
+           'label_classes', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'write_card',
+           'deploy', 'record_comparison', 'promote', 'previous_production', 'rollback', 'version_exists', 'History',
+           'history', 'ModelCard', 'card', 'cmd_models', 'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback',
            'cmd_history', 'cmd_card']
 
 # %% ../nbs/02_registry.ipynb #236943cc
@@ -639,7 +639,17 @@ def _move(cfg, name:str, alias:str, action:str, reason:str, *, version:str|None=
             raise
     move = dataclasses.replace(move, seconds=time.perf_counter() - t0)
     log.info('%s', move.summary())
+    if alias == 'production': write_card(name, version, cfg)  # every version that reaches production has its card (readiness checks it)
     return move
+
+def write_card(name:str, # registered model name
+               version:str, # version number
+               cfg) -> Path|None:
+    "Write the model card of `version` under the reports folder; None (and a warning) when it cannot be written."
+    from mlprod.registry import card  # defined further down this module
+    try: return card(name, version, cfg=cfg).save(cfg.reports_dir)
+    except Exception as e:
+        log.warning('model card of %s version %s not written: %s', name, version, e); return None
 
 # %% ../nbs/02_registry.ipynb #23055009
 def deploy(name:str, # registered model name

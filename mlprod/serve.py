@@ -639,6 +639,7 @@ class ScoringService:
             request_log.on_drop = self.metrics.log_dropped.inc
             self.metrics.log_pending.set_function(lambda: request_log.pending)
         self.last_error, self._task, self.started_at = None, None, utcnow()
+        self.canary, self._canary_task = None, None # a mlprod.canary.CanaryRouter, set by `service_for`
 
 # %% ../nbs/05_serve.ipynb #10e25aa4
 @patch
@@ -668,15 +669,18 @@ async def startup(self:ScoringService):
         if prov is not None: self.metrics.set_model(prov.current, role)
     if self.request_log is not None and not self.request_log.started: self.request_log.start()
     self._task = asyncio.create_task(self._reload_loop())
+    if self.canary is not None: self._canary_task = asyncio.create_task(self.canary.run())
 
 @patch
 async def shutdown(self:ScoringService):
     "Stop reloading and write every queued log row."
     import anyio
-    if self._task is not None:
-        self._task.cancel()
-        try: await self._task
+    for task in (self._task, self._canary_task):
+        if task is None: continue
+        task.cancel()
+        try: await task
         except (asyncio.CancelledError, Exception): pass
+    if self.canary is not None: await anyio.to_thread.run_sync(self.canary.close)
     if self.request_log is not None: await anyio.to_thread.run_sync(self.request_log.close)
 
 # %% ../nbs/05_serve.ipynb #4ac580ab
@@ -749,7 +753,9 @@ async def invocations(self:ScoringService, request):
     served = self.provider.current
     batch = ans = event_time = error = None; flags = {}
     try:
-        batch, ans, flags, event_time = await self._answer(request, served)
+        if self.canary is not None and self.canary.active:  # mlprod.canary: a share of requests is answered by the canary version
+            batch, ans, flags, event_time, served = await self.canary.answer(self, request, served, rid)
+        else: batch, ans, flags, event_time = await self._answer(request, served)
         status, content = 200, ans.body()
     except RequestError as e:
         status, error = e.status, str(e)
@@ -801,6 +807,7 @@ def version_info(self:ScoringService) -> dict:
     d = {'name': self.name, 'alias': self.provider.alias, 'version': None, 'loaded_at': None, 'scorer': None}
     if cur is not None: d.update(cur.info())
     d['shadow'] = sh.info() if sh is not None else None
+    d['canary'] = self.canary.info() if self.canary is not None else None
     from mlprod import __version__
     d['mlprod'] = __version__
     return d
@@ -809,15 +816,21 @@ def version_info(self:ScoringService) -> dict:
 def service_for(name:str, alias:str='production', cfg=None, shadow:str|None=None, token:str|None=None, *,
                 provider:ModelProvider|None=None, shadow_provider:ModelProvider|None=None, db_url:str|None=None,
                 log_requests:bool=True, max_body_bytes:int=10 * 2**20, reload_interval:float=1.0, flush_interval:float=0.5,
-                queue_size:int=10_000, extra_columns:str='reject', prefer:str='fast') -> ScoringService:
+                queue_size:int=10_000, extra_columns:str='reject', prefer:str='fast', canary:str|None=None, canary_share:float=0.1,
+                canary_key:str|None=None, follow_canary:bool|None=None) -> ScoringService:
     "The `ScoringService` `create_app` wraps (same arguments)."
-    if provider is None or (shadow and shadow_provider is None) or (log_requests and db_url is None):
+    follow = (provider is None and log_requests) if follow_canary is None else follow_canary
+    if provider is None or (shadow and shadow_provider is None) or (log_requests and db_url is None) or canary or follow:
         from mlprod.config import get_config
         cfg = cfg or get_config()
     if provider is None: provider = RegistryProvider(name, alias, cfg, prefer)
     if shadow and shadow_provider is None: shadow_provider = RegistryProvider(name, shadow, cfg, prefer)
     rlog = RequestLog(db_url or cfg.db_url, queue_size=queue_size, flush_interval=flush_interval) if log_requests else None
-    return ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
+    svc = ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
+    if canary or follow:  # every process follows the model's canary row in the database; `canary` also starts one
+        from mlprod.canary import CanaryRouter
+        svc.canary = CanaryRouter(name, cfg, canary, canary_share, canary_key, prefer=prefer)
+    return svc
 
 # %% ../nbs/05_serve.ipynb #48fc6689
 ROUTES_TEXT = 'POST /invocations, GET /ping, /health, /live, /version, /metrics'
@@ -868,13 +881,18 @@ def create_app(name:str, # registered model name
                flush_interval:float=0.5, # seconds a log row waits at most before it is written (≤ 1)
                queue_size:int=10_000, # log rows held in memory at most (more are dropped and counted)
                extra_columns:str='reject', # 'reject' or 'ignore' columns the contract does not know
-               prefer:str='fast'): # scorer preference: 'fast' or 'generic'
+               prefer:str='fast', # scorer preference: 'fast' or 'generic'
+               canary:str|None=None, # alias or version to start a canary of (mlprod.canary); it scores `canary_share` of requests
+               canary_share:float=0.1, # share of requests the canary scores
+               canary_key:str|None=None, # column whose value routes a request to the canary (default: the request id)
+               follow_canary:bool|None=None): # route to the model's running canary (default: when the model comes from the registry)
     "The FastAPI app of the scoring service for model `name`."
     from contextlib import asynccontextmanager
     from fastapi import FastAPI
     svc = service_for(name, alias, cfg, shadow, token, provider=provider, shadow_provider=shadow_provider, db_url=db_url,
                       log_requests=log_requests, max_body_bytes=max_body_bytes, reload_interval=reload_interval,
-                      flush_interval=flush_interval, queue_size=queue_size, extra_columns=extra_columns, prefer=prefer)
+                      flush_interval=flush_interval, queue_size=queue_size, extra_columns=extra_columns, prefer=prefer,
+                      canary=canary, canary_share=canary_share, canary_key=canary_key, follow_canary=follow_canary)
     @asynccontextmanager
     async def lifespan(app):
         await svc.startup()
@@ -900,7 +918,8 @@ def app_from_env():
     from mlprod.config import get_config, ensure_importable
     cfg = get_config(spec.get('project'))
     ensure_importable(cfg)  # each worker unpickles models that may use the project's own code
-    return create_app(spec['name'], spec['alias'], cfg=cfg, shadow=spec.get('shadow'), token=_read_token(spec.get('token_env')))
+    return create_app(spec['name'], spec['alias'], cfg=cfg, shadow=spec.get('shadow'), token=_read_token(spec.get('token_env')),
+                      canary=spec.get('canary'), canary_share=spec.get('canary_share', 0.1), canary_key=spec.get('canary_key'))
 
 def serve(name:str, # registered model name
           alias:str='production', # alias to serve and follow
@@ -910,7 +929,10 @@ def serve(name:str, # registered model name
           shadow:str|None=None, # alias of a shadow model (e.g. 'staging')
           token_env:str|None=None, # environment variable holding the bearer token
           project:str|None=None, # project folder or mlprod.toml
-          log_level:str='warning'): # uvicorn log level
+          log_level:str='warning', # uvicorn log level
+          canary:str|None=None, # alias or version of a canary to start (see `mlprod.canary`)
+          canary_share:float=0.1, # share of requests the canary scores
+          canary_key:str|None=None): # column whose value routes a request to the canary (default: the request id)
     "Run the scoring service for `name` with uvicorn until interrupted."
     import uvicorn
     if not isinstance(workers, int) or workers < 1: raise ConfigError('--workers', workers, 'an integer ≥ 1')
@@ -921,7 +943,8 @@ def serve(name:str, # registered model name
     from mlprod.config import get_config, ensure_importable
     ensure_importable(get_config(project))  # fail early on a bad project; its code imports in this process
     os.environ[_SPEC_ENV] = json.dumps({'name': name, 'alias': alias, 'shadow': shadow, 'token_env': token_env,
-                                        'project': str(project) if project else None})
+                                        'project': str(project) if project else None, 'canary': canary, 'canary_share': canary_share,
+                                        'canary_key': canary_key})
     uvicorn.run('mlprod.serve:app_from_env', factory=True, host=host, port=port, workers=workers, access_log=False,
                 log_level=log_level, timeout_graceful_shutdown=10, server_header=False)
 
@@ -933,9 +956,12 @@ def cmd_serve(name:str, # registered model name
               workers:int=1, # worker processes
               shadow:str|None=None, # alias of a model that scores in the shadow, e.g. staging
               token_env:str|None=None, # environment variable holding the bearer token for /invocations
+              canary:str|None=None, # alias or version of a canary release that scores a share of requests
+              canary_share:float=0.1, # share of requests the canary scores
+              canary_key:str|None=None, # column whose value routes a request to the canary (default: the request id)
               project=None, # project folder or mlprod.toml (the global `--project`)
              ) -> int:
     "Serve a registered model over HTTP (the MLflow scoring protocol), following its alias."
     serve(name, alias, host, port, workers, shadow, token_env, project,
-          'debug' if logging.getLogger().isEnabledFor(logging.DEBUG) else 'warning')
+          'debug' if logging.getLogger().isEnabledFor(logging.DEBUG) else 'warning', canary, canary_share, canary_key)
     return 0
