@@ -40,6 +40,14 @@ class Thresholds:
     min_improvement:float=0.0 # required improvement of the metric against the champion
     max_unseen_share:float=0.05 # share of rows with a category value unseen in training (per column, and any column) above which the data-quality check warns
 
+    # mlprod.signals: multivariate drift, the regression estimate, drift since the previous window
+    domain_false_alarm:float=0.01 # domain-classifier check: false-alarm rate per window its AUC threshold is calibrated for (reference-vs-reference splits of the window's size)
+    domain_auc_fail:float=0.0 # domain-classifier AUC above which the check fails (above the calibrated threshold it warns); 0 = never fails: drift explains, performance decides
+    domain_max_rows:int=5000 # rows per side the domain classifier reads (bounds the monitor's time)
+    max_error_increase:float=0.2 # regression: an estimated RMSE more than this share above the holdout's fails
+    max_estimate_error:float=0.1 # regression estimate: relative gap between estimated and realized RMSE on holdout chunks (mean) above which it cannot be trusted
+    since_last_share:float=0.3 # share of input columns drifted since the previous window that warns
+
 # %% ../nbs/00a_config.ipynb #d24339fc
 @dataclass(frozen=True)
 class ModelConfig:
