@@ -47,6 +47,14 @@ class Thresholds:
     importance_floor:float=0.02 # calibrated: a column whose importance share is below this never fails the data-set drift on its own
     calibration_draws:int=200 # calibrated: chunks drawn per window size when the thresholds are measured
 
+    # mlprod.signals: multivariate drift, the regression estimate, drift since the previous window
+    domain_false_alarm:float=0.01 # domain-classifier check: false-alarm rate per window its AUC threshold is calibrated for (reference-vs-reference splits of the window's size)
+    domain_auc_fail:float=0.0 # domain-classifier AUC above which the check fails (above the calibrated threshold it warns); 0 = never fails: drift explains, performance decides
+    domain_max_rows:int=5000 # rows per side the domain classifier reads (bounds the monitor's time)
+    max_error_increase:float=0.2 # regression: an estimated RMSE more than this share above the holdout's fails
+    max_estimate_error:float=0.1 # regression estimate: relative gap between estimated and realized RMSE on holdout chunks (mean) above which it cannot be trusted
+    since_last_share:float=0.3 # share of input columns drifted since the previous window that warns
+
 
 # %% ../nbs/00a_config.ipynb #1893a4bf
 DRIFT_MODES = ('calibrated', 'fixed') # models.NAME.thresholds.drift_mode

@@ -19,6 +19,7 @@ from .config import ProjectConfig, Thresholds, get_config, ensure_state, validat
 from . import db as _db
 from .drift import (ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMALL_REFERENCE, ProfileFormatError, CATEGORICAL,
                     NUMERICAL, calibrate_drift, calibrated_drift, permutation_importance)
+from .signals import signal_checks
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGUR
            'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window', 'require_rows',
            'read_request_window', 'read_source_window', 'load_window', 'scored_rows', 'window_drift',
            'window_calibration', 'realized_checks', 'estimated_checks', 'report_samples', 'traffic_seconds',
-           'decide_verdict', 'evaluate_window', 'publish', 'monitor', 'evidently_html', 'monitor_report_html',
-           'save_monitor_report', 'cmd_monitor']
+           'decide_verdict', 'evaluate_window', 'publish', 'previous_rows', 'monitor', 'evidently_html',
+           'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -725,6 +726,7 @@ class Window:
     requests_by_version:dict=field(default_factory=dict) # request log: requests per version in the window
     prior:pd.DataFrame|None=None # request log: labelled rows of the version before the window (for calibration)
     why:str='' # how the source was chosen, in words (when `auto` fell back)
+    previous:pd.DataFrame|None=None # scored rows of the previous monitored window (`previous_rows`), for drift since then
     def __len__(self) -> int: return len(self.rows)
 
 def require_rows(window:Window, hint:str=''):
@@ -1015,6 +1017,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     rc, rf = realized_checks(model, current, metric, th, *_baseline(model, metric, cal), train_metric)
     ec, ef = estimated_checks(model, current, cal, metric, th, max_ece)
     checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
+    sc, sf = signal_checks(current, model, profile, th, previous=window.previous, holdout=holdout, reference=ref); checks += sc; figures.update(sf)
     checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
     return MonitorResult(window.model, str(model.version), window.alias, window.start, window.end, window.source,
                          Checks(f"Monitor {window.model} v{model.version}", checks), figures, drift, pdrift, cal,
@@ -1041,6 +1044,25 @@ def publish(result:MonitorResult, # from `evaluate_window`
         from mlprod import alerts as _alerts
         result = dataclasses.replace(result, alert_events=tuple(_alerts.evaluate(result.checks, model=result.model, cfg=cfg)))
     return result
+
+# %% ../nbs/06_monitor.ipynb #9c17702a
+def previous_rows(window:Window, # the window about to be evaluated
+                  model, # the version monitored now (scores the previous rows where they lack a prediction of it)
+                  cfg:ProjectConfig, # project (database, data source)
+                 ) -> pd.DataFrame|None:
+    "Scored rows of the model's last monitored window that ended by `window.start` (from `monitor_runs`); None when there is none."
+    runs = monitor_history(window.model, cfg, limit=500)
+    if not len(runs): return None
+    start, end = pd.to_datetime(runs['window_start'], utc=True), pd.to_datetime(runs['window_end'], utc=True)
+    ok = ((end <= pd.Timestamp(window.start)) & runs['source'].isin(['request-log', 'data-source'])).to_numpy()
+    if not ok.any(): return None
+    last = runs[ok].assign(_end=end[ok]).sort_values(['_end', 'at']).iloc[-1]
+    try: prev = load_window(window.model, to_utc(last['window_start']), to_utc(last['window_end']), cfg=cfg, source=last['source'],
+                            version=str(last['version']), calibration_days=0)
+    except (NoDataError, NotFoundError) as e:
+        log.info('%s: previous window %s .. %s not read again: %s', window.model, last['window_start'], last['window_end'], e); return None
+    if str(prev.version) != str(model.version): prev = dataclasses.replace(prev, rows=prev.rows.drop(columns=[PREDICTION], errors='ignore'))
+    return scored_rows(prev, model, model.reference())
 
 # %% ../nbs/06_monitor.ipynb #5c4cb8f8
 def monitor(name:str, # model name from mlprod.toml
@@ -1070,6 +1092,7 @@ def monitor(name:str, # model name from mlprod.toml
     elif (window.model, window.start, window.end) != (name, to_utc(start), to_utc(end)):
         raise ConfigError('window', f"{window.model} {window.start} .. {window.end}", f"the window of {name} {start} .. {end}")
     model, mc = registry.load(name, window.version, cfg), cfg.model(name)
+    if window.previous is None: window = dataclasses.replace(window, previous=previous_rows(window, model, cfg))
     result = evaluate_window(window, model, reference_profile(model, cfg, holdout=calibration, thresholds=mc.thresholds), mc.thresholds, metric=mc.metric, reference=model.reference(),
                              holdout=calibration, max_ece=max_ece, sample_rows=sample_rows)
     return publish(result, cfg, mlflow=log_to_mlflow, record=record, alerts=alerts, report=save_report)
