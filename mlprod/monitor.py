@@ -30,10 +30,10 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGUR
            'prediction_column', 'model_importances', 'version_importance', 'calibrate_profile', 'profile_path',
            'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
            'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window', 'require_rows',
-           'read_request_window', 'read_source_window', 'load_window', 'scored_rows', 'window_drift',
-           'window_calibration', 'realized_checks', 'estimated_checks', 'report_samples', 'traffic_seconds',
-           'decide_verdict', 'evaluate_window', 'publish', 'previous_rows', 'monitor', 'evidently_html',
-           'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'read_request_window', 'read_source_window', 'window_labels', 'batch_window_rows', 'read_batch_window',
+           'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
+           'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows',
+           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -777,6 +777,65 @@ def read_source_window(cfg:ProjectConfig, name:str, t0, t1, # project, model nam
     model = registry.load(name, str(version) if version is not None else alias, cfg)
     return Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-source', rows.reset_index(drop=True))
 
+# %% ../nbs/06_monitor.ipynb #d1f76a48
+def _read_filtered(path, columns:list, time_column:str, t0, t1) -> pd.DataFrame:
+    "The `columns` of the rows of a Parquet file or folder with t0 <= time_column < t1, filtered in the scan."
+    import pyarrow as pa, pyarrow.dataset as ds
+    d = ds.dataset(str(path), format='parquet')
+    f, typ = ds.field(time_column), d.schema.field(time_column).type
+    lo, hi = (pa.scalar(t, type=pa.timestamp('us', tz='UTC')).cast(typ) if pa.types.is_timestamp(typ) else t for t in (t0, t1))
+    return d.to_table(columns=columns, filter=(f >= lo) & (f < hi)).to_pandas()
+
+def window_labels(db_url:str, ids:list) -> pd.Series:
+    "The first label recorded for each id (request_id = id), as a Series indexed by id (missing ids left out)."
+    import sqlalchemy as sa
+    from mlprod import db
+    from mlprod.requestlog import decode_labels
+    out = {}
+    with db.engine(db_url).connect() as conn:
+        for k in range(0, len(ids), 900):
+            q = sa.select(db.labels.c.request_id, db.labels.c.labels).where(db.labels.c.request_id.in_(ids[k:k + 900]))
+            for rid, text in conn.execute(q): out[rid] = (decode_labels(text) or [None])[0]
+    return pd.Series(out, dtype=object)
+
+# %% ../nbs/06_monitor.ipynb #2f0e0b58
+def batch_window_rows(run:dict, # a `batch_runs` row
+                      model, # the version that scored it (`LoadedModel`)
+                      t0, t1, # the window [t0, t1), UTC
+                      db_url:str) -> pd.DataFrame: # the mlprod database (labels)
+    "Features, `prediction` (the score the request log would hold), the label and the id of a run's rows in the window."
+    from mlprod.batch import BatchError, input_format
+    from mlprod.requestlog import PREDICTION, labels_series
+    idc, tc = run['id_column'], run['time_column'] or 'scored_at'
+    if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
+    if input_format(run['input']) != 'parquet': raise BatchError(f"batch run {run['id']}: input {run['input']!r} is not Parquet; allowed: Parquet inputs for monitoring")
+    out = _read_filtered(run['output'], [idc, 'prediction'], tc, t0, t1).rename(columns={'prediction': PREDICTION})
+    feats = _read_filtered(run['input'], list(dict.fromkeys(list(model.features) + [idc])), run['time_column'], t0, t1) if run['time_column'] else \
+            pd.read_parquet(run['input'], columns=list(dict.fromkeys(list(model.features) + [idc])))
+    feats[idc] = feats[idc].map(lambda v: None if v is None or v != v else str(v))
+    rows = out.merge(feats, on=idc, how='inner', validate='one_to_one')
+    rows[model.target] = labels_series(window_labels(db_url, rows[idc].tolist()).reindex(rows[idc]).tolist()).to_numpy()
+    return rows.rename(columns={idc: 'request_id'})
+
+# %% ../nbs/06_monitor.ipynb #3cd265ac
+def read_batch_window(cfg, # project config
+                      name:str, t0, t1, # model name, window [t0, t1) in UTC
+                      version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
+                      alias:str='production'):
+    "The window as the recorded batch runs hold it (a `Window`, source 'batch')."
+    import sqlalchemy as sa
+    from mlprod import db, registry
+    t = db.batch_runs
+    q = sa.select(t).where(t.c.model == name, t.c.status == 'success', t.c.time_min < to_utc(t1), t.c.time_max >= to_utc(t0)).order_by(t.c.started_at)
+    with db.engine(cfg.db_url).connect() as conn: runs = [dict(r) for r in conn.execute(q).mappings()]
+    v = str(version) if version is not None else registry.resolve_version(name, alias, cfg=cfg)
+    if runs and not any(r['version'] == v for r in runs) and version is None:
+        v = max({r['version'] for r in runs}, key=lambda x: sum(r['n_scored'] or 0 for r in runs if r['version'] == x))
+    model = registry.load(name, v, cfg)
+    parts = [batch_window_rows(r, model, to_utc(t0), to_utc(t1), cfg.db_url) for r in runs if r['version'] == v]
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(model.features) + ['prediction', model.target])
+    return Window(name, v, alias if version is None else None, to_utc(t0), to_utc(t1), 'batch', rows)
+
 # %% ../nbs/06_monitor.ipynb #036a19ac
 def load_window(name:str, # model name from mlprod.toml
                 start, end, # the window [start, end), dates or datetimes, UTC
@@ -799,9 +858,7 @@ def load_window(name:str, # model name from mlprod.toml
         model = registry.load(name, str(version) if version is not None else alias, cfg)
         w = Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-frame', data)
     elif source == 'data-source': w = read_source_window(cfg, name, t0, t1, version, alias)
-    elif source == 'batch':
-        from mlprod.score import read_batch_window  # batch outputs in the window: needed columns only, filtered in the scan
-        w = read_batch_window(cfg, name, t0, t1, version, alias)
+    elif source == 'batch': w = read_batch_window(cfg, name, t0, t1, version, alias)
     else:
         w = read_request_window(cfg, name, t0, t1, version, alias, time_field, calibration_days)
         if source == 'auto' and not len(w) and not cfg.model(name).data_source:

@@ -15,8 +15,7 @@ from .batch import BatchResult, BatchError, score_local
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENGINES', 'SPARK_EXTRA', 'spark_scorer', 'time_range', 'record_run', 'batch_runs', 'score', 'cmd_score',
-           'window_labels', 'batch_window_rows', 'read_batch_window']
+__all__ = ['log', 'ENGINES', 'SPARK_EXTRA', 'spark_scorer', 'time_range', 'record_run', 'batch_runs', 'score', 'cmd_score']
 
 # %% ../nbs/05g_score.ipynb #5c1cb694
 ENGINES = ('local', 'spark') # what `engine=` accepts
@@ -150,63 +149,3 @@ def cmd_score(name:str, # registered model name
         return 1
     print(to_json(r.to_dict(), indent=2) if json else r.summary())
     return 0
-
-# %% ../nbs/05g_score.ipynb #d1f76a48
-def _read_filtered(path, columns:list, time_column:str, t0, t1) -> pd.DataFrame:
-    "The `columns` of the rows of a Parquet file or folder with t0 <= time_column < t1, filtered in the scan."
-    import pyarrow as pa, pyarrow.dataset as ds
-    d = ds.dataset(str(path), format='parquet')
-    f, typ = ds.field(time_column), d.schema.field(time_column).type
-    lo, hi = (pa.scalar(t, type=pa.timestamp('us', tz='UTC')).cast(typ) if pa.types.is_timestamp(typ) else t for t in (t0, t1))
-    return d.to_table(columns=columns, filter=(f >= lo) & (f < hi)).to_pandas()
-
-def window_labels(db_url:str, ids:list) -> pd.Series:
-    "The first label recorded for each id (request_id = id), as a Series indexed by id (missing ids left out)."
-    import sqlalchemy as sa
-    from mlprod import db
-    from mlprod.requestlog import decode_labels
-    out = {}
-    with db.engine(db_url).connect() as conn:
-        for k in range(0, len(ids), 900):
-            q = sa.select(db.labels.c.request_id, db.labels.c.labels).where(db.labels.c.request_id.in_(ids[k:k + 900]))
-            for rid, text in conn.execute(q): out[rid] = (decode_labels(text) or [None])[0]
-    return pd.Series(out, dtype=object)
-
-# %% ../nbs/05g_score.ipynb #2f0e0b58
-def batch_window_rows(run:dict, # a `batch_runs` row
-                      model, # the version that scored it (`LoadedModel`)
-                      t0, t1, # the window [t0, t1), UTC
-                      db_url:str) -> pd.DataFrame: # the mlprod database (labels)
-    "Features, `prediction` (the score the request log would hold), the label and the id of a run's rows in the window."
-    from mlprod.batch import input_format
-    from mlprod.requestlog import PREDICTION, labels_series
-    idc, tc = run['id_column'], run['time_column'] or 'scored_at'
-    if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
-    if input_format(run['input']) != 'parquet': raise BatchError(f"batch run {run['id']}: input {run['input']!r} is not Parquet; allowed: Parquet inputs for monitoring")
-    out = _read_filtered(run['output'], [idc, 'prediction'], tc, t0, t1).rename(columns={'prediction': PREDICTION})
-    feats = _read_filtered(run['input'], list(dict.fromkeys(list(model.features) + [idc])), run['time_column'], t0, t1) if run['time_column'] else \
-            pd.read_parquet(run['input'], columns=list(dict.fromkeys(list(model.features) + [idc])))
-    feats[idc] = feats[idc].map(lambda v: None if v is None or v != v else str(v))
-    rows = out.merge(feats, on=idc, how='inner', validate='one_to_one')
-    rows[model.target] = labels_series(window_labels(db_url, rows[idc].tolist()).reindex(rows[idc]).tolist()).to_numpy()
-    return rows.rename(columns={idc: 'request_id'})
-
-# %% ../nbs/05g_score.ipynb #3cd265ac
-def read_batch_window(cfg, # project config
-                      name:str, t0, t1, # model name, window [t0, t1) in UTC
-                      version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
-                      alias:str='production'):
-    "The window as the recorded batch runs hold it (`mlprod.monitor.Window`, source 'batch')."
-    import sqlalchemy as sa
-    from mlprod import db, registry
-    from mlprod.monitor import Window
-    t = db.batch_runs
-    q = sa.select(t).where(t.c.model == name, t.c.status == 'success', t.c.time_min < to_utc(t1), t.c.time_max >= to_utc(t0)).order_by(t.c.started_at)
-    with db.engine(cfg.db_url).connect() as conn: runs = [dict(r) for r in conn.execute(q).mappings()]
-    v = str(version) if version is not None else registry.resolve_version(name, alias, cfg=cfg)
-    if runs and not any(r['version'] == v for r in runs) and version is None:
-        v = max({r['version'] for r in runs}, key=lambda x: sum(r['n_scored'] or 0 for r in runs if r['version'] == x))
-    model = registry.load(name, v, cfg)
-    parts = [batch_window_rows(r, model, to_utc(t0), to_utc(t1), cfg.db_url) for r in runs if r['version'] == v]
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(model.features) + ['prediction', model.target])
-    return Window(name, v, alias if version is None else None, to_utc(t0), to_utc(t1), 'batch', rows)

@@ -25,7 +25,7 @@ __all__ = ['log', 'FORMS', 'UNSEEN_POLICIES', 'UNSEEN_PROBE', 'LATENCY_BUCKETS',
            'make_scorer', 'ColumnCapability', 'probe_capabilities', 'contract_validator', 'Served', 'prepare',
            'ModelProvider', 'StaticProvider', 'CallbackProvider', 'RegistryProvider', 'ServiceMetrics',
            'wants_probabilities', 'Answer', 'content_kind', 'ScoringService', 'service_for', 'add_routes',
-           'add_error_handlers', 'create_app', 'app_from_env', 'serve', 'cmd_serve']
+           'add_error_handlers', 'create_app', 'CanaryRouter', 'sticky_key', 'app_from_env', 'serve', 'cmd_serve']
 
 # %% ../nbs/05_serve.ipynb #3f816345
 class ServeError(MlprodError):
@@ -639,7 +639,7 @@ class ScoringService:
             request_log.on_drop = self.metrics.log_dropped.inc
             self.metrics.log_pending.set_function(lambda: request_log.pending)
         self.last_error, self._task, self.started_at = None, None, utcnow()
-        self.canary, self._canary_task = None, None # a mlprod.canary.CanaryRouter, set by `service_for`
+        self.canary, self._canary_task = None, None # a `CanaryRouter` (below), set by `service_for`
 
 # %% ../nbs/05_serve.ipynb #10e25aa4
 @patch
@@ -828,7 +828,6 @@ def service_for(name:str, alias:str='production', cfg=None, shadow:str|None=None
     rlog = RequestLog(db_url or cfg.db_url, queue_size=queue_size, flush_interval=flush_interval) if log_requests else None
     svc = ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
     if canary or follow:  # every process follows the model's canary row in the database; `canary` also starts one
-        from mlprod.canary import CanaryRouter
         svc.canary = CanaryRouter(name, cfg, canary, canary_share, canary_key, prefer=prefer)
     return svc
 
@@ -902,6 +901,139 @@ def create_app(name:str, # registered model name
     app.state.service = svc
     add_routes(app, svc); add_error_handlers(app)
     return app
+
+# %% ../nbs/05_serve.ipynb #e99b6ab9
+import concurrent.futures
+from . import db as _db
+from .canary import active_canary, claim_evaluation, evaluate_canary, latest_canary, routes_to_canary, start_canary
+
+class CanaryRouter:
+    "Routes a share of a scoring service's requests to the running canary of its model (state read from the database)."
+    def __init__(self, name:str, # registered model name
+                 cfg, # project config
+                 start:str|None=None, # alias or version to start a canary of at startup (None: follow whatever canary runs)
+                 share:float=0.1, # share for `start`
+                 sticky:str|None=None, # routing column for `start`
+                 refresh:float=1.0, # seconds between reads of the canary row
+                 decide_every:float=2.0, # seconds between evaluations (0: never decide here)
+                 prefer:str='fast', # scorer preference
+                 threads:int=4): # threads that score canary requests
+        self.name, self.cfg, self.start, self.share, self.sticky = name, cfg, start, share, sticky
+        self.refresh, self.decide_every, self.prefer = refresh, decide_every, prefer
+        self.state, self.served, self.last_error = None, None, None
+        self._failures, self._lock = [], threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix='canary')
+    @property
+    def active(self) -> bool:
+        "True when requests may go to a canary now."
+        st = self.state
+        return st is not None and st.running and st.share > 0 and self.served is not None
+
+# %% ../nbs/05_serve.ipynb #4b3b2034
+@patch
+def _begin(self:CanaryRouter):
+    "Start the canary asked at startup, unless the latest canary of that version was already decided (a restart does not undo an abort)."
+    from mlprod import registry
+    self.start_done = True
+    version = self.start if str(self.start).isdigit() else registry.resolve_version(self.name, self.start, cfg=self.cfg)
+    last = latest_canary(self.name, self.cfg)
+    if last is not None and last.version == str(version) and not last.running:
+        log.warning('not starting canary v%s of %s again: it was %s (%s)', version, self.name, last.decision, last.reason); return
+    start_canary(self.name, self.start, self.share, self.sticky, reason=f"mlprod serve --canary {self.start}", cfg=self.cfg)
+
+@patch
+def poll(self:CanaryRouter):
+    "Read the canary row, load its version when it changed, write queued failures and, when due, evaluate (blocking: run it in a thread)."
+    from mlprod import registry
+    if self.start is not None and not getattr(self, 'start_done', False): self._begin()
+    self.flush()
+    st = active_canary(self.name, self.cfg)
+    if st is None: self.served = None  # nothing to route to: let the decided canary's model go
+    elif self.served is None or self.served.version != st.version:
+        mc = self.cfg.models.get(self.name)
+        self.served = prepare(registry.load(self.name, st.version, cfg=self.cfg), st.alias or 'canary', self.prefer,
+                              mc.unseen_categories if mc else 'auto')
+        log.info('canary of %s: version %s loaded, %.0f%% of requests', self.name, st.version, 100 * st.share)
+    self.state = st
+    if st is not None and self.decide_every and claim_evaluation(st, self.decide_every, self.cfg): evaluate_canary(self.name, self.cfg)
+
+# %% ../nbs/05_serve.ipynb #d26074b4
+@patch
+def info(self:CanaryRouter) -> dict|None:
+    "What `/version` shows of the canary: version, share, routing key, decision (None when none runs)."
+    st = self.state
+    if st is None: return None
+    return {'id': st.id, 'version': st.version, 'share': st.share, 'routed_by': st.sticky or 'request id', 'decision': st.decision,
+            'loaded': self.served is not None and self.served.version == st.version, 'started_at': st.started_at.isoformat()}
+
+@patch
+def record_failure(self:CanaryRouter, request_id:str, kind:str, error:str, latency_ms:float):
+    "Queue a canary failure production answered (written by the next `poll`)."
+    st = self.state
+    if st is None: return
+    with self._lock: self._failures.append(dict(canary_id=st.id, request_id=request_id, kind=kind, error=error[:2000], latency_ms=latency_ms, at=utcnow()))
+
+@patch
+def flush(self:CanaryRouter):
+    "Write the queued canary failures."
+    with self._lock: rows, self._failures = self._failures, []
+    if rows:
+        with _db.engine(self.cfg.db_url).begin() as conn: conn.execute(_db.canary_failures.insert(), rows)
+
+@patch
+async def run(self:CanaryRouter):
+    "Poll every `refresh` seconds until cancelled (the service starts it as a task)."
+    import anyio
+    while True:
+        try: await anyio.to_thread.run_sync(self.poll); self.last_error = None
+        except Exception as e:
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.warning('canary of %s: %s', self.name, self.last_error)
+        await asyncio.sleep(self.refresh)
+
+@patch
+def close(self:CanaryRouter):
+    "Write the queued failures and stop the scoring threads."
+    try: self.flush()
+    except Exception as e: log.warning('canary of %s: %d failures not written: %s', self.name, len(self._failures), e)
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+# %% ../nbs/05_serve.ipynb #74dc0020
+def sticky_key(body:bytes, kind:str, column:str, numeric:frozenset) -> str|None:
+    "The value of `column` in the first row of a request body (the routing key), or None when it is not there."
+    try: vals = parse_payload(body, kind, numeric).columns.get(column)
+    except MlprodError: return None
+    return None if not vals or vals[0] is None else str(vals[0])
+
+@patch
+async def answer(self:CanaryRouter, svc, request, served, rid:str) -> tuple:
+    "(batch, Answer, flags, event time, the Served that answered) of a request while a canary runs; a canary failure never reaches the caller."
+    if served is None: return (*await svc._answer(request, served), served)
+    svc._check_token(request.headers.get('authorization'))
+    kind = content_kind(request.headers.get('content-type'))
+    body = await svc._read_body(request)
+    event_time = parse_event_time(request.headers.get('x-event-time'))
+    st, canary = self.state, self.served  # read once: the poll thread may replace them meanwhile
+    key = (sticky_key(body, kind, st.sticky, served.validator.numeric) if st is not None and st.sticky else None) or rid
+    if st is None or canary is None or not routes_to_canary(key, st.share):
+        return (*await self._production(svc, served, body, kind), event_time, served)
+    t = time.perf_counter()
+    try:
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, svc.process, canary, body, kind)
+        return (*await asyncio.wait_for(fut, st.gates.timeout_ms / 1000), event_time, canary)
+    except asyncio.TimeoutError: failure = ('timeout', f"no answer within {st.gates.timeout_ms:g} ms")
+    except Exception as e: failure = ('error', f"{type(e).__name__}: {e}")
+    spent = (time.perf_counter() - t) * 1000
+    res = await self._production(svc, served, body, kind)  # a RequestError here is the caller's, not the canary's
+    self.record_failure(rid, failure[0], failure[1], spent)
+    return (*res, event_time, served)
+
+@patch
+async def _production(self:CanaryRouter, svc, served, body:bytes, kind:str) -> tuple:
+    if len(body) > svc.thread_bytes:
+        import anyio
+        return await anyio.to_thread.run_sync(svc.process, served, body, kind)
+    return svc.process(served, body, kind)
 
 # %% ../nbs/05_serve.ipynb #da180363
 _SPEC_ENV = 'MLPROD_SERVE_SPEC'
