@@ -174,6 +174,9 @@ def test_good_canary_is_promoted_and_history_says_why(store, server):
     c, out, secs = _run_until_decided(store, server, v2, 0.5, auto_promote=True)
     assert c.decision == 'promoted', c.summary()
     assert set(_statuses(out)) == {200}
+    # the decision row is claimed first (one process promotes), the alias moves right after: wait for it
+    deadline = time.monotonic() + 30
+    while registry.resolve_version('flights', 'production', cfg=cfg) != v2 and time.monotonic() < deadline: time.sleep(0.2)
     assert registry.resolve_version('flights', 'production', cfg=cfg) == v2
     move = [m for m in registry.history('flights', 'production', cfg=cfg) if m.to_version == v2][-1]
     assert move.action == 'promote' and not move.forced and move.decision_id == c.evidence['id']
