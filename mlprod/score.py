@@ -95,7 +95,7 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
           id_column:str|None=None, # column copied to the output as text: the key labels join on (`mlprod labels ingest`, request_id = id)
           time_column:str|None=None, # event-time column copied to the output; monitoring windows use it (else scored_at)
           engine:str='local', # 'local' (this process) or 'spark'
-          spark_master:str|None=None, # Spark master URL (default: $SPARK_REMOTE, else local[*])
+          spark_master:str|None=None, # Spark master URL (default: $SPARK_REMOTE, else local[2])
           max_reject_share:float|None=None, # fail past this share of rejected rows (default: thresholds.max_reject_share)
           chunk_rows:int=100_000, # local engine: rows per chunk
           progress:bool=False, # local engine: a progress bar on stderr
@@ -132,7 +132,7 @@ def cmd_score(name:str, # registered model name
               id_column:str|None=None, # column copied to the output as text; labels join on it (request_id = id)
               time_column:str|None=None, # event-time column copied to the output (monitoring windows use it)
               engine:Literal['local', 'spark']='local', # where to run
-              spark_master:str|None=None, # Spark master URL (default: $SPARK_REMOTE, else local[*])
+              spark_master:str|None=None, # Spark master URL (default: $SPARK_REMOTE, else local[2])
               max_reject_share:float|None=None, # fail past this share of rejected rows (default: thresholds.max_reject_share)
               json:bool=False, # print the result as JSON
               project=None, # project folder or mlprod.toml (the global `--project`)
