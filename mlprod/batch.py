@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'category_keys', 'encode_frame', 'score_frame', 'BatchResult', 'input_format', 'input_columns',
-           'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local',
-           'parquet_drift']
+           'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
+           'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
+           'score_local', 'parquet_drift']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -169,12 +169,25 @@ def category_keys(values:pd.Series) -> np.ndarray:
     keys[miss] = None
     return keys
 
+def category_codes(values:pd.Series, # a categorical column of a chunk
+                   table:dict) -> np.ndarray: # category key → row (`ColumnPlan.table`)
+    "Row of `table` per value, `len(table)` when unseen, `len(table) + 1` when missing: each distinct value looked up once."
+    n_known = len(table)
+    codes, uniq = pd.factorize(values, use_na_sentinel=True)
+    uniq = np.asarray(uniq, dtype=object)
+    if all(type(u) is str for u in uniq):  # distinct strings: their keys are themselves
+        return np.array([table.get(k, n_known) for k in uniq] + [n_known + 1], dtype=np.intp)[codes]
+    keys = category_keys(values)  # mixed types (1 and 1.0 hash alike): the exact keys of every value
+    return np.array([n_known + 1 if k is None else table.get(k, n_known) for k in keys], dtype=np.intp)
+
 # %% ../nbs/05e_batch.ipynb #4e2e06ad
 def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  chunk:pd.DataFrame) -> np.ndarray: # rows with the encoder's input columns
-    "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy."
+    "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy (one table look-up per distinct category)."
     n = len(chunk)
-    X = np.tile(encoder.base, (n, 1))
+    X = np.empty((n, encoder.n_outputs))
+    rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
+    X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
     for p in encoder.plans:
         if p.kind == 'numeric':
             x = _numeric_array(chunk[p.column]); miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
@@ -183,10 +196,8 @@ def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
                 if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
                 X[np.ix_(miss, p.positions)] = p.missing
             continue
-        keys, n_known = category_keys(chunk[p.column]), len(p.rows)
-        miss = np.array([k is None for k in keys], dtype=bool) if n else np.zeros(0, bool)
-        found = pd.Index(list(p.table)).get_indexer(np.where(miss, '', keys).astype(object)) if n else np.zeros(0, int)
-        codes = np.where(miss, n_known + 1, np.where(found >= 0, np.asarray(list(p.table.values()))[np.maximum(found, 0)] if p.table else 0, n_known))
+        n_known = len(p.rows)
+        codes = category_codes(chunk[p.column], p.table); miss = codes == n_known + 1
         if p.unseen is None and (codes == n_known).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
         if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
         z = np.zeros(len(p.positions))
@@ -226,6 +237,14 @@ def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.Da
                          'reason': pd.Series([' | '.join(reasons[i][1]) for i in pos], dtype=object),
                          'value': pd.Series([text(reasons[i][2]) for i in pos], dtype=object)})
 
+def id_text(values:pd.Series) -> pd.Series:
+    "The id column as text (object, None when missing): `str` of each plain value; integer and string columns converted whole."
+    import pyarrow as pa
+    v = values.reset_index(drop=True)
+    if isinstance(v.dtype, np.dtype) and v.dtype.kind in 'iu': return pd.Series(pa.array(v.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    if v.dtype.kind == 'O' and v.notna().all() and all(type(u) is str for u in pd.unique(v)): return v.astype(object)
+    return pd.Series([None if _plain(x) is None else str(_plain(x)) for x in v.tolist()], dtype=object)
+
 def _time_reasons(chunk:pd.DataFrame, time_column:str) -> tuple:
     "(UTC timestamps, {row: reason} for missing or unreadable times)."
     raw = chunk[time_column]
@@ -251,16 +270,16 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
         times, bad_t = _time_reasons(chunk, time_column)
         for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
     keep = np.ones(len(chunk), dtype=bool); keep[list(reasons)] = False
-    ok = chunk.iloc[np.flatnonzero(keep)]
+    ok = chunk if not reasons else chunk.iloc[np.flatnonzero(keep)]
     preds, P = _scores(served, ok)
     out = {}
-    if id_column: out[id_column] = pd.Series([None if _plain(v) is None else str(_plain(v)) for v in ok[id_column].tolist()], dtype=object)
+    if id_column: out[id_column] = id_text(ok[id_column])
     out['prediction'] = preds
     for j, c in enumerate(served.loaded.classes if P is not None else []): out[proba_column(c)] = P[:, j]
     out['version'] = str(served.version)
     at = pd.Timestamp(scored_at or utcnow())
     out['scored_at'] = at.tz_localize('UTC') if at.tzinfo is None else at.tz_convert('UTC')
-    if time_column: out[time_column] = times[keep].reset_index(drop=True)
+    if time_column: out[time_column] = (times if not reasons else times[keep]).reset_index(drop=True)
     scored = pd.DataFrame(out, index=range(len(ok)))
     scored['scored_at'] = scored['scored_at'].astype('datetime64[us, UTC]')
     if time_column: scored[time_column] = scored[time_column].astype('datetime64[us, UTC]')
@@ -430,11 +449,12 @@ class _Progress:
 # %% ../nbs/05e_batch.ipynb #af7c262f
 class _Writers:
     "The output and rejects Parquet writers of a run, on temporary names until `commit`."
-    def __init__(self, output:Path, schema):
-        import pyarrow.parquet as pq
+    def __init__(self, output:Path, schema, id_column:str|None=None):
+        import pyarrow as pa, pyarrow.parquet as pq
         self.output, self.rejects = Path(output), rejects_path(output)
         self.tmp, self.rtmp = temp_path(self.output), temp_path(self.rejects)
-        self.schema, self.writer, self.rwriter = schema, pq.ParquetWriter(self.tmp, schema), None
+        few = [f.name for f in schema if f.name != id_column and not pa.types.is_floating(f.type)]  # version, times, labels: few distinct values
+        self.schema, self.writer, self.rwriter = schema, pq.ParquetWriter(self.tmp, schema, use_dictionary=few), None
     def write(self, scored:pd.DataFrame, rejects:pd.DataFrame):
         import pyarrow as pa, pyarrow.parquet as pq
         if len(scored): self.writer.write_table(pa.Table.from_pandas(scored, schema=self.schema, preserve_index=False))
@@ -479,7 +499,7 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
         if c and c not in have: raise BatchError(f"column {c!r}: got no such column in {input}; allowed: one of {have[:20]}")
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
     total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows)
-    w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column)), _Progress(total, progress)
+    w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
     n = n_rej = 0; err = None
     try:
         for chunk in chunks:
