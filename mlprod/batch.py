@@ -169,6 +169,7 @@ def category_keys(values:pd.Series) -> np.ndarray:
     keys[miss] = None
     return keys
 
+# %% ../nbs/05e_batch.ipynb #c0dec0d2
 def category_codes(values:pd.Series, # a categorical column of a chunk
                    table:dict) -> np.ndarray: # category key → row (`ColumnPlan.table`)
     "Row of `table` per value, `len(table)` when unseen, `len(table) + 1` when missing: each distinct value looked up once."
@@ -226,6 +227,15 @@ def _model_frame(loaded, chunk:pd.DataFrame) -> pd.DataFrame:
     cats = set(loaded.categorical)
     return pd.DataFrame({c: (pd.Series(category_keys(chunk[c]), dtype=object) if c in cats else _numeric_array(chunk[c])) for c in loaded.features})
 
+# %% ../nbs/05e_batch.ipynb #a7c1e0d0
+def id_text(values:pd.Series) -> pd.Series:
+    "The id column as text (object, None when missing): `str` of each plain value; integer and string columns converted whole."
+    import pyarrow as pa
+    v = values.reset_index(drop=True)
+    if isinstance(v.dtype, np.dtype) and v.dtype.kind in 'iu': return pd.Series(pa.array(v.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    if v.dtype.kind == 'O' and v.notna().all() and all(type(u) is str for u in pd.unique(v)): return v.astype(object)
+    return pd.Series([None if _plain(x) is None else str(_plain(x)) for x in v.tolist()], dtype=object)
+
 # %% ../nbs/05e_batch.ipynb #bd222475
 def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.DataFrame:
     pos = sorted(reasons)
@@ -236,14 +246,6 @@ def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.Da
                          'column': pd.Series([reasons[i][0] for i in pos], dtype=object),
                          'reason': pd.Series([' | '.join(reasons[i][1]) for i in pos], dtype=object),
                          'value': pd.Series([text(reasons[i][2]) for i in pos], dtype=object)})
-
-def id_text(values:pd.Series) -> pd.Series:
-    "The id column as text (object, None when missing): `str` of each plain value; integer and string columns converted whole."
-    import pyarrow as pa
-    v = values.reset_index(drop=True)
-    if isinstance(v.dtype, np.dtype) and v.dtype.kind in 'iu': return pd.Series(pa.array(v.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
-    if v.dtype.kind == 'O' and v.notna().all() and all(type(u) is str for u in pd.unique(v)): return v.astype(object)
-    return pd.Series([None if _plain(x) is None else str(_plain(x)) for x in v.tolist()], dtype=object)
 
 def _time_reasons(chunk:pd.DataFrame, time_column:str) -> tuple:
     "(UTC timestamps, {row: reason} for missing or unreadable times)."
@@ -366,14 +368,16 @@ def coerce_numeric(values:pd.Series) -> pd.Series:
 def input_batches(path, # Parquet file or folder, or CSV file
                   columns:Sequence[str], # the columns to read (those the input lacks are left out)
                   numeric:Sequence[str]=(), # CSV: columns to convert to numbers (`coerce_numeric`)
-                  chunk_rows:int=100_000) -> tuple: # rows per chunk at most
-    "(total rows or None when unknown, iterator of DataFrames indexed by input row number)."
+                  chunk_rows:int=100_000, # rows per chunk at most
+                  categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded, as pandas categoricals
+    "(total rows or None when unknown, iterator of DataFrames indexed by input row number); at most a few chunks read ahead."
     import pyarrow as pa, pyarrow.dataset as ds, pyarrow.csv as pcsv
     have = input_columns(path)
     cols = [c for c in dict.fromkeys(columns) if c in have]
     if input_format(path) == 'parquet':
-        d = ds.dataset(str(path), format='parquet')
-        total, batches = d.count_rows(), d.to_batches(columns=cols, batch_size=chunk_rows)
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=[c for c in categorical if c in cols]))
+        d = ds.dataset(str(path), format=fmt)  # the scanner's default read-ahead (16 batches of 4 files) would hold ~1 GB at 10M rows
+        total, batches = d.count_rows(), d.to_batches(columns=cols, batch_size=chunk_rows, batch_readahead=2, fragment_readahead=1)
     else:
         total = None
         reader = pcsv.open_csv(str(path), read_options=pcsv.ReadOptions(block_size=1 << 22),
@@ -426,9 +430,11 @@ def rejects_path(output) -> Path:
 
 # %% ../nbs/05e_batch.ipynb #f69fd5c9
 def peak_mb() -> float:
-    "Peak resident memory of this process so far, in MB."
+    "Peak resident memory of this process so far, in MB (Linux: VmHWM, which, unlike `ru_maxrss`, does not inherit the peak of the process that exec'd it)."
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open('/proc/self/status') as f: return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024
+    except (OSError, StopIteration, ValueError): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 class _Progress:
     "Logs rows/s every few seconds; a tqdm bar on stderr when asked."
@@ -498,7 +504,8 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     for c in (id_column, time_column):
         if c and c not in have: raise BatchError(f"column {c!r}: got no such column in {input}; allowed: one of {have[:20]}")
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
-    total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows)
+    cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
+    total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
     w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
     n = n_rej = 0; err = None
     try:
