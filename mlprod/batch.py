@@ -365,6 +365,16 @@ def coerce_numeric(values:pd.Series) -> pd.Series:
     return out
 
 # %% ../nbs/05e_batch.ipynb #320d50b6
+def _parquet_batches(d, cols:list, chunk_rows:int, categorical:list):
+    "File by file, row group by row group (the dataset scanner reads ahead of a slow consumer: 2 GB at 10M rows); columns a file lacks are null."
+    import pyarrow as pa, pyarrow.parquet as pq
+    for f in d.files:
+        pf = pq.ParquetFile(f, read_dictionary=categorical)
+        have = [c for c in cols if c in pf.schema_arrow.names]
+        for b in pf.iter_batches(batch_size=chunk_rows, columns=have):
+            if len(have) < len(cols): b = pa.RecordBatch.from_arrays([b.column(c) if c in have else pa.nulls(b.num_rows, d.schema.field(c).type) for c in cols], names=cols)
+            yield b
+
 def input_batches(path, # Parquet file or folder, or CSV file
                   columns:Sequence[str], # the columns to read (those the input lacks are left out)
                   numeric:Sequence[str]=(), # CSV: columns to convert to numbers (`coerce_numeric`)
@@ -375,9 +385,8 @@ def input_batches(path, # Parquet file or folder, or CSV file
     have = input_columns(path)
     cols = [c for c in dict.fromkeys(columns) if c in have]
     if input_format(path) == 'parquet':
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=[c for c in categorical if c in cols]))
-        d = ds.dataset(str(path), format=fmt)  # the scanner's default read-ahead (16 batches of 4 files) would hold ~1 GB at 10M rows
-        total, batches = d.count_rows(), d.to_batches(columns=cols, batch_size=chunk_rows, batch_readahead=2, fragment_readahead=1)
+        d = ds.dataset(str(path), format='parquet')
+        total, batches = d.count_rows(), _parquet_batches(d, cols, chunk_rows, [c for c in categorical if c in cols])
     else:
         total = None
         reader = pcsv.open_csv(str(path), read_options=pcsv.ReadOptions(block_size=1 << 22),
