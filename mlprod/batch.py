@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'category_keys', 'encode_frame', 'score_frame', 'BatchResult', 'input_format', 'input_columns',
-           'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local',
-           'parquet_drift']
+           'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
+           'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
+           'score_local', 'parquet_drift']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -169,12 +169,26 @@ def category_keys(values:pd.Series) -> np.ndarray:
     keys[miss] = None
     return keys
 
+# %% ../nbs/05e_batch.ipynb #c0dec0d2
+def category_codes(values:pd.Series, # a categorical column of a chunk
+                   table:dict) -> np.ndarray: # category key → row (`ColumnPlan.table`)
+    "Row of `table` per value, `len(table)` when unseen, `len(table) + 1` when missing: each distinct value looked up once."
+    n_known = len(table)
+    codes, uniq = pd.factorize(values, use_na_sentinel=True)
+    uniq = np.asarray(uniq, dtype=object)
+    if all(type(u) is str for u in uniq):  # distinct strings: their keys are themselves
+        return np.array([table.get(k, n_known) for k in uniq] + [n_known + 1], dtype=np.intp)[codes]
+    keys = category_keys(values)  # mixed types (1 and 1.0 hash alike): the exact keys of every value
+    return np.array([n_known + 1 if k is None else table.get(k, n_known) for k in keys], dtype=np.intp)
+
 # %% ../nbs/05e_batch.ipynb #4e2e06ad
 def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  chunk:pd.DataFrame) -> np.ndarray: # rows with the encoder's input columns
-    "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy."
+    "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy (one table look-up per distinct category)."
     n = len(chunk)
-    X = np.tile(encoder.base, (n, 1))
+    X = np.empty((n, encoder.n_outputs))
+    rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
+    X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
     for p in encoder.plans:
         if p.kind == 'numeric':
             x = _numeric_array(chunk[p.column]); miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
@@ -183,10 +197,8 @@ def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
                 if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
                 X[np.ix_(miss, p.positions)] = p.missing
             continue
-        keys, n_known = category_keys(chunk[p.column]), len(p.rows)
-        miss = np.array([k is None for k in keys], dtype=bool) if n else np.zeros(0, bool)
-        found = pd.Index(list(p.table)).get_indexer(np.where(miss, '', keys).astype(object)) if n else np.zeros(0, int)
-        codes = np.where(miss, n_known + 1, np.where(found >= 0, np.asarray(list(p.table.values()))[np.maximum(found, 0)] if p.table else 0, n_known))
+        n_known = len(p.rows)
+        codes = category_codes(chunk[p.column], p.table); miss = codes == n_known + 1
         if p.unseen is None and (codes == n_known).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
         if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
         z = np.zeros(len(p.positions))
@@ -214,6 +226,15 @@ def _model_frame(loaded, chunk:pd.DataFrame) -> pd.DataFrame:
     "The DataFrame the model's own methods read (the types of `mlprod.scoring.frame_of`)."
     cats = set(loaded.categorical)
     return pd.DataFrame({c: (pd.Series(category_keys(chunk[c]), dtype=object) if c in cats else _numeric_array(chunk[c])) for c in loaded.features})
+
+# %% ../nbs/05e_batch.ipynb #a7c1e0d0
+def id_text(values:pd.Series) -> pd.Series:
+    "The id column as text (object, None when missing): `str` of each plain value; integer and string columns converted whole."
+    import pyarrow as pa
+    v = values.reset_index(drop=True)
+    if isinstance(v.dtype, np.dtype) and v.dtype.kind in 'iu': return pd.Series(pa.array(v.to_numpy()).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    if v.dtype.kind == 'O' and v.notna().all() and all(type(u) is str for u in pd.unique(v)): return v.astype(object)
+    return pd.Series([None if _plain(x) is None else str(_plain(x)) for x in v.tolist()], dtype=object)
 
 # %% ../nbs/05e_batch.ipynb #bd222475
 def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.DataFrame:
@@ -251,16 +272,16 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
         times, bad_t = _time_reasons(chunk, time_column)
         for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
     keep = np.ones(len(chunk), dtype=bool); keep[list(reasons)] = False
-    ok = chunk.iloc[np.flatnonzero(keep)]
+    ok = chunk if not reasons else chunk.iloc[np.flatnonzero(keep)]
     preds, P = _scores(served, ok)
     out = {}
-    if id_column: out[id_column] = pd.Series([None if _plain(v) is None else str(_plain(v)) for v in ok[id_column].tolist()], dtype=object)
+    if id_column: out[id_column] = id_text(ok[id_column])
     out['prediction'] = preds
     for j, c in enumerate(served.loaded.classes if P is not None else []): out[proba_column(c)] = P[:, j]
     out['version'] = str(served.version)
     at = pd.Timestamp(scored_at or utcnow())
     out['scored_at'] = at.tz_localize('UTC') if at.tzinfo is None else at.tz_convert('UTC')
-    if time_column: out[time_column] = times[keep].reset_index(drop=True)
+    if time_column: out[time_column] = (times if not reasons else times[keep]).reset_index(drop=True)
     scored = pd.DataFrame(out, index=range(len(ok)))
     scored['scored_at'] = scored['scored_at'].astype('datetime64[us, UTC]')
     if time_column: scored[time_column] = scored[time_column].astype('datetime64[us, UTC]')
@@ -344,17 +365,28 @@ def coerce_numeric(values:pd.Series) -> pd.Series:
     return out
 
 # %% ../nbs/05e_batch.ipynb #320d50b6
+def _parquet_batches(d, cols:list, chunk_rows:int, categorical:list):
+    "File by file, row group by row group (the dataset scanner reads ahead of a slow consumer: 2 GB at 10M rows); columns a file lacks are null."
+    import pyarrow as pa, pyarrow.parquet as pq
+    for f in d.files:
+        pf = pq.ParquetFile(f, read_dictionary=categorical)
+        have = [c for c in cols if c in pf.schema_arrow.names]
+        for b in pf.iter_batches(batch_size=chunk_rows, columns=have):
+            if len(have) < len(cols): b = pa.RecordBatch.from_arrays([b.column(c) if c in have else pa.nulls(b.num_rows, d.schema.field(c).type) for c in cols], names=cols)
+            yield b
+
 def input_batches(path, # Parquet file or folder, or CSV file
                   columns:Sequence[str], # the columns to read (those the input lacks are left out)
                   numeric:Sequence[str]=(), # CSV: columns to convert to numbers (`coerce_numeric`)
-                  chunk_rows:int=100_000) -> tuple: # rows per chunk at most
-    "(total rows or None when unknown, iterator of DataFrames indexed by input row number)."
+                  chunk_rows:int=100_000, # rows per chunk at most
+                  categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded, as pandas categoricals
+    "(total rows or None when unknown, iterator of DataFrames indexed by input row number); at most a few chunks read ahead."
     import pyarrow as pa, pyarrow.dataset as ds, pyarrow.csv as pcsv
     have = input_columns(path)
     cols = [c for c in dict.fromkeys(columns) if c in have]
     if input_format(path) == 'parquet':
         d = ds.dataset(str(path), format='parquet')
-        total, batches = d.count_rows(), d.to_batches(columns=cols, batch_size=chunk_rows)
+        total, batches = d.count_rows(), _parquet_batches(d, cols, chunk_rows, [c for c in categorical if c in cols])
     else:
         total = None
         reader = pcsv.open_csv(str(path), read_options=pcsv.ReadOptions(block_size=1 << 22),
@@ -407,9 +439,11 @@ def rejects_path(output) -> Path:
 
 # %% ../nbs/05e_batch.ipynb #f69fd5c9
 def peak_mb() -> float:
-    "Peak resident memory of this process so far, in MB."
+    "Peak resident memory of this process so far, in MB (Linux: VmHWM, which, unlike `ru_maxrss`, does not inherit the peak of the process that exec'd it)."
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open('/proc/self/status') as f: return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024
+    except (OSError, StopIteration, ValueError): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 class _Progress:
     "Logs rows/s every few seconds; a tqdm bar on stderr when asked."
@@ -430,11 +464,12 @@ class _Progress:
 # %% ../nbs/05e_batch.ipynb #af7c262f
 class _Writers:
     "The output and rejects Parquet writers of a run, on temporary names until `commit`."
-    def __init__(self, output:Path, schema):
-        import pyarrow.parquet as pq
+    def __init__(self, output:Path, schema, id_column:str|None=None):
+        import pyarrow as pa, pyarrow.parquet as pq
         self.output, self.rejects = Path(output), rejects_path(output)
         self.tmp, self.rtmp = temp_path(self.output), temp_path(self.rejects)
-        self.schema, self.writer, self.rwriter = schema, pq.ParquetWriter(self.tmp, schema), None
+        few = [f.name for f in schema if f.name != id_column and not pa.types.is_floating(f.type)]  # version, times, labels: few distinct values
+        self.schema, self.writer, self.rwriter = schema, pq.ParquetWriter(self.tmp, schema, use_dictionary=few), None
     def write(self, scored:pd.DataFrame, rejects:pd.DataFrame):
         import pyarrow as pa, pyarrow.parquet as pq
         if len(scored): self.writer.write_table(pa.Table.from_pandas(scored, schema=self.schema, preserve_index=False))
@@ -478,8 +513,9 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     for c in (id_column, time_column):
         if c and c not in have: raise BatchError(f"column {c!r}: got no such column in {input}; allowed: one of {have[:20]}")
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
-    total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows)
-    w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column)), _Progress(total, progress)
+    cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
+    total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
+    w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
     n = n_rej = 0; err = None
     try:
         for chunk in chunks:
