@@ -6,13 +6,15 @@
 from __future__ import annotations
 import datetime as dt, logging, os, re
 from pathlib import Path
-from .core import ConfigError, esc, utcnow, to_utc, REPORT_CLASS, REPORT_CSS, NOTEBOOK_CSS, styled  # the style lives in core; re-exported here
+from .core import ConfigError, esc, utcnow, to_utc, REPORT_CLASS, REPORT_CSS, NOTEBOOK_CSS, styled  # the style lives in core
+_all_ = ['REPORT_CLASS', 'REPORT_CSS', 'NOTEBOOK_CSS', 'styled']  # re-exported: `from mlprod.reports import *` keeps them
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TIME_FORMAT', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'page', 'external_references', 'fmt_time', 'report_link',
-           'run_url', 'run_link', 'report_stamp', 'check_name', 'report_path', 'save_report']
+           'run_url', 'run_link', 'report_stamp', 'check_name', 'report_path', 'save_report', 'REPORT_CLASS',
+           'REPORT_CSS', 'NOTEBOOK_CSS', 'styled']
 
 # %% ../nbs/00c_reports.ipynb #e46a58e6
 def page(title:str, # the page title (escaped here)
