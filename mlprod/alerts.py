@@ -154,6 +154,8 @@ def configured_channels(cfg:ProjectConfig, timeout_s:float=5.0) -> list:
     return [make_channel(c, cfg, timeout_s) for c in (cfg.alerts.channels or (DEFAULT_CHANNEL,))]
 
 # %% ../nbs/07_alerts.ipynb #3e0f602c
+from .reports import fmt_time, styled
+
 @dataclass(frozen=True)
 class RetryPolicy:
     "How often and how patiently a notice is sent again when a channel fails."
@@ -182,11 +184,11 @@ class Delivery:
     alert_id:Optional[int]=None
     key:Optional[str]=None
     def to_dict(self) -> dict: return jsonable(self)
-    def _repr_html_(self): return _deliveries_html([self])
+    def _repr_html_(self): return styled(_deliveries_html([self]))
 
 def _deliveries_html(ds) -> str:
     rows = ''.join(f"<tr><td>{esc(d.channel)}</td><td>{esc(d.channel_type)}</td><td>{esc(d.kind)}</td>"
-                   f"<td>{'✔' if d.ok else '✘'}</td><td>{esc(d.attempts)}</td><td>{esc(d.error)}</td><td>{esc(d.at)}</td></tr>" for d in ds)
+                   f"<td>{'✔' if d.ok else '✘'}</td><td>{esc(d.attempts)}</td><td>{esc(d.error)}</td><td>{esc(fmt_time(d.at, seconds=True))}</td></tr>" for d in ds)
     return ('<table class="mlprod-deliveries"><thead><tr><th>channel</th><th>type</th><th>kind</th><th>ok</th>'
             f'<th>attempts</th><th>error</th><th>at</th></tr></thead><tbody>{rows}</tbody></table>')
 
@@ -323,7 +325,7 @@ class AlertEvents(tuple):
         rows = ''.join(f"<tr><td>{esc(e.action)}</td><td>{esc(e.severity)}</td><td>{esc(e.key)}</td><td>{esc(e.count)}</td>"
                        f"<td>{esc(e.message)}</td><td>{esc(', '.join(d.channel + (' ✔' if d.ok else ' ✘') for d in e.deliveries))}</td></tr>"
                        for e in self)
-        return (f'<div><h4>Alerts: {esc(self.summary())}</h4><table class="mlprod-alert-events"><thead><tr><th>action</th>'
+        return styled(f'<div><h4>Alerts: {esc(self.summary())}</h4><table class="mlprod-alert-events"><thead><tr><th>action</th>'
                 '<th>severity</th><th>key</th><th>count</th><th>message</th><th>deliveries</th></tr></thead>'
                 f'<tbody>{rows}</tbody></table></div>')
 
@@ -510,10 +512,10 @@ class AlertHistory:
         return '\n'.join([head, *lines])
     def _repr_html_(self):
         rows = ''.join(f"<tr><td>{esc(a.id)}</td><td>{esc(a.state)}</td><td>{esc(a.severity)}</td><td>{esc(a.key)}</td>"
-                       f"<td>{esc(a.count)}</td><td>{esc(_when(a.first_at))}</td><td>{esc(_when(a.last_at))}</td>"
+                       f"<td>{esc(a.count)}</td><td>{esc(fmt_time(a.first_at))}</td><td>{esc(fmt_time(a.last_at))}</td>"
                        f"<td>{esc(a.message)}</td></tr>" for a in self.alerts)
         title = ('Open alerts' if self.open_only else 'Alerts') + (f" of {self.model}" if self.model else '')
-        return (f'<div><h4>{esc(title)} ({len(self.alerts)})</h4><table class="mlprod-alerts"><thead><tr><th>id</th>'
+        return styled(f'<div><h4>{esc(title)} ({len(self.alerts)})</h4><table class="mlprod-alerts"><thead><tr><th>id</th>'
                 '<th>state</th><th>severity</th><th>key</th><th>count</th><th>first</th><th>last</th><th>message</th>'
                 f'</tr></thead><tbody>{rows}</tbody></table></div>')
 

@@ -316,6 +316,8 @@ class BatchResult:
     def ok(self) -> bool: return self.max_reject_share is None or self.reject_share <= self.max_reject_share
 
 # %% ../nbs/05e_batch.ipynb #8810965c
+from .reports import styled
+
 @patch
 def to_dict(self:BatchResult) -> dict:
     "A JSON-ready dict of the run (times as ISO strings)."
@@ -336,7 +338,7 @@ def _repr_html_(self:BatchResult) -> str:
             ('rejects', self.rejects_path or 'none'), ('rows', f"{self.n_rows:,}"), ('scored', f"{self.n_scored:,}"),
             ('rejected', f"{self.n_rejected:,} ({self.reject_share:.2%})"), ('time', f"{self.seconds:,.1f} s, {self.rows_per_s:,.0f} rows/s"),
             ('peak memory', '–' if self.peak_mb is None else f"{self.peak_mb:,.0f} MB")]
-    return '<table class="mlprod-batch">' + ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + '</table>'
+    return styled('<table class="mlprod-batch">' + ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + '</table>')
 
 # %% ../nbs/05e_batch.ipynb #12196e9b
 def input_format(path) -> str:

@@ -920,11 +920,11 @@ class Comparison:
 
 
 # %% ../nbs/03_compare.ipynb #aaaee32e
-from .reports import fmt_time
+from .reports import fmt_time, styled
 
 @patch
-def _repr_html_(self:Comparison) -> str:
-    "The comparison as an HTML block: decision, reasons, metrics, slices, operations and checks."
+def body_html(self:Comparison) -> str:
+    "The comparison as an HTML fragment, to embed in a report: decision, reasons, metrics, slices, operations and checks."
     badge = status_badge(_DECISION_STATUS[self.decision]).replace(f">{_DECISION_STATUS[self.decision]}<", f">{esc(self.decision)}<")
     reasons = ''.join(f"<li>{esc(r)}</li>" for r in self.reasons)
     mt = _table(['metric', self.champion_name, self.challenger_name, 'diff', 'CI low', 'CI high', 'p', 'test'],
@@ -942,6 +942,9 @@ def _repr_html_(self:Comparison) -> str:
             f"{esc(self.n_boot)} bootstrap replicates, id {esc(self.id)}, {esc(fmt_time(self.created_at))}</p>"
             f"<ul>{reasons}</ul><h4>Metrics</h4>{mt}{self.charts_html()}" + (f"<h4>Slices</h4>{self.slice_chart()}{st}" if self.slices else '') +
             f"{ops}{agr}<h4>Checks</h4>{checks_table_html(self.checks.checks)}</div>")
+
+@patch
+def _repr_html_(self:Comparison) -> str: return styled(self.body_html())
 
 # %% ../nbs/03_compare.ipynb #ced7465f
 @patch

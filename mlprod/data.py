@@ -103,6 +103,8 @@ class ContractError(DataError):
         super().__init__(f"data contract: {len(self.violations)} violation(s): " + '; '.join(v.message for v in self.violations[:10]))
 
 # %% ../nbs/01_data.ipynb #8ea43519
+from .reports import styled
+
 @dataclass(frozen=True)
 class ValidationResult:
     "Every violation found in a frame."
@@ -122,7 +124,7 @@ class ValidationResult:
     def _repr_html_(self):
         rows = ''.join(f"<tr><td>{esc(v.column)}</td><td>{esc(v.kind)}</td><td>{esc(v.value)}</td><td>{v.count}</td>"
                        f"<td>{esc(v.allowed)}</td></tr>" for v in self.violations)
-        return (f"<div><h4>Data contract {status_badge(self.status)} {self.n_rows:,} rows, {len(self.violations)} violation(s)</h4>"
+        return styled(f"<div><h4>Data contract {status_badge(self.status)} {self.n_rows:,} rows, {len(self.violations)} violation(s)</h4>"
                 + (f"<table><tr><th>column</th><th>violation</th><th>value</th><th>rows</th><th>allowed</th></tr>{rows}</table>" if rows else '')
                 + '</div>')
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'DemoResult', 'running_server', 'wait_for_version', 'replay', 'run_demo', 'cmd_demo']
 
 # %% ../nbs/12_demo.ipynb #afdcacd2
+from .reports import styled, report_link
+
 @dataclass(frozen=True)
 class DemoResult:
     "What the demo did, month by month, and where it wrote things."
@@ -46,7 +48,7 @@ class DemoResult:
                           f"Dashboard: {self.dashboard}", f"MLflow: {self.tracking_uri}", f"State: {self.state_dir}",
                           f"Done in {self.seconds:.0f} s"])
     def summary(self) -> str: return '\n'.join([*self.story, '', self.footer()])
-    def _repr_html_(self): return '<pre>' + esc(self.summary()) + '</pre>'
+    def _repr_html_(self): return styled(f"<pre>{esc(self.summary())}</pre><p>Dashboard: {report_link(self.dashboard)}</p>")
 
 # %% ../nbs/12_demo.ipynb #ac9b17e6
 def running_server(name:str, cfg:ProjectConfig, timeout:float=180):

@@ -163,6 +163,8 @@ def _profile_column(s:pd.Series, kind:str) -> ColumnProfile:
                          vc.to_numpy().astype(np.int64), len(s) - int(vc.sum()))
 
 # %% ../nbs/05a_drift.ipynb #580ce093
+from .reports import styled
+
 PROFILE_FORMAT = 'mlprod.drift.ReferenceProfile'
 PROFILE_VERSION = 2 # 2: importance and calibrated thresholds; version 1 files are still read
 
@@ -191,7 +193,7 @@ class ReferenceProfile:
         rows = ''.join(f"<tr><td>{esc(c.name)}</td><td>{esc(c.kind)}</td><td>{esc(c.n)}</td><td>{esc(c.n_missing)}</td>"
                        f"<td>{esc(c.n_unique)}</td><td>{esc(c.std if c.kind == NUMERICAL else None)}</td></tr>" for c in self.columns)
         skipped = ''.join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in self.skipped.items())
-        return (f"<div><h4>Reference profile: {esc(len(self))} columns, {esc(self.n_rows)} rows</h4>"
+        return styled(f"<div><h4>Reference profile: {esc(len(self))} columns, {esc(self.n_rows)} rows</h4>"
                 '<table><thead><tr><th>column</th><th>kind</th><th>n</th><th>missing</th><th>distinct</th><th>std</th></tr></thead>'
                 f"<tbody>{rows}</tbody></table>" + (f"<p>Not tested:</p><ul>{skipped}</ul>" if skipped else '') + '</div>')
 
@@ -360,7 +362,7 @@ class DriftResult:
     def to_frame(self) -> pd.DataFrame:
         "One row per column."
         return pd.DataFrame([dict(c.to_dict(), rule=c.rule) for c in self.columns])
-    def _repr_html_(self): return self.html()
+    def _repr_html_(self): return styled(self.html())
     def html(self, status:Status|None=None) -> str:
         "The drift table; `status` is the verdict of the check this drift stands for (default: FAIL on data-set drift, WARNING when a column drifted)."
         status = status or (Status.FAIL if self.dataset_drift else Status.WARNING if self.n_drifted else Status.SUCCESS)

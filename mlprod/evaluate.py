@@ -161,7 +161,7 @@ def _report_line(self:VersionComparison) -> str:
 
 # %% ../nbs/03a_compare_models.ipynb #a306aa0b
 @patch
-def _body_html(self:VersionComparison) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison._repr_html_()}</div>'
+def _body_html(self:VersionComparison) -> str: return f'<div class="mlprod-version-comparison">{self._head()}{self.comparison.body_html()}</div>'
 
 @patch
 def _repr_html_(self:VersionComparison) -> str: return styled(self._body_html() + self._report_line())

@@ -145,6 +145,8 @@ def publish(figures_path:str|None, # where the runner wants the figures ('' when
     return old
 
 # %% ../nbs/08_jobs.ipynb #c026
+from .reports import styled
+
 @dataclass(frozen=True)
 class Summary:
     "The opening of a report: a status, a headline, what changed and what to do."
@@ -158,7 +160,7 @@ class Summary:
     def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self):
         lst = lambda xs: ''.join(f"<li>{esc(x)}</li>" for x in xs) or '<li>nothing</li>'
-        return (f'<div class="mlprod-summary mlprod-{self.status.value.lower()}"><h2>{status_badge(self.status)} {esc(self.headline)}</h2>'
+        return styled(f'<div class="mlprod-summary mlprod-{self.status.value.lower()}"><h2>{status_badge(self.status)} {esc(self.headline)}</h2>'
                 f'<h4>What changed</h4><ul>{lst(self.changed)}</ul><h4>What to do</h4><ul>{lst(self.todo)}</ul></div>')
 
 # %% ../nbs/08_jobs.ipynb #c031

@@ -566,8 +566,11 @@ def summary(self:MonitorResult) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/06_monitor.ipynb #d2cb0a6b
+from .reports import fmt_time, report_link
+
 @patch
-def _repr_html_(self:MonitorResult) -> str: return styled(self._body_html())
+def _repr_html_(self:MonitorResult) -> str:
+    return styled(self._body_html() + (f"<p>Report: {report_link(self.report_path)}</p>" if self.report_path else ''))
 
 @patch
 def _body_html(self:MonitorResult, extra:str='') -> str:
@@ -579,7 +582,7 @@ def _body_html(self:MonitorResult, extra:str='') -> str:
     notes = ''.join(f"<li>{esc(n)}</li>" for n in self.notes)
     alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
     return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
-            f"<p>Window {esc(self.start.isoformat())} … {esc(self.end.isoformat())} (UTC); rows from the {esc(self.source)}.</p>"
+            f"<p>Window {esc(fmt_time(self.start))} … {esc(fmt_time(self.end))}; rows from the {esc(self.source)}.</p>"
             + (f"<p><b>Verdict:</b> {esc(f['verdict_reason'])}</p>" if f.get('verdict_reason') else '') +
             f"<table>{figs}</table>{checks_table_html(main)}{extra}{self.distribution_charts()}{self.quality_chart()}"
             + (f"<p>Alerts:</p><ul>{alerts}</ul>" if alerts else '') + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else '')

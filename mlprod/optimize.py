@@ -365,6 +365,8 @@ def _cell(r:BackendResult, k:str) -> str:
     return fmt(v.value if isinstance(v, Status) else v)
 
 # %% ../nbs/04_optimize.ipynb #c8d1e004
+from .reports import styled
+
 @dataclass(frozen=True)
 class OptimizationResult:
     "The original and every backend side by side, the winner and the version it was registered as."
@@ -416,7 +418,7 @@ class OptimizationResult:
                             f"<td><b>{esc(_cell(r, k))}</b></td>" if (k == 'backend' and r.backend == self.winner) else
                             f"<td>{esc(_cell(r, k))}</td>" for k, _ in _COLUMNS)
             body += f"<tr>{cells}<td>{esc(r.message)}</td></tr>"
-        return (f'<div class="mlprod-optimize"><h4>{esc(self.summary())}</h4>'
+        return styled(f'<div class="mlprod-optimize"><h4>{esc(self.summary())}</h4>'
                 f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
                 f'<p>batch = {esc(self.batch_rows)} rows in one call; core = one encoded float64 row; size = pickled model.</p></div>')
 

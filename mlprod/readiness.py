@@ -376,7 +376,7 @@ class Item:
     def to_dict(self) -> dict: return jsonable(self)
 
 # %% ../nbs/10_readiness.ipynb #9668ad30
-from .reports import page, styled, save_report
+from .reports import page, styled, save_report, report_link, fmt_time
 
 def _href(link:str, root:str, base:Optional[Path]) -> str:
     if not link: return ''
@@ -391,7 +391,7 @@ def _scorecard_body(sc:Scorecard, base:Optional[Path]=None) -> str:
         rows += (f"<tr><td>{esc(i.category)}</td><td>{esc(i.name)}</td><td>{status_badge(Status.SUCCESS if i.passed else Status.FAIL)}</td>"
                  f"<td>{esc(i.evidence)}</td><td>{esc(i.reason)}</td><td>{link}</td></tr>")
     warn = (f'<div class="warn"><b>Warning signs:</b> {esc("; ".join(sc.warning_signs))}</div>' if sc.warning_signs else '')
-    when = to_utc(sc.created_at).strftime('%Y-%m-%d %H:%M UTC') if sc.created_at else ''
+    when = fmt_time(sc.created_at) if sc.created_at else ''
     return (f"<h2>Production readiness of {esc(sc.model)} {status_badge(Status.SUCCESS if sc.ok else Status.FAIL)} "
             f"{esc(sc.passed)}/{esc(len(sc.items))}</h2><p>project {esc(sc.project)} · {esc(when)}</p>{warn}"
             f"<table><thead><tr><th>category</th><th>item</th><th>status</th><th>evidence</th><th>reason</th><th>look at</th></tr></thead>"
@@ -408,6 +408,7 @@ class Scorecard:
     created_at:Any=None # UTC
     project:str=''
     root:str='' # project folder; links are relative to it
+    report_path:str='' # the saved HTML page, once `save` wrote it (the notebook view links it)
     def __post_init__(self): object.__setattr__(self, 'items', tuple(self.items)); object.__setattr__(self, 'warning_signs', tuple(self.warning_signs))
     @property
     def passed(self) -> int: return sum(i.passed for i in self.items)
@@ -432,15 +433,18 @@ class Scorecard:
             out.append(f"  {'PASS' if i.passed else 'FAIL'}  {i.category:<13} {i.name:<20} {i.evidence if i.passed else i.reason}")
         if self.warning_signs: out.append('Warning signs: ' + '; '.join(self.warning_signs))
         return '\n'.join(out)
-    def _repr_html_(self) -> str: return styled(f'<div class="mlprod-readiness">{_scorecard_body(self)}</div>')
+    def _repr_html_(self) -> str:
+        link = f"<p>Report: {report_link(self.report_path)}</p>" if self.report_path else ''
+        return styled(f'<div class="mlprod-readiness">{_scorecard_body(self)}{link}</div>')
     def html(self, base=None) -> str:
         "A self-contained HTML page (links relative to folder `base`)."
         return page(f"{self.model}: production readiness", _scorecard_body(self, None if base is None else Path(base)))
     def save(self, reports_dir=None) -> Path:
-        "Write `reports/<model>/readiness/<UTC time>.html` and `.json` beside it; return the HTML path."
+        "Write `reports/<model>/readiness/<UTC time>.html` and `.json` beside it; return the HTML path (also kept in `report_path`)."
         reports_dir = Path(reports_dir if reports_dir is not None else get_config().reports_dir)
         p = save_report(self.html(base=reports_dir/self.model/'readiness'), reports_dir, self.model, 'readiness', at=self.created_at)
         p.with_suffix('.json').write_text(to_json(self.to_dict(), indent=2), encoding='utf-8')
+        object.__setattr__(self, 'report_path', str(p))  # a record of where it went, for the view; no figure changes
         return p
 
 # %% ../nbs/10_readiness.ipynb #2d878869

@@ -547,7 +547,7 @@ class Move:
         frm = f"v{self.from_version}" if self.from_version else '(none)'
         extra = (' FORCED' if self.forced else '') + (f" decision {self.decision_id}" if self.decision_id else '')
         return (f"{self.model}: {self.alias} {frm} -> v{self.to_version} ({self.action} by {self.actor}{extra}): {self.reason}")
-    def _repr_html_(self) -> str: return f"<p>{esc(self.summary())}</p>"
+    def _repr_html_(self) -> str: return styled(f"<p>{esc(fmt_time(self.at, seconds=True))} · {esc(self.summary())}</p>")
 
 # %% ../nbs/02_registry.ipynb #af9c779a
 @contextlib.contextmanager
@@ -830,7 +830,9 @@ class History(list):
                        f"{'v' + str(m.to_version):<5} {m.action + ('!' if m.forced else ''):<8} {m.actor[:12]:<12} {(m.decision_id or '-')[:12]:<12} "
                        f"{m.reason}" + (' [FORCED]' if m.forced else ''))
         return '\n'.join(out)
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str: return styled(self.body_html())
+    def body_html(self) -> str:
+        "The moves as an HTML table, to embed in a report."
         rows = ''.join(f"<tr><td>{esc(fmt_time(m.at, seconds=True))}</td><td>{esc(m.alias)}</td><td>{esc(m.from_version)}</td>"
                        f"<td>{esc(m.to_version)}</td><td>{esc(m.action)}{' <b>forced</b>' if m.forced else ''}</td><td>{esc(m.actor)}</td>"
                        f"<td>{esc(m.decision_id)}</td><td>{esc(m.reason)}</td></tr>" for m in self)
@@ -893,7 +895,7 @@ def _body(self:ModelCard) -> str:
             f"<h2>Parameters</h2>{_kv_table(self.params)}"
             f"<h2>Data contract ({len(self.schema.get('columns', []))} columns)</h2>"
             f"<table><tr><th>column</th><th>kind</th><th>nullable</th><th>min</th><th>max</th><th>categories</th></tr>{cols}</table>"
-            f"<h2>Alias history of this version</h2>{History(self.moves)._repr_html_() if self.moves else '<p>(never moved)</p>'}")
+            f"<h2>Alias history of this version</h2>{History(self.moves).body_html() if self.moves else '<p>(never moved)</p>'}")
 
 # %% ../nbs/02_registry.ipynb #36c29e81
 @patch

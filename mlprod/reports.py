@@ -6,69 +6,15 @@
 from __future__ import annotations
 import datetime as dt, logging, os, re
 from pathlib import Path
-from .core import ConfigError, esc, utcnow, to_utc
+from .core import ConfigError, esc, utcnow, to_utc, REPORT_CLASS, REPORT_CSS, NOTEBOOK_CSS, styled  # the style lives in core
+_all_ = ['REPORT_CLASS', 'REPORT_CSS', 'NOTEBOOK_CSS', 'styled']  # re-exported: `from mlprod.reports import *` keeps them
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REPORT_CLASS', 'REPORT_CSS', 'NOTEBOOK_CSS', 'TIME_FORMAT', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'styled', 'page',
-           'external_references', 'fmt_time', 'report_link', 'run_url', 'run_link', 'report_stamp', 'check_name',
-           'report_path', 'save_report']
-
-# %% ../nbs/00c_reports.ipynb #fd175bdc
-REPORT_CLASS = 'mlprod-report'  # the wrapper class every rule of REPORT_CSS is scoped under
-
-REPORT_CSS = """
-.mlprod-report{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2328;background:#fff;line-height:1.45}
-div.mlprod-report{padding:4px 8px}
-.mlprod-report.mlprod-page{max-width:1200px;margin:0 auto;padding:16px 28px 40px;min-height:100vh;box-sizing:border-box}
-.mlprod-report h1{font-size:1.5em}.mlprod-report h2{font-size:1.25em;margin-top:1.2em}.mlprod-report h3{font-size:1.15em}
-.mlprod-report h4{margin:1.2em 0 .3em}
-.mlprod-report a{color:#0969da}
-.mlprod-report table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:90%}
-.mlprod-report th,.mlprod-report td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top;color:#1f2328}
-.mlprod-report th{background:#f6f8fa}
-.mlprod-report code{background:#f6f8fa;padding:1px 4px}
-.mlprod-report .flag{color:#cf222e}
-.mlprod-report .warn{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em;border-radius:6px}
-.mlprod-report .alias{background:#0969da;color:#fff;border-radius:4px;padding:1px 6px;margin-left:4px;font-size:80%}
-.mlprod-report .muted{color:#6e7781}
-.mlprod-report .stale{color:#9a6700;font-weight:600}
-.mlprod-report header.mlprod-head{border-bottom:1px solid #d0d7de;padding-bottom:8px;margin-bottom:12px}
-.mlprod-report header.mlprod-head .meta{color:#57606a;font-size:90%}
-.mlprod-report .mlprod-failure{border:2px solid #cf222e;background:#ffebe9;padding:10px 14px;border-radius:6px;margin:10px 0}
-.mlprod-report .mlprod-failure pre{white-space:pre-wrap;background:#fff;padding:6px;border:1px solid #ffcecb;max-height:300px;overflow:auto}
-.mlprod-report .mlprod-summary{border-left:6px solid #1a7f37;background:#f6fff8;padding:4px 14px;margin:8px 0}
-.mlprod-report .mlprod-summary.mlprod-warning{border-color:#9a6700;background:#fff8e5}
-.mlprod-report .mlprod-summary.mlprod-fail,.mlprod-report .mlprod-summary.mlprod-error{border-color:#cf222e;background:#ffebe9}
-.mlprod-report .jp-Cell{margin:4px 0}
-.mlprod-report .jp-OutputArea-output pre{background:#f6f8fa;padding:6px 8px;overflow-x:auto;white-space:pre-wrap}
-.mlprod-report img{max-width:100%;height:auto}
-.mlprod-report [data-mime-type="application/vnd.jupyter.stderr"] pre{background:#fff8c5}
-.mlprod-report .jp-OutputArea-output.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"] pre{background:#ffebe9}
-.mlprod-report .ansi-red-fg{color:#cf222e}.mlprod-report .ansi-green-fg{color:#1a7f37}.mlprod-report .ansi-blue-fg{color:#0969da}
-.mlprod-report .ansi-cyan-fg{color:#1b7c83}.mlprod-report .ansi-yellow-fg{color:#9a6700}.mlprod-report .ansi-magenta-fg{color:#8250df}
-.mlprod-report .ansi-bold{font-weight:bold}
-.mlprod-report .cards{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0}
-.mlprod-report .card{border:1px solid #d0d7de;border-radius:6px;padding:6px 10px;min-width:150px;background:#fff}
-.mlprod-report .card .k{color:#57606a;font-size:85%}.mlprod-report .card .v{font-size:140%;font-weight:600}
-.mlprod-report .model{border-top:3px solid #0969da;margin-top:22px;padding-top:4px}
-.mlprod-report .alert-critical td:first-child{border-left:4px solid #cf222e}
-.mlprod-report .alert-warning td:first-child{border-left:4px solid #9a6700}
-.mlprod-report svg.spark{display:block;margin-top:2px}
-"""
-
-# %% ../nbs/00c_reports.ipynb #fd7a9293
-NOTEBOOK_CSS = """
-.mlprod-report.mlprod-report table{table-layout:auto;margin-left:0;margin-right:0}
-.mlprod-report.mlprod-report th,.mlprod-report.mlprod-report td{text-align:left;vertical-align:top;padding:3px 8px}
-"""  # JupyterLab's output table rules that outweigh REPORT_CSS, undone (see above)
-
-# %% ../nbs/00c_reports.ipynb #52be41a7
-def styled(body_html:str, # an HTML fragment, every value already escaped
-          ) -> str:
-    "`body_html` in a `mlprod-report` block that carries the shared style: what a result's `_repr_html_` returns."
-    return f'<div class="{REPORT_CLASS}"><style>{REPORT_CSS}{NOTEBOOK_CSS}</style>{body_html}</div>'
+__all__ = ['log', 'TIME_FORMAT', 'STAMP_FORMAT', 'PROJECT_FOLDER', 'page', 'external_references', 'fmt_time', 'report_link',
+           'run_url', 'run_link', 'report_stamp', 'check_name', 'report_path', 'save_report', 'REPORT_CLASS',
+           'REPORT_CSS', 'NOTEBOOK_CSS', 'styled']
 
 # %% ../nbs/00c_reports.ipynb #e46a58e6
 def page(title:str, # the page title (escaped here)

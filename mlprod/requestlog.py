@@ -210,6 +210,8 @@ def _write_one_by_one(self:RequestLog, rows:list):
             self.errors += 1; log.error('request log: row %r lost: %s', r['request_id'], e)
 
 # %% ../nbs/04a_requestlog.ipynb #26867e24
+from .reports import styled
+
 @dataclass(frozen=True)
 class LabelReport:
     "What `log_labels` recorded."
@@ -218,7 +220,7 @@ class LabelReport:
     n_unknown:int # request ids not found in the request log (stored anyway)
     unknown:tuple=() # up to 10 of them
     def to_dict(self) -> dict: return jsonable(self)
-    def _repr_html_(self): return f"<div>labels: {self.n_requests} request(s), {self.n_labels} label(s), {self.n_unknown} unknown id(s) {esc(', '.join(self.unknown))}</div>"
+    def _repr_html_(self): return styled(f"<div>labels: {self.n_requests} request(s), {self.n_labels} label(s), {self.n_unknown} unknown id(s) {esc(', '.join(self.unknown))}</div>")
 
 # %% ../nbs/04a_requestlog.ipynb #269496bc
 def _label_rows(ids:list, labels:list) -> list:

@@ -62,19 +62,27 @@ class RetrainResult:
         return '\n'.join(lines)
 
 # %% ../nbs/09_retrain.ipynb #d22f5cea
+from .reports import fmt_time, report_link, styled
+
 @patch
-def _repr_html_(self:RetrainResult) -> str:
+def body_html(self:RetrainResult) -> str:
+    "The run as an HTML fragment: the body of its report page."
     st = {'promoted':'SUCCESS','current':'SUCCESS','staged':'WARNING','rejected':'WARNING','failed':'FAIL'}[self.status]
     rows = ''.join(f"<tr><td>{esc(s.name)}</td><td>{status_badge(s.status)}</td><td>{esc(s.message)}</td><td>{s.seconds:.1f} s</td></tr>" for s in self.steps)
     err = f"<p style='color:#cf222e'><b>Error:</b> {esc(self.error)}</p>" if self.error else ''
     if self.status == 'staged':
         err += (f"<p><b>Next:</b> review the comparison, then <code>mlprod promote {esc(self.model)} {esc(self.version)} --to production "
                 f"--decision {esc(self.comparison_id)} --reason …</code>, or leave production as it is.</p>")
-    return (f"<div><h3>Retraining {esc(self.model)} as of {esc(self.as_of)} {status_badge(st)} {esc(self.status)}</h3>{err}"
-            f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(str, self.train_window)))}"
-            f" · holdout {esc(' → '.join(map(str, self.holdout_window)))} · decision {esc(self.decision)}</p>"
+    return (f"<div><h3>Retraining {esc(self.model)} as of {esc(fmt_time(self.as_of))} {status_badge(st)} {esc(self.status)}</h3>{err}"
+            f"<p>candidate version {esc(self.version)}{' (reused)' if self.reused else ''} · train {esc(' → '.join(map(fmt_time, self.train_window)))}"
+            f" · holdout {esc(' → '.join(map(fmt_time, self.holdout_window)))} · decision {esc(self.decision)}</p>"
             + (f"<ul>{''.join(f'<li>{esc(r)}</li>' for r in self.reasons)}</ul>" if self.reasons else '')
             + f"<table><tr><th>step</th><th>status</th><th>message</th><th>time</th></tr>{rows}</table></div>")
+
+@patch
+def _repr_html_(self:RetrainResult) -> str:
+    "The notebook view: the report's body in the shared style, with a link to the saved report."
+    return styled(self.body_html() + (f"<p>Report: {report_link(self.report_path)}</p>" if self.report_path else ''))
 
 # %% ../nbs/09_retrain.ipynb #c964c9df
 def windows(as_of, train_days:int, holdout_days:int=7) -> tuple:
@@ -323,7 +331,7 @@ def retrain(name:str, # registered model name (a [models.NAME] section of mlprod
     except _StepFailed as e:
         res = RetrainResult(status='failed', steps=tuple(steps.done), error=f"{e.args[0]}: {e.args[1]}", **result)
     if report:
-        res = dataclasses.replace(res, report_path=_write_report(cfg, name, 'retrain', f"Retraining {name}", res._repr_html_()))
+        res = dataclasses.replace(res, report_path=_write_report(cfg, name, 'retrain', f"Retraining {name}", res.body_html()))
     return res
 
 # %% ../nbs/09_retrain.ipynb #28cd3d92
@@ -339,6 +347,8 @@ def triggers(name:str, cfg=None) -> list:
     return sorted(out)
 
 # %% ../nbs/09_retrain.ipynb #3fef3880
+from .reports import styled
+
 @dataclass(frozen=True)
 class GuardResult:
     "Production against the champion it replaced, on a newer labelled window."
@@ -356,7 +366,7 @@ class GuardResult:
     def status(self) -> Status: return Status.FAIL if self.rolled_back else Status.SUCCESS
     def to_dict(self): return jsonable(self)
     def _repr_html_(self):
-        return (f"<div><b>Guard {esc(self.model)}</b> {status_badge(self.status)} production v{esc(self.production)} "
+        return styled(f"<div><b>Guard {esc(self.model)}</b> {status_badge(self.status)} production v{esc(self.production)} "
                 f"{esc(self.metric)} {esc(self.production_value)} vs previous v{esc(self.previous)} {esc(self.previous_value)} "
                 f"(margin {esc(self.margin)}, {self.rows:,} rows): {esc(self.message)}</div>")
 
@@ -410,7 +420,7 @@ class ReproduceResult:
     @property
     def ok(self) -> bool: return self.data_match and self.predictions_match
     def to_dict(self): return jsonable(self)
-    def _repr_html_(self): return f"<div><b>Reproduce {esc(self.model)} v{esc(self.version)}</b> {status_badge('SUCCESS' if self.ok else 'FAIL')} {esc(self.message)}</div>"
+    def _repr_html_(self): return styled(f"<div><b>Reproduce {esc(self.model)} v{esc(self.version)}</b> {status_badge('SUCCESS' if self.ok else 'FAIL')} {esc(self.message)}</div>")
 
 # %% ../nbs/09_retrain.ipynb #9f2a8b28
 def reproduce(name:str, version:str, *, cfg=None, tolerance:float=1e-9, data:Optional[pd.DataFrame]=None) -> ReproduceResult:

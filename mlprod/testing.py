@@ -25,6 +25,8 @@ __all__ = ['log', 'DIRECTIONS', 'REFS', 'CHECKS', 'Expectation', 'ExpectationFai
            'ci_promote', 'cmd_ci_check', 'cmd_ci_promote', 'write_github_workflow']
 
 # %% ../nbs/09a_testing.ipynb #c967edff
+from .reports import styled
+
 @dataclass(frozen=True)
 class Expectation:
     "The outcome of a behavioural expectation on a frame, with its figures."
@@ -42,7 +44,7 @@ class Expectation:
     def status(self) -> Status: return Status.SUCCESS if self.passed else Status.FAIL
     def to_dict(self) -> dict: return {**jsonable(self), 'status': self.status.value}
     def _repr_html_(self) -> str:
-        return (f"<div>{status_badge(self.status)} <b>{esc(self.kind)}</b> of {esc(self.model)} to "
+        return styled(f"<div>{status_badge(self.status)} <b>{esc(self.kind)}</b> of {esc(self.model)} to "
                 f"<code>{esc(self.column)}</code>: {esc(self.message)}</div>")
 
 # %% ../nbs/09a_testing.ipynb #9134df05
@@ -481,7 +483,7 @@ class CiPromotion:
     def to_dict(self) -> dict: return jsonable(self)
     def text(self) -> str: return '\n'.join(x for x in (self.comparison_text, self.message) if x)
     def _repr_html_(self) -> str:
-        return f"<div>{status_badge(Status.SUCCESS if self.ok else Status.FAIL)} {esc(self.message)}<pre>{esc(self.comparison_text)}</pre></div>"
+        return styled(f"<div>{status_badge(Status.SUCCESS if self.ok else Status.FAIL)} {esc(self.message)}<pre>{esc(self.comparison_text)}</pre></div>")
 
 # %% ../nbs/09a_testing.ipynb #902000d9
 def ci_promote(name:str, # registered model name
