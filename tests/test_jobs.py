@@ -102,7 +102,8 @@ def test_monitor_job_on_100k_rows(tmp_path):
     assert run['figures']['rows'] > 100_000 and 0 <= run['figures']['drift_share'] <= 1
     assert run['figures']['status'] in ('SUCCESS', 'WARNING', 'FAIL')
     page = Path(run['report_path']).read_text()
-    assert 'Monitoring report' in page and 'What to do' in page and 'data:image/png;base64' in page
+    assert 'Monitoring report' in page and 'What to do' in page
+    assert '<svg' in page and 'role="img"' in page and 'data:image/png' not in page  # charts are inline SVG with alt text
     assert not EXTERNAL.search(page)
     assert Path(run['report_path']).parent == tmp_path/'reports'/'flights'/'monitor'
     r = mlprod('jobs', cwd=tmp_path)
