@@ -102,8 +102,10 @@ def postgres():
 # longer reads). Units are handed out longest first (HEAVY_FIRST, then collection order) as workers free up.
 SHARED_GROUPS = {'test_serve': 'serve-store', 'test_serve_load': 'serve-store',  # the `store` model project on disk
                  'test_runbooks': 'runbook-sandbox', 'test_readiness': 'runbook-sandbox'}  # `built_sandbox`
-HEAVY_FIRST = ['runbook-sandbox', 'serve-store', 'test_airflow', 'test_registry', 'test_optimize', 'test_monitor',
-               'test_jobs', 'test_plugin', 'test_dashboard_browser', 'test_evaluate', 'test_alerts']
+HEAVY_FIRST = ['test_your_model', 'test_docs', 'runbook-sandbox', 'test_readme', 'serve-store', 'test_jobs', 'test_canary',
+               'test_spark', 'test_labels', 'test_batch', 'test_airflow', 'test_registry', 'test_optimize', 'test_monitor',
+               'test_plugin', 'test_jupyterlab', 'test_reports_browser', 'test_dashboard_browser', 'test_evaluate',
+               'test_signals', 'test_alerts', 'test_sequential']
 
 
 def work_unit(nodeid:str) -> str:
