@@ -70,6 +70,23 @@ def require_system_package(found, # the package's file or folder (None/False whe
     if not found: pytest.fail(message, pytrace=False)
 
 
+CHROMIUM = '/usr/bin/chromium'  # Debian's package, installed by `make system-deps`; Playwright downloads no browser
+FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync']
+SHOTS = ROOT/'reports'/'screenshots'  # screenshots for a person to look at (git-ignored)
+
+
+@pytest.fixture(scope='module')
+def browser():
+    "Headless Chromium from Debian, driven by Playwright (no browser download); one per test module."
+    require_system_package(Path(CHROMIUM).exists(), f"Chromium is not installed ({CHROMIUM}): run `make system-deps` (as root)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
 @pytest.fixture(scope='session')
 def flights():
     "Every 2013 flight (UTC) as `mlprod.data.load_flights` gives them: weather joined, `delayed` label; shared, do not modify."

@@ -2,12 +2,8 @@
 request to a non-file URL, the expected text; screenshots land in reports/screenshots/ for a person to look at."""
 from pathlib import Path
 import pytest
-from conftest import ROOT, require_system_package
+from conftest import ROOT, SHOTS, require_system_package
 
-CHROMIUM = '/usr/bin/chromium'  # Debian's package, installed by `make system-deps`; Playwright downloads no browser
-FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync']
-SHOTS = ROOT/'reports'/'screenshots'
 
 
 @pytest.fixture(scope='module')
@@ -24,14 +20,6 @@ def site(tmp_path_factory):
     return cfg, ok2, bad
 
 
-@pytest.fixture(scope='module')
-def browser():
-    require_system_package(Path(CHROMIUM).exists(), f"Chromium is not installed ({CHROMIUM}): run `make system-deps` (as root)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def open_page(browser, path: Path, shot: str):

@@ -6,8 +6,7 @@ reports/screenshots/lab_*.png for a person to look at."""
 import json, os, re, secrets, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
-from conftest import BIN, free_port, offline_env, project_folder, require_system_package
-from test_dashboard_browser import CHROMIUM, FLAGS, SHOTS
+from conftest import BIN, SHOTS, free_port, offline_env, project_folder, require_system_package
 
 # The one console error JupyterLab 4.6 prints in this session, checked by hand and allowed only after the kernel is
 # gone (while the notebook runs and is driven, no console error at all is allowed):
@@ -88,14 +87,6 @@ def lab(lab_project, tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope='module')
-def browser():
-    require_system_package(Path(CHROMIUM).exists(), f"Chromium is not installed ({CHROMIUM}): run `make system-deps` (as root)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def _shot(page, name: str):

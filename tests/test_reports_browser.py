@@ -4,12 +4,8 @@ reports/screenshots/ for a person to look at."""
 import dataclasses
 from pathlib import Path
 import pytest
-from conftest import ROOT, require_system_package, window
+from conftest import ROOT, SHOTS, require_system_package, window
 
-CHROMIUM = '/usr/bin/chromium'  # Debian's package, installed by `make system-deps`; Playwright downloads no browser
-FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync']
-SHOTS = ROOT/'reports'/'screenshots'
 MAX_BYTES = 1_500_000
 
 
@@ -52,14 +48,6 @@ def site(tmp_path_factory, flights):
     return cfg, reports, (april, vc)
 
 
-@pytest.fixture(scope='module')
-def browser():
-    require_system_package(Path(CHROMIUM).exists(), f"Chromium is not installed ({CHROMIUM}): run `make system-deps` (as root)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 CHARTS_JS = """() => [...document.querySelectorAll('svg.mlprod-chart')].map(s => ({
