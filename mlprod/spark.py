@@ -92,8 +92,8 @@ def value_counts_spark(frame, # a Spark DataFrame
             d = c.cast('double')
             x = F.when(~F.isnan(d) & (F.abs(d) != float('inf')), d)  # NaN and infinities are missing
         parts.append(F.struct(F.lit(i).alias('i'), x.alias('x'), (c if text else F.lit(None).cast('string')).alias('s')))
-    rows = frame.select(F.explode(F.array(*parts)).alias('p')).select('p.*').groupBy('i', 'x', 's').count().collect()
-    return pd.DataFrame([tuple(r) for r in rows], columns=['i', 'x', 's', 'n']).astype({'i': 'int64', 'n': 'int64'})
+    counts = frame.select(F.explode(F.array(*parts)).alias('p')).select('p.*').groupBy('i', 'x', 's').agg(F.count(F.lit(1)).alias('n'))
+    return counts.toPandas().astype({'i': 'int64', 'n': 'int64'})  # by Arrow: a continuous column has as many values as rows
 
 # %% ../nbs/05f_spark.ipynb #45e6e28d
 _INTEGRAL = ('ByteType', 'ShortType', 'IntegerType', 'LongType')
