@@ -408,17 +408,7 @@ def _checks(self, column_status:Status|str=Status.WARNING, # status of a drifted
 
 DriftResult.checks = _checks
 
-# %% ../nbs/05a_drift.ipynb #2c5bb486
-def _per_column(arg, name:str, columns:list, kind:type) -> dict:
-    "Spread a value or a {column: value} mapping over columns."
-    if arg is None: return {}
-    if isinstance(arg, Mapping):
-        unknown = [c for c in arg if c not in columns]
-        if unknown: raise ConfigError(name, unknown, f"columns of the profile: {columns}")
-        return dict(arg)
-    if not isinstance(arg, kind): raise ConfigError(name, arg, f"a {kind.__name__} or a {{column: value}} dict")
-    return {c: arg for c in columns}
-
+# %% ../nbs/05a_drift.ipynb #a5f17c04
 def _window_rows(current:pd.DataFrame|ReferenceProfile, # the window: rows, or their profile
                  names:list, # the profiled columns it must hold
                 ) -> int:
@@ -437,6 +427,17 @@ def _current_column(ref:ColumnProfile, current:pd.DataFrame|ReferenceProfile) ->
         raise DataError(f"current column {ref.name!r}: got a {s.kind} profile; allowed: a {ref.kind} one like the reference's "
                         f"(ReferenceProfile.from_frame(df, {ref.kind}=[{ref.name!r}]) or mlprod.spark.spark_profile(frame, reference))")
     return s
+
+# %% ../nbs/05a_drift.ipynb #2c5bb486
+def _per_column(arg, name:str, columns:list, kind:type) -> dict:
+    "Spread a value or a {column: value} mapping over columns."
+    if arg is None: return {}
+    if isinstance(arg, Mapping):
+        unknown = [c for c in arg if c not in columns]
+        if unknown: raise ConfigError(name, unknown, f"columns of the profile: {columns}")
+        return dict(arg)
+    if not isinstance(arg, kind): raise ConfigError(name, arg, f"a {kind.__name__} or a {{column: value}} dict")
+    return {c: arg for c in columns}
 
 def _current_counts(ref:ColumnProfile, s:pd.Series|ColumnProfile) -> tuple:
     "(sorted distinct finite values, counts, integer dtype) of a current column, or of its profile (e.g. computed by Spark)."
