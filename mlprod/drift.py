@@ -131,7 +131,7 @@ class ColumnProfile:
     def n_unique(self) -> int: return len(self.values)
     def summary(self) -> dict:
         d = dict(name=self.name, kind=self.kind, n=self.n, n_missing=self.n_missing, n_unique=self.n_unique)
-        if self.kind == NUMERICAL: d.update(std=self.std, min=self.values[0].item(), max=self.values[-1].item())
+        if self.kind == NUMERICAL and self.n_unique: d.update(std=self.std, min=self.values[0].item(), max=self.values[-1].item())
         return d
 
 # %% ../nbs/05a_drift.ipynb #797667f1
@@ -410,6 +410,26 @@ def _checks(self, column_status:Status|str=Status.WARNING, # status of a drifted
 
 DriftResult.checks = _checks
 
+# %% ../nbs/05a_drift.ipynb #a5f17c04
+def _window_rows(current:pd.DataFrame|ReferenceProfile, # the window: rows, or their profile
+                 names:list, # the profiled columns it must hold
+                ) -> int:
+    "Rows of the window `current` (a frame or its profile), once it is checked to hold every column of `names`."
+    if not isinstance(current, (pd.DataFrame, ReferenceProfile)):
+        raise DataError(f"current: got {type(current).__name__}; allowed: a pandas DataFrame or a ReferenceProfile of it")
+    have = current.names if isinstance(current, ReferenceProfile) else current.columns
+    missing = [c for c in names if c not in have]
+    if missing: raise DataError(f"current: got no column(s) {missing}; allowed: a frame with every profiled column {names}")
+    return current.n_rows if isinstance(current, ReferenceProfile) else len(current)
+
+def _current_column(ref:ColumnProfile, current:pd.DataFrame|ReferenceProfile) -> pd.Series|ColumnProfile:
+    "The window's column `ref.name`: its rows, or its profile (which must be of the reference's kind)."
+    s = current[ref.name]
+    if isinstance(s, ColumnProfile) and s.kind != ref.kind:
+        raise DataError(f"current column {ref.name!r}: got a {s.kind} profile; allowed: a {ref.kind} one like the reference's "
+                        f"(ReferenceProfile.from_frame(df, {ref.kind}=[{ref.name!r}]) or mlprod.spark.spark_profile(frame, reference))")
+    return s
+
 # %% ../nbs/05a_drift.ipynb #2c5bb486
 def _per_column(arg, name:str, columns:list, kind:type) -> dict:
     "Spread a value or a {column: value} mapping over columns."
@@ -479,14 +499,10 @@ def detect_drift(profile:ReferenceProfile|pd.DataFrame, # reference profile (or 
     if isinstance(profile, pd.DataFrame): profile = ReferenceProfile.from_frame(profile)
     if not isinstance(profile, ReferenceProfile):
         raise DataError(f"profile: got {type(profile).__name__}; allowed: a ReferenceProfile or a DataFrame")
-    if not isinstance(current, (pd.DataFrame, ReferenceProfile)):
-        raise DataError(f"current: got {type(current).__name__}; allowed: a pandas DataFrame or a ReferenceProfile of it")
-    have = current.names if isinstance(current, ReferenceProfile) else current.columns
     names = profile.names if columns is None else _as_list(columns, 'columns')
     unknown = [c for c in names if c not in profile.names]
     if unknown: raise ConfigError('columns', unknown, f"columns of the profile: {profile.names}")
-    missing = [c for c in names if c not in have]
-    if missing: raise DataError(f"current: got no column(s) {missing}; allowed: a frame with every profiled column {names}")
+    n_rows = _window_rows(current, names)
     if not (0 < drift_share <= 1): raise ConfigError('drift_share', drift_share, 'a share in (0, 1]')
     tests, thresholds = _per_column(stattest, 'stattest', names, str), _per_column(threshold, 'threshold', names, (int, float))
     rows = []
@@ -498,13 +514,13 @@ def detect_drift(profile:ReferenceProfile|pd.DataFrame, # reference profile (or 
                 raise ConfigError(f'stattest[{name}]', test, f"for a {ref.kind} column: " +
                                   ', '.join(t for t, v in STATTESTS.items() if ref.kind in v[0]))
         fn = _numeric_drift if ref.kind == NUMERICAL else _categorical_drift
-        test, statistic, n_cur = fn(ref, current[name], test)
+        test, statistic, n_cur = fn(ref, _current_column(ref, current), test)
         thr = float(thresholds.get(name, STATTESTS[test][1]))
         rows.append(ColumnDrift(name, ref.kind, test, statistic, thr, is_drift(test, statistic, thr), ref.n, n_cur))
     n_drifted = sum(r.drifted for r in rows)
     share = n_drifted / len(rows) if rows else 0.0
     return DriftResult(tuple(rows), n_drifted, share, float(drift_share), bool(share >= drift_share),
-                       profile.n_rows, current.n_rows if isinstance(current, ReferenceProfile) else len(current))
+                       profile.n_rows, n_rows)
 
 # %% ../nbs/05a_drift.ipynb #e1224d4b
 CALIBRATION_SIZES = (200, 1_000, 10_000, 100_000) # window sizes (rows) thresholds are measured at
@@ -517,24 +533,25 @@ def calibrated_stattest(column:ColumnProfile) -> str:
 
 def missing_count(s:pd.Series, kind:str) -> int:
     "Rows of `s` that drift tests drop: NaN and infinities (numerical), missing values (categorical)."
-    if kind == NUMERICAL: return int((~np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
+    if kind == NUMERICAL or pd.api.types.is_float_dtype(s): return int((~np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan))).sum())
     return int(s.isna().sum())
 
 # %% ../nbs/05a_drift.ipynb #f48441a6
 def column_statistics(profile:ReferenceProfile, # the reference profile
-                      current:pd.DataFrame, # the window (every profiled column of `columns`)
+                      current:pd.DataFrame|ReferenceProfile, # the window, as rows or their profile (every column of `columns`)
                       columns:Sequence[str]|None=None, # profiled columns to measure (default: all)
                      ) -> dict:
     "{column: (distance, missing-share change, finite values)} of `current` against `profile`, with `calibrated_stattest`."
     out = {}
     for name in (profile.names if columns is None else columns):
-        ref, s = profile[name], current[name]
+        ref = profile[name]
+        s = _current_column(ref, current)
         fn = _numeric_drift if ref.kind == NUMERICAL else _categorical_drift
         try: d = fn(ref, s, calibrated_stattest(ref))[1]
         except EmptyColumnError: d = math.nan
-        miss = missing_count(s, ref.kind)
-        shift = abs(miss / max(len(s), 1) - ref.n_missing / max(ref.n + ref.n_missing, 1))
-        out[name] = (float(d), float(shift), len(s) - miss)
+        n_rows, miss = (s.n + s.n_missing, s.n_missing) if isinstance(s, ColumnProfile) else (len(s), missing_count(s, ref.kind))
+        shift = abs(miss / max(n_rows, 1) - ref.n_missing / max(ref.n + ref.n_missing, 1))
+        out[name] = (float(d), float(shift), n_rows - miss)
     return out
 
 # %% ../nbs/05a_drift.ipynb #0bf1178d
@@ -699,7 +716,7 @@ class UncalibratedProfileError(ConfigError):
                          "thresholds: rebuild it (mlprod.monitor.reference_profile(model, cfg, rebuild=True))")
 
 def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (from `calibrate_drift`)
-                     current:pd.DataFrame, # the window
+                     current:pd.DataFrame|ReferenceProfile, # the window: rows, or their profile (e.g. `mlprod.spark.scored_profile`)
                      columns:Sequence[str]|None=None, # profiled columns to test (default: all)
                     ) -> DriftResult:
     "Drift of `current` against the profile's calibrated thresholds for a window of its size."
@@ -708,9 +725,7 @@ def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (f
     names = profile.names if columns is None else _as_list(columns, 'columns')
     unknown = [c for c in names if c not in profile.names]
     if unknown: raise ConfigError('columns', unknown, f"columns of the profile: {profile.names}")
-    absent = [c for c in names if c not in current.columns]
-    if absent: raise DataError(f"current: got no column(s) {absent}; allowed: a frame with every profiled column {names}")
-    n, st = len(current), column_statistics(profile, current, names)
+    n, st = _window_rows(current, names), column_statistics(profile, current, names)
     dth = {c: cal.threshold(c, n, 'distance') for c in names}; mth = {c: cal.threshold(c, n, 'missing') for c in names}
     ratio, imp = column_ratios(st, dth, mth), importance_shares(profile.importance)
     rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] > 1), profile[c].n, st[c][2],

@@ -892,7 +892,7 @@ def scored_rows(window:Window, # from `load_window`
 
 # %% ../nbs/06_monitor.ipynb #54f2da75
 def window_drift(profile:ReferenceProfile, # the version's reference profile
-                 current:pd.DataFrame, # rows from `scored_rows`
+                 current:pd.DataFrame|ReferenceProfile, # rows from `scored_rows`, or their profile (`mlprod.spark.scored_profile`)
                  thresholds:Thresholds=Thresholds(), # drift_mode; fixed: drift_statistic, prediction_drift, drift_share_fail
                 ) -> tuple:
     "(input drift, prediction drift) of the window against the reference profile, calibrated or fixed (`thresholds.drift_mode`)."

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .core import MlprodError, ConfigError, DataError, utcnow
-from .drift import ColumnProfile, ReferenceProfile, EmptyColumnError, NUMERICAL, detect_drift
+from .drift import ColumnProfile, ReferenceProfile, NUMERICAL, detect_drift
 from .batch import (BatchError, BatchResult, batch_model, coerce_numeric, input_format, output_columns, output_schema,
                           proba_column, rejects_path, score_frame)
 
@@ -92,8 +92,8 @@ def value_counts_spark(frame, # a Spark DataFrame
             d = c.cast('double')
             x = F.when(~F.isnan(d) & (F.abs(d) != float('inf')), d)  # NaN and infinities are missing
         parts.append(F.struct(F.lit(i).alias('i'), x.alias('x'), (c if text else F.lit(None).cast('string')).alias('s')))
-    rows = frame.select(F.explode(F.array(*parts)).alias('p')).select('p.*').groupBy('i', 'x', 's').count().collect()
-    return pd.DataFrame([tuple(r) for r in rows], columns=['i', 'x', 's', 'n']).astype({'i': 'int64', 'n': 'int64'})
+    counts = frame.select(F.explode(F.array(*parts)).alias('p')).select('p.*').groupBy('i', 'x', 's').agg(F.count(F.lit(1)).alias('n'))
+    return counts.toPandas().astype({'i': 'int64', 'n': 'int64'})  # by Arrow: a continuous column has as many values as rows
 
 # %% ../nbs/05f_spark.ipynb #45e6e28d
 _INTEGRAL = ('ByteType', 'ShortType', 'IntegerType', 'LongType')
@@ -107,8 +107,8 @@ def column_profile(name:str, # the column
     "The `ColumnProfile` of a column from its value counts."
     text = dtype == 'StringType'
     seen = counts[(counts['s'] if text else counts['x']).notna().to_numpy()]
-    if len(seen) == 0: raise EmptyColumnError(name, 'current', n_rows)
     n_missing = n_rows - int(seen['n'].sum())
+    if len(seen) == 0: return ColumnProfile(name, kind, np.zeros(0) if kind == NUMERICAL else np.zeros(0, object), np.zeros(0, np.int64), n_missing)
     if kind == NUMERICAL:
         seen = seen.sort_values('x')
         values, n = seen['x'].to_numpy(np.float64), seen['n'].to_numpy(np.int64)

@@ -1,6 +1,7 @@
 """The Spark engine (PySpark in local[2] mode, one session for the module) on real flights months: the output equals the
 local engine's row for row (1e-9) with the same rejects; the drift of the scored rows computed by Spark aggregations gives
 the monitor's verdicts; `mlprod score --engine spark` records a run the monitor reads."""
+import dataclasses
 import numpy as np, pandas as pd, pytest
 from conftest import project_folder, window
 
@@ -96,11 +97,20 @@ def test_spark_drift_profile_gives_the_monitor_verdicts(proj, flights, spark, tm
     cur = scored_profile(inputs, scored, lm, ref)
     assert cur.n_rows == len(jul)
     thr = cfg.model('flights').thresholds
-    (d_loc, p_loc), (d_spk, p_spk) = window_drift(ref, rows, thr), window_drift(ref, cur, thr)
-    local_checks, spark_checks = drift_checks(d_loc, thr, p_loc), drift_checks(d_spk, thr, p_spk)
-    assert [(c.name, c.status) for c in spark_checks] == [(c.name, c.status) for c in local_checks]
-    np.testing.assert_allclose([c.observed for c in spark_checks], [c.observed for c in local_checks], rtol=0, atol=1e-9)
+    assert thr.drift_mode == 'calibrated' and ref.calibration is not None  # the default mode
+    def checks(thresholds):
+        "The monitor's drift checks on the rows and on the profile Spark computed, in one mode."
+        (d_loc, p_loc), (d_spk, p_spk) = window_drift(ref, rows, thresholds), window_drift(ref, cur, thresholds)
+        assert d_spk.mode == d_loc.mode == thresholds.drift_mode and d_spk.n_current == d_loc.n_current == len(jul)
+        local_checks, spark_checks = drift_checks(d_loc, thresholds, p_loc), drift_checks(d_spk, thresholds, p_spk)
+        assert [(c.name, c.status) for c in spark_checks] == [(c.name, c.status) for c in local_checks]
+        np.testing.assert_allclose([c.observed for c in spark_checks], [c.observed for c in local_checks], rtol=0, atol=1e-9)
+        np.testing.assert_allclose([c.missing_shift or 0 for c in d_spk.columns], [c.missing_shift or 0 for c in d_loc.columns], rtol=0, atol=1e-9)
+        return local_checks
+    local_checks = checks(thr)
     assert {'drift:temp', 'drift:dewp'} <= {c.name for c in local_checks if c.status.value != 'success'}  # July drifts in weather
+    fixed_checks = checks(dataclasses.replace(thr, drift_mode='fixed'))  # Evidently's thresholds: the same agreement
+    assert {'drift:temp', 'drift:dewp'} <= {c.name for c in fixed_checks if c.status.value != 'success'}
     # `mlprod score --engine spark` records the run; the monitor reads the Spark output folder with the same verdicts
     score('flights', tmp_path/'july.parquet', tmp_path/'july.recorded.parquet', id_column='flight_id', time_column='time_hour',
           engine='spark', cfg=cfg)
