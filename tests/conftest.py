@@ -145,3 +145,26 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid): return work_unit(nodeid)
     config.option.loadscopereorder = False  # keep HEAVY_FIRST (xdist would order by number of tests)
     return WorkUnits(config, log)
+
+
+def production_flights(tmp_path_factory, flights, name:str):
+    "A project folder with a small production flights model trained on January 2013 (20k rows, 40 trees): yields (cfg, model)."
+    from mlprod.config import DEFAULT_TOML, get_config, reset_config, ensure_state
+    from mlprod import registry
+    from mlprod.recipes import train_lightgbm
+    toml = DEFAULT_TOML.replace('n_estimators = 200', 'n_estimators = 40').replace('reference_sample = 100000', 'reference_sample = 20000')
+    root, mp = project_folder(tmp_path_factory, name, {'mlprod.toml': toml})
+    reset_config()
+    cfg = ensure_state(get_config(root))
+    train = window(flights, '2013-01-01', '2013-02-01').sample(20_000, random_state=0).sort_values('time_hour').reset_index(drop=True)
+    model = train_lightgbm(train, cfg.model('flights'))
+    v = registry.register(model, 'flights', train, window=('2013-01-01', '2013-02-01'), cfg=cfg)
+    registry.promote('flights', v.version, reason=f'{name} tests', force=True, cfg=cfg)
+    yield cfg, model
+    reset_config(); mp.undo()
+
+
+def flight_rows(flights, start, end):
+    "The flights of [start, end) with an integer id column `flight_id` (unique across windows)."
+    import numpy as np, pandas as pd
+    return window(flights, start, end).assign(flight_id=lambda d: np.arange(len(d)) + int(pd.Timestamp(start).strftime('%Y%m%d')) * 100_000)

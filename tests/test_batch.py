@@ -4,33 +4,16 @@ and survives `kill -9` without a partial output."""
 import json, os, signal, subprocess, time
 
 import numpy as np, pandas as pd, pytest
-from conftest import BIN, offline_env, project_folder, window
+from conftest import BIN, flight_rows, offline_env, production_flights, project_folder, window
 
-TOML_TREES = 'n_estimators = 200'
 
 
 @pytest.fixture(scope='module')
 def proj(tmp_path_factory, flights):
     "A project with a production flights model trained on January 2013: (cfg, model)."
-    from mlprod.config import DEFAULT_TOML, get_config, reset_config, ensure_state
-    from mlprod import registry
-    from mlprod.recipes import train_lightgbm
-    toml = DEFAULT_TOML.replace(TOML_TREES, 'n_estimators = 40').replace('reference_sample = 100000', 'reference_sample = 20000')
-    root, mp = project_folder(tmp_path_factory, 'batch', {'mlprod.toml': toml})
-    reset_config()
-    cfg = ensure_state(get_config(root))
-    mc = cfg.model('flights')
-    train = window(flights, '2013-01-01', '2013-02-01').sample(20_000, random_state=0).sort_values('time_hour').reset_index(drop=True)
-    model = train_lightgbm(train, mc)
-    v = registry.register(model, 'flights', train, window=('2013-01-01', '2013-02-01'), cfg=cfg)
-    registry.promote('flights', v.version, reason='batch tests', force=True, cfg=cfg)
-    yield cfg, model
-    reset_config(); mp.undo()
+    yield from production_flights(tmp_path_factory, flights, 'batch')
 
 
-def month(flights, start, end):
-    "The flights of [start, end) with an integer id column."
-    return window(flights, start, end).assign(flight_id=lambda d: np.arange(len(d)) + int(pd.Timestamp(start).strftime('%Y%m%d')) * 100_000)
 
 
 def test_local_engine_equals_model_and_pyfunc(proj, flights, tmp_path):
@@ -39,7 +22,7 @@ def test_local_engine_equals_model_and_pyfunc(proj, flights, tmp_path):
     from mlprod.score import score
     from mlprod import registry
     cfg, model = proj
-    mar = month(flights, '2013-03-01', '2013-04-01')
+    mar = flight_rows(flights, '2013-03-01', '2013-04-01')
     mar.to_parquet(tmp_path/'march.parquet', row_group_size=10_000)
     r = score('flights', tmp_path/'march.parquet', tmp_path/'out'/'march.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
     out = pd.read_parquet(r.output)
@@ -78,7 +61,7 @@ def test_monitor_verdicts_equal_online_and_labels_give_realized_performance(proj
     from mlprod.monitor import monitor
     from mlprod.requestlog import ingest_labels
     cfg, model = proj
-    wk = month(flights, '2013-06-03', '2013-06-10')
+    wk = flight_rows(flights, '2013-06-03', '2013-06-10')
     wk.to_parquet(tmp_path/'june.parquet')
     r = score('flights', tmp_path/'june.parquet', tmp_path/'june.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
     out = pd.read_parquet(r.output)
@@ -109,7 +92,7 @@ def test_rejects_with_reasons_and_threshold(proj, flights, tmp_path):
     from mlprod import registry
     cfg, model = proj
     lm = registry.load('flights', 'production', cfg)
-    d = month(flights, '2013-04-01', '2013-04-03').astype({'temp': object, 'carrier': object, 'distance': 'float64'})
+    d = flight_rows(flights, '2013-04-01', '2013-04-03').astype({'temp': object, 'carrier': object, 'distance': 'float64'})
     d.loc[[0, 1], 'carrier'] = 'ZZ'; d.loc[2, 'temp'] = 'n/a?'; d.loc[3, 'distance'] = np.inf
     d.to_csv(tmp_path/'april.csv', index=False)
     r = score_local(lm, tmp_path/'april.csv', tmp_path/'april.parquet', id_column='flight_id', unseen='reject', max_reject_share=0.01)
@@ -138,7 +121,7 @@ def test_rejects_with_reasons_and_threshold(proj, flights, tmp_path):
 def test_cli_and_kill_9_leaves_no_partial_output(proj, flights, tmp_path):
     "`mlprod score` killed with SIGKILL mid-run leaves no output (only a temporary file); the rerun succeeds and cleans it."
     cfg, model = proj
-    big = month(flights, '2013-05-01', '2013-06-01')
+    big = flight_rows(flights, '2013-05-01', '2013-06-01')
     big = pd.concat([big] * 20, ignore_index=True).assign(flight_id=lambda x: np.arange(len(x)))
     big.to_parquet(tmp_path/'big.parquet', row_group_size=50_000)
     out = tmp_path/'out'/'big.scores.parquet'
@@ -168,7 +151,7 @@ def test_cli_and_kill_9_leaves_no_partial_output(proj, flights, tmp_path):
 def test_score_job_report_and_failure(proj, flights, tmp_path):
     "The `score` job notebook runs under `mlprod run` (papermill, HTML report, figures); too many rejects fail the run and its report shows them."
     cfg, model = proj
-    d = month(flights, '2013-07-01', '2013-07-02')
+    d = flight_rows(flights, '2013-07-01', '2013-07-02')
     d.to_parquet(tmp_path/'july.parquet'); d.drop(columns=['dest']).to_parquet(tmp_path/'broken.parquet')
     def run(src, out):
         r = subprocess.run([str(BIN/'mlprod'), '--project', str(cfg.root), 'run', 'score', '-p', 'input', str(src), '-p', 'output', str(out),

@@ -3,9 +3,8 @@ local engine's row for row (1e-9) with the same rejects; the drift of the scored
 the monitor's verdicts; `mlprod score --engine spark` records a run the monitor reads."""
 import dataclasses
 import numpy as np, pandas as pd, pytest
-from conftest import project_folder, window
+from conftest import flight_rows, production_flights, project_folder, window
 
-TOML_TREES = 'n_estimators = 200'
 
 
 @pytest.fixture(scope='module')
@@ -20,24 +19,9 @@ def spark():
 @pytest.fixture(scope='module')
 def proj(tmp_path_factory, flights):
     "A project with a production flights model trained on January 2013: (cfg, model)."
-    from mlprod.config import DEFAULT_TOML, get_config, reset_config, ensure_state
-    from mlprod import registry
-    from mlprod.recipes import train_lightgbm
-    toml = DEFAULT_TOML.replace(TOML_TREES, 'n_estimators = 40').replace('reference_sample = 100000', 'reference_sample = 20000')
-    root, mp = project_folder(tmp_path_factory, 'spark', {'mlprod.toml': toml})
-    reset_config()
-    cfg = ensure_state(get_config(root))
-    train = window(flights, '2013-01-01', '2013-02-01').sample(20_000, random_state=0).sort_values('time_hour').reset_index(drop=True)
-    model = train_lightgbm(train, cfg.model('flights'))
-    v = registry.register(model, 'flights', train, window=('2013-01-01', '2013-02-01'), cfg=cfg)
-    registry.promote('flights', v.version, reason='spark tests', force=True, cfg=cfg)
-    yield cfg, model
-    reset_config(); mp.undo()
+    yield from production_flights(tmp_path_factory, flights, 'spark')
 
 
-def rows_of(flights, start, end):
-    "The flights of [start, end) with an integer id column."
-    return window(flights, start, end).assign(flight_id=lambda d: np.arange(len(d)) + int(pd.Timestamp(start).strftime('%Y%m%d')) * 100_000)
 
 
 def by_id(df):
@@ -48,7 +32,7 @@ def test_spark_output_and_rejects_equal_the_local_engine(proj, flights, spark, t
     "March 2013 in two Parquet files, with broken rows: `score` on Spark and locally give the same rows, rejects and counts."
     from mlprod.score import score, batch_runs
     cfg, model = proj
-    mar = rows_of(flights, '2013-03-01', '2013-04-01')
+    mar = flight_rows(flights, '2013-03-01', '2013-04-01')
     mar.loc[10, 'temp'] = np.inf; mar.loc[20_000, 'time_hour'] = None; mar.loc[20_001, 'carrier'] = None
     (tmp_path/'in').mkdir()
     mar.iloc[:15_000].to_parquet(tmp_path/'in'/'part-0.parquet', row_group_size=5_000)
@@ -80,7 +64,7 @@ def test_spark_drift_profile_gives_the_monitor_verdicts(proj, flights, spark, tm
     from mlprod.score import score
     from mlprod.spark import scored_profile, score_spark
     cfg, model = proj
-    jul = rows_of(flights, '2013-07-01', '2013-08-01')
+    jul = flight_rows(flights, '2013-07-01', '2013-08-01')
     jul.to_parquet(tmp_path/'july.parquet', row_group_size=10_000)
     lm = registry.load('flights', 'production', cfg)
     ref = reference_profile(lm, cfg)
@@ -125,7 +109,7 @@ def test_killed_spark_run_leaves_no_output_and_a_rerun_succeeds(proj, flights, s
     from conftest import offline_env
     from mlprod.spark import score_spark
     cfg, _ = proj
-    rows_of(flights, '2013-02-01', '2013-02-08').to_parquet(tmp_path/'feb.parquet')
+    flight_rows(flights, '2013-02-01', '2013-02-08').to_parquet(tmp_path/'feb.parquet')
     out = tmp_path/'feb.scores.parquet'
     script = f"""
 import os, signal
