@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'CANARY_DECISIONS', 'routes_to_canary', 'CanaryError', 'CanaryGates', 'gates_for', 'Canary', 'canary_of_row',
            'active_canary', 'latest_canary', 'start_canary', 'set_share', 'CanaryData', 'canary_data', 'ks_distance',
-           'CanaryComparison', 'compare_canary', 'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary',
-           'claim_evaluation', 'canary_html', 'save_canary_report', 'canary_summary', 'canary_card_html', 'cmd_canary']
+           'quantile_interval', 'quantile_difference', 'ks_interval', 'CanaryComparison', 'compare_canary',
+           'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary', 'claim_evaluation', 'distribution_text',
+           'canary_html', 'save_canary_report', 'canary_summary', 'canary_card_html', 'cmd_canary']
 
 # %% ../nbs/05d_canary.ipynb #9063fc5c
 def routes_to_canary(key:str, # the request id, or the value of the sticky key column
@@ -249,6 +250,43 @@ def ks_distance(a:Sequence[float], b:Sequence[float]) -> float|None:
     grid = np.concatenate([a, b])
     return float(np.max(np.abs(np.searchsorted(a, grid, side='right') / len(a) - np.searchsorted(b, grid, side='right') / len(b))))
 
+# %% ../nbs/05d_canary.ipynb #53d79c58
+def quantile_interval(values:Sequence[float], # a sample (e.g. latencies in ms)
+                      q:float, # the quantile, in (0, 1), e.g. 0.95
+                      alpha:float=0.05, # error probability: the interval holds the true quantile with probability ≥ 1 − alpha
+                     ) -> tuple[float, float]:
+    "A distribution-free (order-statistic, binomial) interval for the `q`-quantile of the distribution `values` came from; ±inf when n is too small."
+    from scipy.stats import binom
+    if not 0 < q < 1: raise ConfigError('q', q, 'a number strictly between 0 and 1, e.g. 0.95')
+    if not 0 < alpha < 1: raise ConfigError('alpha', alpha, 'a number strictly between 0 and 1, e.g. 0.05')
+    x = np.sort(np.asarray(values, dtype='float64')); n = len(x)
+    if n == 0: return (-math.inf, math.inf)
+    lo = int(binom.ppf(alpha / 2, n, q))  # 1-based rank: P(Binomial(n, q) < lo) ≤ alpha/2
+    hi = int(binom.ppf(1 - alpha / 2, n, q)) + 1  # 1-based rank: P(Binomial(n, q) ≥ hi) ≤ alpha/2
+    return (float(x[lo - 1]) if lo >= 1 else -math.inf, float(x[hi - 1]) if hi <= n else math.inf)
+
+def quantile_difference(canary:Sequence[float], # the canary's sample (e.g. latencies of answered requests)
+                        production:Sequence[float], # production's sample
+                        q:float, # the quantile, in (0, 1)
+                        alpha:float=0.05, # error probability of the difference interval (each arm gets alpha/2)
+                       ) -> dict:
+    "Estimate and interval of canary − production `q`-quantile at level 1 − `alpha` (each arm's order-statistic interval at alpha/2); None values when an arm is empty."
+    if not len(canary) or not len(production): return dict(estimate=None, lower=None, upper=None, alpha=alpha)
+    cl, cu = quantile_interval(canary, q, alpha / 2); pl, pu = quantile_interval(production, q, alpha / 2)
+    est = float(np.percentile(canary, 100 * q) - np.percentile(production, 100 * q))
+    return dict(estimate=est, lower=cl - pu, upper=cu - pl, alpha=alpha)
+
+# %% ../nbs/05d_canary.ipynb #cf1ef49a
+def ks_interval(a:Sequence[float], # the canary's predictions
+                b:Sequence[float], # production's predictions
+                alpha:float=0.05, # error probability: the true sup-distance is inside with probability ≥ 1 − alpha
+               ) -> dict:
+    "KS distance of two samples with a DKW interval for the true distance (clipped to [0, 1]) and `differ`: True only when the lower bound is above 0."
+    ks = ks_distance(a, b)
+    if ks is None: return dict(ks=None, lower=None, upper=None, differ=False, alpha=alpha, n_canary=len(a), n_production=len(b))
+    eps = sum(math.sqrt(math.log(4 / alpha) / (2 * len(s))) for s in (a, b))
+    return dict(ks=ks, lower=max(0.0, ks - eps), upper=min(1.0, ks + eps), differ=ks - eps > 0, alpha=alpha, n_canary=len(a), n_production=len(b))
+
 # %% ../nbs/05d_canary.ipynb #5f6c6020
 @dataclass(frozen=True)
 class CanaryComparison:
@@ -260,11 +298,12 @@ class CanaryComparison:
     champion_version:str|None # production
     results:tuple # SequentialResult per test
     latency:dict # p50/p95 (ms) per arm
-    distribution:dict # {'ks': distance, 'n_canary', 'n_production'}
+    distribution:dict # `ks_interval`: {'ks', 'lower', 'upper', 'differ', 'alpha', 'n_canary', 'n_production'}
     failures:int # canary failures production answered
     decision:str # 'abort', 'promote' or 'continue'
     why:str
     at:dt.datetime
+    latency_difference:dict=field(default_factory=dict) # canary − production p50/p95 (ms): `quantile_difference` per percentile (informational)
     def summary(self) -> str: return f"canary v{self.challenger_version} vs production v{self.champion_version}: {self.decision} ({self.why})"
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != 'results'}
@@ -299,9 +338,11 @@ def compare_canary(c:Canary, # the canary
     ok = lambda s, lat: [l for x, l in zip(s, lat) if x == 200]
     lat = {arm: {'p50': _pct(ok(s, l), 50), 'p95': _pct(ok(s, l), 95)} for arm, s, l in
            (('canary', data.canary_status, data.canary_latency), ('production', data.production_status, data.production_latency))}
+    lc_ok, lp_ok = ok(data.canary_status, data.canary_latency), ok(data.production_status, data.production_latency)
+    ldiff = {f'p{round(100 * q)}': quantile_difference(lc_ok, lp_ok, q, g.alpha) for q in (0.5, 0.95)}
     decision, why = decide(res)
     return CanaryComparison(f"canary-{c.id}-{uuid.uuid4().hex[:8]}", c.model, c.id, c.version, c.production_version, tuple(res), lat,
-                            {'ks': ks_distance(fc, fp), 'n_canary': len(fc), 'n_production': len(fp)}, data.failures, decision, why, utcnow())
+                            ks_interval(fc, fp, g.alpha), data.failures, decision, why, utcnow(), ldiff)
 
 # %% ../nbs/05d_canary.ipynb #c6947c0a
 _POSITIVE = {} # (tracking uri, model, version) → positive class
@@ -403,11 +444,24 @@ def claim_evaluation(c:Canary, # the running canary
 # %% ../nbs/05d_canary.ipynb #4b9d6447
 def _fmt(v, d=4): return '—' if v is None else (f"{v:.{d}g}" if isinstance(v, float) else str(v))
 
+def distribution_text(d:dict) -> str:
+    "One sentence on the prediction distribution difference: KS distance, its DKW interval and whether the distributions differ."
+    if d.get('ks') is None: return 'prediction distribution difference (KS): — (no numeric predictions in one arm)'
+    if 'lower' not in d: return f"prediction distribution difference (KS): {_fmt(d['ks'], 3)}"  # evidence recorded before intervals
+    verdict = 'distributions differ' if d['differ'] else 'no difference shown'
+    return (f"prediction distribution difference (KS): {_fmt(d['ks'], 3)} [{_fmt(d['lower'], 3)}, {_fmt(d['upper'], 3)}] "
+            f"({1 - d['alpha']:.0%} DKW interval): {verdict}")
+
 def canary_html(c:Canary, ev:CanaryComparison) -> str:
     "The body of a canary's report: state, tests with intervals, latency, distribution and decision (every value escaped)."
     rows = ''.join(f"<tr><td>{esc(r.metric)}</td><td>{esc(r.n_canary)}</td><td>{esc(r.n_production)}</td><td>{esc(_fmt(r.estimate))}</td>"
                    f"<td>[{esc(_fmt(r.lower))}, {esc(_fmt(r.upper))}]</td><td>{esc(r.decision)}</td><td>{esc(r.reason)}</td></tr>" for r in ev.results)
     lat = ''.join(f"<tr><td>{esc(a)}</td><td>{esc(_fmt(v['p50'], 3))}</td><td>{esc(_fmt(v['p95'], 3))}</td></tr>" for a, v in ev.latency.items())
+    ld = ev.latency_difference or {}
+    if ld:
+        level = f"{1 - ld['p50']['alpha']:.0%}"
+        lat += f"<tr><td>canary − production ({esc(level)} interval)</td>" + ''.join(
+            f"<td>{esc(_fmt(d['estimate'], 3))} [{esc(_fmt(d['lower'], 3))}, {esc(_fmt(d['upper'], 3))}]</td>" for d in (ld['p50'], ld['p95'])) + "</tr>"
     return (f"<h1>{esc(c.model)}: canary v{esc(c.version)} vs production v{esc(c.production_version)}</h1>"
             f"<p>State <b>{esc(c.decision)}</b>{(' by ' + esc(c.actor) + ': ' + esc(c.reason)) if not c.running else ''} · share {esc(f'{c.share:.0%}')}"
             f" · started {esc(c.started_at.isoformat(timespec='seconds'))} · routed by {esc(c.sticky or 'request id')}</p>"
@@ -415,8 +469,8 @@ def canary_html(c:Canary, ev:CanaryComparison) -> str:
             f"<h2>Always-valid tests (difference canary − production; larger is worse)</h2><table><tr><th>test</th><th>n canary</th>"
             f"<th>n production</th><th>estimate</th><th>interval</th><th>decision</th><th>why</th></tr>{rows}</table>"
             f"<h2>Latency (ms, answered requests)</h2><table><tr><th>version</th><th>p50</th><th>p95</th></tr>{lat}</table>"
-            f"<p>Canary failures answered by production: {esc(ev.failures)} · prediction distribution difference (KS): "
-            f"{esc(_fmt(ev.distribution.get('ks'), 3))}</p>")
+            f"<p>Latency intervals are distribution-free order-statistic intervals at one look: informational, the slow-share test decides.</p>"
+            f"<p>Canary failures answered by production: {esc(ev.failures)} · {esc(distribution_text(ev.distribution))}</p>")
 
 def save_canary_report(c:Canary, ev:CanaryComparison, cfg) -> Path:
     "Write the canary's report page and return its path."
@@ -452,7 +506,9 @@ def _comparison_text(c:Canary, ev:CanaryComparison) -> str:
     for r in ev.results:
         out.append(f"{r.metric:<18} {r.n_canary:>9} {r.n_production:>9} {_fmt(r.estimate):>10} {'[' + _fmt(r.lower) + ', ' + _fmt(r.upper) + ']':>24}  {r.decision}")
     for a, v in ev.latency.items(): out.append(f"latency {a}: p50 {_fmt(v['p50'], 3)} ms, p95 {_fmt(v['p95'], 3)} ms")
-    out.append(f"canary failures answered by production: {ev.failures}; prediction distribution difference (KS): {_fmt(ev.distribution.get('ks'), 3)}")
+    for q, d in (ev.latency_difference or {}).items():
+        out.append(f"latency {q} canary − production: {_fmt(d['estimate'], 3)} ms [{_fmt(d['lower'], 3)}, {_fmt(d['upper'], 3)}] ({1 - d['alpha']:.0%} interval, informational)")
+    out.append(f"canary failures answered by production: {ev.failures}; {distribution_text(ev.distribution)}")
     return '\n'.join(out)
 
 def cmd_canary(name:str, # registered model name
