@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'CANARY_DECISIONS', 'routes_to_canary', 'CanaryError', 'CanaryGates', 'gates_for', 'Canary', 'canary_of_row',
-           'active_canary', 'latest_canary', 'start_canary', 'set_share', 'CanaryData', 'canary_data', 'ks_distance',
+           'latest_canary', 'active_canary', 'start_canary', 'set_share', 'CanaryData', 'canary_data', 'ks_distance',
            'quantile_interval', 'quantile_difference', 'ks_interval', 'CanaryComparison', 'compare_canary',
            'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary', 'claim_evaluation', 'distribution_text',
            'canary_html', 'save_canary_report', 'canary_summary', 'canary_card_html', 'cmd_canary']
@@ -116,25 +116,22 @@ def _check_share(share) -> float:
     return float(share)
 
 # %% ../nbs/05d_canary.ipynb #8cb5fc95
+def latest_canary(name:str, # registered model name
+                  cfg=None, running:bool=False, # only a running canary
+                 ) -> Canary|None:
+    "The most recent canary of `name` (running or decided; `running`: only a running one), or None."
+    from mlprod.config import get_config
+    cfg = cfg or get_config()
+    t = _db.canaries
+    q = sa.select(t).where(t.c.model == name, *([t.c.decision == 'running'] if running else []))
+    with _db.engine(cfg.db_url).connect() as conn:
+        r = conn.execute(q.order_by(t.c.id.desc()).limit(1)).first()
+    return canary_of_row(r) if r is not None else None
+
 def active_canary(name:str, # registered model name
                   cfg=None) -> Canary|None:
     "The running canary of `name`, or None."
-    from mlprod.config import get_config
-    cfg = cfg or get_config()
-    t = _db.canaries
-    with _db.engine(cfg.db_url).connect() as conn:
-        r = conn.execute(sa.select(t).where(t.c.model == name, t.c.decision == 'running').order_by(t.c.id.desc()).limit(1)).first()
-    return canary_of_row(r) if r is not None else None
-
-def latest_canary(name:str, # registered model name
-                  cfg=None) -> Canary|None:
-    "The most recent canary of `name` (running or decided), or None."
-    from mlprod.config import get_config
-    cfg = cfg or get_config()
-    t = _db.canaries
-    with _db.engine(cfg.db_url).connect() as conn:
-        r = conn.execute(sa.select(t).where(t.c.model == name).order_by(t.c.id.desc()).limit(1)).first()
-    return canary_of_row(r) if r is not None else None
+    return latest_canary(name, cfg, running=True)
 
 # %% ../nbs/05d_canary.ipynb #95ee10a1
 def start_canary(name:str, # registered model name

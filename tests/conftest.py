@@ -87,6 +87,23 @@ def browser():
         b.close()
 
 
+def open_offline(browser, path:Path, shot:str, script:str='null'):
+    "Open file `path` offline and screenshot it to SHOTS/shot: (body text, console errors, non-file requests, `script`'s value)."
+    ctx = browser.new_context(viewport={'width': 1280, 'height': 900}, offline=True)
+    page = ctx.new_page()
+    errors, foreign = [], []
+    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.on('request', lambda r: foreign.append(r.url) if not r.url.startswith(('file://', 'data:', 'blob:', 'about:')) else None)
+    page.goto(path.as_uri(), wait_until='load')
+    page.wait_for_timeout(300)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS/shot), full_page=True)
+    text, value = page.inner_text('body'), page.evaluate(script)
+    ctx.close()
+    return text, errors, foreign, value
+
+
 @pytest.fixture(scope='session')
 def flights():
     "Every 2013 flight (UTC) as `mlprod.data.load_flights` gives them: weather joined, `delayed` label; shared, do not modify."

@@ -2,7 +2,7 @@
 request to a non-file URL, the expected text; screenshots land in reports/screenshots/ for a person to look at."""
 from pathlib import Path
 import pytest
-from conftest import ROOT, SHOTS, require_system_package
+from conftest import ROOT, open_offline, require_system_package
 
 
 
@@ -20,23 +20,9 @@ def site(tmp_path_factory):
     return cfg, ok2, bad
 
 
-
-
 def open_page(browser, path: Path, shot: str):
-    "Open `path` from disk; return the page text, console errors, non-file requests."
-    ctx = browser.new_context(viewport={'width': 1280, 'height': 900}, offline=True)
-    page = ctx.new_page()
-    errors, foreign = [], []
-    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
-    page.on('pageerror', lambda e: errors.append(str(e)))
-    page.on('request', lambda r: foreign.append(r.url) if not r.url.startswith(('file://', 'data:')) else None)
-    page.goto(path.as_uri(), wait_until='load')
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS/shot), full_page=True)
-    text = page.inner_text('body')
-    dialogs = page.evaluate('typeof window.__pwned')
-    ctx.close()
-    return text, errors, foreign, dialogs
+    "Open `path` from disk; return the page text, console errors, non-file requests, and whether a script ran."
+    return open_offline(browser, path, shot, 'typeof window.__pwned')
 
 
 def test_dashboard_renders_offline(site, browser):

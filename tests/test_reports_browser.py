@@ -4,7 +4,7 @@ reports/screenshots/ for a person to look at."""
 import dataclasses
 from pathlib import Path
 import pytest
-from conftest import ROOT, SHOTS, require_system_package, window
+from conftest import ROOT, open_offline, require_system_package, window
 
 MAX_BYTES = 1_500_000
 
@@ -58,19 +58,7 @@ CHARTS_JS = """() => [...document.querySelectorAll('svg.mlprod-chart')].map(s =>
 
 def open_report(browser, path: Path, shot: str):
     "Open `path` offline; return (page text, console errors, non-file requests, charts [{label, role, title, width, texts}])."
-    ctx = browser.new_context(viewport={'width': 1280, 'height': 900}, offline=True)
-    page = ctx.new_page()
-    errors, foreign = [], []
-    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
-    page.on('pageerror', lambda e: errors.append(str(e)))
-    page.on('request', lambda r: foreign.append(r.url) if not r.url.startswith(('file://', 'data:', 'blob:', 'about:')) else None)
-    page.goto(path.as_uri(), wait_until='load')
-    page.wait_for_timeout(300)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS/shot), full_page=True)
-    text, charts = page.inner_text('body'), page.evaluate(CHARTS_JS)
-    ctx.close()
-    return text, errors, foreign, charts
+    return open_offline(browser, path, shot, CHARTS_JS)
 
 
 def check_page(browser, path: Path, shot: str, min_charts: int, titles=()):
