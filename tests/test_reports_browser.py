@@ -12,7 +12,8 @@ MAX_BYTES = 1_500_000
 @pytest.fixture(scope='module')
 def site(tmp_path_factory, flights):
     """A project with two registered versions (v1 in production, then v2 promoted after a comparison), monitor runs
-    over three windows (the last as a job), a readiness scorecard and the dashboard: every report kind, on disk."""
+    over three windows (the last as a job), the model card, a batch scoring job with rejected rows, a readiness scorecard
+    and the dashboard: every report kind, on disk."""
     from mlprod.config import parse_config, DEFAULT_TOML
     from mlprod.recipes import train_lightgbm
     from mlprod import registry
@@ -43,6 +44,15 @@ def site(tmp_path_factory, flights):
     may = run_job('monitor', {'start': '2013-05-01', 'end': '2013-05-15'}, cfg=cfg)
     assert may.ok, may.error_text
     reports['job'] = Path(may.report_path)
+    reports['card'] = Path(cfg.reports_dir)/'flights'/'card'/f'v{v2}.html'  # written by the move to production
+    week = window(flights, '2013-05-15', '2013-05-18').reset_index(drop=True)
+    week.insert(0, 'flight_id', range(len(week)))
+    week['temp'] = week['temp'].astype(object).where(week.index >= 10, 'hot')  # ten garbage values in a CSV export
+    week.to_csv(root/'week.csv', index=False)
+    scored = run_job('score', {'input': str(root/'week.csv'), 'output': str(root/'scored'/'week.parquet'), 'id_column': 'flight_id',
+                               'time_column': 'time_hour', 'max_reject_share': 0.05}, cfg=cfg)
+    assert scored.ok, scored.error_text
+    reports['score'] = Path(scored.report_path)
     reports['readiness'] = readiness('flights', cfg=cfg).save(cfg.reports_dir)
     reports['dashboard'] = build_dashboard(cfg)
     return cfg, reports, (april, vc)
@@ -117,3 +127,15 @@ def test_dashboard(site, browser):
     assert 'window end (UTC)' in html and '>2013-03-15<' in html and '>2013-05-' in html  # on the monitored windows, not run times (2026)
     assert 'promote v2' in html  # the version change between the March and May windows, named by the release history
 
+
+
+def test_model_card(site, browser):
+    cfg, reports, _ = site
+    text, _ = check_page(browser, reports['card'], 'report_card.png', 0)
+    assert 'flights' in text and 'production' in text
+
+
+def test_batch_scoring_job_report(site, browser):
+    cfg, reports, _ = site
+    text, labels = check_page(browser, reports['score'], 'report_score_job.png', 2, ['Rejected rows by column', 'Predictions of flights'])
+    assert 'Batch scoring report' in text and 'temp' in text
