@@ -20,11 +20,12 @@ from .sequential import proportion_difference, mean_difference, decide
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CANARY_DECISIONS', 'routes_to_canary', 'CanaryError', 'CanaryGates', 'gates_for', 'Canary', 'canary_of_row',
-           'latest_canary', 'active_canary', 'start_canary', 'set_share', 'CanaryData', 'canary_data', 'ks_distance',
-           'quantile_interval', 'quantile_difference', 'ks_interval', 'CanaryComparison', 'compare_canary',
-           'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary', 'claim_evaluation', 'distribution_text',
-           'canary_html', 'save_canary_report', 'canary_summary', 'canary_card_html', 'cmd_canary']
+__all__ = ['log', 'CANARY_DECISIONS', 'CONFIG_GATES', 'routes_to_canary', 'CanaryError', 'CanaryGates', 'gates_for', 'Canary',
+           'canary_of_row', 'latest_canary', 'active_canary', 'start_canary', 'canary_options', 'set_share',
+           'CanaryData', 'canary_data', 'ks_distance', 'quantile_interval', 'quantile_difference', 'ks_interval',
+           'CanaryComparison', 'compare_canary', 'comparison', 'abort_canary', 'promote_canary', 'evaluate_canary',
+           'claim_evaluation', 'distribution_text', 'canary_html', 'save_canary_report', 'canary_summary',
+           'canary_card_html', 'cmd_canary']
 
 # %% ../nbs/05d_canary.ipynb #9063fc5c
 def routes_to_canary(key:str, # the request id, or the value of the sticky key column
@@ -54,11 +55,14 @@ class CanaryGates:
     auto_promote:bool=False # promote automatically when every test passed
     def to_dict(self) -> dict: return jsonable(self)
 
+CONFIG_GATES = ('error_margin', 'latency_budget_ms', 'slow_margin', 'metric_margin', 'alpha', 'min_n', 'timeout_ms') # gates a [models.NAME.canary] table sets
+
 def gates_for(cfg, name:str, **overrides) -> CanaryGates:
-    "The gates of model `name` from its `Thresholds` and `auto_promote` in the project config, with `overrides`."
+    "The gates of model `name`: its `Thresholds` and `auto_promote`, then its `[models.NAME.canary]` table, then `overrides`."
     mc = cfg.models.get(name)
-    base = {} if mc is None else dict(error_margin=mc.thresholds.error_rate, latency_budget_ms=mc.thresholds.latency_p95_ms,
-                                      metric_margin=mc.thresholds.non_inferiority_margin, auto_promote=mc.auto_promote)
+    base = {} if mc is None else {**dict(error_margin=mc.thresholds.error_rate, latency_budget_ms=mc.thresholds.latency_p95_ms,
+                                         metric_margin=mc.thresholds.non_inferiority_margin, auto_promote=mc.auto_promote),
+                                  **{k: getattr(mc.canary, k) for k in CONFIG_GATES if getattr(mc.canary, k) is not None}}
     unknown = sorted(set(overrides) - set(CanaryGates.__dataclass_fields__))
     if unknown: raise ConfigError('gates', unknown, ', '.join(CanaryGates.__dataclass_fields__))
     return CanaryGates(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
@@ -170,6 +174,20 @@ def start_canary(name:str, # registered model name
         return c
     log.info('%s', c.summary())
     return c
+
+# %% ../nbs/05d_canary.ipynb #f28fbb50
+def canary_options(cfg, # project config
+                   name:str, # registered model name
+                   canary:str|None=None, # --canary: alias or version (None: not given, the config's; '': none)
+                   share:float|None=None, # --canary-share (None: not given, the config's)
+                   key:str|None=None, # --canary-key: routing column (None: not given, the config's; '': the request id)
+                  ) -> tuple:
+    "(alias or None, share, key or None) of the canary `mlprod serve` starts: the options given, else `[models.NAME.canary]`."
+    mc = cfg.models.get(name)
+    alias = canary if canary is not None else (mc.canary.alias if mc is not None else '')
+    share = _check_share(share) if share is not None else (mc.canary.share if mc is not None else 0.1)
+    key = key if key is not None else (mc.canary.key if mc is not None else '')
+    return (str(alias) or None, share, key or None)
 
 # %% ../nbs/05d_canary.ipynb #98f8dc0f
 def _finish(cfg, c:Canary, decision:str, actor:str, reason:str, evidence:dict|None=None, decision_id:str|None=None) -> Canary|None:

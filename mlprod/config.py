@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DRIFT_MODES', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'PROJECT_TOML', 'FLIGHTS_TOML',
-           'ALERTS_TOML', 'DEFAULT_TOML', 'Thresholds', 'validate_thresholds', 'ModelConfig', 'ChannelConfig',
-           'AlertRule', 'rules_from_dicts', 'AlertsConfig', 'ProjectConfig', 'parse_config', 'mask_url', 'find_config',
-           'get_config', 'reset_config', 'project_paths', 'ensure_importable', 'importable_paths', 'project_env',
-           'ensure_state', 'mlflow_setup']
+           'ALERTS_TOML', 'DEFAULT_TOML', 'Thresholds', 'validate_thresholds', 'CanaryConfig', 'validate_canary',
+           'ModelConfig', 'ChannelConfig', 'AlertRule', 'rules_from_dicts', 'AlertsConfig', 'ProjectConfig',
+           'parse_config', 'mask_url', 'find_config', 'get_config', 'reset_config', 'project_paths',
+           'ensure_importable', 'importable_paths', 'project_env', 'ensure_state', 'mlflow_setup']
 
 # %% ../nbs/00a_config.ipynb #8f98d4af
 @dataclass(frozen=True)
@@ -72,6 +72,37 @@ def validate_thresholds(th:Thresholds, # the thresholds to check
     if th.calibration_draws < 20: raise ConfigError(f"{prefix}.calibration_draws", th.calibration_draws, 'an integer >= 20')
     return th
 
+# %% ../nbs/00a_config.ipynb #e617a68f
+@dataclass(frozen=True)
+class CanaryConfig:
+    "The canary release `mlprod serve NAME` starts, and its gates ([models.NAME.canary])."
+    alias:str='' # alias (e.g. 'staging') or version number of the canary `mlprod serve` starts; '' = none (a canary started otherwise is still followed)
+    share:float=0.1 # share of requests the canary scores, in [0, 1]
+    key:str='' # column whose value routes a request (sticky: a user's requests stay on one version); '' = the request id
+    error_margin:float|None=None # allowed increase of the share of failed requests; None = thresholds.error_rate
+    latency_budget_ms:float|None=None # a request slower than this is 'slow'; None = thresholds.latency_p95_ms
+    slow_margin:float=0.05 # allowed increase of the share of slow requests
+    metric_margin:float|None=None # allowed increase of the per-row loss once labels arrive; None = thresholds.non_inferiority_margin
+    alpha:float=0.05 # error probability of each always-valid test, in (0, 1)
+    min_n:int=100 # requests (rows for the metric) per arm before anything is decided
+    timeout_ms:float=1000.0 # a canary answer later than this is a failure; production answers instead
+
+# %% ../nbs/00a_config.ipynb #5fb1585e
+def validate_canary(cc:CanaryConfig, # the canary section to check
+                    prefix:str='canary', # dotted key used in error messages, e.g. 'models.flights.canary'
+                   ) -> CanaryConfig:
+    "`cc` when its values are allowed, else a `ConfigError` naming the key, the value and what is allowed."
+    if not 0 <= cc.share <= 1: raise ConfigError(f"{prefix}.share", cc.share, 'a number from 0 to 1, e.g. 0.1 for 10% of requests')
+    if not 0 < cc.alpha < 1: raise ConfigError(f"{prefix}.alpha", cc.alpha, 'a number strictly between 0 and 1, e.g. 0.05')
+    for k in ('error_margin', 'slow_margin', 'metric_margin'):
+        v = getattr(cc, k)
+        if v is not None and not 0 <= v < 1: raise ConfigError(f"{prefix}.{k}", v, 'a number in [0, 1), e.g. 0.01')
+    for k in ('latency_budget_ms', 'timeout_ms'):
+        v = getattr(cc, k)
+        if v is not None and not v > 0: raise ConfigError(f"{prefix}.{k}", v, 'milliseconds > 0')
+    if cc.min_n < 1: raise ConfigError(f"{prefix}.min_n", cc.min_n, 'an integer >= 1 (requests per arm)')
+    return cc
+
 # %% ../nbs/00a_config.ipynb #d24339fc
 @dataclass(frozen=True)
 class ModelConfig:
@@ -94,6 +125,7 @@ class ModelConfig:
     schedules:dict=field(default_factory=dict) # job name → cron expression
     unseen_categories:str='auto' # category values unseen in training: 'score' (and flag), 'reject' (422), or 'auto' = 'score' when the fitted model can
     batch:dict=field(default_factory=dict) # the scheduled `score` job's defaults: input, output (may contain {start}, {end}), id_column, time_column
+    canary:CanaryConfig=field(default_factory=CanaryConfig) # [models.NAME.canary]: the canary release `mlprod serve NAME` starts, and its gates
 
 # %% ../nbs/00a_config.ipynb #55dc0b3f
 @dataclass(frozen=True)
@@ -192,6 +224,8 @@ def _type_name(tp) -> str:
             dict:'a table', Path:'a path string', object:'a string, integer or boolean'}.get(tp, getattr(tp, '__name__', str(tp)))
 
 def _coerce(value, tp, key):
+    args = typing.get_args(tp)
+    if type(None) in args and len(args) == 2: tp = next(a for a in args if a is not type(None))  # `float|None`: TOML has no null
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
     if tp is Path and isinstance(value, str): return Path(value)
     if tp is object and isinstance(value, (str, int, bool)): return value  # a label value
@@ -246,6 +280,7 @@ def _build_model(name, data, src) -> ModelConfig:
             raise ConfigError(f"{pre}.schedules.{k}", v, "a cron expression with 5 fields, e.g. '0 6 * * *'")
     if m.unseen_categories not in UNSEEN_POLICIES: raise ConfigError(f"{pre}.unseen_categories", m.unseen_categories, "'score' or 'reject'", "or leave it out ('auto': decided from the fitted model)")
     validate_thresholds(m.thresholds, f"{pre}.thresholds")
+    validate_canary(m.canary, f"{pre}.canary")
     if m.train_window_days < 1: raise ConfigError(f"{pre}.train_window_days", m.train_window_days, 'an integer ≥ 1')
     return m
 
@@ -319,6 +354,20 @@ max_metric_drop = 0.05
 latency_p95_ms = 50.0                    # serving: p95 of request latency (monitor)
 latency_budget_ms = 250.0                # comparison: a challenger's median one-row scoring time
 error_rate = 0.01
+
+# A canary release: `mlprod serve flights` starts it (its --canary options win); a share of requests is
+# scored by another version, aborted or promoted by always-valid sequential tests (mlprod.canary).
+# [models.flights.canary]
+# alias = "staging"                      # alias or version number to start a canary of; "" = none
+# share = 0.1                            # share of requests the canary scores
+# key = ""                               # column whose value routes a request (sticky); "" = the request id
+# error_margin = 0.01                    # allowed increase of the failed share (default: thresholds.error_rate)
+# latency_budget_ms = 50.0               # a slower request is slow (default: thresholds.latency_p95_ms)
+# slow_margin = 0.05                     # allowed increase of the slow share
+# metric_margin = 0.005                  # per-row loss, once labels arrive (default: thresholds.non_inferiority_margin)
+# alpha = 0.05                           # error probability of each always-valid test
+# min_n = 100                            # requests per arm before anything is decided
+# timeout_ms = 1000.0                    # a later canary answer is a failure; production answers instead
 
 [models.flights.schedules]               # cron: minute hour day month weekday (UTC)
 monitor = "0 6 * * *"

@@ -816,7 +816,7 @@ def version_info(self:ScoringService) -> dict:
 def service_for(name:str, alias:str='production', cfg=None, shadow:str|None=None, token:str|None=None, *,
                 provider:ModelProvider|None=None, shadow_provider:ModelProvider|None=None, db_url:str|None=None,
                 log_requests:bool=True, max_body_bytes:int=10 * 2**20, reload_interval:float=1.0, flush_interval:float=0.5,
-                queue_size:int=10_000, extra_columns:str='reject', prefer:str='fast', canary:str|None=None, canary_share:float=0.1,
+                queue_size:int=10_000, extra_columns:str='reject', prefer:str='fast', canary:str|None=None, canary_share:float|None=None,
                 canary_key:str|None=None, follow_canary:bool|None=None) -> ScoringService:
     "The `ScoringService` `create_app` wraps (same arguments)."
     follow = (provider is None and log_requests) if follow_canary is None else follow_canary
@@ -827,7 +827,8 @@ def service_for(name:str, alias:str='production', cfg=None, shadow:str|None=None
     if shadow and shadow_provider is None: shadow_provider = RegistryProvider(name, shadow, cfg, prefer)
     rlog = RequestLog(db_url or cfg.db_url, queue_size=queue_size, flush_interval=flush_interval) if log_requests else None
     svc = ScoringService(name, provider, shadow_provider, rlog, token, max_body_bytes, reload_interval, extra_columns)
-    if canary or follow:  # every process follows the model's canary row in the database; `canary` also starts one
+    if canary or follow:  # every process follows the model's canary row in the database; `canary` (or [models.NAME.canary]) also starts one
+        canary, canary_share, canary_key = canary_options(cfg, name, canary, canary_share, canary_key)
         svc.canary = CanaryRouter(name, cfg, canary, canary_share, canary_key, prefer=prefer)
     return svc
 
@@ -881,9 +882,9 @@ def create_app(name:str, # registered model name
                queue_size:int=10_000, # log rows held in memory at most (more are dropped and counted)
                extra_columns:str='reject', # 'reject' or 'ignore' columns the contract does not know
                prefer:str='fast', # scorer preference: 'fast' or 'generic'
-               canary:str|None=None, # alias or version to start a canary of (mlprod.canary); it scores `canary_share` of requests
-               canary_share:float=0.1, # share of requests the canary scores
-               canary_key:str|None=None, # column whose value routes a request to the canary (default: the request id)
+               canary:str|None=None, # alias or version to start a canary of (mlprod.canary); None: [models.NAME.canary] alias; '': none
+               canary_share:float|None=None, # share of requests the canary scores (None: the config's, 0.1 by default)
+               canary_key:str|None=None, # column whose value routes a request to the canary (None: the config's, else the request id)
                follow_canary:bool|None=None): # route to the model's running canary (default: when the model comes from the registry)
     "The FastAPI app of the scoring service for model `name`."
     from contextlib import asynccontextmanager
@@ -905,7 +906,7 @@ def create_app(name:str, # registered model name
 # %% ../nbs/05_serve.ipynb #e99b6ab9
 import concurrent.futures
 from . import db as _db
-from .canary import active_canary, claim_evaluation, evaluate_canary, latest_canary, routes_to_canary, start_canary
+from .canary import active_canary, canary_options, claim_evaluation, evaluate_canary, latest_canary, routes_to_canary, start_canary
 
 class CanaryRouter:
     "Routes a share of a scoring service's requests to the running canary of its model (state read from the database)."
@@ -1051,7 +1052,7 @@ def app_from_env():
     cfg = get_config(spec.get('project'))
     ensure_importable(cfg)  # each worker unpickles models that may use the project's own code
     return create_app(spec['name'], spec['alias'], cfg=cfg, shadow=spec.get('shadow'), token=_read_token(spec.get('token_env')),
-                      canary=spec.get('canary'), canary_share=spec.get('canary_share', 0.1), canary_key=spec.get('canary_key'))
+                      canary=spec.get('canary'), canary_share=spec.get('canary_share'), canary_key=spec.get('canary_key'))
 
 def serve(name:str, # registered model name
           alias:str='production', # alias to serve and follow
@@ -1062,9 +1063,9 @@ def serve(name:str, # registered model name
           token_env:str|None=None, # environment variable holding the bearer token
           project:str|None=None, # project folder or mlprod.toml
           log_level:str='warning', # uvicorn log level
-          canary:str|None=None, # alias or version of a canary to start (see `mlprod.canary`)
-          canary_share:float=0.1, # share of requests the canary scores
-          canary_key:str|None=None): # column whose value routes a request to the canary (default: the request id)
+          canary:str|None=None, # alias or version of a canary to start (see `mlprod.canary`); None: [models.NAME.canary] alias; '': none
+          canary_share:float|None=None, # share of requests the canary scores (None: the config's)
+          canary_key:str|None=None): # column whose value routes a request to the canary (None: the config's, else the request id)
     "Run the scoring service for `name` with uvicorn until interrupted."
     import uvicorn
     if not isinstance(workers, int) or workers < 1: raise ConfigError('--workers', workers, 'an integer ≥ 1')
@@ -1088,9 +1089,9 @@ def cmd_serve(name:str, # registered model name
               workers:int=1, # worker processes
               shadow:str|None=None, # alias of a model that scores in the shadow, e.g. staging
               token_env:str|None=None, # environment variable holding the bearer token for /invocations
-              canary:str|None=None, # alias or version of a canary release that scores a share of requests
-              canary_share:float=0.1, # share of requests the canary scores
-              canary_key:str|None=None, # column whose value routes a request to the canary (default: the request id)
+              canary:str|None=None, # alias or version of a canary release that scores a share of requests (default: [models.NAME.canary] alias; '' = none)
+              canary_share:float|None=None, # share of requests the canary scores (default: [models.NAME.canary] share, 0.1)
+              canary_key:str|None=None, # column whose value routes a request to the canary (default: [models.NAME.canary] key, else the request id)
               project=None, # project folder or mlprod.toml (the global `--project`)
              ) -> int:
     "Serve a registered model over HTTP (the MLflow scoring protocol), following its alias."
