@@ -940,7 +940,7 @@ def _begin(self:CanaryRouter):
     last = latest_canary(self.name, self.cfg)
     if last is not None and last.version == str(version) and not last.running:
         log.warning('not starting canary v%s of %s again: it was %s (%s)', version, self.name, last.decision, last.reason); return
-    start_canary(self.name, self.start, self.share, self.sticky, reason=f"mlprod serve --canary {self.start}", cfg=self.cfg)
+    start_canary(self.name, self.start, self.share, self.sticky, reason=f"mlprod serve started canary {self.start} at share {self.share} (--canary or [models.{self.name}.canary])", cfg=self.cfg)
 
 @patch
 def poll(self:CanaryRouter):
