@@ -807,14 +807,16 @@ def batch_window_rows(run:dict, # a `batch_runs` row
                       t0, t1, # the window [t0, t1), UTC
                       db_url:str) -> pd.DataFrame: # the mlprod database (labels)
     "Features, `prediction` (the score the request log would hold), the label and the id of a run's rows in the window."
-    from mlprod.batch import BatchError, input_format
+    from mlprod.batch import BatchError, input_batches, input_format
     from mlprod.requestlog import PREDICTION, labels_series
     idc, tc = run['id_column'], run['time_column'] or 'scored_at'
     if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
-    if input_format(run['input']) != 'parquet': raise BatchError(f"batch run {run['id']}: input {run['input']!r} is not Parquet; allowed: Parquet inputs for monitoring")
     out = _read_filtered(run['output'], [idc, 'prediction'], tc, t0, t1).rename(columns={'prediction': PREDICTION})
-    feats = _read_filtered(run['input'], list(dict.fromkeys(list(model.features) + [idc])), run['time_column'], t0, t1) if run['time_column'] else \
-            pd.read_parquet(run['input'], columns=list(dict.fromkeys(list(model.features) + [idc])))
+    cols = list(dict.fromkeys(list(model.features) + [idc]))
+    if input_format(run['input']) == 'csv':  # no push-down in a CSV: stream it as scoring did, keep the window's ids
+        numeric, keep = [c.name for c in model.schema.columns if c.kind == 'numeric'], set(out[idc].astype(str))
+        feats = pd.concat([ch[ch[idc].astype(str).isin(keep)] for ch in input_batches(run['input'], cols, numeric)[1]], ignore_index=True)
+    else: feats = _read_filtered(run['input'], cols, run['time_column'], t0, t1) if run['time_column'] else pd.read_parquet(run['input'], columns=cols)
     feats[idc] = feats[idc].map(lambda v: None if v is None or v != v else str(v))
     rows = out.merge(feats, on=idc, how='inner', validate='one_to_one')
     rows[model.target] = labels_series(window_labels(db_url, rows[idc].tolist()).reindex(rows[idc]).tolist()).to_numpy()

@@ -168,3 +168,22 @@ def test_score_job_report_and_failure(proj, flights, tmp_path):
     assert not (tmp_path/'broken.scores.parquet').exists() and (tmp_path/'broken.scores.rejects.parquet').exists()
     html = open(run_bad['report_path']).read()
     assert 'max_reject_share' in html and "'dest'" in html  # the error, and the rejects table's reason
+
+
+def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
+    "A batch scored from a CSV export (no push-down there) is monitored from its rows, labels joined by id, as Parquet is."
+    from sklearn.metrics import roc_auc_score
+    from mlprod.score import score
+    from mlprod.monitor import monitor
+    from mlprod.requestlog import ingest_labels
+    cfg, model = proj
+    wk = flight_rows(flights, '2013-09-02', '2013-09-05')
+    wk.to_csv(tmp_path/'sept.csv', index=False)
+    r = score('flights', tmp_path/'sept.csv', tmp_path/'sept.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
+    assert r.n_scored == len(wk)
+    pd.DataFrame({'request_id': wk['flight_id'].astype(str), 'label': wk['delayed']}).to_csv(tmp_path/'sept_labels.csv', index=False)
+    ingest_labels(tmp_path/'sept_labels.csv', cfg=cfg)
+    res = monitor('flights', '2013-09-02', '2013-09-05', source='batch', cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
+    out = pd.read_parquet(r.output)
+    assert res.source == 'batch' and res.figures['rows'] == len(wk)
+    assert res.figures['realized_metric'] == pytest.approx(roc_auc_score(wk['delayed'], out['proba_1']), abs=1e-9)
