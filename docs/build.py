@@ -109,6 +109,7 @@ def symbol_index(nbs: Path, lib: str) -> dict:
         for name in getattr(module, '__all__', []):
             obj = getattr(module, name, None)
             if not (inspect.isfunction(obj) or inspect.isclass(obj)): continue  # show_doc documents defs and classes only
+            if getattr(obj, '__module__', None) != module.__name__: continue  # re-exported: documented where it is defined
             target = f'{page}#{name}'
             index[f'{lib}.{mod}.{name}'] = index[f'{mod}.{name}'] = index[(page, name)] = target
             if inspect.isclass(obj): classes.setdefault(name, set()).add(target)

@@ -49,6 +49,8 @@ def project_folder(tmp_path_factory, name:str, files:dict):
     root = tmp_path_factory.mktemp(name)
     for fname, text in files.items(): (root / fname).write_text(text, encoding='utf-8')
     mp.chdir(root); mp.syspath_prepend(str(root))
+    for fname in files:  # this project's modules, not a same-named one another test module imported in this worker
+        if fname.endswith('.py'): sys.modules.pop(fname[:-3], None)
     return root, mp
 
 

@@ -5,7 +5,7 @@ import os, subprocess, sys
 from pathlib import Path
 import pytest
 from conftest import ROOT
-from test_dashboard_browser import CHROMIUM, FLAGS, SHOTS
+from conftest import CHROMIUM, FLAGS, SHOTS
 
 
 @pytest.fixture(scope='session')

@@ -170,6 +170,8 @@ def test_release_from_jupyterlab(lab_project, lab, browser):
     page.wait_for_function("() => [...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Run job' && b.disabled)", timeout=30_000)
     _panel_shot(page, 'running')
     _wait_text(nb, r'smoke: success in [\d.]+ s open the report', timeout=180)
+    # the message and the re-enabled button are two widget updates: wait for the second as well
+    page.wait_for_function("() => [...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Run job' && !b.disabled)", timeout=30_000)
     assert not run.is_disabled()
     link = page.get_by_role('link', name='open the report')
     href = link.get_attribute('href')
