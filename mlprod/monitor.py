@@ -24,11 +24,12 @@ from .signals import signal_checks
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError',
-           'NoDataError', 'service_checks', 'metric_interval', 'performance_check', 'expected_calibration_error',
-           'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks',
-           'prediction_column', 'model_importances', 'version_importance', 'calibrate_profile', 'profile_path',
-           'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
+__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'PROFILE_ARTIFACT', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS',
+           'MonitorError', 'NoDataError', 'service_checks', 'metric_interval', 'performance_check',
+           'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration',
+           'estimate_check', 'drift_checks', 'prediction_column', 'model_importances', 'version_importance',
+           'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile', 'reference_profile',
+           'thresholds_note', 'store_profile', 'stored_errors', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
            'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window', 'require_rows',
            'read_request_window', 'read_source_window', 'window_labels', 'batch_window_rows', 'read_batch_window',
            'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
@@ -412,7 +413,8 @@ def build_reference_profile(model, # a `mlprod.registry.LoadedModel`
     if PREDICTION in model.features: raise DataError(f"features: a feature is called {PREDICTION!r}; allowed: any other name (it is the score column)")
     scores = prediction_column(model, ref)
     frame = ref[model.features].assign(**{PREDICTION: scores})
-    meta = dict(model=model.name, version=model.version, run_id=model.run_id, n_reference=len(ref), task=model.task)
+    meta = dict(model=model.name, version=model.version, run_id=model.run_id, n_reference=len(ref), task=model.task,
+                holdout_rows=0 if holdout is None else len(holdout))
     if model.task == 'binary' and model.target in ref.columns:
         from mlprod.compare import encode_labels
         cal = fit_calibration(encode_labels(ref[model.target], 'binary', model.classes, model.positive_class), scores, 'training snapshot')
@@ -434,26 +436,99 @@ def _stale(prof:ReferenceProfile, th:Thresholds, holdout) -> str:
         return 'the thresholds settings changed'
     return 'a holdout is given now' if holdout is not None and cal.source != 'holdout' else ''
 
+def stored_profile(model, # a `mlprod.registry.LoadedModel`
+                   cfg:ProjectConfig, # project (state folder)
+                  ) -> ReferenceProfile|None:
+    "The profile kept with the version: the state folder's copy, else its MLflow artifact `PROFILE_ARTIFACT` (copied to the state folder); None when neither loads."
+    p = profile_path(cfg, model.name, str(model.version))
+    if not p.exists() and model.tracking_uri:
+        import mlflow, shutil, tempfile
+        from mlflow.exceptions import MlflowException
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                got = mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path=PROFILE_ARTIFACT, dst_path=d, tracking_uri=model.tracking_uri)
+                p.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(got, p)
+        except (MlflowException, OSError) as e:
+            log.info('%s version %s: no profile stored with the version (%s: %s)', model.name, model.version, type(e).__name__, str(e)[:200]); return None
+    if not p.exists(): return None
+    try: return ReferenceProfile.load(p)
+    except (ProfileFormatError, NotFoundError) as e: log.warning('reference profile %s not read: %s', p, e); return None
+
 def reference_profile(model, # a `mlprod.registry.LoadedModel`
                       cfg:ProjectConfig, # project (for the cache folder)
                       rebuild:bool=False, # ignore a cached profile
                       holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (importance, drift thresholds)
                       thresholds:Thresholds|None=None, # default: the model's in `cfg` (else the defaults)
                      ) -> ReferenceProfile:
-    "The cached reference profile of `model` (inputs, `prediction`, importance, drift thresholds), built on first use."
+    "The reference profile stored with `model` (`stored_profile`: inputs, `prediction`, importance, drift thresholds), built on first use."
     th = thresholds or (cfg.models[model.name].thresholds if model.name in cfg.models else Thresholds())
     p = profile_path(cfg, model.name, model.version)
-    if p.exists() and not rebuild:
-        try:
-            prof = ReferenceProfile.load(p)
-            why = 'it belongs to another run' if prof.meta.get('run_id') != model.run_id else _stale(prof, th, holdout)
-            if not why: return prof
-            log.info('rebuilding reference profile %s: %s', p, why)
-        except (ProfileFormatError, NotFoundError) as e: log.warning('rebuilding reference profile %s: %s', p, e)
+    prof = None if rebuild else stored_profile(model, cfg)
+    if prof is not None:
+        why = 'it belongs to another run' if prof.meta.get('run_id') != model.run_id else _stale(prof, th, holdout)
+        if not why: return prof
+        log.info('rebuilding reference profile %s: %s', p, why)
     prof = build_reference_profile(model, holdout=holdout, thresholds=th)
     try: prof.save(p)
     except (OSError, DataError) as e: log.warning('reference profile of %s version %s not cached: %s', model.name, model.version, e)
     return prof
+
+# %% ../nbs/06_monitor.ipynb #b1530bb4
+PROFILE_ARTIFACT = 'mlprod/profile.npz' # the reference profile among the artifacts of a version's MLflow run
+
+def thresholds_note(profile:ReferenceProfile, # the version's reference profile
+                    thresholds:Thresholds=Thresholds(), # drift_mode
+                   ) -> str:
+    "Where a window's drift thresholds come from, in words ('thresholds: ...'), for the `drift:share` check and the report."
+    if validate_thresholds(thresholds).drift_mode != 'calibrated': return "thresholds: fixed (Evidently's; drift_mode = 'fixed')"
+    cal, when = profile.calibration, profile.meta.get('stored', 'registration')
+    if cal is None: return 'thresholds: none calibrated in this profile (rebuild it)'
+    if cal.source == 'holdout':
+        return f"thresholds: calibrated on {profile.meta.get('holdout_rows', '?')} holdout rows (profile stored at {profile.meta.get('stored', 'the first monitor run')})"
+    return (f"thresholds: calibrated on a split of the training snapshot (no holdout at {when}: optimistic for the prediction; "
+            "register with a holdout)")
+
+# %% ../nbs/06_monitor.ipynb #20ef536d
+def store_profile(model, # a registered `mlprod.registry.LoadedModel`
+                  cfg:ProjectConfig, # project (state folder)
+                  holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (importance, thresholds, error model)
+                  thresholds:Thresholds|None=None, # default: the model's in `cfg` (else the defaults)
+                  when:str='registration', # what stored it, kept in the profile ('registration', 'retrain')
+                 ) -> ReferenceProfile:
+    "Build the version's reference profile and keep it with the version: `profile_path` and the MLflow artifact `PROFILE_ARTIFACT`."
+    import mlflow, shutil, tempfile
+    th = thresholds or (cfg.models[model.name].thresholds if model.name in cfg.models else Thresholds())
+    if holdout is not None:
+        miss = [c for c in [*model.features, model.target] if c not in holdout.columns]
+        if miss: raise DataError(f"holdout: columns {miss} are missing; allowed: the model's features and target {model.target!r}")
+    prof = build_reference_profile(model, holdout=holdout, thresholds=th)
+    prof = dataclasses.replace(prof, meta={**prof.meta, 'stored': when})
+    p = profile_path(cfg, model.name, str(model.version)); prof.save(p)
+    if model.tracking_uri:
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copyfile(p, Path(d)/Path(PROFILE_ARTIFACT).name)
+            mlflow.MlflowClient(model.tracking_uri).log_artifact(model.run_id, str(Path(d)/Path(PROFILE_ARTIFACT).name), str(Path(PROFILE_ARTIFACT).parent))
+    if model.task == 'regression': stored_errors(model, cfg, holdout, rebuild=True)
+    log.info('%s version %s: profile stored at %s (%s)', model.name, model.version, when, thresholds_note(prof, th))
+    return prof
+
+# %% ../nbs/06_monitor.ipynb #61fc7e1c
+from .signals import version_errors, error_model_path, ErrorModel
+
+def stored_errors(model, # a `mlprod.registry.LoadedModel` of a regression version
+                  cfg:ProjectConfig, # project (state folder)
+                  holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (None: the stored error model, whatever its rows)
+                  rebuild:bool=False, # fit it again
+                 ) -> ErrorModel:
+    "The DLE error model kept beside the version's profile; fitted (`version_errors`) only when none of this run is stored or `holdout` is new."
+    import joblib, pickle
+    p = error_model_path(cfg, model.name, str(model.version))
+    if holdout is None and not rebuild and p.exists():
+        try:
+            em = joblib.load(p)
+            if isinstance(em, ErrorModel) and em.meta.get('run_id') == model.run_id: return em
+        except (OSError, EOFError, ValueError, AttributeError, pickle.UnpicklingError) as e: log.warning('error model %s not read: %s', p, e)
+    return version_errors(model, cfg, holdout, rebuild=rebuild)
 
 # %% ../nbs/06_monitor.ipynb #91e592b3
 from .requestlog import read_requests, expand_requests, UNSEEN
@@ -1057,6 +1132,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
                     reference:pd.DataFrame|None=None, # the training snapshot (default: `model.reference()`)
                     holdout:pd.DataFrame|None=None, # labelled rows the model did not train on, to calibrate the estimate
                     max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
+                    errors=None, # regression: the version's error model (`stored_errors`; default: fitted on `holdout` or the snapshot)
                     sample_rows:int=5000, # rows of each side kept for the report
                    ) -> MonitorResult:
     "Every check of a window as a `MonitorResult`, with no database, MLflow, alert or file access: the pure step of `monitor`."
@@ -1070,7 +1146,9 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     n = figures['rows'] = len(current)
     checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
     drift, pdrift = window_drift(profile, current, th)
-    checks += drift_checks(drift, th, pdrift)
+    note = thresholds_note(profile, th)  # where the thresholds come from, said on drift:share
+    checks += [dataclasses.replace(c, message=f"{c.message}; {note}", details={**c.details, 'thresholds': note}) if c.name == 'drift:share' else c
+               for c in drift_checks(drift, th, pdrift)]
     figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
     cal = window_calibration(model, profile, holdout, window.prior, th.min_rows, ref)
@@ -1079,7 +1157,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     rc, rf = realized_checks(model, current, metric, th, *_baseline(model, metric, cal), train_metric)
     ec, ef = estimated_checks(model, current, cal, metric, th, max_ece)
     checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
-    sc, sf = signal_checks(current, model, profile, th, previous=window.previous, holdout=holdout, reference=ref); checks += sc; figures.update(sf)
+    sc, sf = signal_checks(current, model, profile, th, previous=window.previous, holdout=holdout, errors=errors, reference=ref); checks += sc; figures.update(sf)
     checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
     return MonitorResult(window.model, str(model.version), window.alias, window.start, window.end, window.source,
                          Checks(f"Monitor {window.model} v{model.version}", checks), figures, drift, pdrift, cal,
@@ -1145,7 +1223,7 @@ def monitor(name:str, # model name from mlprod.toml
             save_report:bool=False, # write the HTML report under reports/<model>/monitor/
             window:Window|None=None, # a window already read by `load_window` (then the reading arguments are not used)
            ) -> MonitorResult:
-    "Monitor model `name` over [start, end): `load_window`, `evaluate_window`, `publish`."
+    "Monitor model `name` over [start, end): `load_window`, the version's stored profile (and error model), `evaluate_window`, `publish`."
     from mlprod import registry
     cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
     if window is None:
@@ -1155,8 +1233,9 @@ def monitor(name:str, # model name from mlprod.toml
         raise ConfigError('window', f"{window.model} {window.start} .. {window.end}", f"the window of {name} {start} .. {end}")
     model, mc = registry.load(name, window.version, cfg), cfg.model(name)
     if window.previous is None: window = dataclasses.replace(window, previous=previous_rows(window, model, cfg))
+    errors = stored_errors(model, cfg, calibration) if model.task == 'regression' else None  # fitted once, at registration or first use
     result = evaluate_window(window, model, reference_profile(model, cfg, holdout=calibration, thresholds=mc.thresholds), mc.thresholds, metric=mc.metric, reference=model.reference(),
-                             holdout=calibration, max_ece=max_ece, sample_rows=sample_rows)
+                             holdout=calibration, max_ece=max_ece, sample_rows=sample_rows, errors=errors)
     return publish(result, cfg, mlflow=log_to_mlflow, record=record, alerts=alerts, report=save_report)
 
 # %% ../nbs/06_monitor.ipynb #389cd644
