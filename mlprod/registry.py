@@ -325,6 +325,7 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
              params:dict|None=None, # training parameters; default the final estimator's parameters that differ from its defaults
              metrics:dict|None=None, # evaluation figures to keep with the version
              description:str='', # a sentence for the MLflow UI
+             holdout:pd.DataFrame|None=None, # labelled rows it did not train on: its monitoring profile (importance, drift thresholds) is built from them now
              cfg=None, # ProjectConfig or project folder; default `get_config()`
             ) -> VersionInfo:
     "Log `model` with its signature, schema, reference snapshot and lineage, and register a new version of `name`."
@@ -337,6 +338,8 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
         raise ConfigError('name', name, 'letters, digits, _ . - (up to 200 characters)')
     features, categorical = _register_columns(train_df, mc, features, categorical)
     X = train_df[features]
+    miss = [] if holdout is None else [c for c in [*features, mc.target] if c not in holdout.columns]
+    if miss: raise DataError(f"holdout: columns {miss} are missing; allowed: a frame with the features and the target {mc.target!r}")
     task = mc.task
     fitted = model.model if isinstance(model, PositiveScore) else model
     classes, positive = label_classes(fitted, train_df[mc.target] if mc.target in train_df.columns else None, task, mc.positive_class)
@@ -356,6 +359,9 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
     mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id, tags=tags,
                                      description=description or None, model_id=getattr(info, 'model_id', None))
     log.info('registered %s version %s in %.1f s', name, mv.version, time.perf_counter() - t0)
+    if holdout is not None:  # the monitor owns profiles (a later module, imported when used): built and stored with the version
+        from mlprod.monitor import store_profile
+        store_profile(load(name, mv.version, cfg), cfg, holdout)
     return _version_info(client.get_model_version(name, mv.version))
 
 # %% ../nbs/02_registry.ipynb #dfe33cfb
@@ -961,6 +967,13 @@ def cmd_models(*, json:bool=False, # print JSON
     return 0
 
 # %% ../nbs/02_registry.ipynb #bf10f7bb
+def _read_parquet(path:str, option:str) -> pd.DataFrame:
+    "The rows of the Parquet file `path` given to `option`, or a `DataError` naming the option."
+    p = Path(path)
+    if not p.is_file(): raise DataError(f"{option}: got {str(p)!r}, not a file; allowed: a Parquet file of rows")
+    try: return pd.read_parquet(p)
+    except Exception as e: raise DataError(f"{option}: cannot read {str(p)!r} as Parquet ({e})") from None
+
 def cmd_register(name:str, # registered model name
                  *, model_uri:str, # runs:/RUN_ID/model, models:/NAME/VERSION or a model folder
                  train_data:str, # Parquet file of the training rows (features, target, time)
@@ -970,23 +983,21 @@ def cmd_register(name:str, # registered model name
                  time_column:str|None=None, # timestamp column, for a first registration
                  data_source:str|None=None, # module:function loading a window, written into a first, inferred section
                  metrics:str|None=None, # JSON object of evaluation figures, e.g. '{"roc_auc": 0.71}'
+                 holdout_data:str|None=None, # Parquet file of labelled rows it did not train on: its monitoring profile is built from them now
                  project=None, # project folder or mlprod.toml (the global `--project`)
                 ) -> int:
     "Register a model already logged in MLflow (by URI) with its training data, schema, snapshot and lineage."
     import mlflow
     cfg = get_config(project)
     mlflow_setup(cfg)
-    p = Path(train_data)
-    if not p.is_file(): raise DataError(f"--train-data: got {str(p)!r}, not a file; allowed: a Parquet file of the training rows")
-    try: df = pd.read_parquet(p)
-    except Exception as e: raise DataError(f"--train-data: cannot read {str(p)!r} as Parquet ({e})") from None
+    df = _read_parquet(train_data, '--train-data')
     try: model = _unwrap(mlflow.sklearn.load_model(model_uri))
     except Exception as e:
         raise NotFoundError(f"--model-uri: cannot load {model_uri!r} as a scikit-learn model ({type(e).__name__}: {str(e)[:200]}); "
                             "allowed: runs:/RUN_ID/model, models:/NAME/VERSION or a model folder logged with mlflow.sklearn") from None
     v = register(model, name, df, window=tuple(window) if window else None, recipe=recipe, target=target,
                  time_column=time_column, data_source=data_source,
-                 metrics=json.loads(metrics) if metrics else None, cfg=cfg)
+                 metrics=json.loads(metrics) if metrics else None, cfg=cfg, holdout=_read_parquet(holdout_data, '--holdout-data') if holdout_data else None)
     lin = v.lineage
     print(f"registered {v.name} version {v.version} (window {lin.get('window_start') or '?'} .. {lin.get('window_end') or '?'}, "
           f"{lin.get('train_rows')} training rows, {lin.get('reference_rows')} reference rows, data {lin.get('data_fingerprint', '')[:12]})")

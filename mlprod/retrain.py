@@ -226,11 +226,14 @@ def _register_step(name:str, # registered model name
                    window:tuple, # (start, end) of the training rows
                    end, # end of the whole window (the `as_of`)
                    cfg) -> tuple:
-    "Register `model` with its holdout figures: (message, status, version)."
+    "Register `model` with its holdout figures and store its monitoring profile built on the holdout: (message, status, version)."
     metrics = holdout_metrics(model, holdout, mc, features)
     vi = registry.register(model, name, train, window=window, metrics=metrics, cfg=cfg, recipe=mc.recipe, params=params,
                            description=f"retrained as of {end.date()}")
-    return f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items()), 'SUCCESS', vi.version
+    from mlprod.monitor import store_profile, thresholds_note
+    prof = store_profile(registry.load(name, vi.version, cfg), cfg, holdout, mc.thresholds, when='retrain')  # never training rows
+    return (f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + f"; profile stored ({thresholds_note(prof, mc.thresholds)})"), 'SUCCESS', vi.version
 
 # %% ../nbs/09_retrain.ipynb #13d174c6
 def _stage_step(name:str, # registered model name
