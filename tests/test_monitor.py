@@ -329,3 +329,61 @@ def test_cli_exit_codes_and_report(proj, trained, capsys):
         code = cli.main(['--project', str(cfg.root), 'monitor', 'nope', '--start', '2013-11-01', '--end', '2013-11-02'])
         assert code == 2 and 'nope' in capsys.readouterr().err
 
+
+
+@pytest.fixture(scope='module')
+def stored(tmp_path_factory, trained):
+    "A project of its own with the model registered with its holdout: the profile is built and stored at registration."
+    root = tmp_path_factory.mktemp('storedproj')
+    cfg = parse_config(DEFAULT_TOML.replace('reference_sample = 100000', 'reference_sample = 20000'), root=root, env={})
+    model, train, holdout, _ = trained
+    t = time.perf_counter(); vi = registry.register(model, 'flights', train, holdout=holdout, cfg=cfg); took = time.perf_counter() - t
+    return cfg, vi.version, took
+
+
+def test_profile_is_stored_with_the_version_and_reloaded_identically(stored, trained):
+    "register(..., holdout=) keeps importances and calibrated thresholds in the state folder and in MLflow; a machine with only the MLflow server reads the same."
+    import mlflow
+    from mlprod.drift import ReferenceProfile
+    from mlprod.monitor import stored_profile, reference_profile, profile_path, PROFILE_ARTIFACT, thresholds_note
+    cfg, version, took = stored
+    _, _, holdout, _ = trained
+    lm = registry.load('flights', version, cfg)
+    p = profile_path(cfg, 'flights', version)
+    kept = ReferenceProfile.load(p)
+    assert (kept.meta['stored'], kept.meta['holdout_rows'], kept.calibration.source) == ('registration', len(holdout), 'holdout')
+    assert kept.meta['importance_source'] == 'permutation on the holdout' and sum(v > 0 for v in kept.importance.values()) >= 3
+    assert PROFILE_ARTIFACT in [a.path for a in mlflow.MlflowClient(cfg.tracking_uri).list_artifacts(lm.run_id, 'mlprod')]
+    p.unlink()  # another machine of the team: the state folder is empty, the MLflow server is shared
+    again = stored_profile(lm, cfg)
+    assert again.importance == kept.importance and again.calibration == kept.calibration and again.meta == kept.meta
+    assert p.exists()  # copied to the state folder for the next run
+    mtime = p.stat().st_mtime_ns
+    used = reference_profile(lm, cfg)  # what monitor() reads: the stored profile, not a rebuilt one
+    assert used.calibration == kept.calibration and p.stat().st_mtime_ns == mtime
+    assert thresholds_note(used, cfg.model('flights').thresholds) == f"thresholds: calibrated on {len(holdout)} holdout rows (profile stored at registration)"
+    print(f"\nregistration with the profile built on {len(holdout):,} holdout rows took {took:.1f} s")
+
+
+def test_monitor_job_stays_within_its_measured_time(stored, flights):
+    "A monitor run with the stored profile costs about the pure evaluation of the window, far from a run that builds the profile."
+    from mlprod.monitor import (load_window, evaluate_window, reference_profile, build_reference_profile, window_drift, scored_rows,
+                                profile_path)
+    cfg, version, _ = stored
+    th, week = cfg.model('flights').thresholds, month(flights, 3).drop(columns='delayed')
+    lm = registry.load('flights', version, cfg)
+    w = load_window('flights', '2013-03-01', '2013-04-01', cfg=cfg, data=week, version=version)
+    prof = reference_profile(lm, cfg)
+    mtime = profile_path(cfg, 'flights', version).stat().st_mtime_ns
+    t = time.perf_counter(); rows = scored_rows(w, lm, lm.reference()); window_drift(prof, rows, th); t_drift = time.perf_counter() - t
+    evaluate_window(w, lm, prof, th, metric='roc_auc', reference=lm.reference())  # warm: imports, the domain classifier's first fit
+    t = time.perf_counter(); evaluate_window(w, lm, prof, th, metric='roc_auc', reference=lm.reference()); t_eval = time.perf_counter() - t
+    t = time.perf_counter(); build_reference_profile(lm, thresholds=th); t_build = time.perf_counter() - t  # what a run without it would add
+    t = time.perf_counter()
+    r = monitor('flights', '2013-03-01', '2013-04-01', cfg=cfg, data=week, version=version, log_to_mlflow=False, record=False, alerts=False)
+    t_job = time.perf_counter() - t
+    print(f"\nMarch ({len(week):,} rows): scoring + drift {t_drift:.2f} s, evaluate_window {t_eval:.2f} s, monitor() with the stored "
+          f"profile {t_job:.2f} s ({t_job / t_eval:.2f}x the evaluation); building the profile again would add {t_build:.2f} s")
+    assert profile_path(cfg, 'flights', version).stat().st_mtime_ns == mtime  # read, not rebuilt
+    assert 'holdout rows (profile stored at registration)' in r['drift:share'].message
+    assert t_job <= 1.5 * t_eval + 0.5 * t_build, (t_job, t_eval, t_build)
