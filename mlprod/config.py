@@ -346,6 +346,13 @@ drift_mode = "calibrated"                # drift thresholds measured on the vers
 false_alarm_fail = 0.01                  # share of in-distribution windows allowed to fail a drift check
 false_alarm_warning = 0.05               # ... and to warn
 importance_floor = 0.02                  # drift in a column below this importance share never fails on its own
+calibration_draws = 200                  # chunks drawn per window size when the thresholds are measured (profile stored at registration)
+domain_false_alarm = 0.01                # drift:multivariate: false-alarm rate per window its domain-classifier AUC threshold is set for
+domain_auc_fail = 0.0                    # drift:multivariate: AUC above which it fails; 0 = it only warns (performance decides)
+domain_max_rows = 5000                   # drift:multivariate: rows per side the classifier reads (1-4 s per window on flights)
+since_last_share = 0.3                   # drift:since_last_window: share of columns drifted since the previous window that warns
+max_error_increase = 0.2                 # regression, estimated:rmse (DLE): an estimate this share above the holdout's RMSE fails
+max_estimate_error = 0.1                 # regression, estimated:rmse: estimated/realized gap on holdout chunks above which it is not trusted
 drift_statistic = 0.1                    # drift_mode = "fixed": Evidently's per-column limit
 drift_share_warning = 0.3                # drift_mode = "fixed": shares of drifted columns that warn / fail
 drift_share_fail = 0.5
