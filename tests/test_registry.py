@@ -181,7 +181,11 @@ def test_acceptance_scenario(trained, backend, capsys):
     from mlprod.config import reset_config; reset_config()
     assert 'registered' in run('register', name, '--model-uri', uris[0], '--train-data', root/'train.parquet',
                                '--window', '2013-01-01', '2013-01-15', '--metrics', '{"roc_auc": 0.70}')
-    assert 'version 2' in run('register', name, '--model-uri', uris[1], '--train-data', root/'train.parquet')
+    t['hold'].to_parquet(root/'hold.parquet')  # labelled rows v2 did not train on: its monitoring profile is built from them now
+    assert 'version 2' in run('register', name, '--model-uri', uris[1], '--train-data', root/'train.parquet', '--holdout-data', root/'hold.parquet')
+    from mlprod.monitor import stored_profile
+    prof = stored_profile(registry.load(name, '2', b['cfg']), b['cfg'])
+    assert (prof.meta['stored'], prof.meta['holdout_rows'], prof.calibration.source) == ('registration', len(t['hold']), 'holdout')
     run('models')
     run('deploy', name, 1)
     t0 = time.perf_counter(); run('promote', name, 1, '--to', 'production', '--reason', 'first model'); first = time.perf_counter() - t0
