@@ -508,7 +508,10 @@ def store_profile(model, # a registered `mlprod.registry.LoadedModel`
         with tempfile.TemporaryDirectory() as d:
             shutil.copyfile(p, Path(d)/Path(PROFILE_ARTIFACT).name)
             mlflow.MlflowClient(model.tracking_uri).log_artifact(model.run_id, str(Path(d)/Path(PROFILE_ARTIFACT).name), str(Path(PROFILE_ARTIFACT).parent))
-    if model.task == 'regression': stored_errors(model, cfg, holdout, rebuild=True)
+    if model.task == 'regression':  # DLE's error model needs 40 labelled rows; fewer: the monitor fits it on the snapshot, marked untrusted
+        n_lab = 0 if holdout is None else int(pd.to_numeric(holdout[model.target], errors='coerce').notna().sum())
+        if n_lab >= 40: stored_errors(model, cfg, holdout, rebuild=True)
+        else: log.warning('%s version %s: error model not fitted at %s: %d labelled holdout rows (40 needed)', model.name, model.version, when, n_lab)
     log.info('%s version %s: profile stored at %s (%s)', model.name, model.version, when, thresholds_note(prof, th))
     return prof
 
