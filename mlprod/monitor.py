@@ -401,10 +401,15 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
                       reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
                       thresholds:Thresholds=Thresholds(), # false_alarm_fail/warning, importance_floor, calibration_draws
                       seed:int=0,
-                      time_column:str|None=None, # a time column of the holdout: chunks are contiguous blocks in its order (default: random rows)
+                      time_column:str|None=None, # a time column of the holdout: chunks are contiguous blocks in its order (default: the version's, when `calibration_chunks='time'`)
                      ) -> ReferenceProfile:
     "`profile` with drift thresholds (data-set score, prediction, estimate: one budget) measured on the holdout (else a split of the training snapshot)."
     th, feats = validate_thresholds(thresholds), [c for c in profile.names if c != PREDICTION]
+    if time_column is None and th.calibration_chunks == 'time':
+        time_column = getattr(model, 'time_column', None)
+        if not time_column or holdout is None or time_column not in holdout.columns:
+            raise ConfigError('thresholds.calibration_chunks', 'time', "'random', or a holdout holding the version's time column "
+                              f"{time_column!r}", 'give calibrate_profile a holdout with it, or time_column=')
     if holdout is not None and len(holdout) >= 20: rows, against, source = holdout, profile, 'holdout'
     else:
         ref = model.reference() if reference is None else reference

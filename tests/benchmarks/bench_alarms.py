@@ -26,6 +26,7 @@ import dataclasses, json, time
 import numpy as np, pandas as pd
 
 SIZES, N_WINDOWS, POWER_SIZE = (200, 1_000, 10_000), 200, 1_000
+DOMAIN_SIZES, N_DOMAIN = (200, 1_000), 200
 HARM_DROP, COSTLY, CHEAP = 0.03, 0.02, 0.005
 
 
@@ -60,7 +61,7 @@ def _verdicts(model, prof, th, cal, baseline, window, feats):
     from mlprod.core import Status
     drift, pdrift = M.window_drift(prof, window, th)
     checks = M.drift_checks(drift, th, pdrift)
-    checks += [M.estimate_check(window[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=100)]
+    checks += [M.estimate_check(window[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=100, drift_calibration=prof.calibration)]
     checks, driver, _ = M.decide_verdict(checks)
     ev = detect_drift(prof, window, columns=feats)
     return Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction')), \
@@ -161,24 +162,47 @@ def test_alarm_quality(flights):
     print(f"power (shifts costing >= {COSTLY} AUC): mlprod {_rate(power):.1%}, Evidently {_rate(power_ev):.1%}; "
           f"unimportant shifts (< {CHEAP} AUC) failed: mlprod {_rate(quiet):.1%} (goal <= 5%), Evidently {_rate(quiet_ev):.1%}")
 
+    # the domain classifier (drift:multivariate, WARNING only): its threshold from reference splits (without a holdout) or holdout windows
+    from mlprod.signals import domain_auc, domain_null
+    cats, dth = [c for c in feats if c in model.categorical], {}
+    print(f"\nDomain classifier on in-distribution windows (half B, {N_DOMAIN} windows per size; threshold at "
+          f"{th.domain_false_alarm:.0%} from 4 reference splits, or from 4 windows of half A against the training rows)")
+    print(f"{'rows':>7} | {'AUC median':>10} | {'threshold (splits)':>18} {'drifted':>7} | {'threshold (holdout)':>19} {'drifted':>7} | {'s/window':>8}")
+    for n in DOMAIN_SIZES:
+        nulls = [domain_null(train, n, feats, cats, th.domain_false_alarm, max_rows=th.domain_max_rows, holdout=h) for h in (None, A)]
+        dth[n] = nulls[1].threshold
+        t = time.perf_counter()
+        aucs = np.array([domain_auc(train, w, feats, cats, th.domain_max_rows)[0] for w in _windows(B, n, N_DOMAIN, 100 + n)])
+        per = (time.perf_counter() - t) / N_DOMAIN
+        fa_dom = [_rate(aucs > nl.threshold) for nl in nulls]
+        print(f"{n:>7} | {np.median(aucs):>10.3f} | {nulls[0].threshold:>18.3f} {fa_dom[0]:>7.1%} | {nulls[1].threshold:>19.3f} {fa_dom[1]:>7.1%} | {per:>8.2f}")
+
     # the 2013 replay
-    print(f"\nReplay of 2013, label-free (drift + estimate); harmed = AUC >= {HARM_DROP} below the holdout's {baseline:.3f}")
-    print(f"{'month':<6} {'rows':>6} {'AUC':>6} {'drop':>6} {'harmed':>6} | {'score':>6} {'fails at':>8} {'estimate':>8} {'mlprod':>7} {'driver':<10} | {'Evidently':>9}")
+    print(f"\nReplay of 2013, label-free (drift + prediction + estimate); harmed = AUC >= {HARM_DROP} below the holdout's {baseline:.3f}")
+    print("score: importance-weighted drift score (warns/fails at); pred: prediction drift in times its limit; domain: classifier AUC "
+          "(its holdout-window threshold); estimate: CBPE and its drop below the estimate on half A (warns/fails beyond)")
+    print(f"{'month':<5} {'rows':>6} {'AUC':>6} {'drop':>6} {'harm':>5} | {'score':>5} {'warn/fail':>9} | {'pred':>5} | {'domain':>6} {'(thr)':>6} | "
+          f"{'estimate':>8} {'drop':>6} {'warn/fail':>11} | {'mlprod':>7} {'driver':<16} | {'Evidently':>9}")
     t = flights['time_hour']; rows = []
+    from sklearn.metrics import roc_auc_score
+    null_month = domain_null(train, 27_000, feats, cats, th.domain_false_alarm, max_rows=th.domain_max_rows, holdout=A)
     for m in range(3, 13):
         lo, hi = pd.Timestamp(f'2013-{m:02d}-01', tz='UTC'), pd.Timestamp(f'2014-01-01' if m == 12 else f'2013-{m + 1:02d}-01', tz='UTC')
         month = _scored(model, flights[(t >= lo) & (t < hi)].reset_index(drop=True))
-        from sklearn.metrics import roc_auc_score
         auc = roc_auc_score(month[model.target], month[M.PREDICTION])
         drift, pdrift = M.window_drift(prof, month, th)
-        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50)
+        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=prof.calibration)
         checks, driver, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])
         verdict = Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction'))
+        dom = domain_auc(train, month, feats, cats, th.domain_max_rows)[0]
         ev = detect_drift(prof, month, columns=feats).dataset_drift
         harmed = baseline - auc >= HARM_DROP
         rows.append((harmed, verdict == Status.FAIL, ev))
-        print(f"{lo:%b}   {len(month):>6} {auc:>6.3f} {baseline - auc:>6.3f} {str(harmed):>6} | {drift.score:>6.2f} {drift.score_fail:>8.2f} "
-              f"{est.observed:>8.3f} {verdict.value:>7} {driver:<10} | {'FAIL' if ev else 'ok':>9}")
+        d = est.details
+        print(f"{lo:%b}   {len(month):>6} {auc:>6.3f} {baseline - auc:>6.3f} {'yes' if harmed else 'no':>5} | {drift.score:>5.2f} "
+              f"{drift.score_warning:>4.2f}/{drift.score_fail:<4.2f} | {pdrift.ratio:>5.2f} | {dom:>6.3f} {null_month.threshold:>6.3f} | "
+              f"{est.observed:>8.3f} {d['reference_estimate'] - est.observed:>6.3f} {d['drop_warning']:>5.3f}/{d['drop_fail']:<5.3f} | "
+              f"{verdict.value:>7} {driver:<16} | {'FAIL' if ev else 'ok':>9}")
     def pr(k):
         tp = sum(h and a[k] for h, *a in rows); alarms = sum(a[k] for _, *a in rows); harmed = sum(h for h, *_ in rows)
         return (tp / alarms if alarms else float('nan')), (tp / harmed if harmed else float('nan'))
