@@ -44,8 +44,9 @@ def test_monitor_regression_signals(hotel):
     assert 'drift:multivariate' in names and 'estimated:rmse' in names and 'drift:since_last_window' not in names
     est = dec['estimated:rmse']
     assert est.details['trusted'], est.message
-    # realized RMSE of December is 58.7 against 29.4 on the holdout: the estimate (≈ 36) is above the 20% limit
-    assert est.status == Status.FAIL and est.observed > 1.2 * est.details['baseline'], est.message
+    # realized RMSE of December is 58.7 against 29.4 on the holdout: the estimate (≈ 36) is above the 20% limit; the labels arrived, so
+    # realized performance decides and the estimate is set aside with the FAIL it gave
+    assert est.status == Status.SKIPPED and est.details['status_set_aside'] == 'FAIL' and est.observed > 1.2 * est.details['baseline'], est.message
     assert dec['drift:multivariate'].status == Status.WARNING and dec.figures['domain_auc'] > 0.9
     since = dec['drift:since_last_window']
     assert since.details['n_previous'] == nov.figures['rows'], since.message
