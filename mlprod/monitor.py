@@ -33,8 +33,8 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'ESTIMATE_SIGNAL', 'PREDICTION', 'SOURC
            'performance_chart', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
            'read_source_window', 'window_labels', 'batch_window_rows', 'read_batch_window', 'load_window',
            'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks', 'report_samples',
-           'traffic_seconds', 'output_unchanged', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows',
-           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows', 'monitor',
+           'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -1070,25 +1070,17 @@ VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels
                    ('drift:share', 'drift', 'drift in the features the model uses'), ('drift:prediction', 'prediction_drift', 'prediction drift'),
                    ('drift:', 'column_drift', 'drift in single columns'), ('', 'other', 'another check')) # prefix, driver, words
 
-def output_unchanged(checks:Sequence[Check], # every check of a window
-                    ) -> bool:
-    "Whether the model's output shows no change: `drift:prediction` measured and passing, and every estimate that ran passing."
-    pred = next((c for c in checks if c.name == 'drift:prediction'), None)
-    return pred is not None and pred.status == Status.SUCCESS and all(c.status == Status.SUCCESS for c in checks
-                                                                      if c.name.startswith('estimated:') and c.status != Status.SKIPPED)
-
 def decide_verdict(checks:Sequence[Check], # every check of a window
                   ) -> tuple:
-    "(checks, driver, reason): labels decide (the estimate set aside, failed drift lowered to WARNING); without them, drift the output does not show only warns."
+    "(checks, driver, reason): realized performance with a verdict sets the estimate aside and lowers failed drift checks to WARNING; the signal behind the worst status."
     decided = next((c for c in checks if c.name.startswith('performance:') and c.name != 'performance:label_coverage'
                     and c.status in (Status.SUCCESS, Status.FAIL)), None)
-    why = (f"realized performance decides: {decided.name} {decided.status.value}" if decided is not None else
-           'the prediction and the estimate stayed within their limits: drift the model\'s output does not show' if output_unchanged(checks) else '')
-    if why:
+    if decided is not None:
+        why = f"realized performance decides: {decided.name} {decided.status.value}"
         checks = [dataclasses.replace(c, status=Status.WARNING, message=f"{c.message} ({why}; drift explains)") if c.name.startswith('drift:') and c.status == Status.FAIL
                   else dataclasses.replace(c, status=Status.SKIPPED, message=f"{c.message} (set aside, was {c.status.value}: {why} on the labels)",
                                            details=dict(c.details or {}, status_set_aside=c.status.value))
-                  if decided is not None and c.name.startswith('estimated:') and c.status != Status.SKIPPED else c for c in checks]
+                  if c.name.startswith('estimated:') and c.status != Status.SKIPPED else c for c in checks]
     worst = Status.worst(c.status for c in checks)
     if worst in (Status.SUCCESS, Status.SKIPPED):
         return list(checks), 'none', 'SUCCESS: every check passed' + (f", {decided.name} included" if decided is not None else '') + '.'
