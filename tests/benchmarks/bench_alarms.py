@@ -30,7 +30,7 @@ hundreds of windows.
 - Calibration chunks: bootstrap rows (default) against contiguous time blocks of half A
   (`thresholds.calibration_chunks = 'time'`), judged on random and on contiguous windows of half B, power and replay.
 
-Run with `make bench` or `pytest tests/benchmarks/bench_alarms.py -s -o python_files='bench_*.py'` (~7-9 minutes on 2 busy cores).
+Run with `make bench` or `pytest tests/benchmarks/bench_alarms.py -s -o python_files='bench_*.py'` (6-11 minutes on 2 busy cores: the domain classifier's 400 windows take half).
 Prints the figures; asserts only what must hold whatever the goals (reproducible thresholds, sane figures)."""
 import dataclasses, json, time
 
