@@ -24,7 +24,7 @@ __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_colum
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
            'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
            'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift']
+           'score_local', 'parquet_drift', 'WindowProfile']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -558,3 +558,64 @@ def parquet_drift(profile, # a `mlprod.drift.ReferenceProfile` (e.g. the cached 
         del col
     k = sum(r.drifted for r in rows); share = k / len(rows) if rows else 0.0
     return DriftResult(tuple(rows), k, share, float(drift_share), bool(share >= drift_share), profile.n_rows, n or 0)
+
+# %% ../nbs/05e_batch.ipynb #c96f481a
+class WindowProfile:
+    "Exact value counts of the columns of a reference profile, accumulated chunk by chunk (`add`), as a `ReferenceProfile` (`profile`)."
+    def __init__(self, reference, # the `mlprod.drift.ReferenceProfile` whose columns (and their kinds) to count
+                 columns:Sequence[str]|None=None, # count only these columns of `reference`
+                 merge_every:int=8): # chunks between merges of the partial counts
+        self.kinds = {c: reference[c].kind for c in (reference.names if columns is None else columns)}
+        self.parts, self.n_missing = {c: [] for c in self.kinds}, dict.fromkeys(self.kinds, 0)
+        self.integer, self.n_rows, self.merge_every = dict.fromkeys(self.kinds, True), 0, merge_every
+        self.cats = {c: {} for c, k in self.kinds.items() if k != 'numerical'}
+
+# %% ../nbs/05e_batch.ipynb #47233041
+@patch
+def add(self:WindowProfile, chunk:pd.DataFrame): # rows holding every counted column
+    "Count the values of `chunk`."
+    from mlprod.core import DataError
+    missing = [c for c in self.kinds if c not in chunk.columns]
+    if missing: raise DataError(f"current: got no column(s) {missing}; allowed: a frame with every profiled column {list(self.kinds)}")
+    for c, kind in self.kinds.items():
+        s = chunk[c]
+        if kind == 'numerical':
+            if not (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)):
+                raise DataError(f"current column {c!r}: got dtype {s.dtype}; allowed: numbers for a numerical column")
+            a = s.to_numpy(dtype=np.float64, na_value=np.nan); a = a[np.isfinite(a)]
+            self.integer[c] &= pd.api.types.is_integer_dtype(s)
+            self.parts[c].append(np.unique(a, return_counts=True)); self.n_missing[c] += len(s) - len(a)
+            if len(self.parts[c]) >= self.merge_every: self.parts[c] = [_merged(self.parts[c])]
+            continue
+        if pd.api.types.is_float_dtype(s): s = s.replace([-np.inf, np.inf], np.nan)  # as `mlprod.drift` counts categories
+        vc, seen = s.value_counts(dropna=True, sort=False), self.cats[c]
+        for k, v in zip(vc.index.astype(object).tolist(), vc.to_numpy().tolist()):
+            if v: seen[k] = seen.get(k, 0) + v
+        self.n_missing[c] += len(s) - int(vc.sum())
+    self.n_rows += len(chunk)
+
+def _merged(parts:list) -> tuple:
+    "(sorted distinct values, counts) of several (values, counts) pairs."
+    if len(parts) == 1: return parts[0]
+    values, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+    return values, np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(values)).astype(np.int64)
+
+# %% ../nbs/05e_batch.ipynb #a49d012d
+@patch
+def profile(self:WindowProfile, meta:dict|None=None) -> 'ReferenceProfile':
+    "The `ReferenceProfile` of the rows added so far (columns in the reference's order)."
+    from mlprod.drift import ReferenceProfile, ColumnProfile
+    cols = []
+    for c, kind in self.kinds.items():
+        if kind == 'numerical':
+            values, counts = _merged(self.parts[c]) if self.parts[c] else (np.zeros(0), np.zeros(0, np.int64))
+            self.parts[c] = [(values, counts)] if len(values) else []
+            n = counts.sum()
+            mean = float(values @ counts / n) if n else math.nan
+            std = math.sqrt(float(((values - mean) ** 2) @ counts / n)) if n else math.nan
+            cols.append(ColumnProfile(c, kind, values, counts, self.n_missing[c], std, self.integer[c]))
+        else:
+            seen = self.cats[c]
+            cols.append(ColumnProfile(c, kind, np.array(list(seen) + [None], dtype=object)[:-1], np.array(list(seen.values()), dtype=np.int64),
+                                      self.n_missing[c]))
+    return ReferenceProfile(tuple(cols), self.n_rows, {}, dict(meta or {}))
