@@ -357,7 +357,7 @@ def input_columns(path) -> list:
 
 # %% ../nbs/05e_batch.ipynb #d8798647
 def coerce_numeric(values:pd.Series) -> pd.Series:
-    "Text read from a CSV as numbers: parsable values as float64, empty ones missing, anything else kept as text (to be rejected)."
+    "Text as numbers (a CSV column, or a Parquet column stored as text): parsable values as float64, empty ones missing, anything else kept as text (to be rejected)."
     if values.dtype.kind in 'fiub': return values
     num = pd.to_numeric(values, errors='coerce')
     text = values.astype(object)
@@ -379,7 +379,7 @@ def _parquet_batches(d, cols:list, chunk_rows:int, categorical:list):
 
 def input_batches(path, # Parquet file or folder, or CSV file
                   columns:Sequence[str], # the columns to read (those the input lacks are left out)
-                  numeric:Sequence[str]=(), # CSV: columns to convert to numbers (`coerce_numeric`)
+                  numeric:Sequence[str]=(), # columns to convert to numbers where they hold text (`coerce_numeric`; CSV and Parquet alike)
                   chunk_rows:int=100_000, # rows per chunk at most
                   categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded, as pandas categoricals
     "(total rows or None when unknown, iterator of DataFrames indexed by input row number); at most a few chunks read ahead."
@@ -403,7 +403,7 @@ def input_batches(path, # Parquet file or folder, or CSV file
                 df = part.to_pandas()
                 df.index = pd.RangeIndex(start, start + len(df)); start += len(df)
                 for c in numeric:
-                    if c in df.columns and total is None: df[c] = coerce_numeric(df[c])
+                    if c in df.columns: df[c] = coerce_numeric(df[c])  # CSV text, or a Parquet text column: each value on its own
                 yield df
     return total, chunks()
 
