@@ -252,3 +252,28 @@ def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_p
     assert cs.keys() == cm.keys() and all(cs[k][0] == cm[k][0] and cs[k][1] == pytest.approx(cm[k][1], abs=1e-9) for k in cs), (cs, cm)
     assert any('uniform random sample of 3,000 rows' in n for n in small.notes), small.notes
     assert len(small.samples['current']) <= 3000 and small['estimated:roc_auc'].details['n'] == 3000
+
+
+def test_streamed_monitor_leaves_out_rejected_rows_and_refuses_unpaired_output(proj, flights, tmp_path):
+    "Rows scoring rejected are left out of the streamed window by row number (as the in-memory join leaves them out); an output not in input order is refused with the next step."
+    from mlprod.score import score
+    from mlprod.monitor import monitor, load_window
+    from mlprod.batch import BatchError
+    cfg, model = proj
+    d = flight_rows(flights, '2013-10-07', '2013-10-09')
+    d = d.astype({'distance': 'float64'}); d.loc[[5, 6, 400], 'distance'] = np.inf  # refused by the contract
+    d.to_parquet(tmp_path/'oct.parquet', row_group_size=300)
+    r = score('flights', tmp_path/'oct.parquet', tmp_path/'oct.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg,
+              chunk_rows=250)
+    assert (r.n_rejected, r.n_scored) == (3, len(d) - 3)
+    kw = dict(cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
+    streamed = monitor('flights', '2013-10-07', '2013-10-09', source='batch', **kw)
+    w = load_window('flights', '2013-10-07', '2013-10-09', cfg=cfg, source='batch')
+    memory = monitor('flights', '2013-10-07', '2013-10-09', window=w, **kw)
+    assert streamed.figures['rows'] == len(w) == len(d) - 3
+    assert [(c.name, c.status) for c in streamed.checks.checks] == [(c.name, c.status) for c in memory.checks.checks]
+    np.testing.assert_allclose([c.statistic for c in streamed.drift.columns], [c.statistic for c in memory.drift.columns], rtol=0, atol=1e-9)
+    out = pd.read_parquet(r.output)
+    out.iloc[::-1].to_parquet(r.output)  # the same rows, another order
+    with pytest.raises(BatchError, match='do not pair'):
+        monitor('flights', '2013-10-07', '2013-10-09', source='batch', **kw)
