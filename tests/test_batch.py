@@ -212,25 +212,25 @@ def test_parquet_text_in_numeric_column_is_coerced_like_csv(proj, flights, tmp_p
 
 
 def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_path):
-    "March 2013 scored by the local engine, half labelled: the streamed monitor gives the in-memory verdicts and drift figures (1e-9)."
+    "November 2013 scored by the local engine, half labelled: the streamed monitor gives the in-memory verdicts and drift figures (1e-9)."
     from mlprod.score import score
     from mlprod.monitor import monitor, monitor_batch, load_window
     from mlprod.requestlog import ingest_labels
     cfg, model = proj
-    mar = flight_rows(flights, '2013-03-01', '2013-04-01')
-    mar.to_parquet(tmp_path/'march.parquet', row_group_size=20_000)
-    r = score('flights', tmp_path/'march.parquet', tmp_path/'march.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
-    lab = mar.iloc[::2]
-    pd.DataFrame({'request_id': lab['flight_id'].astype(str), 'label': lab['delayed']}).to_csv(tmp_path/'mar_labels.csv', index=False)
-    ingest_labels(tmp_path/'mar_labels.csv', cfg=cfg)
+    nov = flight_rows(flights, '2013-11-01', '2013-12-01')
+    nov.to_parquet(tmp_path/'nov.parquet', row_group_size=20_000)
+    r = score('flights', tmp_path/'nov.parquet', tmp_path/'nov.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
+    lab = nov.iloc[::2]
+    pd.DataFrame({'request_id': lab['flight_id'].astype(str), 'label': lab['delayed']}).to_csv(tmp_path/'nov_labels.csv', index=False)
+    ingest_labels(tmp_path/'nov_labels.csv', cfg=cfg)
     kw = dict(cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
     t0 = time.perf_counter()
-    streamed = monitor('flights', '2013-03-01', '2013-04-01', source='batch', **kw)
+    streamed = monitor('flights', '2013-11-01', '2013-12-01', source='batch', **kw)
     t1 = time.perf_counter()
-    memory = monitor('flights', '2013-03-01', '2013-04-01', window=load_window('flights', '2013-03-01', '2013-04-01', cfg=cfg, source='batch'), **kw)
+    memory = monitor('flights', '2013-11-01', '2013-12-01', window=load_window('flights', '2013-11-01', '2013-12-01', cfg=cfg, source='batch'), **kw)
     t2 = time.perf_counter()
-    print(f"\nMarch 2013, {len(mar):,} rows: streamed monitor {t1 - t0:.1f} s, in memory {t2 - t1:.1f} s")
-    assert streamed.figures['rows'] == memory.figures['rows'] == r.n_scored == len(mar)
+    print(f"\nNovember 2013, {len(nov):,} rows: streamed monitor {t1 - t0:.1f} s, in memory {t2 - t1:.1f} s")
+    assert streamed.figures['rows'] == memory.figures['rows'] == r.n_scored == len(nov)
     s, m = {c.name: c for c in streamed.checks.checks}, {c.name: c for c in memory.checks.checks}
     assert list(s) == list(m) and len(s) > 15, (list(s), list(m))
     for n in s:
@@ -243,9 +243,9 @@ def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_p
     for k in ('drift_share', 'drift_score', 'prediction_drift', 'unseen_share', 'label_coverage', 'realized_metric', 'estimated_roc_auc'):
         assert streamed.figures[k] == pytest.approx(memory.figures[k], abs=1e-9), k
     assert streamed.figures['verdict_reason'] == memory.figures['verdict_reason']
-    assert streamed.figures['label_coverage'] == pytest.approx(len(lab) / len(mar))
+    assert streamed.figures['label_coverage'] == pytest.approx(len(lab) / len(nov))
     # a sample smaller than the window: the counted checks are the same, the rest is on the sample, and the notes say so
-    small = monitor_batch('flights', '2013-03-01', '2013-04-01', cfg=cfg, max_rows=3000, chunk_rows=7000)
+    small = monitor_batch('flights', '2013-11-01', '2013-12-01', cfg=cfg, max_rows=3000, chunk_rows=7000)
     counted = lambda res: {c.name: (c.status, c.observed) for c in res.checks.checks
                            if c.name.startswith(('data_quality:', 'drift:', 'performance:')) and c.name != 'drift:multivariate'}
     cs, cm = counted(small), counted(memory)
