@@ -989,9 +989,11 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
     checks += drift_checks(drift, th, pdrift)
     figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
-    if len(s.sample) < n:
+    if len(s.sample) < n:  # the sample's missing shares are not the window's: the counted ones go with the figures
+        figures['missing_shares'] = {c.name: c.n_missing / n for c in s.profile.columns if c.name != PREDICTION}
         notes.append(f"the window's {n:,} rows were read in chunks: data quality, drift and realized performance cover every row; the "
-                     f"label-free estimate, the multivariate signals and the report's charts use a uniform random sample of {len(s.sample):,} rows")
+                     f"label-free estimate, the multivariate signals and the report's charts use a uniform random sample of {len(s.sample):,} rows "
+                     "(the missing shares of every row are in the figures, `missing_shares`)")
     cal = window_calibration(model, profile, holdout, None, th.min_rows, ref)
     metric = metric or 'roc_auc'
     train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None

@@ -227,7 +227,8 @@ def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_p
     t0 = time.perf_counter()
     streamed = monitor('flights', '2013-11-01', '2013-12-01', source='batch', **kw)
     t1 = time.perf_counter()
-    memory = monitor('flights', '2013-11-01', '2013-12-01', window=load_window('flights', '2013-11-01', '2013-12-01', cfg=cfg, source='batch'), **kw)
+    w = load_window('flights', '2013-11-01', '2013-12-01', cfg=cfg, source='batch')
+    memory = monitor('flights', '2013-11-01', '2013-12-01', window=w, **kw)
     t2 = time.perf_counter()
     print(f"\nNovember 2013, {len(nov):,} rows: streamed monitor {t1 - t0:.1f} s, in memory {t2 - t1:.1f} s")
     assert streamed.figures['rows'] == memory.figures['rows'] == r.n_scored == len(nov)
@@ -251,6 +252,8 @@ def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_p
     cs, cm = counted(small), counted(memory)
     assert cs.keys() == cm.keys() and all(cs[k][0] == cm[k][0] and cs[k][1] == pytest.approx(cm[k][1], abs=1e-9) for k in cs), (cs, cm)
     assert any('uniform random sample of 3,000 rows' in n for n in small.notes), small.notes
+    shares = small.figures['missing_shares']
+    assert shares == pytest.approx({c: float(w.rows[c].isna().mean()) for c in shares}, abs=1e-12) and max(shares.values()) > 0, shares
     assert len(small.samples['current']) <= 3000 and small['estimated:roc_auc'].details['n'] == 3000
 
 
