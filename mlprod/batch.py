@@ -24,7 +24,7 @@ __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_colum
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
            'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
            'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift', 'WindowProfile']
+           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -564,10 +564,12 @@ class WindowProfile:
     "Exact value counts of the columns of a reference profile, accumulated chunk by chunk (`add`), as a `ReferenceProfile` (`profile`)."
     def __init__(self, reference, # the `mlprod.drift.ReferenceProfile` whose columns (and their kinds) to count
                  columns:Sequence[str]|None=None, # count only these columns of `reference`
-                 merge_every:int=8): # chunks between merges of the partial counts
+                 merge_every:int=8, # chunks between merges of the partial counts
+                 max_values:int|None=1_000_000): # distinct values kept per numerical column; past it values are rounded (`rounded`)
         self.kinds = {c: reference[c].kind for c in (reference.names if columns is None else columns)}
         self.parts, self.n_missing = {c: [] for c in self.kinds}, dict.fromkeys(self.kinds, 0)
-        self.integer, self.n_rows, self.merge_every = dict.fromkeys(self.kinds, True), 0, merge_every
+        self.integer, self.n_rows, self.merge_every, self.max_values = dict.fromkeys(self.kinds, True), 0, merge_every, max_values
+        self.rounded = {} # numerical column -> significant digits its values were rounded to (more than `max_values` distinct)
         self.cats = {c: {} for c, k in self.kinds.items() if k != 'numerical'}
 
 # %% ../nbs/05e_batch.ipynb #47233041
@@ -584,8 +586,9 @@ def add(self:WindowProfile, chunk:pd.DataFrame): # rows holding every counted co
                 raise DataError(f"current column {c!r}: got dtype {s.dtype}; allowed: numbers for a numerical column")
             a = s.to_numpy(dtype=np.float64, na_value=np.nan); a = a[np.isfinite(a)]
             self.integer[c] &= pd.api.types.is_integer_dtype(s)
+            if c in self.rounded: a = round_significant(a, self.rounded[c])
             self.parts[c].append(np.unique(a, return_counts=True)); self.n_missing[c] += len(s) - len(a)
-            if len(self.parts[c]) >= self.merge_every: self.parts[c] = [_merged(self.parts[c])]
+            if len(self.parts[c]) >= self.merge_every: self.parts[c] = [self._bounded(c, _merged(self.parts[c]))]
             continue
         if pd.api.types.is_float_dtype(s): s = s.replace([-np.inf, np.inf], np.nan)  # as `mlprod.drift` counts categories
         vc, seen = s.value_counts(dropna=True, sort=False), self.cats[c]
@@ -600,6 +603,25 @@ def _merged(parts:list) -> tuple:
     values, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
     return values, np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(values)).astype(np.int64)
 
+# %% ../nbs/05e_batch.ipynb #36b4a21a
+def round_significant(a:np.ndarray, # finite float64 values
+                      digits:int) -> np.ndarray: # significant digits kept
+    "`a` rounded to `digits` significant digits (zeros stay zeros)."
+    e = np.floor(np.log10(np.abs(np.where(a == 0, 1.0, a))))
+    scale = 10.0 ** (digits - 1 - e)
+    return np.round(a * scale) / scale
+
+@patch
+def _bounded(self:WindowProfile, column:str, vc:tuple) -> tuple:
+    "(values, counts) of `column`, rounded to fewer significant digits while they hold more than `max_values` distinct values."
+    values, counts = vc
+    while self.max_values and len(values) > self.max_values and self.rounded.get(column, 7) > 2:
+        self.rounded[column] = d = self.rounded.get(column, 7) - 1
+        values, inv = np.unique(round_significant(values, d), return_inverse=True)
+        counts = np.bincount(inv, weights=counts, minlength=len(values)).astype(np.int64)
+        log.info('%s: more than %s distinct values; counted to %s significant digits', column, f"{self.max_values:,}", d)
+    return values, counts
+
 # %% ../nbs/05e_batch.ipynb #a49d012d
 @patch
 def profile(self:WindowProfile, meta:dict|None=None) -> 'ReferenceProfile':
@@ -608,7 +630,7 @@ def profile(self:WindowProfile, meta:dict|None=None) -> 'ReferenceProfile':
     cols = []
     for c, kind in self.kinds.items():
         if kind == 'numerical':
-            values, counts = _merged(self.parts[c]) if self.parts[c] else (np.zeros(0), np.zeros(0, np.int64))
+            values, counts = self._bounded(c, _merged(self.parts[c])) if self.parts[c] else (np.zeros(0), np.zeros(0, np.int64))
             self.parts[c] = [(values, counts)] if len(values) else []
             n = counts.sum()
             mean = float(values @ counts / n) if n else math.nan
@@ -618,4 +640,4 @@ def profile(self:WindowProfile, meta:dict|None=None) -> 'ReferenceProfile':
             seen = self.cats[c]
             cols.append(ColumnProfile(c, kind, np.array(list(seen) + [None], dtype=object)[:-1], np.array(list(seen.values()), dtype=np.int64),
                                       self.n_missing[c]))
-    return ReferenceProfile(tuple(cols), self.n_rows, {}, dict(meta or {}))
+    return ReferenceProfile(tuple(cols), self.n_rows, {}, dict(meta or {}, **({'rounded': dict(self.rounded)} if self.rounded else {})))

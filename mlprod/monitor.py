@@ -927,6 +927,7 @@ def stream_batch_window(cfg, # project config (database: runs and labels)
                         t0, t1, # the window [t0, t1), UTC
                         max_rows:int=100_000, # rows kept at most in the sample
                         chunk_rows:int=100_000, # rows per chunk
+                        max_values:int|None=1_000_000, # distinct values counted per numerical column before rounding (`mlprod.batch.WindowProfile`)
                         seed:int=0, alias:str|None=None) -> BatchSummary:
     "Read the window's rows of `runs` chunk by chunk into a `BatchSummary`: memory bounded by columns, distinct values and `max_rows`."
     from mlprod.batch import BatchError, WindowProfile, peak_mb, proba_column
@@ -934,7 +935,7 @@ def stream_batch_window(cfg, # project config (database: runs and labels)
     t0, t1 = to_utc(t0), to_utc(t1)
     feats, t = list(model.features), model.target
     probas = [proba_column(c) for c in model.classes] if model.task == 'multiclass' else []
-    wp, rng, labelled, sample, pos = WindowProfile(profile), np.random.default_rng(seed), [], None, 0
+    wp, rng, labelled, sample, pos = WindowProfile(profile, max_values=max_values), np.random.default_rng(seed), [], None, 0
     s = BatchSummary(model.name, str(model.version), alias, t0, t1, profile)
     for run in runs:
         idc, tc = run['id_column'], run['time_column'] or 'scored_at'
@@ -994,6 +995,9 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
         notes.append(f"the window's {n:,} rows were read in chunks: data quality, drift and realized performance cover every row; the "
                      f"label-free estimate, the multivariate signals and the report's charts use a uniform random sample of {len(s.sample):,} rows "
                      "(the missing shares of every row are in the figures, `missing_shares`)")
+    if s.profile.meta.get('rounded'):
+        notes.append('drift counted on rounded values of columns with more distinct values than the stream keeps: ' +
+                     ', '.join(f"{c} ({d} significant digits)" for c, d in s.profile.meta['rounded'].items()))
     cal = window_calibration(model, profile, holdout, None, th.min_rows, ref)
     metric = metric or 'roc_auc'
     train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
@@ -1018,6 +1022,7 @@ def monitor_batch(name:str, # model name from mlprod.toml
                   max_ece:float=0.05, sample_rows:int=5000, # as for `evaluate_window`
                   max_rows:int=100_000, # rows of the window kept at most (the sample)
                   chunk_rows:int=100_000, # rows read per chunk
+                  max_values:int|None=1_000_000, # distinct values counted per numerical column before rounding
                  ) -> MonitorResult:
     "The batch outputs of `name` over [start, end), streamed (`stream_batch_window`) and evaluated (`evaluate_batch_window`); not published."
     from mlprod import registry
@@ -1026,7 +1031,7 @@ def monitor_batch(name:str, # model name from mlprod.toml
     runs, v = batch_runs_in(cfg, name, t0, t1, version, alias)
     model, mc = registry.load(name, v, cfg), cfg.model(name)
     profile = reference_profile(model, cfg, holdout=holdout, thresholds=mc.thresholds)
-    s = stream_batch_window(cfg, model, profile, runs, t0, t1, max_rows, chunk_rows, alias=alias if version is None else None)
+    s = stream_batch_window(cfg, model, profile, runs, t0, t1, max_rows, chunk_rows, max_values, alias=alias if version is None else None)
     if not s.rows: raise NoDataError(name, t0, t1, 'batch')
     prev = previous_rows(Window(name, s.version, s.alias, t0, t1, 'batch', s.sample), model, cfg)
     return evaluate_batch_window(s, model, profile, mc.thresholds, metric=mc.metric, reference=model.reference(), holdout=holdout,

@@ -252,6 +252,9 @@ def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_p
     cs, cm = counted(small), counted(memory)
     assert cs.keys() == cm.keys() and all(cs[k][0] == cm[k][0] and cs[k][1] == pytest.approx(cm[k][1], abs=1e-9) for k in cs), (cs, cm)
     assert any('uniform random sample of 3,000 rows' in n for n in small.notes), small.notes
+    coarse = monitor_batch('flights', '2013-11-01', '2013-12-01', cfg=cfg, max_values=2000)  # more distinct scores than that: rounded, said so
+    assert any('prediction (' in n and 'significant digits' in n for n in coarse.notes), coarse.notes
+    assert coarse.prediction_drift.statistic == pytest.approx(memory.prediction_drift.statistic, abs=1e-3)
     shares = small.figures['missing_shares']
     assert shares == pytest.approx({c: float(w.rows[c].isna().mean()) for c in shares}, abs=1e-12) and max(shares.values()) > 0, shares
     assert len(small.samples['current']) <= 3000 and small['estimated:roc_auc'].details['n'] == 3000
