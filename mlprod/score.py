@@ -15,7 +15,8 @@ from .batch import BatchResult, BatchError, score_local
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENGINES', 'SPARK_EXTRA', 'spark_scorer', 'time_range', 'record_run', 'batch_runs', 'score', 'cmd_score']
+__all__ = ['log', 'ENGINES', 'SPARK_EXTRA', 'spark_scorer', 'time_range', 'record_run', 'batch_runs', 'score', 'reject_summary',
+           'cmd_score']
 
 # %% ../nbs/05g_score.ipynb #5c1cb694
 ENGINES = ('local', 'spark') # what `engine=` accepts
@@ -124,6 +125,17 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
     finally:
         if record: record_run(cfg.db_url, result, name=name, input=str(input), engine=engine, error=error)
 
+# %% ../nbs/05g_score.ipynb #f8b2c3d4
+def reject_summary(rejects_path, # the rejects Parquet of a run (`BatchResult.rejects_path`)
+                   top:int=3, # how many reasons
+                   width:int=240, # longest reason kept (longer ones end with '…')
+                  ) -> list: # [(rows, reason), ...]
+    "The most frequent reject reasons of a run with their row counts, most frequent first."
+    import pyarrow.parquet as pq
+    t = pq.read_table(str(rejects_path), columns=['reason']).group_by('reason').aggregate([('reason', 'count')])
+    counts = sorted(zip(t['reason_count'].to_pylist(), t['reason'].to_pylist()), key=lambda x: (-x[0], x[1] or ''))[:top]
+    return [(int(n), r if r is None or len(r) <= width else r[:width - 1] + '…') for n, r in counts]
+
 # %% ../nbs/05g_score.ipynb #18d82279
 def cmd_score(name:str, # registered model name
               *, input:str, # Parquet file or folder, or CSV file
@@ -145,7 +157,12 @@ def cmd_score(name:str, # registered model name
                   spark_master=spark_master, max_reject_share=max_reject_share, progress=not json, cfg=get_config(project))
     except BatchError as e:
         if getattr(e, 'result', None) is None: raise
-        print(to_json(e.result.to_dict(), indent=2) if json else f"failed: {e}")
+        print(to_json(e.result.to_dict(), indent=2) if json else f"failed: {e}" + _why_rejected(e.result))
         return 1
-    print(to_json(r.to_dict(), indent=2) if json else r.summary())
+    print(to_json(r.to_dict(), indent=2) if json else r.summary() + _why_rejected(r))
     return 0
+
+def _why_rejected(r:BatchResult) -> str:
+    "The top reject reasons of run `r`, as lines to print after its summary ('' when nothing was rejected)."
+    if not r.n_rejected or not r.rejects_path: return ''
+    return '\nrejected rows, by reason:' + ''.join(f"\n  {n:,} row(s): {why}" for n, why in reject_summary(r.rejects_path))
