@@ -488,3 +488,71 @@ def test_batch_multiclass_user_project(storms_batch):
         job = pd.read_parquet(flow.root / 'out' / 'job.parquet')
         flow.check('the job scored what the command scored', job.sort_values('row_id')[proba].reset_index(drop=True).equals(out.sort_values('row_id')[proba].reset_index(drop=True)))
     _assert_ok(flow)
+
+
+# --- breakages found on the batch path, in code other engineers own: each test states what a user expects ---
+XFAIL_RESCORED = ('mlprod.monitor.read_batch_window (batch window cells, 06_monitor): every successful run of the window is concatenated, '
+                  'so rows scored twice (a rerun, the job after a manual run) are counted twice; the latest run per id should win')
+XFAIL_TEXT_TIME = ("mlprod.monitor._read_filtered (batch window cells, 06_monitor): the input's time column is filtered with a timestamp, "
+                   "so an input whose time column is ISO text or epoch numbers (which `mlprod score` accepts) crashes the monitor "
+                   "with ArrowNotImplementedError; filter the scored output's (UTC) time and join the input by id")
+XFAIL_EPOCH = ("mlprod.batch._time_reasons (05e_batch): integer epoch seconds in the time column are read as nanoseconds "
+               "(pd.to_datetime(int)), so every row lands in 1970 silently; read them as seconds or reject with a reason")
+XFAIL_LABEL_MSG = ("mlprod.requestlog ingest_labels (labels cells): ids of batch outputs are reported as 'request id(s) not in the request "
+                   "log' with a WARNING, although they are exactly the ids `mlprod score --id-column` wrote; check batch_runs outputs too")
+XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration owners): a regression's realized RMSE has no baseline "
+                  "or threshold (baseline None), so performance:rmse is SUCCESS at 6x the version's held-out RMSE and worse than "
+                  "predicting the mean; 'performance decides' cannot decide for regression")
+
+
+@pytest.mark.xfail(reason=XFAIL_RESCORED)
+def test_batch_rescored_rows_counted_once(hotel_batch):
+    "Scoring the same November rows twice (two outputs): the monitor's window still holds each row once."
+    flow = hotel_batch['flow']
+    rows, path = _batch_input(flow, '2016-11-01', '2016-12-01', 'november')
+    _score(flow, 'score November', path, 'out/november.parquet')
+    _score(flow, 'score November again', path, 'out/november-rerun.parquet')
+    figs = _monitor_batch(flow, '2016-11-01', '2016-12-01').get('figures', {})
+    assert figs.get('rows') == len(rows), f"monitor counted {figs.get('rows')} rows for {len(rows)} scored ids"
+
+
+@pytest.mark.xfail(reason=XFAIL_TEXT_TIME)
+def test_batch_time_column_as_text_is_monitored(hotel_batch):
+    "An export whose time column is ISO text (a CSV-minded pipeline writing Parquet): scored, then monitored like any other."
+    flow = hotel_batch['flow']
+    rows, path = _batch_input(flow, '2016-10-01', '2016-11-01', 'october-text-time',
+                              arrival_date=lambda t: t.dt.strftime('%Y-%m-%dT%H:%M:%SZ'))
+    r, res = _score(flow, 'score October (time as text)', path, 'out/october.parquet')
+    assert res.get('n_scored') == len(rows), res
+    r = subprocess.run([str(BIN / 'mlprod'), 'monitor', 'hotel_rates', '--start', '2016-10-01', '--end', '2016-11-01', '--source', 'batch',
+                        '--json', '--no-mlflow', '--no-alerts'], cwd=flow.root, env=flow.env, capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1) and (_json_out(r) or {}).get('figures', {}).get('rows') == len(rows), r.stderr[-1500:]
+
+
+@pytest.mark.xfail(reason=XFAIL_EPOCH)
+def test_batch_epoch_seconds_time_column(hotel_batch):
+    "Event times as integer epoch seconds: the output's times are January 2017 (or the rows are rejected with a reason), never 1970."
+    flow = hotel_batch['flow']
+    rows, path = _batch_input(flow, '2017-01-01', '2017-02-01', 'january-epoch', arrival_date=lambda t: t.astype('int64') // 10**9)
+    r, res = _score(flow, 'score January (epoch seconds)', path, 'out/january.parquet', ok_codes=(0, 1))
+    if res.get('n_scored'):
+        t = pd.read_parquet(flow.root / 'out' / 'january.parquet')['arrival_date']
+        assert t.min() >= pd.Timestamp('2017-01-01', tz='UTC'), f"epoch seconds read as {t.min()} .. {t.max()}"
+    else: assert 'arrival_date' in r.stdout, r.stdout
+
+
+@pytest.mark.xfail(reason=XFAIL_LABEL_MSG)
+def test_labels_of_batch_ids_are_not_reported_missing(hotel_batch):
+    "Labels for ids `mlprod score` wrote (December, from the fixture) are not reported as ids missing from the request log."
+    lab = hotel_batch['labels']
+    assert lab.returncode == 0 and 'not in the request log' not in lab.stdout + lab.stderr, lab.stdout + lab.stderr
+
+
+@pytest.mark.xfail(reason=XFAIL_REG_PERF)
+def test_regression_realized_performance_can_fail(hotel_batch):
+    "December prices after a summer-trained model: realized RMSE ~6x the held-out one and above the labels' spread is not a SUCCESS."
+    flow, rows = hotel_batch['flow'], hotel_batch['rows']
+    mon = _monitor_batch(flow, *BATCH_WINDOWS['hotel_rates'])
+    perf = next((c for c in mon.get('checks', []) if c['name'] == 'performance:rmse'), {})
+    assert perf.get('observed', 0) > float(rows[flow.case.target].std()), perf  # worse than always predicting the mean
+    assert perf.get('status') in ('WARNING', 'FAIL'), perf
