@@ -462,6 +462,11 @@ def test_batch_regression_user_project(hotel_batch):
                  '--id-column', 'row_id', ok_codes=(1,))
     flow.check("the failure names the missing column", "column 'agent' is missing" in r.stdout and f"{len(rows):,} row(s)" in r.stdout, r.stdout)
     flow.check('nothing written', not (flow.root / 'out' / 'no-agent.parquet').exists())
+    # ids repeated in the export (a one-to-many join upstream): scored, with a warning that labels cannot tell the rows apart
+    rows, path = _batch_input(flow, '2017-02-01', '2017-03-01', 'february-repeated-ids')
+    pd.read_parquet(path).assign(row_id=lambda d: d['row_id'] % 50).to_parquet(path, index=False)
+    r = flow.cli('score with repeated ids', 'score', flow.case.name, '--input', path, '--output', 'out/february.parquet', '--id-column', 'row_id')
+    flow.check('the repeated ids are named', f"warning: {len(rows):,} row(s) share an id in 'row_id'" in r.stdout, r.stdout)
     _assert_ok(flow)
 
 
