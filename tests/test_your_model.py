@@ -503,8 +503,6 @@ XFAIL_TEXT_TIME = ("mlprod.monitor._read_filtered (batch window cells, 06_monito
                    "with ArrowNotImplementedError; filter the scored output's (UTC) time and join the input by id")
 XFAIL_EPOCH = ("mlprod.batch._time_reasons (05e_batch): integer epoch seconds in the time column are read as nanoseconds "
                "(pd.to_datetime(int)), so every row lands in 1970 silently; read them as seconds or reject with a reason")
-XFAIL_LABEL_MSG = ("mlprod.requestlog ingest_labels (labels cells): ids of batch outputs are reported as 'request id(s) not in the request "
-                   "log' with a WARNING, although they are exactly the ids `mlprod score --id-column` wrote; check batch_runs outputs too")
 XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration owners): a regression's realized RMSE has no baseline "
                   "or threshold (baseline None), so performance:rmse is SUCCESS at 6x the version's held-out RMSE and worse than "
                   "predicting the mean; 'performance decides' cannot decide for regression")
@@ -546,7 +544,6 @@ def test_batch_epoch_seconds_time_column(hotel_batch):
     else: assert 'arrival_date' in r.stdout, r.stdout
 
 
-@pytest.mark.xfail(reason=XFAIL_LABEL_MSG)
 def test_labels_of_batch_ids_are_not_reported_missing(hotel_batch):
     "Labels for ids `mlprod score` wrote (December, from the fixture) are not reported as ids missing from the request log."
     lab = hotel_batch['labels']
