@@ -29,13 +29,13 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'SOURCES', 'SERVICE_FIGUR
            'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration', 'estimate_check', 'drift_checks',
            'prediction_column', 'model_importances', 'version_importance', 'calibrate_profile', 'profile_path',
            'build_reference_profile', 'reference_profile', 'align_dtypes', 'unseen_masks', 'unseen_columns',
-           'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength', 'performance_chart',
+           'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength', 'chart_rank', 'performance_chart',
            'monitor_history', 'Window', 'require_rows', 'read_request_window', 'read_source_window', 'window_labels',
-           'batch_window_rows', 'batch_runs_in', 'read_batch_window', 'BatchSummary', 'stream_batch_window',
-           'evaluate_batch_window', 'monitor_batch', 'load_window', 'scored_rows', 'window_drift', 'window_calibration',
-           'realized_checks', 'estimated_checks', 'report_samples', 'traffic_seconds', 'decide_verdict',
-           'evaluate_window', 'publish', 'previous_rows', 'monitor', 'evidently_html', 'monitor_report_html',
-           'save_monitor_report', 'cmd_monitor']
+           'batch_window_chunks', 'batch_window_notes', 'batch_runs_in', 'read_batch_window', 'BatchSummary',
+           'stream_batch_window', 'evaluate_batch_window', 'monitor_batch', 'load_window', 'scored_rows',
+           'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks', 'report_samples',
+           'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows', 'monitor',
+           'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -614,6 +614,17 @@ def drift_strength(c:ColumnDrift) -> float:
     if c.is_p_value: return math.log(max(s, 1e-300)) / math.log(t) if 0 < t < 1 else float(s <= t)
     return s / t if t > 0 else float(s > 0)
 
+# %% ../nbs/06_monitor.ipynb #bm2rank02
+def chart_rank(c:ColumnDrift, # the column's drift test
+               ref:pd.Series, # the column in the reference sample
+               cur:pd.Series, # the column in the window sample
+              ) -> float:
+    "`drift_strength`, or for a column with one value in the reference: 1 + the window's share of other values (0 when none)."
+    degenerate = ref.nunique(dropna=False) <= 1 or (not c.is_p_value and c.threshold is not None and 0 <= c.threshold < 1e-9)
+    if not degenerate: return drift_strength(c)
+    other = float((~cur.isin(ref.unique())).mean()) if len(cur) else 0.0
+    return 1 + other if other > 0 else 0.0
+
 # %% ../nbs/06_monitor.ipynb #c6042f33
 def _column_chart(col:str, ref:pd.DataFrame, cur:pd.DataFrame, title:str, categorical:bool) -> str:
     if categorical: return bar_chart(*category_shares({'reference': ref[col], 'window': cur[col]}), title, width=400)
@@ -622,19 +633,21 @@ def _column_chart(col:str, ref:pd.DataFrame, cur:pd.DataFrame, title:str, catego
 
 @patch
 def distribution_charts(self:MonitorResult, top:int=4) -> str:
-    "Reference vs window distributions of the `top` most drifted (× important, when known) columns and of the prediction."
+    "Reference vs window distributions of the `top` most drifted (`chart_rank` × importance, when known) columns and of the prediction."
     ref, cur = self.samples.get('reference'), self.samples.get('current')
     if ref is None or cur is None or self.drift is None: return ''
-    imp = self.figures.get('feature_importance') or {}
+    imp = self.figures.get('feature_importance') or {c.column: c.importance for c in self.drift.columns if c.importance is not None}
     cols = [c for c in self.drift.columns if c.column in ref.columns and c.column in cur.columns]
-    chosen = sorted(cols, key=lambda c: drift_strength(c) * (float(imp.get(c.column, 0)) if imp else 1), reverse=True)[:top]
+    rank = lambda c: chart_rank(c, ref[c.column], cur[c.column]) * (float(imp.get(c.column, 0)) if imp else 1)
+    chosen = sorted(cols, key=rank, reverse=True)[:top]
     if imp: chosen += [c for c in sorted(cols, key=lambda c: -float(imp.get(c.column, 0))) if c not in chosen][:max(1, top // 2)]
     charts = [_column_chart(c.column, ref, cur, f"{c.column}: {c.stattest} {fmt(c.statistic)} ({'drifted' if c.drifted else 'no drift'})",
                             c.kind == 'categorical') for c in chosen]
     if PREDICTION in ref.columns and PREDICTION in cur.columns and pd.api.types.is_numeric_dtype(cur[PREDICTION]):
         pd_ = self.prediction_drift
         charts.append(_column_chart(PREDICTION, ref, cur, f"prediction" + (f": {pd_.stattest} {fmt(pd_.statistic)}" if pd_ else ''), False))
-    how = 'drift weighted by feature importance' if imp else 'drift (no feature importance in this run)'
+    how = ('drift weighted by feature importance' + ('' if self.figures.get('feature_importance') else ' (the weights of drift:share)')
+           if imp else 'drift (no feature importance in this run)')
     return (f"<h4>Reference vs window</h4><p class=\"muted\">Columns ranked by {how}; drawn from the report's samples "
             f"({len(ref)} reference and {len(cur)} window rows).</p>{chart_grid(*charts)}") if charts else ''
 
@@ -796,94 +809,17 @@ def read_source_window(cfg:ProjectConfig, name:str, t0, t1, # project, model nam
     return Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-source', rows.reset_index(drop=True))
 
 # %% ../nbs/06_monitor.ipynb #d1f76a48
-def _read_filtered(path, columns:list, time_column:str, t0, t1) -> pd.DataFrame:
-    "The `columns` of the rows of a Parquet file or folder with t0 <= time_column < t1, filtered in the scan."
-    import pyarrow as pa, pyarrow.dataset as ds
-    d = ds.dataset(str(path), format='parquet')
-    f, typ = ds.field(time_column), d.schema.field(time_column).type
-    lo, hi = (pa.scalar(t, type=pa.timestamp('us', tz='UTC')).cast(typ) if pa.types.is_timestamp(typ) else t for t in (t0, t1))
-    return d.to_table(columns=columns, filter=(f >= lo) & (f < hi)).to_pandas()
-
 def window_labels(db_url:str, ids:list) -> pd.Series:
     "The first label recorded for each id (request_id = id), as a Series indexed by id (missing ids left out)."
     import sqlalchemy as sa
     from mlprod import db
     from mlprod.requestlog import decode_labels
-    out = {}
+    out, ids = {}, list(dict.fromkeys(ids))
     with db.engine(db_url).connect() as conn:
         for k in range(0, len(ids), 900):
             q = sa.select(db.labels.c.request_id, db.labels.c.labels).where(db.labels.c.request_id.in_(ids[k:k + 900]))
             for rid, text in conn.execute(q): out[rid] = (decode_labels(text) or [None])[0]
     return pd.Series(out, dtype=object)
-
-# %% ../nbs/06_monitor.ipynb #2f0e0b58
-def batch_window_rows(run:dict, # a `batch_runs` row
-                      model, # the version that scored it (`LoadedModel`)
-                      t0, t1, # the window [t0, t1), UTC
-                      db_url:str) -> pd.DataFrame: # the mlprod database (labels)
-    "Features, `prediction` (the score the request log would hold), the label and the id of a run's rows in the window."
-    from mlprod.batch import BatchError, input_batches, input_format
-    from mlprod.requestlog import PREDICTION, labels_series
-    idc, tc = run['id_column'], run['time_column'] or 'scored_at'
-    if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
-    out = _read_filtered(run['output'], [idc, 'prediction'], tc, t0, t1).rename(columns={'prediction': PREDICTION})
-    cols = list(dict.fromkeys(list(model.features) + [idc]))
-    if input_format(run['input']) == 'csv':  # no push-down in a CSV: stream it as scoring did, keep the window's ids
-        numeric, keep = [c.name for c in model.schema.columns if c.kind == 'numeric'], set(out[idc].astype(str))
-        feats = pd.concat([ch[ch[idc].astype(str).isin(keep)] for ch in input_batches(run['input'], cols, numeric)[1]], ignore_index=True)
-    else: feats = _read_filtered(run['input'], cols, run['time_column'], t0, t1) if run['time_column'] else pd.read_parquet(run['input'], columns=cols)
-    feats[idc] = feats[idc].map(lambda v: None if v is None or v != v else str(v))
-    rows = out.merge(feats, on=idc, how='inner', validate='one_to_one')
-    rows[model.target] = labels_series(window_labels(db_url, rows[idc].tolist()).reindex(rows[idc]).tolist()).to_numpy()
-    return rows.rename(columns={idc: 'request_id'})
-
-# %% ../nbs/06_monitor.ipynb #05e053ed
-def batch_runs_in(cfg, # project config
-                  name:str, t0, t1, # model name, window [t0, t1) in UTC
-                  version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
-                  alias:str='production') -> tuple:
-    "(the successful `batch_runs` rows of `name` that overlap [t0, t1) and were scored by the version, that version)."
-    import sqlalchemy as sa
-    from mlprod import db, registry
-    t = db.batch_runs
-    q = sa.select(t).where(t.c.model == name, t.c.status == 'success', t.c.time_min < to_utc(t1), t.c.time_max >= to_utc(t0)).order_by(t.c.started_at)
-    with db.engine(cfg.db_url).connect() as conn: runs = [dict(r) for r in conn.execute(q).mappings()]
-    v = str(version) if version is not None else registry.resolve_version(name, alias, cfg=cfg)
-    if runs and not any(r['version'] == v for r in runs) and version is None:
-        v = max({r['version'] for r in runs}, key=lambda x: sum(r['n_scored'] or 0 for r in runs if r['version'] == x))
-    return [r for r in runs if r['version'] == v], v
-
-# %% ../nbs/06_monitor.ipynb #3cd265ac
-def read_batch_window(cfg, # project config
-                      name:str, t0, t1, # model name, window [t0, t1) in UTC
-                      version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
-                      alias:str='production'):
-    "The window as the recorded batch runs hold it (a `Window`, source 'batch')."
-    from mlprod import registry
-    runs, v = batch_runs_in(cfg, name, t0, t1, version, alias)
-    model = registry.load(name, v, cfg)
-    parts = [batch_window_rows(r, model, to_utc(t0), to_utc(t1), cfg.db_url) for r in runs]
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(model.features) + ['prediction', model.target])
-    return Window(name, v, alias if version is None else None, to_utc(t0), to_utc(t1), 'batch', rows)
-
-# %% ../nbs/06_monitor.ipynb #fdf5abd4
-@dataclass(eq=False)
-class BatchSummary:
-    "What `stream_batch_window` kept of a batch window: counts and profiles of every row, labelled scores, a bounded sample."
-    model:str # model name
-    version:str # the version that scored the rows
-    alias:str|None # the alias that named it
-    start:dt.datetime # inclusive, UTC
-    end:dt.datetime # exclusive, UTC
-    profile:ReferenceProfile # exact value counts of the profiled inputs and `prediction` over every row
-    rows:int=0 # rows of the window
-    unseen_rows:int=0 # rows holding a category unseen in training (any column)
-    unseen:dict=field(default_factory=dict) # column -> [rows, {value (text): count} in order of first appearance]
-    labelled:pd.DataFrame|None=None # labelled rows only: the label, `prediction` (multiclass: the class probabilities too)
-    sample:pd.DataFrame|None=None # a uniform random sample of at most `max_rows` rows (features, `prediction`, label), in window order
-    max_rows:int=100_000 # the sample's bound
-    peak_mb:float|None=None # peak resident memory of the process after streaming
-    def __len__(self) -> int: return self.rows
 
 # %% ../nbs/06_monitor.ipynb #1dd1d811
 def _paired_chunks(run:dict, model, columns:list, chunk_rows:int):
@@ -912,6 +848,102 @@ def _paired_chunks(run:dict, model, columns:list, chunk_rows:int):
     if len(buf) or next(outs, None) is not None:
         raise BatchError(f"batch run {run['id']}: got more output rows than input rows; allowed: the output of this input")
 
+# %% ../nbs/06_monitor.ipynb #2f0e0b58
+def batch_window_chunks(model, # the version (`LoadedModel`)
+                        runs:list, # `batch_runs_in(...)[0]`: the version's runs overlapping the window, oldest first
+                        t0, t1, # the window [t0, t1), UTC
+                        chunk_rows:int=100_000, # rows per chunk
+                        counts:dict|None=None, # filled per run id: {'input', 'rows', 'superseded', 'repeated'} once its chunks are read
+                       ):
+    "(run position, input rows, output rows) of the window chunk by chunk, newest run first; rows of ids a newer run scored left out."
+    from mlprod.batch import BatchError
+    t0, t1, newer = to_utc(t0), to_utc(t1), np.zeros(0, np.uint64)  # newer: hashed window ids of the runs read so far, sorted
+    for i in range(len(runs) - 1, -1, -1):
+        run = runs[i]
+        idc, tc = run['id_column'], run['time_column'] or 'scored_at'
+        if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
+        own, n, dropped = [], 0, 0
+        for chunk, out in _paired_chunks(run, model, list(model.features), chunk_rows):
+            tt = pd.to_datetime(out[tc], utc=True)  # the output's time: UTC timestamps written by scoring
+            keep = ((tt >= t0) & (tt < t1)).to_numpy()
+            h = pd.util.hash_array(out[idc].to_numpy(dtype=object))
+            if len(newer):
+                old = newer[np.minimum(np.searchsorted(newer, h), len(newer) - 1)] == h
+                dropped += int((keep & old).sum()); keep &= ~old
+            if not keep.all(): chunk, out, h = chunk[keep].reset_index(drop=True), out[keep].reset_index(drop=True), h[keep]
+            if not len(chunk): continue
+            own.append(h); n += len(chunk)
+            yield i, chunk, out
+        u, c = np.unique(np.concatenate(own), return_counts=True) if own else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        if counts is not None: counts[run['id']] = dict(input=str(run['input']), rows=n, superseded=dropped, repeated=int(c[c > 1].sum()))
+        if i: newer = np.union1d(newer, u)
+
+# %% ../nbs/06_monitor.ipynb #bm2notes02
+def batch_window_notes(counts:dict, # `batch_window_chunks`' counts per run id
+                      ) -> list:
+    "Sentences on the rows the two rules touched: older rows superseded by a newer run, rows sharing an id in one run ([] when none)."
+    sup, rep = sum(c['superseded'] for c in counts.values()), {c['input']: c['repeated'] for c in counts.values() if c['repeated']}
+    notes = [f"{sup:,} row(s) of older batch runs left out: a newer run scored the same ids in the window (the newest run of an id wins)"] if sup else []
+    if rep: notes.append(f"{sum(rep.values()):,} row(s) share an id with another row of the same run ({', '.join(f'{n:,} in {p}' for p, n in rep.items())}): "
+                         "each row is kept, and a label recorded for the id applies to every row with it")
+    return notes
+
+# %% ../nbs/06_monitor.ipynb #05e053ed
+def batch_runs_in(cfg, # project config
+                  name:str, t0, t1, # model name, window [t0, t1) in UTC
+                  version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
+                  alias:str='production') -> tuple:
+    "(the successful `batch_runs` rows of `name` that overlap [t0, t1) and were scored by the version, that version)."
+    import sqlalchemy as sa
+    from mlprod import db, registry
+    t = db.batch_runs
+    q = sa.select(t).where(t.c.model == name, t.c.status == 'success', t.c.time_min < to_utc(t1), t.c.time_max >= to_utc(t0)).order_by(t.c.started_at)
+    with db.engine(cfg.db_url).connect() as conn: runs = [dict(r) for r in conn.execute(q).mappings()]
+    v = str(version) if version is not None else registry.resolve_version(name, alias, cfg=cfg)
+    if runs and not any(r['version'] == v for r in runs) and version is None:
+        v = max({r['version'] for r in runs}, key=lambda x: sum(r['n_scored'] or 0 for r in runs if r['version'] == x))
+    return [r for r in runs if r['version'] == v], v
+
+# %% ../nbs/06_monitor.ipynb #3cd265ac
+def read_batch_window(cfg, # project config
+                      name:str, t0, t1, # model name, window [t0, t1) in UTC
+                      version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
+                      alias:str='production',
+                      chunk_rows:int=100_000, # rows read per chunk
+                     ):
+    "The window as the recorded batch runs hold it (a `Window`, source 'batch'): the newest run of an id wins, rows in run order."
+    from mlprod import registry
+    from mlprod.requestlog import labels_series
+    runs, v = batch_runs_in(cfg, name, t0, t1, version, alias)
+    model, counts, parts = registry.load(name, v, cfg), {}, {}
+    feats = list(model.features)
+    for i, chunk, out in batch_window_chunks(model, runs, t0, t1, chunk_rows, counts):
+        parts.setdefault(i, []).append(chunk[feats].assign(**{PREDICTION: out['prediction'].to_numpy(), 'request_id': out[runs[i]['id_column']].to_numpy()}))
+    rows = (pd.concat([p for i in sorted(parts) for p in parts[i]], ignore_index=True) if parts
+            else pd.DataFrame(columns=feats + [PREDICTION, 'request_id']))
+    rows[model.target] = labels_series(window_labels(cfg.db_url, rows['request_id'].tolist()).reindex(rows['request_id']).tolist()).to_numpy()
+    return Window(name, v, alias if version is None else None, to_utc(t0), to_utc(t1), 'batch', rows, why='; '.join(batch_window_notes(counts)))
+
+# %% ../nbs/06_monitor.ipynb #fdf5abd4
+@dataclass(eq=False)
+class BatchSummary:
+    "What `stream_batch_window` kept of a batch window: counts and profiles of every row, labelled scores, a bounded sample."
+    model:str # model name
+    version:str # the version that scored the rows
+    alias:str|None # the alias that named it
+    start:dt.datetime # inclusive, UTC
+    end:dt.datetime # exclusive, UTC
+    profile:ReferenceProfile # exact value counts of the profiled inputs and `prediction` over every row
+    rows:int=0 # rows of the window
+    unseen_rows:int=0 # rows holding a category unseen in training (any column)
+    unseen:dict=field(default_factory=dict) # column -> [rows, {value (text): count} in order of first appearance]
+    labelled:pd.DataFrame|None=None # labelled rows only: the label, `prediction` (multiclass: the class probabilities too)
+    sample:pd.DataFrame|None=None # a uniform random sample of at most `max_rows` rows (features, `prediction`, label), in window order
+    max_rows:int=100_000 # the sample's bound
+    peak_mb:float|None=None # peak resident memory of the process after streaming
+    run_counts:dict=field(default_factory=dict) # run id -> rows kept, superseded by a newer run, sharing an id (`batch_window_chunks`)
+    def __len__(self) -> int: return self.rows
+
 # %% ../nbs/06_monitor.ipynb #5e82a929
 def _bottom_k(sample:pd.DataFrame|None, rows:pd.DataFrame, keys:np.ndarray, k:int) -> pd.DataFrame:
     "The `k` rows with the smallest `_key` among `sample` and `rows` (given `keys`): a uniform random sample without replacement."
@@ -930,40 +962,35 @@ def stream_batch_window(cfg, # project config (database: runs and labels)
                         max_values:int|None=1_000_000, # distinct values counted per numerical column before rounding (`mlprod.batch.WindowProfile`)
                         seed:int=0, alias:str|None=None) -> BatchSummary:
     "Read the window's rows of `runs` chunk by chunk into a `BatchSummary`: memory bounded by columns, distinct values and `max_rows`."
-    from mlprod.batch import BatchError, WindowProfile, peak_mb, proba_column
+    from mlprod.batch import WindowProfile, peak_mb, proba_column
     from mlprod.requestlog import labels_series
     t0, t1 = to_utc(t0), to_utc(t1)
     feats, t = list(model.features), model.target
     probas = [proba_column(c) for c in model.classes] if model.task == 'multiclass' else []
-    wp, rng, labelled, sample, pos = WindowProfile(profile, max_values=max_values), np.random.default_rng(seed), [], None, 0
+    wp, rng, labelled, sample, seen = WindowProfile(profile, max_values=max_values), np.random.default_rng(seed), [], None, {}
     s = BatchSummary(model.name, str(model.version), alias, t0, t1, profile)
-    for run in runs:
-        idc, tc = run['id_column'], run['time_column'] or 'scored_at'
-        if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
-        for chunk, out in _paired_chunks(run, model, feats, chunk_rows):
-            tt = pd.to_datetime(out[tc], utc=True)
-            keep = ((tt >= t0) & (tt < t1)).to_numpy()
-            if not keep.all(): chunk, out = chunk[keep].reset_index(drop=True), out[keep].reset_index(drop=True)
-            if not len(chunk): continue
-            missing = [c for c in feats if c not in chunk.columns]
-            if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with the model's features {model.features}")
-            rows = chunk[feats].assign(**{PREDICTION: out['prediction'].to_numpy()})
-            wp.add(rows)
-            masks = unseen_masks(rows, model.schema)
-            for c, m in masks.items():
-                if not m.any(): continue
-                u = s.unseen.setdefault(c, [0, {}]); u[0] += int(m.sum())
-                for k, v in rows.loc[m, c].astype(str).value_counts(sort=False).items(): u[1][k] = u[1].get(k, 0) + int(v)
-            if masks: s.unseen_rows += int(np.logical_or.reduce(list(masks.values())).sum())
-            lab = window_labels(cfg.db_url, out[idc].tolist()).reindex(out[idc]).to_numpy(dtype=object)
-            has = pd.notna(lab)
-            if has.any(): labelled.append((lab[has].tolist(), out.loc[has, ['prediction', *probas]].reset_index(drop=True)))
-            sample = _bottom_k(sample, rows.assign(**{t: labels_series(lab.tolist()).to_numpy(), '_pos': np.arange(pos, pos + len(rows))}),
-                               rng.random(len(rows)), max_rows)
-            pos += len(rows)
-    s.profile, s.rows, s.max_rows = wp.profile(dict(model=model.name, version=str(model.version), source='batch')), pos, max_rows
+    for i, chunk, out in batch_window_chunks(model, runs, t0, t1, chunk_rows, s.run_counts):  # newest run first
+        idc = runs[i]['id_column']
+        missing = [c for c in feats if c not in chunk.columns]
+        if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with the model's features {model.features}")
+        rows = chunk[feats].assign(**{PREDICTION: out['prediction'].to_numpy()})
+        wp.add(rows)
+        masks = unseen_masks(rows, model.schema)
+        for c, m in masks.items():
+            if not m.any(): continue
+            u = s.unseen.setdefault(c, [0, {}]); u[0] += int(m.sum())
+            for k, v in rows.loc[m, c].astype(str).value_counts(sort=False).items(): u[1][k] = u[1].get(k, 0) + int(v)
+        if masks: s.unseen_rows += int(np.logical_or.reduce(list(masks.values())).sum())
+        lab = window_labels(cfg.db_url, out[idc].tolist()).reindex(out[idc]).to_numpy(dtype=object)  # a label applies to every row of its id
+        has = pd.notna(lab)
+        if has.any(): labelled.append((i, lab[has].tolist(), out.loc[has, ['prediction', *probas]].reset_index(drop=True)))
+        k = seen.get(i, 0); seen[i] = k + len(rows)  # '_pos': window order is run order (oldest first), then row order
+        sample = _bottom_k(sample, rows.assign(**{t: labels_series(lab.tolist()).to_numpy(), '_pos': i * 2**40 + np.arange(k, k + len(rows))}),
+                           rng.random(len(rows)), max_rows)
+    s.profile, s.rows, s.max_rows = wp.profile(dict(model=model.name, version=str(model.version), source='batch')), sum(seen.values()), max_rows
+    labelled.sort(key=lambda p: p[0])  # stable: a run's chunks keep their order
     if labelled:
-        s.labelled = pd.concat([p for _, p in labelled], ignore_index=True).assign(**{t: labels_series([v for l, _ in labelled for v in l]).to_numpy()})
+        s.labelled = pd.concat([p for _, _, p in labelled], ignore_index=True).assign(**{t: labels_series([v for _, l, _ in labelled for v in l]).to_numpy()})
     if sample is not None: s.sample = sample.sort_values('_pos').drop(columns=['_key', '_pos']).reset_index(drop=True)
     s.peak_mb = peak_mb()
     return s
@@ -995,6 +1022,9 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
         notes.append(f"the window's {n:,} rows were read in chunks: data quality, drift and realized performance cover every row; the "
                      f"label-free estimate, the multivariate signals and the report's charts use a uniform random sample of {len(s.sample):,} rows "
                      "(the missing shares of every row are in the figures, `missing_shares`)")
+    notes += batch_window_notes(s.run_counts)
+    for k, f in (('superseded', 'superseded_rows'), ('repeated', 'repeated_id_rows')):
+        if (v := sum(c[k] for c in s.run_counts.values())): figures[f] = v
     if s.profile.meta.get('rounded'):
         notes.append('drift counted on rounded values of columns with more distinct values than the stream keeps: ' +
                      ', '.join(f"{c} ({d} significant digits)" for c, d in s.profile.meta['rounded'].items()))
