@@ -496,11 +496,6 @@ def test_batch_multiclass_user_project(storms_batch):
 
 
 # --- breakages found on the batch path, in code other engineers own: each test states what a user expects ---
-XFAIL_RESCORED = ('mlprod.monitor.read_batch_window (batch window cells, 06_monitor): every successful run of the window is concatenated, '
-                  'so rows scored twice (a rerun, the job after a manual run) are counted twice; the latest run per id should win')
-XFAIL_TEXT_TIME = ("mlprod.monitor._read_filtered (batch window cells, 06_monitor): the input's time column is filtered with a timestamp, "
-                   "so an input whose time column is ISO text or epoch numbers (which `mlprod score` accepts) crashes the monitor "
-                   "with ArrowNotImplementedError; filter the scored output's (UTC) time and join the input by id")
 XFAIL_EPOCH = ("mlprod.batch._time_reasons (05e_batch): integer epoch seconds in the time column are read as nanoseconds "
                "(pd.to_datetime(int)), so every row lands in 1970 silently; read them as seconds or reject with a reason")
 XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration owners): a regression's realized RMSE has no baseline "
@@ -508,7 +503,6 @@ XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration 
                   "predicting the mean; 'performance decides' cannot decide for regression")
 
 
-@pytest.mark.xfail(reason=XFAIL_RESCORED)
 def test_batch_rescored_rows_counted_once(hotel_batch):
     "Scoring the same November rows twice (two outputs): the monitor's window still holds each row once."
     flow = hotel_batch['flow']
@@ -519,7 +513,6 @@ def test_batch_rescored_rows_counted_once(hotel_batch):
     assert figs.get('rows') == len(rows), f"monitor counted {figs.get('rows')} rows for {len(rows)} scored ids"
 
 
-@pytest.mark.xfail(reason=XFAIL_TEXT_TIME)
 def test_batch_time_column_as_text_is_monitored(hotel_batch):
     "An export whose time column is ISO text (a CSV-minded pipeline writing Parquet): scored, then monitored like any other."
     flow = hotel_batch['flow']
