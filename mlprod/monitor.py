@@ -862,7 +862,7 @@ def batch_window_chunks(model, # the version (`LoadedModel`)
         run = runs[i]
         idc, tc = run['id_column'], run['time_column'] or 'scored_at'
         if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
-        own, n, dropped = [], 0, 0
+        ids, n, dropped = np.empty(run['n_scored'] or 0, np.uint64), 0, 0  # the window's hashed ids of this run
         for chunk, out in _paired_chunks(run, model, list(model.features), chunk_rows):
             tt = pd.to_datetime(out[tc], utc=True)  # the output's time: UTC timestamps written by scoring
             keep = ((tt >= t0) & (tt < t1)).to_numpy()
@@ -872,11 +872,13 @@ def batch_window_chunks(model, # the version (`LoadedModel`)
                 dropped += int((keep & old).sum()); keep &= ~old
             if not keep.all(): chunk, out, h = chunk[keep].reset_index(drop=True), out[keep].reset_index(drop=True), h[keep]
             if not len(chunk): continue
-            own.append(h); n += len(chunk)
+            if n + len(h) > len(ids): ids = np.concatenate([ids[:n], np.empty(max(n, len(h)), np.uint64)])  # more rows than recorded
+            ids[n:n + len(h)] = h; n += len(h)
             yield i, chunk, out
-        u, c = np.unique(np.concatenate(own), return_counts=True) if own else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
-        if counts is not None: counts[run['id']] = dict(input=str(run['input']), rows=n, superseded=dropped, repeated=int(c[c > 1].sum()))
-        if i: newer = np.union1d(newer, u)
+        h = ids[:n]; h.sort(); same = h[1:] == h[:-1]  # sorted in place: equal neighbours are rows sharing an id
+        rep = np.zeros(len(h), bool); rep[1:] |= same; rep[:-1] |= same
+        if counts is not None: counts[run['id']] = dict(input=str(run['input']), rows=n, superseded=dropped, repeated=int(rep.sum()))
+        if i: newer = np.union1d(newer, h[np.r_[True, ~same]] if len(h) else h)
 
 # %% ../nbs/06_monitor.ipynb #bm2notes02
 def batch_window_notes(counts:dict, # `batch_window_chunks`' counts per run id
