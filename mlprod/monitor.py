@@ -843,7 +843,7 @@ def _paired_chunks(run:dict, model, columns:list, chunk_rows:int):
         out, buf = buf.iloc[:len(chunk)].reset_index(drop=True), buf.iloc[len(chunk):].reset_index(drop=True)
         if len(out) != len(chunk) or not (id_text(chunk[idc]).to_numpy() == out[idc].to_numpy()).all():
             raise BatchError(f"batch run {run['id']}: got output rows that do not pair with the input's row by row; allowed: an output "
-                             f"written in input order without the rejected rows (mlprod score's); monitor it in memory with load_window(source='batch')")
+                             f"written in input order without the rejected rows (mlprod score's); score the input again to write it")
         yield chunk.reset_index(drop=True), out
     if len(buf) or next(outs, None) is not None:
         raise BatchError(f"batch run {run['id']}: got more output rows than input rows; allowed: the output of this input")
