@@ -24,7 +24,7 @@ __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_colum
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
            'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
            'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift']
+           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -357,7 +357,7 @@ def input_columns(path) -> list:
 
 # %% ../nbs/05e_batch.ipynb #d8798647
 def coerce_numeric(values:pd.Series) -> pd.Series:
-    "Text read from a CSV as numbers: parsable values as float64, empty ones missing, anything else kept as text (to be rejected)."
+    "Text as numbers (a CSV column, or a Parquet column stored as text): parsable values as float64, empty ones missing, anything else kept as text (to be rejected)."
     if values.dtype.kind in 'fiub': return values
     num = pd.to_numeric(values, errors='coerce')
     text = values.astype(object)
@@ -379,7 +379,7 @@ def _parquet_batches(d, cols:list, chunk_rows:int, categorical:list):
 
 def input_batches(path, # Parquet file or folder, or CSV file
                   columns:Sequence[str], # the columns to read (those the input lacks are left out)
-                  numeric:Sequence[str]=(), # CSV: columns to convert to numbers (`coerce_numeric`)
+                  numeric:Sequence[str]=(), # columns to convert to numbers where they hold text (`coerce_numeric`; CSV and Parquet alike)
                   chunk_rows:int=100_000, # rows per chunk at most
                   categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded, as pandas categoricals
     "(total rows or None when unknown, iterator of DataFrames indexed by input row number); at most a few chunks read ahead."
@@ -403,7 +403,7 @@ def input_batches(path, # Parquet file or folder, or CSV file
                 df = part.to_pandas()
                 df.index = pd.RangeIndex(start, start + len(df)); start += len(df)
                 for c in numeric:
-                    if c in df.columns and total is None: df[c] = coerce_numeric(df[c])
+                    if c in df.columns: df[c] = coerce_numeric(df[c])  # CSV text, or a Parquet text column: each value on its own
                 yield df
     return total, chunks()
 
@@ -558,3 +558,86 @@ def parquet_drift(profile, # a `mlprod.drift.ReferenceProfile` (e.g. the cached 
         del col
     k = sum(r.drifted for r in rows); share = k / len(rows) if rows else 0.0
     return DriftResult(tuple(rows), k, share, float(drift_share), bool(share >= drift_share), profile.n_rows, n or 0)
+
+# %% ../nbs/05e_batch.ipynb #c96f481a
+class WindowProfile:
+    "Exact value counts of the columns of a reference profile, accumulated chunk by chunk (`add`), as a `ReferenceProfile` (`profile`)."
+    def __init__(self, reference, # the `mlprod.drift.ReferenceProfile` whose columns (and their kinds) to count
+                 columns:Sequence[str]|None=None, # count only these columns of `reference`
+                 merge_every:int=8, # chunks between merges of the partial counts
+                 max_values:int|None=1_000_000): # distinct values kept per numerical column; past it values are rounded (`rounded`)
+        self.kinds = {c: reference[c].kind for c in (reference.names if columns is None else columns)}
+        self.parts, self.n_missing = {c: [] for c in self.kinds}, dict.fromkeys(self.kinds, 0)
+        self.integer, self.n_rows, self.merge_every, self.max_values = dict.fromkeys(self.kinds, True), 0, merge_every, max_values
+        self.rounded = {} # numerical column -> significant digits its values were rounded to (more than `max_values` distinct)
+        self.cats = {c: {} for c, k in self.kinds.items() if k != 'numerical'}
+
+# %% ../nbs/05e_batch.ipynb #47233041
+@patch
+def add(self:WindowProfile, chunk:pd.DataFrame): # rows holding every counted column
+    "Count the values of `chunk`."
+    from mlprod.core import DataError
+    missing = [c for c in self.kinds if c not in chunk.columns]
+    if missing: raise DataError(f"current: got no column(s) {missing}; allowed: a frame with every profiled column {list(self.kinds)}")
+    for c, kind in self.kinds.items():
+        s = chunk[c]
+        if kind == 'numerical':
+            if not (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)):
+                raise DataError(f"current column {c!r}: got dtype {s.dtype}; allowed: numbers for a numerical column")
+            a = s.to_numpy(dtype=np.float64, na_value=np.nan); a = a[np.isfinite(a)]
+            self.integer[c] &= pd.api.types.is_integer_dtype(s)
+            if c in self.rounded: a = round_significant(a, self.rounded[c])
+            self.parts[c].append(np.unique(a, return_counts=True)); self.n_missing[c] += len(s) - len(a)
+            if len(self.parts[c]) >= self.merge_every: self.parts[c] = [self._bounded(c, _merged(self.parts[c]))]
+            continue
+        if pd.api.types.is_float_dtype(s): s = s.replace([-np.inf, np.inf], np.nan)  # as `mlprod.drift` counts categories
+        vc, seen = s.value_counts(dropna=True, sort=False), self.cats[c]
+        for k, v in zip(vc.index.astype(object).tolist(), vc.to_numpy().tolist()):
+            if v: seen[k] = seen.get(k, 0) + v
+        self.n_missing[c] += len(s) - int(vc.sum())
+    self.n_rows += len(chunk)
+
+def _merged(parts:list) -> tuple:
+    "(sorted distinct values, counts) of several (values, counts) pairs."
+    if len(parts) == 1: return parts[0]
+    values, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+    return values, np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(values)).astype(np.int64)
+
+# %% ../nbs/05e_batch.ipynb #36b4a21a
+def round_significant(a:np.ndarray, # finite float64 values
+                      digits:int) -> np.ndarray: # significant digits kept
+    "`a` rounded to `digits` significant digits (zeros stay zeros)."
+    e = np.floor(np.log10(np.abs(np.where(a == 0, 1.0, a))))
+    scale = 10.0 ** (digits - 1 - e)
+    return np.round(a * scale) / scale
+
+@patch
+def _bounded(self:WindowProfile, column:str, vc:tuple) -> tuple:
+    "(values, counts) of `column`, rounded to fewer significant digits while they hold more than `max_values` distinct values."
+    values, counts = vc
+    while self.max_values and len(values) > self.max_values and self.rounded.get(column, 7) > 2:
+        self.rounded[column] = d = self.rounded.get(column, 7) - 1
+        values, inv = np.unique(round_significant(values, d), return_inverse=True)
+        counts = np.bincount(inv, weights=counts, minlength=len(values)).astype(np.int64)
+        log.info('%s: more than %s distinct values; counted to %s significant digits', column, f"{self.max_values:,}", d)
+    return values, counts
+
+# %% ../nbs/05e_batch.ipynb #a49d012d
+@patch
+def profile(self:WindowProfile, meta:dict|None=None) -> 'ReferenceProfile':
+    "The `ReferenceProfile` of the rows added so far (columns in the reference's order)."
+    from mlprod.drift import ReferenceProfile, ColumnProfile
+    cols = []
+    for c, kind in self.kinds.items():
+        if kind == 'numerical':
+            values, counts = self._bounded(c, _merged(self.parts[c])) if self.parts[c] else (np.zeros(0), np.zeros(0, np.int64))
+            self.parts[c] = [(values, counts)] if len(values) else []
+            n = counts.sum()
+            mean = float(values @ counts / n) if n else math.nan
+            std = math.sqrt(float(((values - mean) ** 2) @ counts / n)) if n else math.nan
+            cols.append(ColumnProfile(c, kind, values, counts, self.n_missing[c], std, self.integer[c]))
+        else:
+            seen = self.cats[c]
+            cols.append(ColumnProfile(c, kind, np.array(list(seen) + [None], dtype=object)[:-1], np.array(list(seen.values()), dtype=np.int64),
+                                      self.n_missing[c]))
+    return ReferenceProfile(tuple(cols), self.n_rows, {}, dict(meta or {}, **({'rounded': dict(self.rounded)} if self.rounded else {})))

@@ -29,12 +29,14 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'ESTIMATE_SIGNAL', 'PREDICTION', 'PROFI
            'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration',
            'calibration_key', 'estimate_check', 'drift_checks', 'prediction_column', 'model_importances',
            'version_importance', 'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile',
-           'reference_profile', 'thresholds_note', 'store_profile', 'stored_errors', 'align_dtypes', 'unseen_columns',
-           'data_quality_checks', 'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window',
-           'require_rows', 'read_request_window', 'read_source_window', 'window_labels', 'batch_window_rows',
-           'read_batch_window', 'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks',
-           'estimated_checks', 'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish',
-           'previous_rows', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'reference_profile', 'thresholds_note', 'store_profile', 'stored_errors', 'align_dtypes', 'unseen_masks',
+           'unseen_columns', 'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength', 'chart_rank',
+           'performance_chart', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
+           'read_source_window', 'window_labels', 'batch_window_chunks', 'batch_window_notes', 'batch_runs_in',
+           'read_batch_window', 'BatchSummary', 'stream_batch_window', 'evaluate_batch_window', 'monitor_batch',
+           'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
+           'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows',
+           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -587,37 +589,50 @@ def align_dtypes(current:pd.DataFrame, reference:pd.DataFrame, columns:Sequence[
     return out
 
 # %% ../nbs/06_monitor.ipynb #c27413a0
+def unseen_masks(frame:pd.DataFrame, schema) -> dict:
+    "{categorical column of `schema`: boolean mask of the rows of `frame` whose (non-missing) value training did not see}."
+    return {c.name: (frame[c.name].notna() & ~frame[c.name].astype(str).isin(set(map(str, c.categories)))).to_numpy()
+            for c in schema.columns if c.kind != 'numeric' and c.categories is not None and c.name in frame.columns}
+
 def unseen_columns(frame:pd.DataFrame, schema) -> list:
     "For each row of `frame`, the tuple of categorical columns of `schema` whose (non-missing) value training did not see."
     flags = [[] for _ in range(len(frame))]
-    for c in schema.columns:
-        if c.kind == 'numeric' or c.categories is None or c.name not in frame.columns: continue
-        v = frame[c.name]
-        for i in np.flatnonzero((v.notna() & ~v.astype(str).isin(set(map(str, c.categories)))).to_numpy()): flags[i].append(c.name)
+    for name, m in unseen_masks(frame, schema).items():
+        for i in np.flatnonzero(m): flags[i].append(name)
     return [tuple(f) for f in flags]
+
+def unseen_checks(n:int, # rows of the window
+                  any_rows:int, # rows holding an unseen value in any column
+                  columns:dict, # column -> (rows holding an unseen value, Series of counts per value as text, in order of first appearance)
+                  thresholds:Thresholds, # `max_unseen_share`
+                  top:int=10) -> list: # new values listed per column
+    "The `data_quality:unseen` checks from counts (what `data_quality_checks` counts in a frame, or a stream accumulates)."
+    limit, checks = thresholds.max_unseen_share, []
+    for col, (k, values) in sorted(columns.items()):
+        counts = values.sort_values(ascending=False).head(top)  # as `value_counts()` sorts
+        share, listed = k / n, ', '.join(f"{v} ({c})" for v, c in counts.items())
+        checks.append(Check(f'data_quality:unseen:{col}', Status.FAIL if share > limit else Status.SUCCESS, share, limit,
+                            f"{col}: {share:.1%} of rows ({k} of {n}) held values unseen in training: {listed}",
+                            dict(rows=k, values={str(v): int(c) for v, c in counts.items()})))
+    share = any_rows / n if n else 0.0
+    worst = ', '.join(f"{c.name.rsplit(':', 1)[1]} {c.observed:.1%}" for c in sorted(checks, key=lambda c: -c.observed)[:5])
+    checks.insert(0, Check('data_quality:unseen', Status.FAIL if share > limit else Status.SUCCESS, share, limit,
+                           f"{share:.1%} of rows ({any_rows} of {n}) held a category value unseen in training" + (f": {worst}" if worst else ''),
+                           dict(rows=any_rows, columns={c.name.rsplit(':', 1)[1]: c.details['rows'] for c in checks})))
+    return checks
 
 def data_quality_checks(current:pd.DataFrame, # rows of the window (with `unseen_columns` from the request log, or not)
                         schema, # the version's data contract
                         thresholds:Thresholds, # `max_unseen_share`
                         top:int=10) -> list: # new values listed per column
     "Share of rows with category values unseen in training: per column and in any column, with the new values and their counts."
-    n, limit = len(current), thresholds.max_unseen_share
     rows = current[UNSEEN].tolist() if UNSEEN in current.columns else unseen_columns(current, schema)
-    per_col, checks = {}, []
+    per_col = {}
     for i, cols in enumerate(rows):
         for c in cols: per_col.setdefault(c, []).append(i)
-    for col, idx in sorted(per_col.items()):
-        counts = current[col].iloc[idx].astype(str).value_counts().head(top) if col in current.columns else pd.Series(dtype=int)
-        share, listed = len(idx) / n, ', '.join(f"{k} ({v})" for k, v in counts.items())
-        checks.append(Check(f'data_quality:unseen:{col}', Status.FAIL if share > limit else Status.SUCCESS, share, limit,
-                            f"{col}: {share:.1%} of rows ({len(idx)} of {n}) held values unseen in training: {listed}",
-                            dict(rows=len(idx), values={str(k): int(v) for k, v in counts.items()})))
-    any_rows = sum(1 for cols in rows if cols); share = any_rows / n if n else 0.0
-    worst = ', '.join(f"{c.name.rsplit(':', 1)[1]} {c.observed:.1%}" for c in sorted(checks, key=lambda c: -c.observed)[:5])
-    checks.insert(0, Check('data_quality:unseen', Status.FAIL if share > limit else Status.SUCCESS, share, limit,
-                           f"{share:.1%} of rows ({any_rows} of {n}) held a category value unseen in training" + (f": {worst}" if worst else ''),
-                           dict(rows=any_rows, columns={c.name.rsplit(':', 1)[1]: c.details['rows'] for c in checks})))
-    return checks
+    counts = {col: (len(idx), current[col].iloc[idx].astype(str).value_counts(sort=False) if col in current.columns else pd.Series(dtype=int))
+              for col, idx in per_col.items()}
+    return unseen_checks(len(current), sum(1 for cols in rows if cols), counts, thresholds, top)
 
 # %% ../nbs/06_monitor.ipynb #f42f0905
 from .db import monitor_runs
@@ -713,6 +728,17 @@ def drift_strength(c:ColumnDrift) -> float:
     if c.is_p_value: return math.log(max(s, 1e-300)) / math.log(t) if 0 < t < 1 else float(s <= t)
     return s / t if t > 0 else float(s > 0)
 
+# %% ../nbs/06_monitor.ipynb #bm2rank02
+def chart_rank(c:ColumnDrift, # the column's drift test
+               ref:pd.Series, # the column in the reference sample
+               cur:pd.Series, # the column in the window sample
+              ) -> float:
+    "`drift_strength`, or for a column with one value in the reference: 1 + the window's share of other values (0 when none)."
+    degenerate = ref.nunique(dropna=False) <= 1 or (not c.is_p_value and c.threshold is not None and 0 <= c.threshold < 1e-9)
+    if not degenerate: return drift_strength(c)
+    other = float((~cur.isin(ref.unique())).mean()) if len(cur) else 0.0
+    return 1 + other if other > 0 else 0.0
+
 # %% ../nbs/06_monitor.ipynb #c6042f33
 def _column_chart(col:str, ref:pd.DataFrame, cur:pd.DataFrame, title:str, categorical:bool) -> str:
     if categorical: return bar_chart(*category_shares({'reference': ref[col], 'window': cur[col]}), title, width=400)
@@ -721,19 +747,21 @@ def _column_chart(col:str, ref:pd.DataFrame, cur:pd.DataFrame, title:str, catego
 
 @patch
 def distribution_charts(self:MonitorResult, top:int=4) -> str:
-    "Reference vs window distributions of the `top` most drifted (× important, when known) columns and of the prediction."
+    "Reference vs window distributions of the `top` most drifted (`chart_rank` × importance, when known) columns and of the prediction."
     ref, cur = self.samples.get('reference'), self.samples.get('current')
     if ref is None or cur is None or self.drift is None: return ''
-    imp = self.figures.get('feature_importance') or {}
+    imp = self.figures.get('feature_importance') or {c.column: c.importance for c in self.drift.columns if c.importance is not None}
     cols = [c for c in self.drift.columns if c.column in ref.columns and c.column in cur.columns]
-    chosen = sorted(cols, key=lambda c: drift_strength(c) * (float(imp.get(c.column, 0)) if imp else 1), reverse=True)[:top]
+    rank = lambda c: chart_rank(c, ref[c.column], cur[c.column]) * (float(imp.get(c.column, 0)) if imp else 1)
+    chosen = sorted(cols, key=rank, reverse=True)[:top]
     if imp: chosen += [c for c in sorted(cols, key=lambda c: -float(imp.get(c.column, 0))) if c not in chosen][:max(1, top // 2)]
     charts = [_column_chart(c.column, ref, cur, f"{c.column}: {c.stattest} {fmt(c.statistic)} ({'drifted' if c.drifted else 'no drift'})",
                             c.kind == 'categorical') for c in chosen]
     if PREDICTION in ref.columns and PREDICTION in cur.columns and pd.api.types.is_numeric_dtype(cur[PREDICTION]):
         pd_ = self.prediction_drift
         charts.append(_column_chart(PREDICTION, ref, cur, f"prediction" + (f": {pd_.stattest} {fmt(pd_.statistic)}" if pd_ else ''), False))
-    how = 'drift weighted by feature importance' if imp else 'drift (no feature importance in this run)'
+    how = ('drift weighted by feature importance' + ('' if self.figures.get('feature_importance') else ' (the weights of drift:share)')
+           if imp else 'drift (no feature importance in this run)')
     return (f"<h4>Reference vs window</h4><p class=\"muted\">Columns ranked by {how}; drawn from the report's samples "
             f"({len(ref)} reference and {len(cur)} window rows).</p>{chart_grid(*charts)}") if charts else ''
 
@@ -895,53 +923,93 @@ def read_source_window(cfg:ProjectConfig, name:str, t0, t1, # project, model nam
     return Window(name, str(model.version), alias if version is None else None, t0, t1, 'data-source', rows.reset_index(drop=True))
 
 # %% ../nbs/06_monitor.ipynb #d1f76a48
-def _read_filtered(path, columns:list, time_column:str, t0, t1) -> pd.DataFrame:
-    "The `columns` of the rows of a Parquet file or folder with t0 <= time_column < t1, filtered in the scan."
-    import pyarrow as pa, pyarrow.dataset as ds
-    d = ds.dataset(str(path), format='parquet')
-    f, typ = ds.field(time_column), d.schema.field(time_column).type
-    lo, hi = (pa.scalar(t, type=pa.timestamp('us', tz='UTC')).cast(typ) if pa.types.is_timestamp(typ) else t for t in (t0, t1))
-    return d.to_table(columns=columns, filter=(f >= lo) & (f < hi)).to_pandas()
-
 def window_labels(db_url:str, ids:list) -> pd.Series:
     "The first label recorded for each id (request_id = id), as a Series indexed by id (missing ids left out)."
     import sqlalchemy as sa
     from mlprod import db
     from mlprod.requestlog import decode_labels
-    out = {}
+    out, ids = {}, list(dict.fromkeys(ids))
     with db.engine(db_url).connect() as conn:
         for k in range(0, len(ids), 900):
             q = sa.select(db.labels.c.request_id, db.labels.c.labels).where(db.labels.c.request_id.in_(ids[k:k + 900]))
             for rid, text in conn.execute(q): out[rid] = (decode_labels(text) or [None])[0]
     return pd.Series(out, dtype=object)
 
-# %% ../nbs/06_monitor.ipynb #2f0e0b58
-def batch_window_rows(run:dict, # a `batch_runs` row
-                      model, # the version that scored it (`LoadedModel`)
-                      t0, t1, # the window [t0, t1), UTC
-                      db_url:str) -> pd.DataFrame: # the mlprod database (labels)
-    "Features, `prediction` (the score the request log would hold), the label and the id of a run's rows in the window."
-    from mlprod.batch import BatchError, input_batches, input_format
-    from mlprod.requestlog import PREDICTION, labels_series
+# %% ../nbs/06_monitor.ipynb #1dd1d811
+def _paired_chunks(run:dict, model, columns:list, chunk_rows:int):
+    "Input chunks (`columns`, the rows scoring rejected left out) beside the same rows of the scored output, paired id by id."
+    import pyarrow.parquet as pq, pyarrow.dataset as ds
+    from mlprod.batch import BatchError, input_batches, id_text, rejects_path, proba_column
     idc, tc = run['id_column'], run['time_column'] or 'scored_at'
-    if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
-    out = _read_filtered(run['output'], [idc, 'prediction'], tc, t0, t1).rename(columns={'prediction': PREDICTION})
-    cols = list(dict.fromkeys(list(model.features) + [idc]))
-    if input_format(run['input']) == 'csv':  # no push-down in a CSV: stream it as scoring did, keep the window's ids
-        numeric, keep = [c.name for c in model.schema.columns if c.kind == 'numeric'], set(out[idc].astype(str))
-        feats = pd.concat([ch[ch[idc].astype(str).isin(keep)] for ch in input_batches(run['input'], cols, numeric)[1]], ignore_index=True)
-    else: feats = _read_filtered(run['input'], cols, run['time_column'], t0, t1) if run['time_column'] else pd.read_parquet(run['input'], columns=cols)
-    feats[idc] = feats[idc].map(lambda v: None if v is None or v != v else str(v))
-    rows = out.merge(feats, on=idc, how='inner', validate='one_to_one')
-    rows[model.target] = labels_series(window_labels(db_url, rows[idc].tolist()).reindex(rows[idc]).tolist()).to_numpy()
-    return rows.rename(columns={idc: 'request_id'})
+    numeric = [c.name for c in model.schema.columns if c.kind == 'numeric']
+    rp = rejects_path(run['output'])
+    rejected = np.sort(pd.read_parquet(rp, columns=['row'])['row'].to_numpy()) if rp.exists() else np.zeros(0, np.int64)
+    probas = [proba_column(c) for c in model.classes] if model.task == 'multiclass' else []
+    outs = (b.to_pandas() for f in ds.dataset(str(run['output']), format='parquet').files
+            for b in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys([idc, 'prediction', *probas, tc]))))
+    buf = pd.DataFrame()
+    for chunk in input_batches(run['input'], list(dict.fromkeys(columns + [idc])), numeric, chunk_rows)[1]:
+        if len(rejected): chunk = chunk[~np.isin(chunk.index.to_numpy(), rejected)]
+        while len(buf) < len(chunk):
+            nxt = next(outs, None)
+            if nxt is None: break
+            buf = pd.concat([buf, nxt], ignore_index=True) if len(buf) else nxt
+        out, buf = buf.iloc[:len(chunk)].reset_index(drop=True), buf.iloc[len(chunk):].reset_index(drop=True)
+        if len(out) != len(chunk) or not (id_text(chunk[idc]).to_numpy() == out[idc].to_numpy()).all():
+            raise BatchError(f"batch run {run['id']}: got output rows that do not pair with the input's row by row; allowed: an output "
+                             f"written in input order without the rejected rows (mlprod score's); score the input again to write it")
+        yield chunk.reset_index(drop=True), out
+    if len(buf) or next(outs, None) is not None:
+        raise BatchError(f"batch run {run['id']}: got more output rows than input rows; allowed: the output of this input")
 
-# %% ../nbs/06_monitor.ipynb #3cd265ac
-def read_batch_window(cfg, # project config
-                      name:str, t0, t1, # model name, window [t0, t1) in UTC
-                      version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
-                      alias:str='production'):
-    "The window as the recorded batch runs hold it (a `Window`, source 'batch')."
+# %% ../nbs/06_monitor.ipynb #2f0e0b58
+def batch_window_chunks(model, # the version (`LoadedModel`)
+                        runs:list, # `batch_runs_in(...)[0]`: the version's runs overlapping the window, oldest first
+                        t0, t1, # the window [t0, t1), UTC
+                        chunk_rows:int=100_000, # rows per chunk
+                        counts:dict|None=None, # filled per run id: {'input', 'rows', 'superseded', 'repeated'} once its chunks are read
+                       ):
+    "(run position, input rows, output rows) of the window chunk by chunk, newest run first; rows of ids a newer run scored left out."
+    from mlprod.batch import BatchError
+    t0, t1, newer = to_utc(t0), to_utc(t1), np.zeros(0, np.uint64)  # newer: hashed window ids of the runs read so far, sorted
+    for i in range(len(runs) - 1, -1, -1):
+        run = runs[i]
+        idc, tc = run['id_column'], run['time_column'] or 'scored_at'
+        if not idc: raise BatchError(f"batch run {run['id']}: got no id column; allowed: runs scored with --id-column (monitoring joins features and labels by id)")
+        ids, n, dropped = np.empty(run['n_scored'] or 0, np.uint64), 0, 0  # the window's hashed ids of this run
+        for chunk, out in _paired_chunks(run, model, list(model.features), chunk_rows):
+            tt = pd.to_datetime(out[tc], utc=True)  # the output's time: UTC timestamps written by scoring
+            keep = ((tt >= t0) & (tt < t1)).to_numpy()
+            h = pd.util.hash_array(out[idc].to_numpy(dtype=object))
+            if len(newer):
+                old = newer[np.minimum(np.searchsorted(newer, h), len(newer) - 1)] == h
+                dropped += int((keep & old).sum()); keep &= ~old
+            if not keep.all(): chunk, out, h = chunk[keep].reset_index(drop=True), out[keep].reset_index(drop=True), h[keep]
+            if not len(chunk): continue
+            if n + len(h) > len(ids): ids = np.concatenate([ids[:n], np.empty(max(n, len(h)), np.uint64)])  # more rows than recorded
+            ids[n:n + len(h)] = h; n += len(h)
+            yield i, chunk, out
+        h = ids[:n]; h.sort(); same = h[1:] == h[:-1]  # sorted in place: equal neighbours are rows sharing an id
+        rep = np.zeros(len(h), bool); rep[1:] |= same; rep[:-1] |= same
+        if counts is not None: counts[run['id']] = dict(input=str(run['input']), rows=n, superseded=dropped, repeated=int(rep.sum()))
+        if i: newer = np.union1d(newer, h[np.r_[True, ~same]] if len(h) else h)
+
+# %% ../nbs/06_monitor.ipynb #bm2notes02
+def batch_window_notes(counts:dict, # `batch_window_chunks`' counts per run id
+                      ) -> list:
+    "Sentences on the rows the two rules touched: older rows superseded by a newer run, rows sharing an id in one run ([] when none)."
+    sup, rep = sum(c['superseded'] for c in counts.values()), {c['input']: c['repeated'] for c in counts.values() if c['repeated']}
+    notes = [f"{sup:,} row(s) of older batch runs left out: a newer run scored the same ids in the window (the newest run of an id wins)"] if sup else []
+    if rep: notes.append(f"{sum(rep.values()):,} row(s) share an id with another row of the same run ({', '.join(f'{n:,} in {p}' for p, n in rep.items())}): "
+                         "each row is kept, and a label recorded for the id applies to every row with it")
+    return notes
+
+# %% ../nbs/06_monitor.ipynb #05e053ed
+def batch_runs_in(cfg, # project config
+                  name:str, t0, t1, # model name, window [t0, t1) in UTC
+                  version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
+                  alias:str='production') -> tuple:
+    "(the successful `batch_runs` rows of `name` that overlap [t0, t1) and were scored by the version, that version)."
     import sqlalchemy as sa
     from mlprod import db, registry
     t = db.batch_runs
@@ -950,10 +1018,170 @@ def read_batch_window(cfg, # project config
     v = str(version) if version is not None else registry.resolve_version(name, alias, cfg=cfg)
     if runs and not any(r['version'] == v for r in runs) and version is None:
         v = max({r['version'] for r in runs}, key=lambda x: sum(r['n_scored'] or 0 for r in runs if r['version'] == x))
-    model = registry.load(name, v, cfg)
-    parts = [batch_window_rows(r, model, to_utc(t0), to_utc(t1), cfg.db_url) for r in runs if r['version'] == v]
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(model.features) + ['prediction', model.target])
-    return Window(name, v, alias if version is None else None, to_utc(t0), to_utc(t1), 'batch', rows)
+    return [r for r in runs if r['version'] == v], v
+
+# %% ../nbs/06_monitor.ipynb #3cd265ac
+def read_batch_window(cfg, # project config
+                      name:str, t0, t1, # model name, window [t0, t1) in UTC
+                      version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
+                      alias:str='production',
+                      chunk_rows:int=100_000, # rows read per chunk
+                     ):
+    "The window as the recorded batch runs hold it (a `Window`, source 'batch'): the newest run of an id wins, rows in run order."
+    from mlprod import registry
+    from mlprod.requestlog import labels_series
+    runs, v = batch_runs_in(cfg, name, t0, t1, version, alias)
+    model, counts, parts = registry.load(name, v, cfg), {}, {}
+    feats = list(model.features)
+    for i, chunk, out in batch_window_chunks(model, runs, t0, t1, chunk_rows, counts):
+        parts.setdefault(i, []).append(chunk[feats].assign(**{PREDICTION: out['prediction'].to_numpy(), 'request_id': out[runs[i]['id_column']].to_numpy()}))
+    rows = (pd.concat([p for i in sorted(parts) for p in parts[i]], ignore_index=True) if parts
+            else pd.DataFrame(columns=feats + [PREDICTION, 'request_id']))
+    rows[model.target] = labels_series(window_labels(cfg.db_url, rows['request_id'].tolist()).reindex(rows['request_id']).tolist()).to_numpy()
+    return Window(name, v, alias if version is None else None, to_utc(t0), to_utc(t1), 'batch', rows, why='; '.join(batch_window_notes(counts)))
+
+# %% ../nbs/06_monitor.ipynb #fdf5abd4
+@dataclass(eq=False)
+class BatchSummary:
+    "What `stream_batch_window` kept of a batch window: counts and profiles of every row, labelled scores, a bounded sample."
+    model:str # model name
+    version:str # the version that scored the rows
+    alias:str|None # the alias that named it
+    start:dt.datetime # inclusive, UTC
+    end:dt.datetime # exclusive, UTC
+    profile:ReferenceProfile # exact value counts of the profiled inputs and `prediction` over every row
+    rows:int=0 # rows of the window
+    unseen_rows:int=0 # rows holding a category unseen in training (any column)
+    unseen:dict=field(default_factory=dict) # column -> [rows, {value (text): count} in order of first appearance]
+    labelled:pd.DataFrame|None=None # labelled rows only: the label, `prediction` (multiclass: the class probabilities too)
+    sample:pd.DataFrame|None=None # a uniform random sample of at most `max_rows` rows (features, `prediction`, label), in window order
+    max_rows:int=100_000 # the sample's bound
+    peak_mb:float|None=None # peak resident memory of the process after streaming
+    run_counts:dict=field(default_factory=dict) # run id -> rows kept, superseded by a newer run, sharing an id (`batch_window_chunks`)
+    def __len__(self) -> int: return self.rows
+
+# %% ../nbs/06_monitor.ipynb #5e82a929
+def _bottom_k(sample:pd.DataFrame|None, rows:pd.DataFrame, keys:np.ndarray, k:int) -> pd.DataFrame:
+    "The `k` rows with the smallest `_key` among `sample` and `rows` (given `keys`): a uniform random sample without replacement."
+    rows = rows.assign(_key=keys)
+    both = rows if sample is None else pd.concat([sample, rows], ignore_index=True)
+    return both if len(both) <= k else both.iloc[np.argpartition(both['_key'].to_numpy(), k - 1)[:k]]
+
+# %% ../nbs/06_monitor.ipynb #622eb0a3
+def stream_batch_window(cfg, # project config (database: runs and labels)
+                        model, # the version (`LoadedModel`)
+                        profile:ReferenceProfile, # its reference profile (the columns and kinds to count)
+                        runs:list, # `batch_runs_in(...)[0]`: the version's runs overlapping the window
+                        t0, t1, # the window [t0, t1), UTC
+                        max_rows:int=100_000, # rows kept at most in the sample
+                        chunk_rows:int=100_000, # rows per chunk
+                        max_values:int|None=1_000_000, # distinct values counted per numerical column before rounding (`mlprod.batch.WindowProfile`)
+                        seed:int=0, alias:str|None=None) -> BatchSummary:
+    "Read the window's rows of `runs` chunk by chunk into a `BatchSummary`: memory bounded by columns, distinct values and `max_rows`."
+    from mlprod.batch import WindowProfile, peak_mb, proba_column
+    from mlprod.requestlog import labels_series
+    t0, t1 = to_utc(t0), to_utc(t1)
+    feats, t = list(model.features), model.target
+    probas = [proba_column(c) for c in model.classes] if model.task == 'multiclass' else []
+    wp, rng, labelled, sample, seen = WindowProfile(profile, max_values=max_values), np.random.default_rng(seed), [], None, {}
+    s = BatchSummary(model.name, str(model.version), alias, t0, t1, profile)
+    for i, chunk, out in batch_window_chunks(model, runs, t0, t1, chunk_rows, s.run_counts):  # newest run first
+        idc = runs[i]['id_column']
+        missing = [c for c in feats if c not in chunk.columns]
+        if missing: raise DataError(f"data: columns {missing} are missing; allowed: a frame with the model's features {model.features}")
+        rows = chunk[feats].assign(**{PREDICTION: out['prediction'].to_numpy()})
+        wp.add(rows)
+        masks = unseen_masks(rows, model.schema)
+        for c, m in masks.items():
+            if not m.any(): continue
+            u = s.unseen.setdefault(c, [0, {}]); u[0] += int(m.sum())
+            for k, v in rows.loc[m, c].astype(str).value_counts(sort=False).items(): u[1][k] = u[1].get(k, 0) + int(v)
+        if masks: s.unseen_rows += int(np.logical_or.reduce(list(masks.values())).sum())
+        lab = window_labels(cfg.db_url, out[idc].tolist()).reindex(out[idc]).to_numpy(dtype=object)  # a label applies to every row of its id
+        has = pd.notna(lab)
+        if has.any(): labelled.append((i, lab[has].tolist(), out.loc[has, ['prediction', *probas]].reset_index(drop=True)))
+        k = seen.get(i, 0); seen[i] = k + len(rows)  # '_pos': window order is run order (oldest first), then row order
+        sample = _bottom_k(sample, rows.assign(**{t: labels_series(lab.tolist()).to_numpy(), '_pos': i * 2**40 + np.arange(k, k + len(rows))}),
+                           rng.random(len(rows)), max_rows)
+    s.profile, s.rows, s.max_rows = wp.profile(dict(model=model.name, version=str(model.version), source='batch')), sum(seen.values()), max_rows
+    labelled.sort(key=lambda p: p[0])  # stable: a run's chunks keep their order
+    if labelled:
+        s.labelled = pd.concat([p for _, _, p in labelled], ignore_index=True).assign(**{t: labels_series([v for _, l, _ in labelled for v in l]).to_numpy()})
+    if sample is not None: s.sample = sample.sort_values('_pos').drop(columns=['_key', '_pos']).reset_index(drop=True)
+    s.peak_mb = peak_mb()
+    return s
+
+# %% ../nbs/06_monitor.ipynb #500fe7b9
+def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
+                          model, # the version
+                          profile:ReferenceProfile, # its reference profile (the one the summary counted)
+                          thresholds:Thresholds=Thresholds(), # the model's thresholds
+                          *, metric:str|None=None, # headline metric (default: roc_auc)
+                          reference:pd.DataFrame|None=None, # the training snapshot (default: `model.reference()`)
+                          holdout:pd.DataFrame|None=None, # labelled rows the model did not train on, to calibrate the estimate
+                          max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
+                          sample_rows:int=5000, # rows of each side kept for the report
+                          previous:pd.DataFrame|None=None, # scored rows of the previous monitored window
+                         ) -> MonitorResult:
+    "Every check of a streamed batch window as a `MonitorResult`: the checks of `evaluate_window`, fed with counts, labelled rows and a sample."
+    th, ref, s = thresholds, model.reference() if reference is None else reference, summary
+    if not s.rows: raise NoDataError(s.model, s.start, s.end, 'batch')
+    n, notes = s.rows, []
+    checks = (dq := unseen_checks(n, s.unseen_rows, {c: (k, pd.Series(v, dtype='int64')) for c, (k, v) in s.unseen.items()}, th))
+    figures = dict(rows=n, unseen_share=dq[0].observed)
+    drift, pdrift = window_drift(profile, s.profile, th)
+    checks += drift_checks(drift, th, pdrift)
+    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
+    if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
+    if len(s.sample) < n:  # the sample's missing shares are not the window's: the counted ones go with the figures
+        figures['missing_shares'] = {c.name: c.n_missing / n for c in s.profile.columns if c.name != PREDICTION}
+        notes.append(f"the window's {n:,} rows were read in chunks: data quality, drift and realized performance cover every row; the "
+                     f"label-free estimate, the multivariate signals and the report's charts use a uniform random sample of {len(s.sample):,} rows "
+                     "(the missing shares of every row are in the figures, `missing_shares`)")
+    notes += batch_window_notes(s.run_counts)
+    for k, f in (('superseded', 'superseded_rows'), ('repeated', 'repeated_id_rows')):
+        if (v := sum(c[k] for c in s.run_counts.values())): figures[f] = v
+    if s.profile.meta.get('rounded'):
+        notes.append('drift counted on rounded values of columns with more distinct values than the stream keeps: ' +
+                     ', '.join(f"{c} ({d} significant digits)" for c, d in s.profile.meta['rounded'].items()))
+    cal = window_calibration(model, profile, holdout, None, th.min_rows, ref)
+    metric = metric or 'roc_auc'
+    train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
+    lab = s.labelled if s.labelled is not None else pd.DataFrame({PREDICTION: [], model.target: []})
+    scores = lab[[c for c in lab.columns if c not in (PREDICTION, model.target)]].to_numpy(float) if model.task == 'multiclass' else None
+    rc, rf = realized_checks(model, lab, metric, th, *_baseline(model, metric, cal), train_metric, n_rows=n, scores=scores)
+    ec, ef = estimated_checks(model, s.sample, cal, metric, th, max_ece)
+    checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
+    sc, sf = signal_checks(s.sample, model, profile, th, previous=previous, holdout=holdout, reference=ref); checks += sc; figures.update(sf)
+    checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
+    return MonitorResult(s.model, str(model.version), s.alias, s.start, s.end, 'batch', Checks(f"Monitor {s.model} v{model.version}", checks),
+                         figures, drift, pdrift, cal, uuid.uuid4().hex, utcnow(), notes=tuple(notes),
+                         samples=report_samples(model, ref, s.sample, sample_rows))
+
+# %% ../nbs/06_monitor.ipynb #8b62e121
+def monitor_batch(name:str, # model name from mlprod.toml
+                  start, end, # the window [start, end), UTC
+                  *, cfg:ProjectConfig, # project
+                  version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
+                  alias:str='production',
+                  holdout:pd.DataFrame|None=None, # labelled rows the model did not train on (importance, thresholds, calibration)
+                  max_ece:float=0.05, sample_rows:int=5000, # as for `evaluate_window`
+                  max_rows:int=100_000, # rows of the window kept at most (the sample)
+                  chunk_rows:int=100_000, # rows read per chunk
+                  max_values:int|None=1_000_000, # distinct values counted per numerical column before rounding
+                 ) -> MonitorResult:
+    "The batch outputs of `name` over [start, end), streamed (`stream_batch_window`) and evaluated (`evaluate_batch_window`); not published."
+    from mlprod import registry
+    t0, t1 = to_utc(start), to_utc(end)
+    if t0 >= t1: raise ConfigError('window', f"{start} .. {end}", 'start before end')
+    runs, v = batch_runs_in(cfg, name, t0, t1, version, alias)
+    model, mc = registry.load(name, v, cfg), cfg.model(name)
+    profile = reference_profile(model, cfg, holdout=holdout, thresholds=mc.thresholds)
+    s = stream_batch_window(cfg, model, profile, runs, t0, t1, max_rows, chunk_rows, max_values, alias=alias if version is None else None)
+    if not s.rows: raise NoDataError(name, t0, t1, 'batch')
+    prev = previous_rows(Window(name, s.version, s.alias, t0, t1, 'batch', s.sample), model, cfg)
+    return evaluate_batch_window(s, model, profile, mc.thresholds, metric=mc.metric, reference=model.reference(), holdout=holdout,
+                                 max_ece=max_ece, sample_rows=sample_rows, previous=prev)
 
 # %% ../nbs/06_monitor.ipynb #036a19ac
 def load_window(name:str, # model name from mlprod.toml
@@ -1066,6 +1294,8 @@ def realized_checks(model, # the version
                     thresholds:Thresholds=Thresholds(),
                     baseline:float|None=None, baseline_source:str='', # from `_baseline`
                     training_metric:float|None=None, # the metric on the training snapshot (context)
+                    n_rows:int|None=None, # rows of the window when `current` holds only some of them (a streamed window's labelled rows)
+                    scores=None, # the scores of `current`'s rows (multiclass: probabilities) when it lacks the features
                    ) -> tuple:
     "(checks, figures): label coverage and the realized metric of the labelled rows."
     from mlprod.compare import encode_labels
@@ -1080,6 +1310,7 @@ def realized_checks(model, # the version
             except MlprodError as e:  # labels the version cannot read: say so, and judge no performance on them
                 checks.append(Check('performance:labels', Status.ERROR, None, f"values among {model.classes}", str(e))); labelled[:] = False
             y = pd.Series(codes, index=current.index)
+    n = len(current) if n_rows is None else n_rows
     n_lab = int(labelled.sum()); coverage = n_lab / n
     if not n_lab:
         return checks + [Check('performance:label_coverage', Status.SKIPPED, 0.0, None, f"no labels have arrived yet for the {n} rows",
@@ -1088,7 +1319,7 @@ def realized_checks(model, # the version
                dict(label_coverage=coverage)
     checks.append(Check('performance:label_coverage', Status.SUCCESS, coverage, None, f"{n_lab} of {n} rows have a label ({coverage:.1%})",
                         dict(n_labelled=n_lab, rows=n)))
-    pc = performance_check(y[labelled].to_numpy(float), _labelled_scores(model, current, labelled), metric, model.task, thresholds,
+    pc = performance_check(y[labelled].to_numpy(float), _labelled_scores(model, current, labelled) if scores is None else np.asarray(scores)[labelled], metric, model.task, thresholds,
                            baseline, baseline_source, training_metric)
     return checks + [pc], dict(label_coverage=coverage, realized_metric=pc.observed, realized_ci_low=pc.details.get('ci_low'),
                               realized_ci_high=pc.details.get('ci_high'), metric=metric)
@@ -1270,6 +1501,9 @@ def monitor(name:str, # model name from mlprod.toml
     "Monitor model `name` over [start, end): `load_window`, the version's stored profile (and error model), `evaluate_window`, `publish`."
     from mlprod import registry
     cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
+    if window is None and data is None and source == 'batch':  # streamed in chunks: memory bounded by columns and distinct values, not rows
+        return publish(monitor_batch(name, start, end, cfg=cfg, version=version, alias=alias, holdout=calibration, max_ece=max_ece,
+                                     sample_rows=sample_rows), cfg, mlflow=log_to_mlflow, record=record, alerts=alerts, report=save_report)
     if window is None:
         window = load_window(name, start, end, cfg=cfg, source=source, data=data, version=version, alias=alias, time_field=time_field,
                              calibration_days=0 if calibration is not None else calibration_days)

@@ -187,3 +187,99 @@ def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
     out = pd.read_parquet(r.output)
     assert res.source == 'batch' and res.figures['rows'] == len(wk)
     assert res.figures['realized_metric'] == pytest.approx(roc_auc_score(wk['delayed'], out['proba_1']), abs=1e-9)
+
+
+def test_parquet_text_in_numeric_column_is_coerced_like_csv(proj, flights, tmp_path):
+    "A Parquet export with a numeric column stored as text rejects only the values that are not numbers, with reasons, as CSV does."
+    from mlprod.batch import score_local
+    from mlprod import registry
+    cfg, model = proj
+    lm = registry.load('flights', 'production', cfg)
+    d = flight_rows(flights, '2013-04-01', '2013-04-02')
+    d = d.assign(temp=d['temp'].map(lambda v: '' if v != v else repr(float(v))).astype(object))
+    d.loc[[2, 7], 'temp'] = ['n/a?', 'warm']
+    d.to_parquet(tmp_path/'text.parquet'); d.to_csv(tmp_path/'text.csv', index=False)
+    rp = score_local(lm, tmp_path/'text.parquet', tmp_path/'p.scores.parquet', id_column='flight_id', unseen='score')
+    rc = score_local(lm, tmp_path/'text.csv', tmp_path/'c.scores.parquet', id_column='flight_id', unseen='score')
+    rej = pd.read_parquet(rp.rejects_path)
+    assert (rp.n_rejected, rej['row'].tolist(), rej['column'].tolist(), rej['value'].tolist()) == (2, [2, 7], ['temp', 'temp'], ['n/a?', 'warm'])
+    assert 'wrong type' in rej['reason'][0], rej['reason'][0]
+    assert (rp.n_scored, rp.n_rejected) == (rc.n_scored, rc.n_rejected) == (len(d) - 2, 2)
+    out = pd.read_parquet(rp.output)
+    np.testing.assert_allclose(out['prediction'], pd.read_parquet(rc.output)['prediction'], rtol=0, atol=1e-12)
+    good = flight_rows(flights, '2013-04-01', '2013-04-02').drop(index=[2, 7])
+    np.testing.assert_allclose(out['proba_1'], model.predict_proba(good[list(cfg.model('flights').features)])[:, 1], rtol=0, atol=1e-9)
+
+
+def test_streamed_batch_monitor_equals_in_memory_on_a_month(proj, flights, tmp_path):
+    "November 2013 scored by the local engine, half labelled: the streamed monitor gives the in-memory verdicts and drift figures (1e-9)."
+    from mlprod.score import score
+    from mlprod.monitor import monitor, monitor_batch, load_window
+    from mlprod.requestlog import ingest_labels
+    cfg, model = proj
+    nov = flight_rows(flights, '2013-11-01', '2013-12-01')
+    nov.to_parquet(tmp_path/'nov.parquet', row_group_size=20_000)
+    r = score('flights', tmp_path/'nov.parquet', tmp_path/'nov.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
+    lab = nov.iloc[::2]
+    pd.DataFrame({'request_id': lab['flight_id'].astype(str), 'label': lab['delayed']}).to_csv(tmp_path/'nov_labels.csv', index=False)
+    ingest_labels(tmp_path/'nov_labels.csv', cfg=cfg)
+    kw = dict(cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
+    t0 = time.perf_counter()
+    streamed = monitor('flights', '2013-11-01', '2013-12-01', source='batch', **kw)
+    t1 = time.perf_counter()
+    w = load_window('flights', '2013-11-01', '2013-12-01', cfg=cfg, source='batch')
+    memory = monitor('flights', '2013-11-01', '2013-12-01', window=w, **kw)
+    t2 = time.perf_counter()
+    print(f"\nNovember 2013, {len(nov):,} rows: streamed monitor {t1 - t0:.1f} s, in memory {t2 - t1:.1f} s")
+    assert streamed.figures['rows'] == memory.figures['rows'] == r.n_scored == len(nov)
+    s, m = {c.name: c for c in streamed.checks.checks}, {c.name: c for c in memory.checks.checks}
+    assert list(s) == list(m) and len(s) > 15, (list(s), list(m))
+    for n in s:
+        assert s[n].status == m[n].status, (n, s[n], m[n])
+        if isinstance(m[n].observed, float): assert s[n].observed == pytest.approx(m[n].observed, abs=1e-9, nan_ok=True), (n, s[n], m[n])
+    assert [(c.column, c.stattest, c.n_current, c.drifted) for c in streamed.drift.columns] == \
+           [(c.column, c.stattest, c.n_current, c.drifted) for c in memory.drift.columns]
+    np.testing.assert_allclose([c.statistic for c in streamed.drift.columns], [c.statistic for c in memory.drift.columns], rtol=0, atol=1e-9)
+    assert streamed.prediction_drift.statistic == pytest.approx(memory.prediction_drift.statistic, abs=1e-9)
+    for k in ('drift_share', 'drift_score', 'prediction_drift', 'unseen_share', 'label_coverage', 'realized_metric', 'estimated_roc_auc'):
+        assert streamed.figures[k] == pytest.approx(memory.figures[k], abs=1e-9), k
+    assert streamed.figures['verdict_reason'] == memory.figures['verdict_reason']
+    assert streamed.figures['label_coverage'] == pytest.approx(len(lab) / len(nov))
+    # a sample smaller than the window: the counted checks are the same, the rest is on the sample, and the notes say so
+    small = monitor_batch('flights', '2013-11-01', '2013-12-01', cfg=cfg, max_rows=3000, chunk_rows=7000)
+    counted = lambda res: {c.name: (c.status, c.observed) for c in res.checks.checks
+                           if c.name.startswith(('data_quality:', 'drift:', 'performance:')) and c.name != 'drift:multivariate'}
+    cs, cm = counted(small), counted(memory)
+    assert cs.keys() == cm.keys() and all(cs[k][0] == cm[k][0] and cs[k][1] == pytest.approx(cm[k][1], abs=1e-9) for k in cs), (cs, cm)
+    assert any('uniform random sample of 3,000 rows' in n for n in small.notes), small.notes
+    coarse = monitor_batch('flights', '2013-11-01', '2013-12-01', cfg=cfg, max_values=2000)  # more distinct scores than that: rounded, said so
+    assert any('prediction (' in n and 'significant digits' in n for n in coarse.notes), coarse.notes
+    assert coarse.prediction_drift.statistic == pytest.approx(memory.prediction_drift.statistic, abs=1e-3)
+    shares = small.figures['missing_shares']
+    assert shares == pytest.approx({c: float(w.rows[c].isna().mean()) for c in shares}, abs=1e-12) and max(shares.values()) > 0, shares
+    assert len(small.samples['current']) <= 3000 and small['estimated:roc_auc'].details['n'] == 3000
+
+
+def test_streamed_monitor_leaves_out_rejected_rows_and_refuses_unpaired_output(proj, flights, tmp_path):
+    "Rows scoring rejected are left out of the streamed window by row number (as the in-memory join leaves them out); an output not in input order is refused with the next step."
+    from mlprod.score import score
+    from mlprod.monitor import monitor, load_window
+    from mlprod.batch import BatchError
+    cfg, model = proj
+    d = flight_rows(flights, '2013-10-07', '2013-10-09')
+    d = d.astype({'distance': 'float64'}); d.loc[[5, 6, 400], 'distance'] = np.inf  # refused by the contract
+    d.to_parquet(tmp_path/'oct.parquet', row_group_size=300)
+    r = score('flights', tmp_path/'oct.parquet', tmp_path/'oct.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg,
+              chunk_rows=250)
+    assert (r.n_rejected, r.n_scored) == (3, len(d) - 3)
+    kw = dict(cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
+    streamed = monitor('flights', '2013-10-07', '2013-10-09', source='batch', **kw)
+    w = load_window('flights', '2013-10-07', '2013-10-09', cfg=cfg, source='batch')
+    memory = monitor('flights', '2013-10-07', '2013-10-09', window=w, **kw)
+    assert streamed.figures['rows'] == len(w) == len(d) - 3
+    assert [(c.name, c.status) for c in streamed.checks.checks] == [(c.name, c.status) for c in memory.checks.checks]
+    np.testing.assert_allclose([c.statistic for c in streamed.drift.columns], [c.statistic for c in memory.drift.columns], rtol=0, atol=1e-9)
+    out = pd.read_parquet(r.output)
+    out.iloc[::-1].to_parquet(r.output)  # the same rows, another order
+    with pytest.raises(BatchError, match='do not pair'):
+        monitor('flights', '2013-10-07', '2013-10-09', source='batch', **kw)

@@ -176,3 +176,33 @@ def test_retrain_compare_and_monitor_jobs_with_the_registry(tmp_path):
     prod, stag = registry.resolve_version('flights', 'production', cfg=cfg), registry.resolve_version('flights', 'staging', cfg=cfg)
     assert f'>v{prod}<' in index and f'>v{stag}<' in index and 'monitor · realized metric' in index
     print(f"\nretrain {retrain['duration_s']:.0f} s, compare {run['duration_s']:.0f} s, monitor with the production model {mon['duration_s']:.0f} s")
+
+
+def test_monitor_job_on_batch_outputs(tmp_path):
+    "The scheduled monitor job reads `mlprod score` outputs (source='batch'); a week scored twice counts once (the newest run wins)."
+    import dataclasses
+    from mlprod.config import DEFAULT_TOML, parse_config
+    from mlprod.data import load_flights
+    from mlprod.recipes import train_lightgbm
+    from mlprod.score import score
+    from mlprod import registry
+    toml = DEFAULT_TOML.replace('reference_sample = 100000', 'reference_sample = 2000')
+    (tmp_path/'mlprod.toml').write_text(toml)
+    cfg = parse_config(toml, root=tmp_path, env={})
+    df = load_flights('2013-01-01', '2013-01-15').sample(3000, random_state=0)
+    m = train_lightgbm(df, dataclasses.replace(cfg.model('flights'), params={'n_estimators': 10, 'num_leaves': 7}))
+    registry.promote('flights', registry.register(m, 'flights', df, cfg=cfg).version, reason='batch job test', force=True, cfg=cfg)
+    week = load_flights('2013-02-01', '2013-02-08').reset_index(drop=True)
+    week.assign(flight_id=range(len(week))).to_parquet(tmp_path/'week.parquet')
+    n = [score('flights', tmp_path/'week.parquet', tmp_path/'out'/out, id_column='flight_id', time_column='time_hour', cfg=cfg).n_scored
+         for out in ('week.parquet', 'week-rerun.parquet')]
+    assert n[0] == n[1] > 1000, n
+    r = mlprod('run', 'monitor', '-p', 'source', 'batch', '-p', 'start', '2013-02-01', '-p', 'end', '2013-02-08', '--json', '--no-dashboard', cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(r.stdout)
+    f = run['figures']
+    assert (f['source'], f['rows'], f['superseded_rows'], f['version']) == ('batch', n[1], n[0], '1'), f
+    assert 0 <= f['drift_share'] <= 1 and f['status'] in ('SUCCESS', 'WARNING', 'FAIL')
+    page = Path(run['report_path']).read_text()
+    assert 'Monitoring report' in page and '(batch)' in page and 'Traceback' not in page and not EXTERNAL.search(page)
+    assert db_rows(tmp_path, "select source, n_rows from monitor_runs") == [('batch', n[1])]

@@ -387,3 +387,45 @@ def test_monitor_job_stays_within_its_measured_time(stored, flights):
     assert profile_path(cfg, 'flights', version).stat().st_mtime_ns == mtime  # read, not rebuilt
     assert 'holdout rows (profile stored at registration)' in r['drift:share'].message
     assert t_job <= 1.5 * t_eval + 0.5 * t_build, (t_job, t_eval, t_build)
+
+
+def test_batch_repeated_ids_rescored_rows_and_text_time(proj, trained, flights, tmp_path):
+    """Batch outputs whose ids meet again: rows sharing an id in one run are all kept and each gets its id's label;
+    a later run of the same ids (its time column as ISO text) supersedes the earlier rows; streamed and in-memory agree."""
+    from mlprod.score import score
+    from mlprod.requestlog import ingest_labels
+    from mlprod.monitor import load_window, monitor_batch
+    cfg, version, _ = proj
+    week = month(flights, 3)
+    week = week[week.time_hour < pd.Timestamp('2013-03-08', tz='UTC')].reset_index(drop=True).assign(flight_id=lambda d: np.arange(len(d)) // 2)
+    week.to_parquet(tmp_path / 'week.parquet')  # every id twice: a one-to-many join upstream
+    first = score('flights', tmp_path / 'week.parquet', tmp_path / 'out' / 'week.parquet', alias=version, id_column='flight_id',
+                  time_column='time_hour', cfg=cfg)
+    assert first.n_rejected == 0, first
+    labels = week.groupby('flight_id', as_index=False)['delayed'].first()  # one label per id (what `labels ingest` keeps)
+    labels.rename(columns={'flight_id': 'request_id', 'delayed': 'label'}).astype({'request_id': str}).to_csv(tmp_path / 'labels.csv', index=False)
+    ingest_labels(tmp_path / 'labels.csv', cfg=cfg)
+    kw = dict(cfg=cfg, version=version)
+    r = monitor_batch('flights', '2013-03-01', '2013-03-08', **kw)
+    n = len(week)
+    assert (r.figures['rows'], r.figures['repeated_id_rows'], r.figures.get('superseded_rows')) == (n, n - n % 2, None), r.figures  # an odd week's last id is alone
+    out = pd.read_parquet(tmp_path / 'out' / 'week.parquet')
+    y = week['flight_id'].map(labels.set_index('flight_id')['delayed'])  # each row gets its id's label
+    np.testing.assert_allclose(r.figures['realized_metric'], roc_auc_score(y, out['prediction']), rtol=1e-9)
+    assert any('share an id with another row of the same run' in s for s in r.notes), r.notes
+    mem = load_window('flights', '2013-03-01', '2013-03-08', cfg=cfg, source='batch', version=version)  # no MergeError
+    assert len(mem) == n and mem.rows['delayed'].notna().all()
+
+    # the second half of the week scored again, its time column as ISO text: the newest run wins, each row counted once
+    late = week[week.time_hour >= pd.Timestamp('2013-03-04', tz='UTC')]
+    late.assign(time_hour=late.time_hour.dt.strftime('%Y-%m-%dT%H:%M:%SZ')).to_parquet(tmp_path / 'late.parquet')
+    again = score('flights', tmp_path / 'late.parquet', tmp_path / 'out' / 'late.parquet', alias=version, id_column='flight_id',
+                  time_column='time_hour', cfg=cfg)
+    assert again.n_scored == len(late), again
+    shared = week['flight_id'].isin(late['flight_id']).sum()  # ids split across the cut lose their early row too: the newest run holds the id
+    r2 = monitor_batch('flights', '2013-03-01', '2013-03-08', **kw)
+    assert (r2.figures['rows'], r2.figures['superseded_rows']) == (n - shared + len(late), shared), r2.figures
+    mem2 = load_window('flights', '2013-03-01', '2013-03-08', cfg=cfg, source='batch', version=version)
+    assert len(mem2) == r2.figures['rows'] and 'a newer run scored the same ids' in mem2.why
+    np.testing.assert_allclose(np.sort(mem2.rows['prediction'].to_numpy()), np.sort(out['prediction'][~week['flight_id'].isin(late['flight_id'])
+                               | (week.time_hour >= pd.Timestamp('2013-03-04', tz='UTC'))].to_numpy()), rtol=1e-12)

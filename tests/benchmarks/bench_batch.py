@@ -10,6 +10,11 @@
 2. Drift of DRIFT_ROWS rows x 30 columns from Parquet against a cached reference profile (`mlprod.batch.parquet_drift`) vs
    Evidently 0.7's DataDriftPreset on the same table, in a subprocess limited to EVIDENTLY_GB of address space and
    EVIDENTLY_S seconds (its time, or how it failed).
+3. Monitoring a batch window (`mlprod monitor NAME --source batch`, i.e. `monitor_batch`): SMALL and ROWS resampled
+   flights rows scored by the local engine and recorded, every 20th row labelled, each size in its own project; the
+   streamed monitor (chunks: value counts, unseen counts, labelled rows, a 100,000-row sample) beside the old in-memory
+   way (`load_window(source='batch')` reads the window's rows with pandas, then `evaluate_window`), each in its own
+   process, the in-memory one under MONITOR_GB of address space and MONITOR_S seconds (its figures, or how it failed).
 
 `make bench` runs it: ROWS = 10,000,000 (MLPROD_BENCH_SCORE_ROWS), SMALL = 1,000,000 (MLPROD_BENCH_SCORE_SMALL); the
 drift part reads DRIFT_ROWS = 10,000,000 rows (MLPROD_BENCH_DRIFT_ROWS). Prints figures and ratios; asserts only that
@@ -25,6 +30,8 @@ DRIFT_ROWS = int(os.environ.get('MLPROD_BENCH_DRIFT_ROWS', 10_000_000))
 CHUNK = 100_000
 TREES = int(os.environ.get('MLPROD_BENCH_BATCH_TREES', 30))
 EVIDENTLY_GB, EVIDENTLY_S = 8, int(os.environ.get('MLPROD_BENCH_EVIDENTLY_S', 150))
+MONITOR_GB, MONITOR_S = 8, int(os.environ.get('MLPROD_BENCH_MONITOR_S', 900))
+YEAR = ('2013-01-01', '2014-01-01')  # the monitored window: every resampled row
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
 
@@ -101,6 +108,16 @@ def worker(kind: str, args: dict):
         t = time.perf_counter()
         r = parquet_drift(prof, args['input'])
         res.update(rows=r.n_current, n_drifted=r.n_drifted, dataset_drift=r.dataset_drift)
+    elif kind in ('monitor-stream', 'monitor-memory'):
+        from mlprod.config import get_config
+        from mlprod.monitor import monitor, monitor_batch, load_window
+        cfg = get_config(args['project'])
+        if kind == 'monitor-memory': resource.setrlimit(resource.RLIMIT_AS, (MONITOR_GB << 30, MONITOR_GB << 30))
+        t = time.perf_counter()
+        if kind == 'monitor-stream': r = monitor_batch('flights', *YEAR, cfg=cfg)
+        else: r = monitor('flights', *YEAR, cfg=cfg, window=load_window('flights', *YEAR, cfg=cfg, source='batch'), log_to_mlflow=False, alerts=False, record=False)
+        res.update(rows=r.figures['rows'], status=r.status.value, checks={c.name: [c.status.value, c.observed if isinstance(c.observed, (int, float)) else None]
+                                                                          for c in r.checks.checks})
     else:  # evidently, under an address-space limit
         resource.setrlimit(resource.RLIMIT_AS, (EVIDENTLY_GB << 30, EVIDENTLY_GB << 30))
         import warnings; warnings.simplefilter('ignore')
@@ -197,6 +214,63 @@ def test_parquet_drift_benchmark(tmp_path):
         print(f"{'evidently DataDriftPreset':40}{theirs['seconds']:>9.1f}{theirs['peak_mb']:>10.0f}")
         print(f"time ratio evidently / mlprod: {theirs['seconds'] / ours['seconds']:.1f}x; memory ratio {theirs['peak_mb'] / ours['peak_mb']:.1f}x")
     assert ours['rows'] == DRIFT_ROWS
+
+
+def write_monitor_data(folder: Path, flights: pd.DataFrame, feats: list, rows: int, seed: int):
+    "`rows` resampled flights rows (features, time_hour, flight_id) in SMALL-row Parquet files, and a labels file for every 20th row."
+    import pyarrow as pa, pyarrow.parquet as pq
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, src, labels = np.random.default_rng(seed), flights[feats + ['time_hour', 'delayed']].reset_index(drop=True), []
+    for k, start in enumerate(range(0, rows, SMALL)):
+        n = min(SMALL, rows - start)
+        part = src.iloc[rng.integers(0, len(src), n)].reset_index(drop=True).assign(flight_id=np.arange(start, start + n))
+        labels.append(pd.DataFrame({'request_id': part['flight_id'].iloc[::20].astype(str), 'label': part['delayed'].iloc[::20]}))
+        pq.write_table(pa.Table.from_pandas(part.drop(columns=['delayed']), preserve_index=False), folder/f"part-{k:03d}.parquet", row_group_size=CHUNK)
+    pd.concat(labels, ignore_index=True).to_parquet(folder.with_name(folder.name + '.labels.parquet'))
+
+
+def test_batch_monitor_benchmark(bench_project, tmp_path):
+    "Peak RSS and time of monitoring a SMALL- and a ROWS-row scored batch: streamed vs the in-memory way."
+    import shutil
+    from mlprod.config import parse_config, ensure_state
+    from mlprod.monitor import reference_profile
+    from mlprod.requestlog import ingest_labels
+    from mlprod.score import score
+    from mlprod import registry
+    root, cfg, flights = bench_project
+    feats = list(cfg.model('flights').features)
+    t = time.perf_counter(); reference_profile(registry.load('flights', 'production', cfg), cfg); prof_s = time.perf_counter() - t  # cached, then copied
+    sizes, res = sorted({SMALL, ROWS}), {}
+    for n in sizes:
+        proj = tmp_path/f"proj-{n}"; shutil.copytree(root, proj)
+        pc = ensure_state(parse_config((proj/'mlprod.toml').read_text(), root=proj, env={}))
+        t = time.perf_counter(); write_monitor_data(tmp_path/f"in-{n}", flights, feats, n, seed=1); gen = time.perf_counter() - t
+        t = time.perf_counter()
+        r = score('flights', tmp_path/f"in-{n}", tmp_path/f"out-{n}.parquet", id_column='flight_id', time_column='time_hour', cfg=pc)
+        scored = time.perf_counter() - t
+        t = time.perf_counter(); ingest_labels(tmp_path/f"in-{n}.labels.parquet", cfg=pc); lab = time.perf_counter() - t
+        print(f"\n{n:,} rows: written in {gen:.0f} s, scored in {scored:.0f} s ({r.n_scored:,} rows), {n // 20:,} labels ingested in {lab:.0f} s")
+        res[n] = (run_side('monitor-stream', timeout=MONITOR_S, project=proj), run_side('monitor-memory', timeout=MONITOR_S, project=proj))
+    print(f"\n\nmonitoring a batch window (monitor --source batch): resampled flights rows scored by the local engine, every 20th row "
+          f"labelled; reference profile built once and cached ({prof_s:.0f} s); each side in its own process (in memory: "
+          f"{MONITOR_GB} GB address-space limit, {MONITOR_S} s cap)")
+    print(f"{'':52}{'rows':>12}{'s':>9}{'peak MB':>10}   verdict")
+    for n in sizes:
+        for name, r in ((f'mlprod streamed (chunks + 100,000-row sample), {n:,}', res[n][0]), (f'in memory (pandas read of the window), {n:,}', res[n][1])):
+            if 'failed' in r: print(f"{name:52}  failed: {r['failed']} after {r['wall_s']:.0f} s"); continue
+            print(f"{name:52}{r['rows']:>12,}{r['seconds']:>9.1f}{r['peak_mb']:>10.0f}   {r['status']}")
+    st = {n: res[n][0] for n in sizes}
+    assert all('failed' not in r and r['rows'] == n for n, r in st.items()), st
+    lo, hi = sizes[0], sizes[-1]
+    print(f"streamed peak memory {st[hi]['peak_mb']:.0f} MB at {hi:,} rows vs {st[lo]['peak_mb']:.0f} MB at {lo:,} (flat: ratio {st[hi]['peak_mb'] / st[lo]['peak_mb']:.2f}); "
+          f"time {st[hi]['seconds'] / st[lo]['seconds']:.1f}x for {hi / lo:.0f}x the rows")
+    for n in sizes:
+        mem = res[n][1]
+        if 'failed' in mem: continue
+        print(f"{n:,} rows: in-memory / streamed peak memory {mem['peak_mb'] / st[n]['peak_mb']:.2f}x, time {mem['seconds'] / st[n]['seconds']:.2f}x")
+        counted = [k for k in mem['checks'] if k.startswith(('data_quality:', 'drift:', 'performance:')) and k != 'drift:multivariate']
+        for k in counted:  # what the stream counts over every row equals the in-memory figures
+            assert st[n]['checks'][k][0] == mem['checks'][k][0] and (mem['checks'][k][1] is None or abs(st[n]['checks'][k][1] - mem['checks'][k][1]) < 1e-9), (k, st[n]['checks'][k], mem['checks'][k])
 
 
 if __name__ == '__main__':
