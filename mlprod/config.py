@@ -17,10 +17,10 @@ from .core import ConfigError, MlprodError, jsonable
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DRIFT_MODES', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'PROJECT_TOML', 'FLIGHTS_TOML',
-           'ALERTS_TOML', 'DEFAULT_TOML', 'Thresholds', 'validate_thresholds', 'CanaryConfig', 'validate_canary',
-           'ModelConfig', 'ChannelConfig', 'AlertRule', 'rules_from_dicts', 'AlertsConfig', 'ProjectConfig',
-           'parse_config', 'mask_url', 'find_config', 'get_config', 'reset_config', 'project_paths',
+__all__ = ['log', 'DRIFT_MODES', 'CALIBRATION_CHUNKS', 'SEVERITIES', 'TASKS', 'CHANNEL_TYPES', 'UNSEEN_POLICIES', 'PROJECT_TOML',
+           'FLIGHTS_TOML', 'ALERTS_TOML', 'DEFAULT_TOML', 'Thresholds', 'validate_thresholds', 'CanaryConfig',
+           'validate_canary', 'ModelConfig', 'ChannelConfig', 'AlertRule', 'rules_from_dicts', 'AlertsConfig',
+           'ProjectConfig', 'parse_config', 'mask_url', 'find_config', 'get_config', 'reset_config', 'project_paths',
            'ensure_importable', 'importable_paths', 'project_env', 'ensure_state', 'mlflow_setup']
 
 # %% ../nbs/00a_config.ipynb #8f98d4af
@@ -46,6 +46,7 @@ class Thresholds:
     false_alarm_warning:float=0.05 # calibrated: share of in-distribution windows allowed to WARN (at least false_alarm_fail)
     importance_floor:float=0.02 # calibrated: a column whose importance share is below this never fails the data-set drift on its own
     calibration_draws:int=200 # calibrated: chunks drawn per window size when the thresholds are measured
+    calibration_chunks:str='random' # calibrated: 'random' (bootstrap rows of the holdout) or 'time' (contiguous blocks in the version's time column: windows are stretches of time)
 
     # mlprod.signals: multivariate drift, the regression estimate, drift since the previous window
     domain_false_alarm:float=0.01 # domain-classifier check: false-alarm rate per window its AUC threshold is calibrated for (reference-vs-reference splits of the window's size)
@@ -58,6 +59,7 @@ class Thresholds:
 
 # %% ../nbs/00a_config.ipynb #1893a4bf
 DRIFT_MODES = ('calibrated', 'fixed') # models.NAME.thresholds.drift_mode
+CALIBRATION_CHUNKS = ('random', 'time') # models.NAME.thresholds.calibration_chunks
 
 def validate_thresholds(th:Thresholds, # the thresholds to check
                         prefix:str='thresholds', # dotted key used in error messages, e.g. 'models.flights.thresholds'
@@ -69,6 +71,8 @@ def validate_thresholds(th:Thresholds, # the thresholds to check
     if th.false_alarm_warning < th.false_alarm_fail:
         raise ConfigError(f"{prefix}.false_alarm_warning", th.false_alarm_warning, f"at least false_alarm_fail ({th.false_alarm_fail})")
     if not (0 <= th.importance_floor < 1): raise ConfigError(f"{prefix}.importance_floor", th.importance_floor, 'a share in [0, 1)')
+    if th.calibration_chunks not in CALIBRATION_CHUNKS:
+        raise ConfigError(f"{prefix}.calibration_chunks", th.calibration_chunks, ' or '.join(map(repr, CALIBRATION_CHUNKS)))
     if th.calibration_draws < 20: raise ConfigError(f"{prefix}.calibration_draws", th.calibration_draws, 'an integer >= 20')
     return th
 

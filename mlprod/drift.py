@@ -27,7 +27,8 @@ __all__ = ['log', 'NUMERICAL', 'CATEGORICAL', 'INT_CARDINALITY_LIMIT', 'SMALL_RE
            'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest', 'is_drift', 'ColumnDrift',
            'DriftResult', 'detect_drift', 'calibrated_stattest', 'missing_count', 'column_statistics',
            'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'importance_shares',
-           'permutation_importance', 'column_ratios', 'calibrate_drift', 'UncalibratedProfileError', 'calibrated_drift']
+           'permutation_importance', 'column_ratios', 'joint_thresholds', 'calibrate_drift', 'UncalibratedProfileError',
+           'calibrated_drift']
 
 # %% ../nbs/05a_drift.ipynb #c9f66b16
 class EmptyColumnError(DataError):
@@ -573,13 +574,16 @@ class DriftCalibration:
     sizes:tuple # window sizes (rows) of the grid
     rates:tuple # false-alarm rates per window, strictest first, e.g. (0.01, 0.05) for FAIL and WARNING
     columns:dict # column -> {'stattest', 'distance': [[threshold per rate] per size], 'missing': same, 'typical': [[distance, missing] per size]}
-    score:tuple # data-set score thresholds: [[threshold per rate] per size]
+    score:tuple # data-set score thresholds: [[threshold per rate] per size] (calibrated jointly with `joint`)
     weights:dict # column -> weight in the data-set score (columns below the importance floor left out)
     n_draws:int=200 # chunks drawn per size
     seed:int=0 # the random seed of the draws
     source:str='holdout' # rows the chunks were drawn from: 'holdout' or 'reference split'
     n_rows:int=0 # rows the chunks were drawn from
     importance_floor:float=0.0 # importance share below which a column is left out of the score
+    joint:dict=field(default_factory=dict) # 'column:NAME' / 'signal:NAME' -> [[threshold per rate] per size], calibrated jointly with the score
+    signal_reference:dict=field(default_factory=dict) # signal name -> its value on all the calibration rows (e.g. the estimated metric)
+    chunking:str='random rows' # how chunks were drawn: 'random rows' or 'time blocks of COLUMN'
     def threshold(self, column:str, n:int, which:str='distance', rate:int=0) -> float:
         "Column `column`'s `which` ('distance' or 'missing') threshold for an `n`-row window at `rates[rate]`."
         v = interpolate_threshold(self.sizes, [q[rate] for q in self.columns[column][which]], n)
@@ -591,6 +595,10 @@ class DriftCalibration:
     def score_threshold(self, n:int, rate:int=0) -> float:
         "The data-set score's threshold for an `n`-row window at `rates[rate]`."
         return interpolate_threshold(self.sizes, [q[rate] for q in self.score], n)
+    def joint_threshold(self, name:str, n:int, rate:int=0) -> float|None:
+        "The threshold of joint check `name` ('column:prediction', 'signal:estimate') for an `n`-row window at `rates[rate]`; None if not calibrated."
+        if name not in self.joint: return None
+        return interpolate_threshold(self.sizes, [q[rate] for q in self.joint[name]], n)
     def to_dict(self) -> dict: return jsonable(dataclasses.asdict(self))
     @classmethod
     def from_dict(cls, d:dict) -> DriftCalibration:
@@ -668,7 +676,36 @@ def _quantiles(a:np.ndarray, rates:Sequence[float]) -> np.ndarray:
         warnings.simplefilter('ignore', RuntimeWarning)
         return np.nan_to_num(np.nanquantile(a, qs, axis=0, method='higher'), nan=0.0)
 
+# %% ../nbs/05a_drift.ipynb #1ee46680
+def joint_thresholds(stats, # (draws, checks) statistics of in-distribution chunks, bigger = further from the reference (NaN: not measured)
+                     rates:Sequence[float], # false-alarm rates per window, strictest first
+                     members=None, # (rates, checks) booleans: which checks raise the verdict at each rate (default: all)
+                    ) -> np.ndarray:
+    "(rates, checks) thresholds: at each rate, a new draw is beyond at least one member check's threshold at most that share of the time."
+    from scipy.stats import rankdata
+    s = np.nan_to_num(np.asarray(stats, float), nan=-np.inf)
+    k, m = len(s), np.ones((len(rates), s.shape[1]), bool) if members is None else np.asarray(members, bool)
+    F = np.column_stack([rankdata(col, 'max') / k for col in s.T]) # each draw's empirical CDF value, per check
+    out = np.empty((len(rates), s.shape[1]))
+    for i, r in enumerate(rates):
+        level = _quantiles(F[:, m[i]].max(1), [r])[0] if m[i].any() else 1.0
+        for j in range(s.shape[1]):
+            lj = level if m[i, j] else _quantiles(F[:, j], [r])[0] # a check outside the verdict keeps its own rate
+            below = s[F[:, j] <= lj, j]
+            out[i, j] = below.max() if below.size else -np.inf
+    return np.nan_to_num(out, neginf=0.0)
+
 # %% ../nbs/05a_drift.ipynb #59dd49b8
+def _chunks(frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None):
+    "`n_draws` chunks for an `n`-row window: bootstrap rows (a little fewer, see above), or contiguous blocks in `time_column` order."
+    if time_column is None:
+        size = max(2, round(1 / (1 / n + 1 / len(frame)))) # a little smaller: the rows drawn from are a sample too
+        for _ in range(n_draws): yield frame.iloc[rng.integers(0, len(frame), size)]
+        return
+    ordered = frame.sort_values(time_column, kind='stable')
+    size = min(n, len(ordered))
+    for start in rng.integers(0, len(ordered) - size + 1, n_draws): yield ordered.iloc[start:start + size]
+
 def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     frame:pd.DataFrame, # in-distribution rows the profile was not built from (a holdout)
                     importance:Mapping[str,float]|None=None, # column -> importance; default: the profile's
@@ -679,33 +716,39 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     seed:int=0, # random seed: same seed and rows, same thresholds
                     importance_floor:float=0.0, # importance share below which a column is left out of the score
                     source:str='holdout', # what `frame` is, in words
+                    verdict_columns:Sequence[str]=(), # profiled columns whose drift warns the verdict (e.g. the prediction): in its WARNING budget
+                    signals:Mapping[str,Any]|None=None, # name -> function of a chunk's rows giving a statistic, bigger = worse: in every budget
+                    time_column:str|None=None, # draw contiguous blocks in this column's order (natural variation over time) instead of random rows
                    ) -> DriftCalibration:
-    "Thresholds for each column and for the data-set score, from chunks of `frame` at each of `sizes`."
+    "Thresholds for each column, and for the data-set score, `verdict_columns` and `signals` jointly, from chunks of `frame` at each of `sizes`."
     rates = tuple(sorted(float(r) for r in rates))
     if not rates or not all(0 < r < 0.5 for r in rates): raise ConfigError('rates', list(rates), 'false-alarm rates in (0, 0.5)')
     if not isinstance(n_draws, int) or n_draws < 20: raise ConfigError('n_draws', n_draws, 'an integer >= 20')
-    names = profile.names
-    missing = [c for c in names if c not in frame.columns]
+    names, signals, vcols = profile.names, dict(signals or {}), list(verdict_columns)
+    missing = [c for c in names + vcols + ([time_column] if time_column else []) if c not in frame.columns]
     if missing: raise DataError(f"calibration rows: got no column(s) {missing}; allowed: a frame with every profiled column")
     if len(frame) < 20: raise DataError(f"calibration rows: got {len(frame)}; allowed: at least 20 rows (a holdout)")
-    imp = profile.importance if importance is None else importance
-    weights = importance_weights(imp, names if score_columns is None else score_columns, importance_floor)
+    weights = importance_weights(profile.importance if importance is None else importance, names if score_columns is None else score_columns, importance_floor)
     grid = [int(s) for s in sorted(set(sizes)) if int(s) <= len(frame)] or [len(frame)]
-    rng, w = np.random.default_rng(seed), np.array([weights.get(c, 0.0) for c in names])
+    rng, w, vi = np.random.default_rng(seed), np.array([weights.get(c, 0.0) for c in names]), [names.index(c) for c in vcols]
     cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[], typical=[]) for c in names}, []
+    joint = {**{f'column:{c}': [] for c in vcols}, **{f'signal:{s}': [] for s in signals}}
+    members = np.ones((len(rates), 1 + len(vcols) + len(signals)), bool); members[0, 1:1 + len(vcols)] = len(rates) == 1 # columns only warn
     for n in grid:
-        a = np.empty((n_draws, len(names), 2))
-        chunk = max(2, round(1 / (1 / n + 1 / len(frame)))) # a little smaller: the rows drawn from are a sample too
-        for k in range(n_draws):
-            st = column_statistics(profile, frame.iloc[rng.integers(0, len(frame), chunk)], names)
-            a[k] = [st[c][:2] for c in names]
+        a, sig = np.empty((n_draws, len(names), 2)), np.empty((n_draws, len(signals)))
+        for k, rows in enumerate(_chunks(frame, n, n_draws, rng, time_column)):
+            st = column_statistics(profile, rows, names)
+            a[k], sig[k] = [st[c][:2] for c in names], [float(f(rows)) for f in signals.values()]
         q = _quantiles(a, rates) # (rates, columns, 2)
-        for j, c in enumerate(names):
-            cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist())
         typical = np.nan_to_num(np.nanmedian(a, axis=0)) # (columns, 2): the scale the score divides by
-        for j, c in enumerate(names): cols[c]['typical'].append(typical[j].tolist())
-        score.append(_quantiles(_ratios(a, typical) @ w, rates).tolist())
-    return DriftCalibration(tuple(grid), rates, cols, tuple(score), weights, n_draws, seed, source, len(frame), float(importance_floor))
+        for j, c in enumerate(names):
+            cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist()); cols[c]['typical'].append(typical[j].tolist())
+        z = _ratios(a, typical) # (draws, columns): times the typical noise
+        th = joint_thresholds(np.column_stack([z @ w, z[:, vi], sig]), rates, members)
+        score.append(th[:, 0].tolist())
+        for j, key in enumerate(joint): joint[key].append(th[:, 1 + j].tolist())
+    return DriftCalibration(tuple(grid), rates, cols, tuple(score), weights, n_draws, seed, source, len(frame), float(importance_floor),
+                            joint, {}, 'random rows' if time_column is None else f'time blocks of {time_column}')
 
 # %% ../nbs/05a_drift.ipynb #3448479f
 class UncalibratedProfileError(ConfigError):
@@ -727,6 +770,9 @@ def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (f
     if unknown: raise ConfigError('columns', unknown, f"columns of the profile: {profile.names}")
     n, st = _window_rows(current, names), column_statistics(profile, current, names)
     dth = {c: cal.threshold(c, n, 'distance') for c in names}; mth = {c: cal.threshold(c, n, 'missing') for c in names}
+    for c in names: # a verdict column (the prediction) is judged in times its typical noise, against its joint WARNING threshold
+        t = cal.joint_threshold(f'column:{c}', n, len(cal.rates) - 1)
+        if t is not None: d, m = cal.typical(c, n); dth[c], mth[c] = t * d, t * max(m, MIN_MISSING_SHIFT)
     ratio, imp = column_ratios(st, dth, mth), importance_shares(profile.importance)
     rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] > 1), profile[c].n, st[c][2],
                         missing_shift=st[c][1], missing_threshold=mth[c], importance=imp.get(c), ratio=ratio[c]) for c in names]

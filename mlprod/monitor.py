@@ -24,17 +24,17 @@ from .signals import signal_checks
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'PREDICTION', 'PROFILE_ARTIFACT', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS',
-           'MonitorError', 'NoDataError', 'service_checks', 'metric_interval', 'performance_check',
+__all__ = ['log', 'CALIBRATION_SOURCES', 'ESTIMATE_SIGNAL', 'PREDICTION', 'PROFILE_ARTIFACT', 'SOURCES', 'SERVICE_FIGURES',
+           'VERDICT_SIGNALS', 'MonitorError', 'NoDataError', 'service_checks', 'metric_interval', 'performance_check',
            'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration',
-           'estimate_check', 'drift_checks', 'prediction_column', 'model_importances', 'version_importance',
-           'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile', 'reference_profile',
-           'thresholds_note', 'store_profile', 'stored_errors', 'align_dtypes', 'unseen_columns', 'data_quality_checks',
-           'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window', 'require_rows',
-           'read_request_window', 'read_source_window', 'window_labels', 'batch_window_rows', 'read_batch_window',
-           'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
-           'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows',
-           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'calibration_key', 'estimate_check', 'drift_checks', 'prediction_column', 'model_importances',
+           'version_importance', 'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile',
+           'reference_profile', 'thresholds_note', 'store_profile', 'stored_errors', 'align_dtypes', 'unseen_columns',
+           'data_quality_checks', 'MonitorResult', 'drift_strength', 'performance_chart', 'monitor_history', 'Window',
+           'require_rows', 'read_request_window', 'read_source_window', 'window_labels', 'batch_window_rows',
+           'read_batch_window', 'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks',
+           'estimated_checks', 'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish',
+           'previous_rows', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -244,34 +244,52 @@ def fit_calibration(y_true, # labels (0/1) of rows the model did not train on
     return Calibration(xk, yk, ece_raw, expected_calibration_error(y, cross), n, n_pos, source, auc)
 
 # %% ../nbs/06_monitor.ipynb #dc4977c1
+ESTIMATE_SIGNAL = 'estimate' # `DriftCalibration` signal: the estimated metric's drop against its value on all the calibration rows
+
+def calibration_key(calibration:Calibration) -> str:
+    "A short hash of a calibration's isotonic map (which map a calibrated estimate threshold was measured with)."
+    import hashlib
+    return hashlib.sha1(json.dumps([list(calibration.x), list(calibration.y)]).encode()).hexdigest()[:16]
+
 def estimate_check(scores, # the model's scores of the window (no labels needed)
                    calibration:Calibration, # from `fit_calibration` on labelled rows the model did not train on
                    thresholds:Thresholds=Thresholds(), # min_metric, max_metric_drop, min_rows
                    baseline:float|None=None, # the version's holdout ROC AUC, for the drop test
                    baseline_source:str='',
                    max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
-                   n_sim:int=200) -> Check:
-    "Check `estimated:roc_auc`: CBPE's ROC AUC of the window; WARNING when it cannot be trusted."
+                   n_sim:int=200,
+                   drift_calibration=None, # the profile's `DriftCalibration`: the estimate's drop calibrated per window size (same map only)
+                  ) -> Check:
+    "Check `estimated:roc_auc`: CBPE's ROC AUC of the window; WARNING when it cannot be trusted or drops beyond its calibrated noise."
     s = np.asarray(scores, float); s = s[np.isfinite(s)]
     p = calibration.apply(s)
     value = expected_roc_auc(p)
     _, lo, hi = simulated_roc_auc(p, n_sim) if len(p) >= 2 else (None, None, None)
-    problems = calibration.problems(max_ece, thresholds.min_rows)
+    problems, dc, key = calibration.problems(max_ece, thresholds.min_rows), drift_calibration, f'signal:{ESTIMATE_SIGNAL}'
+    limits = dc is not None and key in dc.joint and dc.signal_reference.get(f'{ESTIMATE_SIGNAL}_map') == calibration_key(calibration)
+    ref, warn_at, fail_at = ((dc.signal_reference[ESTIMATE_SIGNAL], dc.joint_threshold(key, len(s), len(dc.rates) - 1),
+                              max(dc.joint_threshold(key, len(s), 0), thresholds.max_metric_drop)) if limits else (None, None, None))
     details = dict(n=len(s), ci_low=lo, ci_high=hi, expected_positive_rate=float(p.mean()) if len(p) else None,
-                   calibration=calibration.to_dict(), baseline=baseline, baseline_source=baseline_source, trusted=not problems)
-    expected = [f"≥ {fmt(thresholds.min_metric)}"] + ([f"within {fmt(thresholds.max_metric_drop)} of {fmt(baseline)} ({baseline_source})"] if baseline is not None else [])
+                   calibration=calibration.to_dict(), baseline=baseline, baseline_source=baseline_source, trusted=not problems,
+                   reference_estimate=ref, drop_warning=warn_at, drop_fail=fail_at)
+    expected = [f"≥ {fmt(thresholds.min_metric)}"] + (
+        [f"within {fmt(warn_at)} of {fmt(ref)}, its estimate on the calibration rows (fails {fmt(fail_at)} below: the larger of the "
+         f"calibrated {dc.rates[0]:.0%} drop for {len(s)} rows and max_metric_drop)"] if limits else
+        [f"within {fmt(thresholds.max_metric_drop)} of {fmt(baseline)} ({baseline_source})"] if baseline is not None else [])
     msg = (f"estimated roc_auc {fmt(value)} (95% {fmt(lo)} … {fmt(hi)}) from calibrated scores of {len(s)} row(s) (CBPE; "
            f"calibration on {calibration.source}, {calibration.n} rows, ECE {fmt(calibration.ece)})")
     if len(s) < thresholds.min_rows: problems.append(f"only {len(s)} rows in the window (fewer than {thresholds.min_rows})")
     if not math.isfinite(value): problems.append('scores hold a single value')
     if problems: return Check('estimated:roc_auc', Status.WARNING, value, ' and '.join(expected),
                               msg + ': cannot be trusted: ' + '; '.join(problems), details)
-    fails = []
+    fails, warns = [], []
     if value < thresholds.min_metric: fails.append(f"below the minimum {fmt(thresholds.min_metric)}")
-    if baseline is not None and baseline - value > thresholds.max_metric_drop:
+    if limits and ref - value > fail_at: fails.append(f"{fmt(ref - value)} below its estimate on the calibration rows {fmt(ref)}")
+    elif limits and ref - value > warn_at: warns.append(f"{fmt(ref - value)} below {fmt(ref)}: beyond its calibrated noise, within max_metric_drop")
+    if not limits and baseline is not None and baseline - value > thresholds.max_metric_drop:
         fails.append(f"{fmt(baseline - value)} worse than the baseline {fmt(baseline)} ({baseline_source})")
-    return Check('estimated:roc_auc', Status.FAIL if fails else Status.SUCCESS, value, ' and '.join(expected),
-                 msg + (': ' + '; '.join(fails) if fails else ''), details)
+    status = Status.FAIL if fails else Status.WARNING if warns else Status.SUCCESS
+    return Check('estimated:roc_auc', status, value, ' and '.join(expected), msg + (': ' + '; '.join(fails + warns) if fails or warns else ''), details)
 
 # %% ../nbs/06_monitor.ipynb #6855f88e
 PREDICTION = 'prediction' # column of model scores in frames given to `monitor` and in the reference profile
@@ -379,12 +397,19 @@ def version_importance(model, # a `mlprod.registry.LoadedModel`
 # %% ../nbs/06_monitor.ipynb #aaafbda1
 def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile` (its importance decides the score's weights)
                       model, # the version
-                      holdout:pd.DataFrame|None=None, # rows the model did not train on (labels not needed)
+                      holdout:pd.DataFrame|None=None, # rows the model did not train on (labels not needed; with labels the estimate is calibrated too)
                       reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
                       thresholds:Thresholds=Thresholds(), # false_alarm_fail/warning, importance_floor, calibration_draws
-                      seed:int=0) -> ReferenceProfile:
-    "`profile` with calibrated drift thresholds measured on the holdout (else on a split of the training snapshot)."
+                      seed:int=0,
+                      time_column:str|None=None, # a time column of the holdout: chunks are contiguous blocks in its order (default: the version's, when `calibration_chunks='time'`)
+                     ) -> ReferenceProfile:
+    "`profile` with drift thresholds (data-set score, prediction, estimate: one budget) measured on the holdout (else a split of the training snapshot)."
     th, feats = validate_thresholds(thresholds), [c for c in profile.names if c != PREDICTION]
+    if time_column is None and th.calibration_chunks == 'time':
+        time_column = getattr(model, 'time_column', None)
+        if not time_column or holdout is None or time_column not in holdout.columns:
+            raise ConfigError('thresholds.calibration_chunks', 'time', "'random', or a holdout holding the version's time column "
+                              f"{time_column!r}", 'give calibrate_profile a holdout with it, or time_column=')
     if holdout is not None and len(holdout) >= 20: rows, against, source = holdout, profile, 'holdout'
     else:
         ref = model.reference() if reference is None else reference
@@ -392,11 +417,22 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
         part = ref.iloc[idx[:cut]]
         kinds = dict(categorical=[c.name for c in profile.columns if c.kind == CATEGORICAL], numerical=[c.name for c in profile.columns if c.kind == NUMERICAL])
         against = ReferenceProfile.from_frame(part[model.features].assign(**{PREDICTION: prediction_column(model, part)}), **kinds)
-        rows, source = ref.iloc[idx[cut:]], 'reference split'
-    frame = rows[model.features].assign(**{PREDICTION: prediction_column(model, rows)})
-    cal = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning),
-                          n_draws=th.calibration_draws, seed=seed, importance_floor=th.importance_floor, source=source)
-    return dataclasses.replace(profile, calibration=cal)
+        rows, source, time_column = ref.iloc[idx[cut:]], 'reference split', None
+    frame = rows[model.features].assign(**{PREDICTION: prediction_column(model, rows)}, **({time_column: rows[time_column]} if time_column else {}))
+    signals, reference_values = {}, {}
+    t = model.target
+    if source == 'holdout' and model.task == 'binary' and t in rows.columns and rows[t].notna().sum() >= 20:
+        from mlprod.compare import encode_labels
+        lab = rows[rows[t].notna()]   # the map `window_calibration` fits on this holdout
+        cal = fit_calibration(encode_labels(lab[t], 'binary', model.classes, model.positive_class, 'calibration labels'), model.predict_scores(lab), 'holdout')
+        est = expected_roc_auc(cal.apply(frame[PREDICTION].to_numpy(float)))
+        if math.isfinite(est):
+            signals[ESTIMATE_SIGNAL] = lambda chunk: est - expected_roc_auc(cal.apply(chunk[PREDICTION].to_numpy(float)))
+            reference_values = {ESTIMATE_SIGNAL: est, f'{ESTIMATE_SIGNAL}_map': calibration_key(cal)}
+    dc = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning), n_draws=th.calibration_draws,
+                         seed=seed, importance_floor=th.importance_floor, source=source, verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
+                         signals=signals, time_column=time_column)
+    return dataclasses.replace(profile, calibration=dataclasses.replace(dc, signal_reference=reference_values))
 
 # %% ../nbs/06_monitor.ipynb #d27ff636
 def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
@@ -1064,11 +1100,14 @@ def estimated_checks(model, # the version
                      metric:str, # headline metric (names the skipped check of a multiclass model)
                      thresholds:Thresholds=Thresholds(),
                      max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
+                     drift_calibration=None, # the profile's `DriftCalibration` (its calibrated estimate thresholds, when measured with this map)
                     ) -> tuple:
     "(checks, figures): CBPE's estimated ROC AUC of the window, or why it is not estimated."
     if calibration is not None:
-        ec = estimate_check(current[PREDICTION].to_numpy(float), calibration, thresholds, *_baseline(model, 'roc_auc', calibration), max_ece=max_ece)
-        return [ec], dict(estimated_roc_auc=ec.observed, calibration_ece=calibration.ece, estimate_trusted=ec.details['trusted'])
+        ec = estimate_check(current[PREDICTION].to_numpy(float), calibration, thresholds, *_baseline(model, 'roc_auc', calibration), max_ece=max_ece,
+                            drift_calibration=drift_calibration)
+        return [ec], dict(estimated_roc_auc=ec.observed, calibration_ece=calibration.ece, estimate_trusted=ec.details['trusted'],
+                          estimate_drop_fail=ec.details['drop_fail'])
     if model.task == 'multiclass':
         return [Check(f'estimated:{metric}', Status.SKIPPED, None, None, "not estimated: label-free estimates (CBPE) need "
                       "calibrated probabilities, which mlprod fits for binary models only; see the realized performance")], {}
@@ -1110,20 +1149,22 @@ VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels
 
 def decide_verdict(checks:Sequence[Check], # every check of a window
                   ) -> tuple:
-    "(checks, driver, reason): realized performance with a verdict lowers failed drift checks to WARNING; the signal behind the worst status."
+    "(checks, driver, reason): realized performance with a verdict sets the estimate aside and lowers failed drift checks to WARNING; the signal behind the worst status."
     decided = next((c for c in checks if c.name.startswith('performance:') and c.name != 'performance:label_coverage'
                     and c.status in (Status.SUCCESS, Status.FAIL)), None)
     if decided is not None:
-        checks = [dataclasses.replace(c, status=Status.WARNING, message=f"{c.message} (realized performance decides: {decided.name} "
-                                      f"{decided.status.value}; drift explains)") if c.name.startswith('drift:') and c.status == Status.FAIL else c
-                  for c in checks]
+        why = f"realized performance decides: {decided.name} {decided.status.value}"
+        checks = [dataclasses.replace(c, status=Status.WARNING, message=f"{c.message} ({why}; drift explains)") if c.name.startswith('drift:') and c.status == Status.FAIL
+                  else dataclasses.replace(c, status=Status.SKIPPED, message=f"{c.message} (set aside, was {c.status.value}: {why} on the labels)",
+                                           details=dict(c.details or {}, status_set_aside=c.status.value))
+                  if c.name.startswith('estimated:') and c.status != Status.SKIPPED else c for c in checks]
     worst = Status.worst(c.status for c in checks)
     if worst in (Status.SUCCESS, Status.SKIPPED):
         return list(checks), 'none', 'SUCCESS: every check passed' + (f", {decided.name} included" if decided is not None else '') + '.'
     for prefix, driver, words in VERDICT_SIGNALS:
         hit = next((c for c in checks if c.name.startswith(prefix) and c.status == worst), None)
         if hit is not None:
-            tail = ' Realized performance had the last word on drift.' if decided is not None and driver != 'performance' else ''
+            tail = ' Realized performance had the last word on drift and the estimate.' if decided is not None and driver != 'performance' else ''
             return list(checks), driver, f"{worst.value} because of {words}: {hit.name}: {hit.message}.{tail}"
 
 # %% ../nbs/06_monitor.ipynb #22d9bbf6
@@ -1158,7 +1199,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     metric = metric or 'roc_auc'
     train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
     rc, rf = realized_checks(model, current, metric, th, *_baseline(model, metric, cal), train_metric)
-    ec, ef = estimated_checks(model, current, cal, metric, th, max_ece)
+    ec, ef = estimated_checks(model, current, cal, metric, th, max_ece, profile.calibration)
     checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
     sc, sf = signal_checks(current, model, profile, th, previous=window.previous, holdout=holdout, errors=errors, reference=ref); checks += sc; figures.update(sf)
     checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)

@@ -113,7 +113,7 @@ def domain_auc(reference:pd.DataFrame, # reference rows (the version's training 
 # %% ../nbs/05b_signals.ipynb #075bb5dc
 @dataclass(frozen=True)
 class DomainNull:
-    "AUCs of reference-vs-reference splits shaped like a window, and the threshold they give."
+    "AUCs of in-distribution windows against the reference (holdout windows, else reference splits), and the threshold they give."
     aucs:tuple # one out-of-fold AUC per split
     mean:float # their mean
     sd:float # the spread used: max(measured, Mann–Whitney)
@@ -121,6 +121,7 @@ class DomainNull:
     false_alarm:float # stated false-alarm rate per window
     n_reference:int # reference rows per split
     n_current:int # window-sized rows per split
+    source:str='reference splits' # where the window-sized rows came from: 'holdout windows' or 'reference splits'
 
 # %% ../nbs/05b_signals.ipynb #ed15e21f
 def domain_null(reference:pd.DataFrame, # the version's reference rows
@@ -129,20 +130,25 @@ def domain_null(reference:pd.DataFrame, # the version's reference rows
                 false_alarm:float=0.01, # false-alarm rate per window
                 splits:int=4, # reference-vs-reference splits measured
                 max_rows:int=5000, # rows per side (as in `domain_auc`)
-                seed:int=0) -> DomainNull:
-    "The AUC a domain classifier reaches on reference-vs-reference splits of the window's size, and the threshold at `false_alarm`."
+                seed:int=0,
+                holdout:pd.DataFrame|None=None, # in-distribution rows the version did not train on: the windows are drawn from them
+               ) -> DomainNull:
+    "The AUC a domain classifier reaches on in-distribution windows of this size (holdout rows, else a reference split) and the threshold at `false_alarm`."
     from scipy.stats import norm
     if not 0 < false_alarm < 0.5: raise ConfigError('false_alarm', false_alarm, 'a rate in (0, 0.5)')
-    m_cur = min(int(n_current), max_rows, len(reference) // 2)
-    m_ref = min(max_rows, len(reference) - m_cur)
+    held = holdout is not None and len(holdout) >= 6
+    m_cur = min(int(n_current), max_rows, len(holdout) if held else len(reference) // 2)
+    m_ref = min(max_rows, len(reference) - (0 if held else m_cur))
     if m_cur < 6: raise DataError(f"reference: got {len(reference)} rows for a window of {n_current}; allowed: at least 12 rows and a window of 6")
     rng, aucs = np.random.default_rng(seed), []
     for k in range(splits):
         p = rng.permutation(len(reference))
-        aucs.append(domain_auc(reference.iloc[p[m_cur:m_cur + m_ref]], reference.iloc[p[:m_cur]], columns, categorical, max_rows, seed=seed + k)[0])
+        cur = holdout.iloc[rng.choice(len(holdout), m_cur, replace=False)] if held else reference.iloc[p[:m_cur]]
+        aucs.append(domain_auc(reference.iloc[p[len(reference) - m_ref:]] if held else reference.iloc[p[m_cur:m_cur + m_ref]], cur, columns, categorical, max_rows, seed=seed + k)[0])
     mw = math.sqrt((m_ref + m_cur + 1) / (12 * m_ref * m_cur))
     mean, sd = float(np.mean(aucs)), max(float(np.std(aucs, ddof=1)) if splits > 1 else 0.0, mw)
-    return DomainNull(tuple(aucs), mean, sd, max(mean, 0.5) + float(norm.ppf(1 - false_alarm)) * sd, false_alarm, m_ref, m_cur)
+    return DomainNull(tuple(aucs), mean, sd, max(mean, 0.5) + float(norm.ppf(1 - false_alarm)) * sd, false_alarm, m_ref, m_cur,
+                      'holdout windows' if held else 'reference splits')
 
 # %% ../nbs/05b_signals.ipynb #4dc7e030
 @dataclass(frozen=True)
@@ -152,11 +158,12 @@ class DomainDrift:
     ci_low:float # 95% DeLong interval
     ci_high:float
     threshold:float # AUC above which the window is drifted (from `domain_null`)
-    null_mean:float # mean AUC of reference-vs-reference splits
+    null_mean:float # mean AUC of the in-distribution windows behind the threshold
     false_alarm:float # false-alarm rate per window the threshold is set for
     n_reference:int # reference rows read
     n_current:int # window rows read
     seconds:float # time of the window's AUC and of its threshold
+    null_source:str='reference splits' # `DomainNull.source`
     @property
     def drifted(self) -> bool: return self.auc > self.threshold
     def to_dict(self) -> dict: return jsonable(dict(self.__dict__, drifted=self.drifted))
@@ -168,13 +175,15 @@ def domain_drift(reference:pd.DataFrame, # the version's reference rows
                  false_alarm:float=0.01, # false-alarm rate per window for the threshold
                  max_rows:int=5000, # rows per side
                  splits:int=4, # reference-vs-reference splits for the threshold
-                 seed:int=0) -> DomainDrift:
+                 seed:int=0,
+                 holdout:pd.DataFrame|None=None, # rows the version did not train on: the threshold's windows are drawn from them
+                ) -> DomainDrift:
     "Domain-classifier AUC of `current` against `reference` with its 95% interval and a threshold calibrated on the reference."
     t0 = time.perf_counter()
     auc, se, n_ref, n_cur = domain_auc(reference, current, columns, categorical, max_rows, seed=seed)
-    null = domain_null(reference, len(current), columns, categorical, false_alarm, splits, max_rows, seed)
+    null = domain_null(reference, len(current), columns, categorical, false_alarm, splits, max_rows, seed, holdout)
     return DomainDrift(auc, max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0), null.threshold, null.mean, false_alarm,
-                       n_ref, n_cur, time.perf_counter() - t0)
+                       n_ref, n_cur, time.perf_counter() - t0, null.source)
 
 # %% ../nbs/05b_signals.ipynb #64d51dc1
 def domain_check(drift:DomainDrift, # from `domain_drift`
@@ -186,7 +195,7 @@ def domain_check(drift:DomainDrift, # from `domain_drift`
     expected = f"≤ {fmt(drift.threshold)} ({drift.false_alarm:.0%} false alarms per window)" + (f"; fails above {fmt(fail)}" if fail else '')
     msg = (f"a classifier tells window rows from reference rows with AUC {fmt(drift.auc)} (95% {fmt(drift.ci_low)} … {fmt(drift.ci_high)}; "
            f"{drift.n_current} window and {drift.n_reference} reference rows, {drift.seconds:.1f} s): "
-           + ('the rows differ jointly' if drift.drifted else 'indistinguishable at this size') + f" (reference splits reach {fmt(drift.null_mean)})")
+           + ('the rows differ jointly' if drift.drifted else 'indistinguishable at this size') + f" ({drift.null_source} reach {fmt(drift.null_mean)})")
     return Check('drift:multivariate', status, drift.auc, expected, msg, drift.to_dict())
 
 # %% ../nbs/05b_signals.ipynb #ba94ba1a
@@ -407,7 +416,7 @@ def signal_checks(window_rows:pd.DataFrame, # the window's scored rows (`mlprod.
                   profile:ReferenceProfile, # its reference profile (input columns, their kinds)
                   thresholds:Thresholds=Thresholds(), # the model's thresholds
                   *, previous:pd.DataFrame|None=None, # scored rows of the previous window, for `drift:since_last_window`
-                  holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (regression: fits the error model)
+                  holdout:pd.DataFrame|None=None, # rows the version did not train on: the domain threshold's windows; labelled, the regression error model
                   errors:ErrorModel|None=None, # regression: an error model already fitted (`version_errors`); wins over `holdout`
                   reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
                   prediction:str='prediction', # the score column
@@ -418,7 +427,8 @@ def signal_checks(window_rows:pd.DataFrame, # the window's scored rows (`mlprod.
     cats = [c.name for c in profile.columns if c.kind == CATEGORICAL]
     if len(window_rows) >= 20 or model.task == 'regression': ref = model.reference() if reference is None else reference
     if len(window_rows) >= 20:
-        dd = domain_drift(ref, window_rows, inputs, [c for c in cats if c in inputs], th.domain_false_alarm, th.domain_max_rows, seed=seed)
+        dd = domain_drift(ref, window_rows, inputs, [c for c in cats if c in inputs], th.domain_false_alarm, th.domain_max_rows, seed=seed,
+                          holdout=holdout)
         checks.append(domain_check(dd, th))
         figs.update(domain_auc=dd.auc, domain_auc_threshold=dd.threshold, domain_seconds=dd.seconds)
     else: checks.append(Check('drift:multivariate', Status.SKIPPED, None, None, f"only {len(window_rows)} rows: a domain classifier needs 20"))

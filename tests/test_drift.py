@@ -238,3 +238,34 @@ def test_small_windows_false_alarm_rate(months):
     assert alarms <= 5
     assert column_alarms <= 0.12 * 100 * len(FEATURES)
     assert shift_found >= 90
+
+
+def test_calibrated_thresholds_are_reproducible_and_stored(flights, tmp_path):
+    "The same seed and rows give the same thresholds (data-set score, prediction, estimate: one budget); another seed others; they survive the version's profile file."
+    import dataclasses, json
+    from sklearn.linear_model import LogisticRegression
+    from mlprod.registry import LoadedModel
+    from mlprod.data import Schema
+    from mlprod.core import utcnow
+    from mlprod import monitor as M
+    from mlprod.config import Thresholds
+    jan, feb = flights[flights.month == 1], flights[flights.month == 2]
+    feats = ['sched_dep_time', 'distance', 'temp', 'humid', 'carrier']
+    train, hold = jan.dropna(subset=feats[:-1]).head(6000), feb.dropna(subset=feats[:-1]).head(3000)
+    num = feats[:-1]
+    model = LoadedModel('m', '1', None, LogisticRegression(max_iter=500).fit(train[num], train.delayed), Schema.infer(train[num], num), num, [],
+                        'binary', {'mlprod.target': 'delayed', 'mlprod.classes': json.dumps([0, 1]), 'mlprod.positive_class': '1'},
+                        'run', '', utcnow(), _ref={'df': train})
+    th = Thresholds(calibration_draws=60)
+    prof = M.build_reference_profile(model, train, hold, th)
+    cal = prof.calibration
+    assert sorted(cal.joint) == ['column:prediction', 'signal:estimate'] and cal.signal_reference['estimate'] > 0.5
+    again = M.calibrate_profile(prof, model, hold, train, th)
+    assert again.calibration.to_dict() == cal.to_dict()   # same seed, same rows: the same thresholds
+    other = M.calibrate_profile(prof, model, hold, train, th, seed=1).calibration
+    assert other.score != cal.score and other.joint != cal.joint
+    back = ReferenceProfile.load(prof.save(tmp_path / 'p.npz'))
+    assert back.calibration == cal and back.calibration.joint_threshold('signal:estimate', 500, 0) == cal.joint_threshold('signal:estimate', 500, 0)
+    blocks = M.calibrate_profile(prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration
+    assert blocks.chunking == 'time blocks of time_hour' and blocks.to_dict() == M.calibrate_profile(
+        prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration.to_dict()

@@ -44,9 +44,13 @@ def test_monitor_regression_signals(hotel):
     assert 'drift:multivariate' in names and 'estimated:rmse' in names and 'drift:since_last_window' not in names
     est = dec['estimated:rmse']
     assert est.details['trusted'], est.message
-    # realized RMSE of December is 58.7 against 29.4 on the holdout: the estimate (≈ 36) is above the 20% limit
-    assert est.status == Status.FAIL and est.observed > 1.2 * est.details['baseline'], est.message
-    assert dec['drift:multivariate'].status == Status.WARNING and dec.figures['domain_auc'] > 0.9
+    # realized RMSE of December is 58.7 against 29.4 on the holdout: the estimate (≈ 36) is above the 20% limit; the labels arrived, so
+    # realized performance decides and the estimate is set aside with the FAIL it gave
+    assert est.status == Status.SKIPPED and est.details['status_set_aside'] == 'FAIL' and est.observed > 1.2 * est.details['baseline'], est.message
+    # the domain threshold comes from holdout (October) windows against the training months: October is as easy to tell from
+    # July-September as December is, so December passes (with a threshold from reference splits it warned)
+    mv = dec['drift:multivariate']
+    assert mv.details['null_source'] == 'holdout windows' and mv.details['threshold'] > dec.figures['domain_auc'] > 0.9 and mv.status == Status.SUCCESS, mv.message
     since = dec['drift:since_last_window']
     assert since.details['n_previous'] == nov.figures['rows'], since.message
     # less changed since November than since the training months, by the same (fixed) column tests

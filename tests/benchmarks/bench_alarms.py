@@ -19,13 +19,24 @@ hundreds of windows.
 - The 2013 replay, label-free signals only (drift and the estimate, as the monitor runs without labels): months
   March - December, harmed when the month's AUC is >= 0.03 below the holdout's; precision and recall of FAIL.
 
-Run with `make bench` or `pytest tests/benchmarks/bench_alarms.py -s -o python_files='bench_*.py'` (~3-5 minutes).
+- The label-free verdict is drift:share, drift:prediction and the CBPE estimate, their thresholds calibrated jointly on
+  chunks of half A (one false-alarm budget per rate: `mlprod.drift.joint_thresholds`); the estimate's drop is measured
+  against its value on half A with the map `window_calibration` fits there. The replay prints every label-free signal
+  per month, the domain classifier's AUC (drift:multivariate, WARNING only) among them.
+- The domain classifier's false-alarm rate: 200 windows of 200 and of 1,000 rows of half B, its threshold from
+  reference splits (no holdout) and from windows of half A (a holdout given); 10,000-row windows are left out (~0.5 s
+  per window on 2 cores, and B holds 6,244 rows).
+- Calibration chunks: bootstrap rows (default) against contiguous time blocks of half A
+  (`thresholds.calibration_chunks = 'time'`), judged on random and on contiguous windows of half B, power and replay.
+
+Run with `make bench` or `pytest tests/benchmarks/bench_alarms.py -s -o python_files='bench_*.py'` (~7-9 minutes on 2 busy cores).
 Prints the figures; asserts only what must hold whatever the goals (reproducible thresholds, sane figures)."""
 import dataclasses, json, time
 
 import numpy as np, pandas as pd
 
 SIZES, N_WINDOWS, POWER_SIZE = (200, 1_000, 10_000), 200, 1_000
+DOMAIN_SIZES, N_DOMAIN = (200, 1_000), 200
 HARM_DROP, COSTLY, CHEAP = 0.03, 0.02, 0.005
 
 
@@ -60,7 +71,7 @@ def _verdicts(model, prof, th, cal, baseline, window, feats):
     from mlprod.core import Status
     drift, pdrift = M.window_drift(prof, window, th)
     checks = M.drift_checks(drift, th, pdrift)
-    checks += [M.estimate_check(window[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=100)]
+    checks += [M.estimate_check(window[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=100, drift_calibration=prof.calibration)]
     checks, driver, _ = M.decide_verdict(checks)
     ev = detect_drift(prof, window, columns=feats)
     return Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction')), \
@@ -137,6 +148,11 @@ def test_alarm_quality(flights):
         ev, ev_any = _rate([x[2] for x in v]), _rate([x[3] for x in v])
         fa[n], fa_ev[n] = (dfail, dwarn, fail, warn), ev
         print(f"{n:>7} | {dfail:>13.1%} {dwarn:>6.1%} | {fail:>15.1%} {warn:>6.1%} | {ev:>15.1%} {ev_any:>10.1%}")
+    # the same with the halves swapped: a rate per window holds on average over holdouts, not given one split
+    prof_b = M.build_reference_profile(model, train, B, th); cal_b = M.window_calibration(model, prof_b, B); As = _scored(model, A)
+    swapped = {n: [_verdicts(model, prof_b, th, cal_b, baseline, w, feats)[0] for w in _windows(As, n, N_WINDOWS, n)] for n in (200, 1_000)}
+    print("halves swapped (B calibrates, A is measured), label-free FAIL/WARNING+: " + ', '.join(
+        f"{n}: {_rate([x == Status.FAIL for x in v]):.1%}/{_rate([x != Status.SUCCESS for x in v]):.1%}" for n, v in swapped.items()))
     for w in _windows(Bs, 10_000, 20, 99):
         t = time.perf_counter(); M.window_drift(prof, w, th); timing['calibrated'] += time.perf_counter() - t
         t = time.perf_counter(); M.window_drift(prof, w, dataclasses.replace(th, drift_mode='fixed')); timing['fixed'] += time.perf_counter() - t
@@ -161,28 +177,86 @@ def test_alarm_quality(flights):
     print(f"power (shifts costing >= {COSTLY} AUC): mlprod {_rate(power):.1%}, Evidently {_rate(power_ev):.1%}; "
           f"unimportant shifts (< {CHEAP} AUC) failed: mlprod {_rate(quiet):.1%} (goal <= 5%), Evidently {_rate(quiet_ev):.1%}")
 
+    # the domain classifier (drift:multivariate, WARNING only): its threshold from reference splits (without a holdout) or holdout windows
+    from mlprod.signals import domain_auc, domain_null
+    cats, dth = [c for c in feats if c in model.categorical], {}
+    print(f"\nDomain classifier on in-distribution windows (half B, {N_DOMAIN} windows per size; threshold at "
+          f"{th.domain_false_alarm:.0%} from 4 reference splits, or from 4 windows of half A against the training rows)")
+    print(f"{'rows':>7} | {'AUC median':>10} | {'threshold (splits)':>18} {'drifted':>7} | {'threshold (holdout)':>19} {'drifted':>7} | {'s/window':>8}")
+    for n in DOMAIN_SIZES:
+        nulls = [domain_null(train, n, feats, cats, th.domain_false_alarm, max_rows=th.domain_max_rows, holdout=h) for h in (None, A)]
+        dth[n] = nulls[1].threshold
+        t = time.perf_counter()
+        aucs = np.array([domain_auc(train, w, feats, cats, th.domain_max_rows)[0] for w in _windows(B, n, N_DOMAIN, 100 + n)])
+        per = (time.perf_counter() - t) / N_DOMAIN
+        fa_dom = [_rate(aucs > nl.threshold) for nl in nulls]
+        print(f"{n:>7} | {np.median(aucs):>10.3f} | {nulls[0].threshold:>18.3f} {fa_dom[0]:>7.1%} | {nulls[1].threshold:>19.3f} {fa_dom[1]:>7.1%} | {per:>8.2f}")
+
     # the 2013 replay
-    print(f"\nReplay of 2013, label-free (drift + estimate); harmed = AUC >= {HARM_DROP} below the holdout's {baseline:.3f}")
-    print(f"{'month':<6} {'rows':>6} {'AUC':>6} {'drop':>6} {'harmed':>6} | {'score':>6} {'fails at':>8} {'estimate':>8} {'mlprod':>7} {'driver':<10} | {'Evidently':>9}")
-    t = flights['time_hour']; rows = []
+    print(f"\nReplay of 2013, label-free (drift + prediction + estimate); harmed = AUC >= {HARM_DROP} below the holdout's {baseline:.3f}")
+    print("score: importance-weighted drift score (warns/fails at); pred: prediction drift in times its limit; domain: classifier AUC "
+          "(its holdout-window threshold); estimate: CBPE and its drop below the estimate on half A (warns/fails beyond)")
+    print(f"{'month':<5} {'rows':>6} {'AUC':>6} {'drop':>6} {'harm':>5} | {'score':>5} {'warn/fail':>9} | {'pred':>5} | {'domain':>6} {'(thr)':>6} | "
+          f"{'estimate':>8} {'drop':>6} {'warn/fail':>11} | {'mlprod':>7} {'driver':<16} | {'Evidently':>9}")
+    t = flights['time_hour']; rows, months = [], {}
+    from sklearn.metrics import roc_auc_score
+    null_month = domain_null(train, 27_000, feats, cats, th.domain_false_alarm, max_rows=th.domain_max_rows, holdout=A)
     for m in range(3, 13):
         lo, hi = pd.Timestamp(f'2013-{m:02d}-01', tz='UTC'), pd.Timestamp(f'2014-01-01' if m == 12 else f'2013-{m + 1:02d}-01', tz='UTC')
-        month = _scored(model, flights[(t >= lo) & (t < hi)].reset_index(drop=True))
-        from sklearn.metrics import roc_auc_score
+        month = months[m] = _scored(model, flights[(t >= lo) & (t < hi)].reset_index(drop=True))
         auc = roc_auc_score(month[model.target], month[M.PREDICTION])
         drift, pdrift = M.window_drift(prof, month, th)
-        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50)
+        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=prof.calibration)
         checks, driver, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])
         verdict = Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction'))
+        dom = domain_auc(train, month, feats, cats, th.domain_max_rows)[0]
         ev = detect_drift(prof, month, columns=feats).dataset_drift
         harmed = baseline - auc >= HARM_DROP
         rows.append((harmed, verdict == Status.FAIL, ev))
-        print(f"{lo:%b}   {len(month):>6} {auc:>6.3f} {baseline - auc:>6.3f} {str(harmed):>6} | {drift.score:>6.2f} {drift.score_fail:>8.2f} "
-              f"{est.observed:>8.3f} {verdict.value:>7} {driver:<10} | {'FAIL' if ev else 'ok':>9}")
-    def pr(k):
+        d = est.details
+        print(f"{lo:%b}   {len(month):>6} {auc:>6.3f} {baseline - auc:>6.3f} {'yes' if harmed else 'no':>5} | {drift.score:>5.2f} "
+              f"{drift.score_warning:>4.2f}/{drift.score_fail:<4.2f} | {pdrift.ratio:>5.2f} | {dom:>6.3f} {null_month.threshold:>6.3f} | "
+              f"{est.observed:>8.3f} {d['reference_estimate'] - est.observed:>6.3f} {d['drop_warning']:>5.3f}/{d['drop_fail']:<5.3f} | "
+              f"{verdict.value:>7} {driver:<16} | {'FAIL' if ev else 'ok':>9}")
+    def pr(rows, k):
         tp = sum(h and a[k] for h, *a in rows); alarms = sum(a[k] for _, *a in rows); harmed = sum(h for h, *_ in rows)
         return (tp / alarms if alarms else float('nan')), (tp / harmed if harmed else float('nan'))
-    (p, r), (pe, re_) = pr(0), pr(1)
+
+    # calibration chunks: bootstrap rows (the default) or contiguous time blocks of half A (thresholds.calibration_chunks = 'time')
+    pb = M.calibrate_profile(prof, model, A, train, th, time_column='time_hour')
+    Bt = Bs.sort_values('time_hour', kind='stable').reset_index(drop=True)
+    def contiguous(frame, n, k, seed):
+        for s in np.random.default_rng(seed).integers(0, len(frame) - n + 1, k): yield frame.iloc[s:s + n]
+    def verdict_of(p, w): return _verdicts(model, p, th, cal, baseline, w, feats)[0]
+    print(f"\nCalibration chunks: random rows (default) vs time blocks of half A; label-free verdict FAIL/WARNING+ on {N_WINDOWS} windows of half B "
+          "drawn as random rows or as contiguous stretches of time (what a production window is)")
+    print(f"{'chunks':<12} {'rows':>5} | {'random windows':>14} | {'contiguous windows':>18}")
+    fa_blocks = {}
+    for label, p in (('random rows', prof), ('time blocks', pb)):
+        for n in (200, 1_000):
+            r = [verdict_of(p, w) for w in _windows(Bs, n, N_WINDOWS, n)]; c = [verdict_of(p, w) for w in contiguous(Bt, n, N_WINDOWS, n)]
+            fig = [_rate([x == Status.FAIL for x in v]) for v in (r, c)] + [_rate([x != Status.SUCCESS for x in v]) for v in (r, c)]
+            fa_blocks[label, n] = fig
+            print(f"{label:<12} {n:>5} | {fig[0]:>6.1%}/{fig[2]:<6.1%} | {fig[1]:>8.1%}/{fig[3]:<8.1%}")
+    pw, qt = [], []
+    for name, fn, ladder, important in _shifts(model, prof, train, B):
+        for mag in ladder:
+            shifted = fn(B, mag); cost = base_b - _auc(model, shifted)
+            if not important or cost >= COSTLY: break
+        if (cost >= COSTLY) if important else (cost < CHEAP):
+            (pw if important else qt).extend(verdict_of(pb, w) == Status.FAIL for w in _windows(_scored(model, shifted), POWER_SIZE, N_WINDOWS, 7))
+    rows_b = []
+    for m, month in months.items():
+        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=pb.calibration)
+        drift, pdrift = M.window_drift(pb, month, th)
+        checks, _, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])
+        verdict = Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction'))
+        rows_b.append((rows[m - 3][0], verdict == Status.FAIL, False))
+    (pbp, pbr) = pr(rows_b, 0)
+    print(f"time blocks: power {_rate(pw):.1%} (random rows {_rate(power):.1%}), unimportant shifts failed {_rate(qt):.1%}; replay FAIL months "
+          f"{[m for (h, f, _), m in zip(rows_b, months) if f]}, precision {pbp:.2f} recall {pbr:.2f}")
+
+    (p, r), (pe, re_) = pr(rows, 0), pr(rows, 1)
     fa_fail = max(max(f, lf) for f, _, lf, _ in fa.values())
     print(f"\nfalse alarms per size, data-set FAIL/WARNING+ (label-free FAIL/WARNING+): " +
           ', '.join(f"{n}: {f:.1%}/{w:.1%} ({lf:.1%}/{lw:.1%})" for n, (f, w, lf, lw) in fa.items()) +
