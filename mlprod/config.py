@@ -366,6 +366,10 @@ latency_p95_ms = 50.0                    # serving: p95 of request latency (moni
 latency_budget_ms = 250.0                # comparison: a challenger's median one-row scoring time
 error_rate = 0.01
 
+'''
+
+# %% ../nbs/00a_config.ipynb #9dd33cfa
+FLIGHTS_TOML += '''\
 # A canary release: `mlprod serve flights` starts it (its --canary options win); a share of requests is
 # scored by another version, aborted or promoted by always-valid sequential tests (mlprod.canary).
 # [models.flights.canary]

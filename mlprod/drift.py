@@ -271,7 +271,7 @@ def _load(cls, path) -> ReferenceProfile:
     if header.get('format') != PROFILE_FORMAT or header.get('version') not in (1, PROFILE_VERSION):
         raise ProfileFormatError(path, (header.get('format'), header.get('version')), f"{PROFILE_FORMAT} version 1 or {PROFILE_VERSION}; "
                                  "rebuild the profile (ReferenceProfile.from_frame(df).save(path); for a model version: "
-                                 "mlprod.monitor.reference_profile(model, cfg, rebuild=True))")
+                                 "mlprod.profiles.reference_profile(model, cfg, rebuild=True))")
     cols = []
     for i, h in enumerate(header['columns']):
         values = (np.array(h['categories'] + [None], dtype=object)[:-1] if h['kind'] == CATEGORICAL else arrays[f'values_{i}'])
@@ -756,7 +756,7 @@ class UncalibratedProfileError(ConfigError):
     def __init__(self, profile:ReferenceProfile):
         super().__init__('drift_mode', 'calibrated', "a profile calibrated by calibrate_drift, or drift_mode = 'fixed'",
                          f"the profile of model {profile.meta.get('model')!r} version {profile.meta.get('version')!r} holds no "
-                         "thresholds: rebuild it (mlprod.monitor.reference_profile(model, cfg, rebuild=True))")
+                         "thresholds: rebuild it (mlprod.profiles.reference_profile(model, cfg, rebuild=True))")
 
 def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (from `calibrate_drift`)
                      current:pd.DataFrame|ReferenceProfile, # the window: rows, or their profile (e.g. `mlprod.spark.scored_profile`)

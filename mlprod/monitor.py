@@ -24,12 +24,8 @@ from .signals import signal_checks
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIBRATION_SOURCES', 'ESTIMATE_SIGNAL', 'PREDICTION', 'PROFILE_ARTIFACT', 'SOURCES', 'SERVICE_FIGURES',
-           'VERDICT_SIGNALS', 'MonitorError', 'NoDataError', 'service_checks', 'metric_interval', 'performance_check',
-           'expected_calibration_error', 'expected_roc_auc', 'simulated_roc_auc', 'Calibration', 'fit_calibration',
-           'calibration_key', 'estimate_check', 'drift_checks', 'prediction_column', 'model_importances',
-           'version_importance', 'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile',
-           'reference_profile', 'thresholds_note', 'store_profile', 'stored_errors', 'align_dtypes', 'unseen_masks',
+__all__ = ['log', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError', 'NoDataError', 'service_checks',
+           'metric_interval', 'performance_check', 'estimate_check', 'drift_checks', 'align_dtypes', 'unseen_masks',
            'unseen_columns', 'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength', 'chart_rank',
            'performance_chart', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
            'read_source_window', 'window_labels', 'batch_window_chunks', 'batch_window_notes', 'batch_runs_in',
@@ -37,6 +33,11 @@ __all__ = ['log', 'CALIBRATION_SOURCES', 'ESTIMATE_SIGNAL', 'PREDICTION', 'PROFI
            'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
            'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows',
            'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+
+# %% ../nbs/06_monitor.ipynb #d4afe1da
+from .estimate import (Calibration, fit_calibration, expected_roc_auc, simulated_roc_auc, ESTIMATE_SIGNAL,
+                             calibration_key)
+from .profiles import PREDICTION, prediction_column, reference_profile, build_reference_profile, stored_errors, thresholds_note
 
 # %% ../nbs/06_monitor.ipynb #d53c5905
 class MonitorError(MlprodError):
@@ -150,109 +151,7 @@ def performance_check(y_true, # labels of the labelled rows, encoded (`mlprod.co
     return Check(name, status, value, ' and '.join(expected) or None,
                  msg + (': ' + '; '.join(problems) if problems else '') + ctx, details)
 
-# %% ../nbs/06_monitor.ipynb #e271ada3
-def expected_calibration_error(y_true, probs, bins:int=10) -> float:
-    "ECE: the row-weighted mean gap between mean score and share of positives over equal-frequency bins."
-    y, p = np.asarray(y_true, float), np.asarray(probs, float)
-    if len(y) == 0: return math.nan
-    order = np.argsort(p, kind='stable')
-    gap = 0.0
-    for idx in np.array_split(order, min(bins, len(y))):
-        if len(idx): gap += abs(y[idx].mean() - p[idx].mean()) * len(idx)
-    return float(gap / len(y))
-
-def expected_roc_auc(probs) -> float:
-    "CBPE's ROC AUC: the area under the expected ROC curve when each row is a positive with probability `probs`."
-    p = np.sort(np.clip(np.asarray(probs, float), 0, 1))[::-1]
-    if len(p) < 2: return math.nan
-    tp, fp = np.cumsum(p), np.cumsum(1 - p)
-    last = np.r_[p[1:] != p[:-1], True]  # ties form one step
-    tp, fp = np.r_[0.0, tp[last]], np.r_[0.0, fp[last]]
-    if tp[-1] <= 0 or fp[-1] <= 0: return math.nan
-    return float(np.trapezoid(tp / tp[-1], fp / fp[-1]))
-
-def simulated_roc_auc(probs, n_sim:int=200, seed=0, alpha:float=0.05) -> tuple:
-    "(mean, low, high) of the ROC AUC when labels are drawn from `probs` (Monte Carlo, ranks computed once)."
-    from scipy import stats
-    p = np.clip(np.asarray(probs, float), 0, 1)
-    ranks = stats.rankdata(p)
-    rng, aucs = np.random.default_rng(seed), []
-    for start in range(0, n_sim, 50):
-        Y = rng.random((min(50, n_sim - start), len(p))) < p
-        m = Y.sum(1); n = len(p) - m
-        with np.errstate(invalid='ignore', divide='ignore'):
-            aucs.append((Y @ ranks - m * (m + 1) / 2) / (m * n))
-    a = np.concatenate(aucs); a = a[np.isfinite(a)]
-    if not len(a): return math.nan, math.nan, math.nan
-    lo, hi = np.quantile(a, [alpha / 2, 1 - alpha / 2])
-    return float(a.mean()), float(lo), float(hi)
-
-# %% ../nbs/06_monitor.ipynb #dc698711
-CALIBRATION_SOURCES = ('holdout', 'request log', 'training snapshot')
-
-@dataclass(frozen=True)
-class Calibration:
-    "How well a version's scores match observed frequencies, and the isotonic map that corrects them."
-    x:tuple=() # isotonic knots: scores (empty = scores are used as they are)
-    y:tuple=() # isotonic knots: calibrated probabilities
-    ece_raw:float=math.nan # ECE of the raw scores on the calibration rows
-    ece:float=math.nan # ECE after the map (cross-fitted when the map was fitted on these rows)
-    n:int=0 # labelled rows measured
-    n_pos:int=0 # positives among them
-    source:str='holdout' # 'holdout', 'request log' or 'training snapshot'
-    metric:float|None=None # ROC AUC of the raw scores on these rows (a baseline when not training data)
-    def apply(self, scores) -> np.ndarray:
-        "Calibrated probabilities of `scores`."
-        s = np.asarray(scores, float)
-        return np.interp(s, self.x, self.y) if len(self.x) else np.clip(s, 0, 1)
-    def problems(self, max_ece:float=0.05, min_rows:int=200) -> list:
-        "Why an estimate built on this calibration cannot be trusted (empty when it can)."
-        out = []
-        if self.source == 'training snapshot': out.append('calibration was measured on the training data only (optimistic)')
-        if not self.n >= min_rows: out.append(f"only {self.n} labelled calibration rows (fewer than {min_rows})")
-        if not (self.n_pos >= 30 and self.n - self.n_pos >= 30): out.append(f"too few of one class ({self.n_pos} positive of {self.n})")
-        if not self.ece <= max_ece: out.append(f"calibration error {fmt(self.ece)} above {fmt(max_ece)}")
-        return out
-    def to_dict(self) -> dict: return jsonable(dict(ece_raw=self.ece_raw, ece=self.ece, n=self.n, n_pos=self.n_pos,
-                                                     source=self.source, metric=self.metric, isotonic=bool(len(self.x))))
-
-def _isotonic(y, s) -> tuple:
-    from sklearn.isotonic import IsotonicRegression
-    iso = IsotonicRegression(out_of_bounds='clip', y_min=0, y_max=1).fit(s, y)
-    return tuple(float(v) for v in iso.X_thresholds_), tuple(float(v) for v in iso.y_thresholds_)
-
-def fit_calibration(y_true, # labels (0/1) of rows the model did not train on
-                    scores, # the model's scores of the same rows
-                    source:str='holdout', # 'holdout', 'request log' or 'training snapshot'
-                    isotonic:bool|None=None, # fit an isotonic map (default: yes unless the rows are training data)
-                    seed=0) -> Calibration:
-    "Measure calibration on labelled rows and fit the isotonic map that corrects it."
-    if source not in CALIBRATION_SOURCES: raise ConfigError('source', source, ', '.join(CALIBRATION_SOURCES))
-    y, s = np.asarray(y_true, float), np.asarray(scores, float)
-    if len(y) != len(s): raise DataError(f"scores: got {len(s)} for {len(y)} labels; allowed: one score per label")
-    ok = np.isfinite(y) & np.isfinite(s); y, s = y[ok], s[ok]
-    if len(y) and not np.isin(y, (0, 1)).all(): raise DataError(f"y_true: got values {sorted(set(np.unique(y)) - {0.0, 1.0})[:3]}; allowed: 0 and 1")
-    n, n_pos = len(y), int(y.sum())
-    ece_raw = expected_calibration_error(y, s)
-    from mlprod.compare import roc_auc
-    auc = roc_auc(y, s) if 0 < n_pos < n else None
-    if isotonic is None: isotonic = source != 'training snapshot'
-    if not isotonic or n < 20 or n_pos in (0, n): return Calibration((), (), ece_raw, ece_raw, n, n_pos, source, auc)
-    half = np.random.default_rng(seed).random(n) < 0.5   # cross-fitted ECE: map fitted on one half, judged on the other
-    cross = np.empty(n)
-    for a in (half, ~half):
-        xk, yk = _isotonic(y[~a], s[~a]); cross[a] = np.interp(s[a], xk, yk)
-    xk, yk = _isotonic(y, s)
-    return Calibration(xk, yk, ece_raw, expected_calibration_error(y, cross), n, n_pos, source, auc)
-
 # %% ../nbs/06_monitor.ipynb #dc4977c1
-ESTIMATE_SIGNAL = 'estimate' # `DriftCalibration` signal: the estimated metric's drop against its value on all the calibration rows
-
-def calibration_key(calibration:Calibration) -> str:
-    "A short hash of a calibration's isotonic map (which map a calibrated estimate threshold was measured with)."
-    import hashlib
-    return hashlib.sha1(json.dumps([list(calibration.x), list(calibration.y)]).encode()).hexdigest()[:16]
-
 def estimate_check(scores, # the model's scores of the window (no labels needed)
                    calibration:Calibration, # from `fit_calibration` on labelled rows the model did not train on
                    thresholds:Thresholds=Thresholds(), # min_metric, max_metric_drop, min_rows
@@ -294,8 +193,6 @@ def estimate_check(scores, # the model's scores of the window (no labels needed)
     return Check('estimated:roc_auc', status, value, ' and '.join(expected), msg + (': ' + '; '.join(fails + warns) if fails or warns else ''), details)
 
 # %% ../nbs/06_monitor.ipynb #6855f88e
-PREDICTION = 'prediction' # column of model scores in frames given to `monitor` and in the reference profile
-
 def _share_check(drift:DriftResult, thresholds:Thresholds) -> Check:
     "`drift:share`: the importance-weighted score against its calibrated thresholds, or the share of drifted columns (fixed)."
     details = dict(n_drifted=drift.n_drifted, n_columns=len(drift), drifted=[c.column for c in drift.ranked(True)], mode=drift.mode)
@@ -334,14 +231,6 @@ def _thresholds_for(profile:ReferenceProfile, columns:Sequence[str], value:float
     return {c: float(value) for c in columns if profile[c].n > SMALL_REFERENCE}
 
 # %% ../nbs/06_monitor.ipynb #c6ac9b13
-def prediction_column(model, # a `mlprod.registry.LoadedModel` (or anything with task, classes, predict_scores)
-                      df:pd.DataFrame, # rows with the model's features
-                     ) -> np.ndarray:
-    "The `prediction` column for `df`: the score (binary, regression) or the most probable class (multiclass)."
-    s = model.predict_scores(df)
-    if model.task != 'multiclass': return s
-    return np.asarray(model.classes, dtype=object)[np.asarray(s).argmax(1)] if len(df) else np.array([], dtype=object)
-
 def _labelled_scores(model, current:pd.DataFrame, labelled:np.ndarray):
     "Scores of the labelled rows for the performance metric: the logged scores, or the probability matrix (multiclass)."
     if model.task == 'multiclass': return model.predict_scores(current.loc[labelled])
@@ -360,216 +249,6 @@ def _report_samples(model, samples:dict) -> dict:
         if model.task == 'multiclass': df = df.drop(columns=[PREDICTION])  # Evidently's sections take a numeric prediction column
         out[k] = df
     return out
-
-# %% ../nbs/06_monitor.ipynb #28b0c903
-def model_importances(model, # a `mlprod.registry.LoadedModel`
-                     ) -> dict:
-    "{input column: importance} from the fitted model's `feature_importances_` ({} when they do not map to input columns)."
-    est = model.model
-    final, prep = (est.steps[-1][1], est[:-1]) if hasattr(est, 'steps') else (est, None)
-    imp = getattr(final, 'feature_importances_', None)
-    if imp is None: return {}
-    try: names = list(prep.get_feature_names_out()) if prep is not None else list(getattr(final, 'feature_names_in_', model.features))
-    except (AttributeError, ValueError, TypeError): return {}
-    if len(names) != len(imp) or not set(names) <= set(model.features): return {}
-    return {str(n): float(v) for n, v in zip(names, imp)}
-
-def version_importance(model, # a `mlprod.registry.LoadedModel`
-                       holdout:pd.DataFrame|None=None, # labelled rows the model did not train on
-                       reference:pd.DataFrame|None=None, # its training snapshot (last resort)
-                       seed:int=0) -> tuple:
-    "({column: importance}, how it was measured): permutation on the holdout, else the model's own, else permutation on the training snapshot."
-    from mlprod.compare import get_metric, encode_labels
-    from mlprod.config import TASKS
-    t = model.target
-    def perm(rows, how):
-        rows = rows[rows[t].notna()]
-        m = get_metric(TASKS[model.task][0], model.task)
-        y = rows[t].to_numpy(float) if model.task == 'regression' else encode_labels(rows[t], model.task, model.classes, model.positive_class)
-        return permutation_importance(model.predict_scores, rows, y, lambda a, b: m(*m.validate(a, b)), model.features,
-                                      m.greater_is_better, seed=seed), how
-    if holdout is not None and t in holdout.columns and holdout[t].notna().sum() >= 20: return perm(holdout, 'permutation on the holdout')
-    own = model_importances(model)
-    if own: return own, "the model's own importances"
-    if reference is not None and t in reference.columns and reference[t].notna().sum() >= 20:
-        return perm(reference, 'permutation on the training snapshot (optimistic)')
-    return {}, 'none (equal weights)'
-
-
-# %% ../nbs/06_monitor.ipynb #aaafbda1
-def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile` (its importance decides the score's weights)
-                      model, # the version
-                      holdout:pd.DataFrame|None=None, # rows the model did not train on (labels not needed; with labels the estimate is calibrated too)
-                      reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
-                      thresholds:Thresholds=Thresholds(), # false_alarm_fail/warning, importance_floor, calibration_draws
-                      seed:int=0,
-                      time_column:str|None=None, # a time column of the holdout: chunks are contiguous blocks in its order (default: the version's, when `calibration_chunks='time'`)
-                     ) -> ReferenceProfile:
-    "`profile` with drift thresholds (data-set score, prediction, estimate: one budget) measured on the holdout (else a split of the training snapshot)."
-    th, feats = validate_thresholds(thresholds), [c for c in profile.names if c != PREDICTION]
-    if time_column is None and th.calibration_chunks == 'time':
-        time_column = getattr(model, 'time_column', None)
-        if not time_column or holdout is None or time_column not in holdout.columns:
-            raise ConfigError('thresholds.calibration_chunks', 'time', "'random', or a holdout holding the version's time column "
-                              f"{time_column!r}", 'give calibrate_profile a holdout with it, or time_column=')
-    if holdout is not None and len(holdout) >= 20: rows, against, source = holdout, profile, 'holdout'
-    else:
-        ref = model.reference() if reference is None else reference
-        idx = np.random.default_rng(seed).permutation(len(ref)); cut = int(len(ref) * 0.7)
-        part = ref.iloc[idx[:cut]]
-        kinds = dict(categorical=[c.name for c in profile.columns if c.kind == CATEGORICAL], numerical=[c.name for c in profile.columns if c.kind == NUMERICAL])
-        against = ReferenceProfile.from_frame(part[model.features].assign(**{PREDICTION: prediction_column(model, part)}), **kinds)
-        rows, source, time_column = ref.iloc[idx[cut:]], 'reference split', None
-    frame = rows[model.features].assign(**{PREDICTION: prediction_column(model, rows)}, **({time_column: rows[time_column]} if time_column else {}))
-    signals, reference_values = {}, {}
-    t = model.target
-    if source == 'holdout' and model.task == 'binary' and t in rows.columns and rows[t].notna().sum() >= 20:
-        from mlprod.compare import encode_labels
-        lab = rows[rows[t].notna()]   # the map `window_calibration` fits on this holdout
-        cal = fit_calibration(encode_labels(lab[t], 'binary', model.classes, model.positive_class, 'calibration labels'), model.predict_scores(lab), 'holdout')
-        est = expected_roc_auc(cal.apply(frame[PREDICTION].to_numpy(float)))
-        if math.isfinite(est):
-            signals[ESTIMATE_SIGNAL] = lambda chunk: est - expected_roc_auc(cal.apply(chunk[PREDICTION].to_numpy(float)))
-            reference_values = {ESTIMATE_SIGNAL: est, f'{ESTIMATE_SIGNAL}_map': calibration_key(cal)}
-    dc = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning), n_draws=th.calibration_draws,
-                         seed=seed, importance_floor=th.importance_floor, source=source, verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
-                         signals=signals, time_column=time_column)
-    return dataclasses.replace(profile, calibration=dataclasses.replace(dc, signal_reference=reference_values))
-
-# %% ../nbs/06_monitor.ipynb #d27ff636
-def profile_path(cfg:ProjectConfig, name:str, version:str) -> Path:
-    "Where the reference profile of `name` version `version` is cached."
-    return Path(cfg.state_dir)/'profiles'/name/f"{version}.npz"
-
-def build_reference_profile(model, # a `mlprod.registry.LoadedModel`
-                            reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
-                            holdout:pd.DataFrame|None=None, # labelled rows it did not train on: importance and drift thresholds
-                            thresholds:Thresholds=Thresholds(), # drift_mode and the calibration settings
-                           ) -> ReferenceProfile:
-    "Score the version's training snapshot and profile its inputs and `prediction`, with importance and (calibrated mode) drift thresholds."
-    ref = model.reference() if reference is None else reference
-    if PREDICTION in model.features: raise DataError(f"features: a feature is called {PREDICTION!r}; allowed: any other name (it is the score column)")
-    scores = prediction_column(model, ref)
-    frame = ref[model.features].assign(**{PREDICTION: scores})
-    meta = dict(model=model.name, version=model.version, run_id=model.run_id, n_reference=len(ref), task=model.task,
-                holdout_rows=0 if holdout is None else len(holdout))
-    if model.task == 'binary' and model.target in ref.columns:
-        from mlprod.compare import encode_labels
-        cal = fit_calibration(encode_labels(ref[model.target], 'binary', model.classes, model.positive_class), scores, 'training snapshot')
-        meta['calibration'] = cal.to_dict()
-    importance, meta['importance_source'] = version_importance(model, holdout, ref)
-    mc = model.task == 'multiclass'  # the predicted class is categorical
-    prof = ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
-                                       numerical=[] if mc else [PREDICTION], meta=meta)
-    prof = dataclasses.replace(prof, importance=importance)
-    return calibrate_profile(prof, model, holdout, ref, thresholds) if validate_thresholds(thresholds).drift_mode == 'calibrated' else prof
-
-# %% ../nbs/06_monitor.ipynb #24d3eff2
-def _stale(prof:ReferenceProfile, th:Thresholds, holdout) -> str:
-    "Why a cached profile no longer fits the thresholds (empty when it does)."
-    if th.drift_mode != 'calibrated': return ''
-    cal = prof.calibration
-    if cal is None: return 'it holds no calibrated thresholds'
-    if (tuple(cal.rates), cal.n_draws, cal.importance_floor) != ((th.false_alarm_fail, th.false_alarm_warning), th.calibration_draws, th.importance_floor):
-        return 'the thresholds settings changed'
-    return 'a holdout is given now' if holdout is not None and cal.source != 'holdout' else ''
-
-def stored_profile(model, # a `mlprod.registry.LoadedModel`
-                   cfg:ProjectConfig, # project (state folder)
-                  ) -> ReferenceProfile|None:
-    "The profile kept with the version: the state folder's copy, else its MLflow artifact `PROFILE_ARTIFACT` (copied to the state folder); None when neither loads."
-    p = profile_path(cfg, model.name, str(model.version))
-    if not p.exists() and model.tracking_uri:
-        import mlflow, shutil, tempfile
-        from mlflow.exceptions import MlflowException
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                got = mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path=PROFILE_ARTIFACT, dst_path=d, tracking_uri=model.tracking_uri)
-                p.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(got, p)
-        except (MlflowException, OSError) as e:
-            log.info('%s version %s: no profile stored with the version (%s: %s)', model.name, model.version, type(e).__name__, str(e)[:200]); return None
-    if not p.exists(): return None
-    try: return ReferenceProfile.load(p)
-    except (ProfileFormatError, NotFoundError) as e: log.warning('reference profile %s not read: %s', p, e); return None
-
-def reference_profile(model, # a `mlprod.registry.LoadedModel`
-                      cfg:ProjectConfig, # project (for the cache folder)
-                      rebuild:bool=False, # ignore a cached profile
-                      holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (importance, drift thresholds)
-                      thresholds:Thresholds|None=None, # default: the model's in `cfg` (else the defaults)
-                     ) -> ReferenceProfile:
-    "The reference profile stored with `model` (`stored_profile`: inputs, `prediction`, importance, drift thresholds), built on first use."
-    th = thresholds or (cfg.models[model.name].thresholds if model.name in cfg.models else Thresholds())
-    p = profile_path(cfg, model.name, model.version)
-    prof = None if rebuild else stored_profile(model, cfg)
-    if prof is not None:
-        why = 'it belongs to another run' if prof.meta.get('run_id') != model.run_id else _stale(prof, th, holdout)
-        if not why: return prof
-        log.info('rebuilding reference profile %s: %s', p, why)
-    prof = build_reference_profile(model, holdout=holdout, thresholds=th)
-    try: prof.save(p)
-    except (OSError, DataError) as e: log.warning('reference profile of %s version %s not cached: %s', model.name, model.version, e)
-    return prof
-
-# %% ../nbs/06_monitor.ipynb #b1530bb4
-PROFILE_ARTIFACT = 'mlprod/profile.npz' # the reference profile among the artifacts of a version's MLflow run
-
-def thresholds_note(profile:ReferenceProfile, # the version's reference profile
-                    thresholds:Thresholds=Thresholds(), # drift_mode
-                   ) -> str:
-    "Where a window's drift thresholds come from, in words ('thresholds: ...'), for the `drift:share` check and the report."
-    if validate_thresholds(thresholds).drift_mode != 'calibrated': return "thresholds: fixed (Evidently's; drift_mode = 'fixed')"
-    cal, when = profile.calibration, profile.meta.get('stored', 'registration')
-    if cal is None: return 'thresholds: none calibrated in this profile (rebuild it)'
-    if cal.source == 'holdout':
-        return f"thresholds: calibrated on {profile.meta.get('holdout_rows', '?')} holdout rows (profile stored at {profile.meta.get('stored', 'the first monitor run')})"
-    return (f"thresholds: calibrated on a split of the training snapshot (no holdout at {when}: optimistic for the prediction; "
-            "register with a holdout)")
-
-# %% ../nbs/06_monitor.ipynb #20ef536d
-def store_profile(model, # a registered `mlprod.registry.LoadedModel`
-                  cfg:ProjectConfig, # project (state folder)
-                  holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (importance, thresholds, error model)
-                  thresholds:Thresholds|None=None, # default: the model's in `cfg` (else the defaults)
-                  when:str='registration', # what stored it, kept in the profile ('registration', 'retrain')
-                 ) -> ReferenceProfile:
-    "Build the version's reference profile and keep it with the version: `profile_path` and the MLflow artifact `PROFILE_ARTIFACT`."
-    import mlflow, shutil, tempfile
-    th = thresholds or (cfg.models[model.name].thresholds if model.name in cfg.models else Thresholds())
-    if holdout is not None:
-        miss = [c for c in [*model.features, model.target] if c not in holdout.columns]
-        if miss: raise DataError(f"holdout: columns {miss} are missing; allowed: the model's features and target {model.target!r}")
-    prof = build_reference_profile(model, holdout=holdout, thresholds=th)
-    prof = dataclasses.replace(prof, meta={**prof.meta, 'stored': when})
-    p = profile_path(cfg, model.name, str(model.version)); prof.save(p)
-    if model.tracking_uri:
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copyfile(p, Path(d)/Path(PROFILE_ARTIFACT).name)
-            mlflow.MlflowClient(model.tracking_uri).log_artifact(model.run_id, str(Path(d)/Path(PROFILE_ARTIFACT).name), str(Path(PROFILE_ARTIFACT).parent))
-    if model.task == 'regression':  # DLE's error model needs 40 labelled rows; fewer: the monitor fits it on the snapshot, marked untrusted
-        n_lab = 0 if holdout is None else int(pd.to_numeric(holdout[model.target], errors='coerce').notna().sum())
-        if n_lab >= 40: stored_errors(model, cfg, holdout, rebuild=True)
-        else: log.warning('%s version %s: error model not fitted at %s: %d labelled holdout rows (40 needed)', model.name, model.version, when, n_lab)
-    log.info('%s version %s: profile stored at %s (%s)', model.name, model.version, when, thresholds_note(prof, th))
-    return prof
-
-# %% ../nbs/06_monitor.ipynb #61fc7e1c
-from .signals import version_errors, error_model_path, ErrorModel
-
-def stored_errors(model, # a `mlprod.registry.LoadedModel` of a regression version
-                  cfg:ProjectConfig, # project (state folder)
-                  holdout:pd.DataFrame|None=None, # labelled rows the version did not train on (None: the stored error model, whatever its rows)
-                  rebuild:bool=False, # fit it again
-                 ) -> ErrorModel:
-    "The DLE error model kept beside the version's profile; fitted (`version_errors`) only when none of this run is stored or `holdout` is new."
-    import joblib, pickle
-    p = error_model_path(cfg, model.name, str(model.version))
-    if holdout is None and not rebuild and p.exists():
-        try:
-            em = joblib.load(p)
-            if isinstance(em, ErrorModel) and em.meta.get('run_id') == model.run_id: return em
-        except (OSError, EOFError, ValueError, AttributeError, pickle.UnpicklingError) as e: log.warning('error model %s not read: %s', p, e)
-    return version_errors(model, cfg, holdout, rebuild=rebuild)
 
 # %% ../nbs/06_monitor.ipynb #91e592b3
 from .requestlog import read_requests, expand_requests, UNSEEN

@@ -230,7 +230,7 @@ def _register_step(name:str, # registered model name
     metrics = holdout_metrics(model, holdout, mc, features)
     vi = registry.register(model, name, train, window=window, metrics=metrics, cfg=cfg, recipe=mc.recipe, params=params,
                            description=f"retrained as of {end.date()}")
-    from mlprod.monitor import store_profile, thresholds_note
+    from mlprod.profiles import store_profile, thresholds_note
     prof = store_profile(registry.load(name, vi.version, cfg), cfg, holdout, mc.thresholds, when='retrain')  # never training rows
     return (f"version {vi.version} " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f"; profile stored ({thresholds_note(prof, mc.thresholds)})"), 'SUCCESS', vi.version

@@ -288,7 +288,7 @@ def commit_folder(spark, # the SparkSession (its file system, for URLs other tha
 def scored_profile(inputs, # Spark DataFrame of the scored input rows (the model's features)
                    scored, # Spark DataFrame of the scored output (`output_columns`) of the same rows
                    model, # the LoadedModel that scored them
-                   reference:ReferenceProfile, # the version's reference profile (`mlprod.monitor.reference_profile`)
+                   reference:ReferenceProfile, # the version's reference profile (`mlprod.profiles.reference_profile`)
                   ) -> ReferenceProfile:
     "The profile of the scored rows `mlprod.monitor.window_drift` reads: the reference's inputs and `prediction`, computed by Spark."
     from pyspark.sql import functions as F

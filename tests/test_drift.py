@@ -247,7 +247,7 @@ def test_calibrated_thresholds_are_reproducible_and_stored(flights, tmp_path):
     from mlprod.registry import LoadedModel
     from mlprod.data import Schema
     from mlprod.core import utcnow
-    from mlprod import monitor as M
+    from mlprod import profiles as P
     from mlprod.config import Thresholds
     jan, feb = flights[flights.month == 1], flights[flights.month == 2]
     feats = ['sched_dep_time', 'distance', 'temp', 'humid', 'carrier']
@@ -257,15 +257,15 @@ def test_calibrated_thresholds_are_reproducible_and_stored(flights, tmp_path):
                         'binary', {'mlprod.target': 'delayed', 'mlprod.classes': json.dumps([0, 1]), 'mlprod.positive_class': '1'},
                         'run', '', utcnow(), _ref={'df': train})
     th = Thresholds(calibration_draws=60)
-    prof = M.build_reference_profile(model, train, hold, th)
+    prof = P.build_reference_profile(model, train, hold, th)
     cal = prof.calibration
     assert sorted(cal.joint) == ['column:prediction', 'signal:estimate'] and cal.signal_reference['estimate'] > 0.5
-    again = M.calibrate_profile(prof, model, hold, train, th)
+    again = P.calibrate_profile(prof, model, hold, train, th)
     assert again.calibration.to_dict() == cal.to_dict()   # same seed, same rows: the same thresholds
-    other = M.calibrate_profile(prof, model, hold, train, th, seed=1).calibration
+    other = P.calibrate_profile(prof, model, hold, train, th, seed=1).calibration
     assert other.score != cal.score and other.joint != cal.joint
     back = ReferenceProfile.load(prof.save(tmp_path / 'p.npz'))
     assert back.calibration == cal and back.calibration.joint_threshold('signal:estimate', 500, 0) == cal.joint_threshold('signal:estimate', 500, 0)
-    blocks = M.calibrate_profile(prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration
-    assert blocks.chunking == 'time blocks of time_hour' and blocks.to_dict() == M.calibrate_profile(
+    blocks = P.calibrate_profile(prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration
+    assert blocks.chunking == 'time blocks of time_hour' and blocks.to_dict() == P.calibrate_profile(
         prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration.to_dict()

@@ -10,8 +10,9 @@ from mlprod.data import load_flights
 from mlprod.recipes import train_lightgbm
 from mlprod import db as _db, registry
 from mlprod.requestlog import log_row, log_labels
-from mlprod.monitor import (monitor, fit_calibration, estimate_check, expected_roc_auc, read_requests, monitor_history,
-                            monitor_report_html, PREDICTION)
+from mlprod.monitor import monitor, estimate_check, read_requests, monitor_history, monitor_report_html
+from mlprod.estimate import fit_calibration, expected_roc_auc
+from mlprod.profiles import PREDICTION
 
 WEATHER_FREE = ['carrier', 'origin', 'dest', 'hour', 'dep_weekday', 'sched_dep_time', 'distance']
 HOLDOUT_START = '2013-02-15'
@@ -81,7 +82,7 @@ def test_drift_on_real_months(proj, trained, flights):
 
 def test_calibrated_thresholds_on_real_data(proj, trained, flights):
     "Thresholds from the holdout are stored with the version, reproducible, pass in-distribution rows and fail a shifted week."
-    from mlprod.monitor import reference_profile, calibrate_profile, profile_path
+    from mlprod.profiles import reference_profile, calibrate_profile, profile_path
     from mlprod.drift import ReferenceProfile
     cfg, version, _ = proj
     _, train, holdout, feats = trained
@@ -345,7 +346,7 @@ def test_profile_is_stored_with_the_version_and_reloaded_identically(stored, tra
     "register(..., holdout=) keeps importances and calibrated thresholds in the state folder and in MLflow; a machine with only the MLflow server reads the same."
     import mlflow
     from mlprod.drift import ReferenceProfile
-    from mlprod.monitor import stored_profile, reference_profile, profile_path, PROFILE_ARTIFACT, thresholds_note
+    from mlprod.profiles import stored_profile, reference_profile, profile_path, PROFILE_ARTIFACT, thresholds_note
     cfg, version, took = stored
     _, _, holdout, _ = trained
     lm = registry.load('flights', version, cfg)
@@ -367,8 +368,8 @@ def test_profile_is_stored_with_the_version_and_reloaded_identically(stored, tra
 
 def test_monitor_job_stays_within_its_measured_time(stored, flights):
     "A monitor run with the stored profile costs about the pure evaluation of the window, far from a run that builds the profile."
-    from mlprod.monitor import (load_window, evaluate_window, reference_profile, build_reference_profile, window_drift, scored_rows,
-                                profile_path)
+    from mlprod.monitor import load_window, evaluate_window, window_drift, scored_rows
+    from mlprod.profiles import reference_profile, build_reference_profile, profile_path
     cfg, version, _ = stored
     th, week = cfg.model('flights').thresholds, month(flights, 3).drop(columns='delayed')
     lm = registry.load('flights', version, cfg)

@@ -183,7 +183,7 @@ def test_acceptance_scenario(trained, backend, capsys):
                                '--window', '2013-01-01', '2013-01-15', '--metrics', '{"roc_auc": 0.70}')
     t['hold'].to_parquet(root/'hold.parquet')  # labelled rows v2 did not train on: its monitoring profile is built from them now
     assert 'version 2' in run('register', name, '--model-uri', uris[1], '--train-data', root/'train.parquet', '--holdout-data', root/'hold.parquet')
-    from mlprod.monitor import stored_profile
+    from mlprod.profiles import stored_profile
     prof = stored_profile(registry.load(name, '2', b['cfg']), b['cfg'])
     assert (prof.meta['stored'], prof.meta['holdout_rows'], prof.calibration.source) == ('registration', len(t['hold']), 'holdout')
     run('models')

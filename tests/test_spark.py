@@ -60,7 +60,8 @@ def test_spark_drift_profile_gives_the_monitor_verdicts(proj, flights, spark, tm
     "July 2013 scored on Spark: the drift computed by Spark aggregations, and the monitor reading the output, agree with pandas."
     from mlprod import registry
     from mlprod.drift import detect_drift
-    from mlprod.monitor import monitor, reference_profile, window_drift, drift_checks, PREDICTION
+    from mlprod.monitor import monitor, window_drift, drift_checks
+    from mlprod.profiles import reference_profile, PREDICTION
     from mlprod.score import score
     from mlprod.spark import scored_profile, score_spark
     cfg, model = proj

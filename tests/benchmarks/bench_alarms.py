@@ -61,18 +61,18 @@ def _version(flights):
 
 
 def _scored(model, rows):
-    from mlprod.monitor import PREDICTION
+    from mlprod.profiles import PREDICTION
     return rows.assign(**{PREDICTION: model.predict_scores(rows)})
 
 
 def _verdicts(model, prof, th, cal, baseline, window, feats):
     "(mlprod's label-free verdict, its drift:share status, Evidently's verdict, Evidently: any column drifted) of one window."
-    from mlprod import monitor as M
+    from mlprod import monitor as M, profiles as P
     from mlprod.drift import detect_drift
     from mlprod.core import Status
     drift, pdrift = M.window_drift(prof, window, th)
     checks = M.drift_checks(drift, th, pdrift)
-    checks += [M.estimate_check(window[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=100, drift_calibration=prof.calibration)]
+    checks += [M.estimate_check(window[P.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=100, drift_calibration=prof.calibration)]
     checks, driver, _ = M.decide_verdict(checks)
     ev = detect_drift(prof, window, columns=feats)
     return Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction')), \
@@ -115,7 +115,7 @@ def _rate(xs): return float(np.mean(xs)) if len(xs) else float('nan')
 
 
 def test_alarm_quality(flights):
-    from mlprod import monitor as M
+    from mlprod import monitor as M, profiles as P
     from mlprod.config import Thresholds
     from mlprod.core import Status
     from mlprod.drift import detect_drift
@@ -124,9 +124,9 @@ def test_alarm_quality(flights):
     th = dataclasses.replace(mc.thresholds, min_rows=200)
     feats = list(model.features)
     t = time.perf_counter()
-    prof = M.build_reference_profile(model, train, A, th)
+    prof = P.build_reference_profile(model, train, A, th)
     build_s = time.perf_counter() - t
-    again = M.calibrate_profile(prof, model, A, train, th)
+    again = P.calibrate_profile(prof, model, A, train, th)
     assert again.calibration == prof.calibration, 'calibrated thresholds must be reproducible with the seed'
     cal = M.window_calibration(model, prof, A)
     baseline = _auc(model, hold)
@@ -150,7 +150,7 @@ def test_alarm_quality(flights):
         fa[n], fa_ev[n] = (dfail, dwarn, fail, warn), ev
         print(f"{n:>7} | {dfail:>13.1%} {dwarn:>6.1%} | {fail:>15.1%} {warn:>6.1%} | {ev:>15.1%} {ev_any:>10.1%}")
     # the same with the halves swapped: a rate per window holds on average over holdouts, not given one split
-    prof_b = M.build_reference_profile(model, train, B, th); cal_b = M.window_calibration(model, prof_b, B); As = _scored(model, A)
+    prof_b = P.build_reference_profile(model, train, B, th); cal_b = M.window_calibration(model, prof_b, B); As = _scored(model, A)
     swapped = {n: [_verdicts(model, prof_b, th, cal_b, baseline, w, feats)[0] for w in _windows(As, n, N_WINDOWS, n)] for n in (200, 1_000)}
     print("halves swapped (B calibrates, A is measured), label-free FAIL/WARNING+: " + ', '.join(
         f"{n}: {_rate([x == Status.FAIL for x in v]):.1%}/{_rate([x != Status.SUCCESS for x in v]):.1%}" for n, v in swapped.items()))
@@ -205,9 +205,9 @@ def test_alarm_quality(flights):
     for m in range(3, 13):
         lo, hi = pd.Timestamp(f'2013-{m:02d}-01', tz='UTC'), pd.Timestamp(f'2014-01-01' if m == 12 else f'2013-{m + 1:02d}-01', tz='UTC')
         month = months[m] = _scored(model, flights[(t >= lo) & (t < hi)].reset_index(drop=True))
-        auc = roc_auc_score(month[model.target], month[M.PREDICTION])
+        auc = roc_auc_score(month[model.target], month[P.PREDICTION])
         drift, pdrift = M.window_drift(prof, month, th)
-        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=prof.calibration)
+        est = M.estimate_check(month[P.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=prof.calibration)
         checks, driver, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])
         verdict = Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction'))
         dom = domain_auc(train, month, feats, cats, th.domain_max_rows)[0]
@@ -224,7 +224,7 @@ def test_alarm_quality(flights):
         return (tp / alarms if alarms else float('nan')), (tp / harmed if harmed else float('nan'))
 
     # calibration chunks: bootstrap rows (the default) or contiguous time blocks of half A (thresholds.calibration_chunks = 'time')
-    pb = M.calibrate_profile(prof, model, A, train, th, time_column='time_hour')
+    pb = P.calibrate_profile(prof, model, A, train, th, time_column='time_hour')
     Bt = Bs.sort_values('time_hour', kind='stable').reset_index(drop=True)
     def contiguous(frame, n, k, seed):
         for s in np.random.default_rng(seed).integers(0, len(frame) - n + 1, k): yield frame.iloc[s:s + n]
@@ -248,7 +248,7 @@ def test_alarm_quality(flights):
             (pw if important else qt).extend(verdict_of(pb, w) == Status.FAIL for w in _windows(_scored(model, shifted), POWER_SIZE, N_WINDOWS, 7))
     rows_b = []
     for m, month in months.items():
-        est = M.estimate_check(month[M.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=pb.calibration)
+        est = M.estimate_check(month[P.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=pb.calibration)
         drift, pdrift = M.window_drift(pb, month, th)
         checks, _, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])
         verdict = Status.worst(c.status for c in checks if not c.name.startswith('drift:') or c.name in ('drift:share', 'drift:prediction'))

@@ -21,7 +21,7 @@ def test_spark_engine_beside_local():
     from mlprod.recipes import train_lightgbm
     from mlprod.batch import score_local
     from mlprod.drift import detect_drift
-    from mlprod.monitor import build_reference_profile, PREDICTION
+    from mlprod.profiles import build_reference_profile, PREDICTION
     from mlprod import registry
     from mlprod.spark import spark_session, score_spark, scored_profile
     warnings.filterwarnings('ignore')
