@@ -349,6 +349,10 @@ def _registered(tmp_path_factory, project: str) -> Flow:
     case = next(c for c in CASES if c.project == project and not c.hand_written)
     flow = Flow(case)
     flow.root, flow.env = _sandbox(case, tmp_path_factory.mktemp(f"batch-{project}"))
+    # One OpenMP thread per command: `mlprod score` probes and compiles the model's single-row path with ~70 one-row
+    # predictions, each waking the model's OpenMP threads; on a loaded 2-core CI box that is 58 s of a 1,000-row run
+    # instead of 16 s (measured). The scores are the same; what these tests check does not depend on the thread count.
+    flow.env['OMP_NUM_THREADS'] = '1'
     flow.python('register version 1 (zero-config)', 'first_model.py', *case.first, needs=FEATURE_ZERO_CONFIG, stop=True)
     flow.cli('promote v1', 'promote', case.name, '1', '--reason', 'batch scoring', '--force', stop=True)
     flow.src = _user_module(flow.root, project)
