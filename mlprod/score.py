@@ -106,6 +106,8 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
     from mlprod.config import get_config
     from mlprod import registry
     if engine not in ENGINES: raise ConfigError('engine', engine, ', '.join(map(repr, ENGINES)))
+    # recorded as absolute paths: `labels ingest` and `monitor` may run from another folder
+    input, output = [p if '://' in str(p) else str(Path(p).absolute()) for p in (input, output)]
     cfg = get_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg
     mc = cfg.model(name)
     share = mc.thresholds.max_reject_share if max_reject_share is None else max_reject_share
