@@ -216,9 +216,12 @@ def _share_check(drift:DriftResult, thresholds:Thresholds) -> Check:
 def drift_checks(drift:DriftResult, # per-feature drift of the window
                  thresholds:Thresholds=Thresholds(), # drift_share_warning, drift_share_fail (fixed mode)
                  prediction:ColumnDrift|None=None, # drift of the prediction column, if measured
+                 note:str='', # where the thresholds come from (`mlprod.profiles.thresholds_note`), said on `drift:share`
                 ) -> list:
     "Checks `drift:<column>` (WARNING when drifted), `drift:share` (the data-set verdict) and `drift:prediction` (WARNING at most)."
-    out = [c for c in drift.checks(Status.WARNING, Status.FAIL).checks if c.name != 'drift:share'] + [_share_check(drift, thresholds)]
+    share = _share_check(drift, thresholds)
+    if note: share = dataclasses.replace(share, message=f"{share.message}; {note}", details={**share.details, 'thresholds': note})
+    out = [c for c in drift.checks(Status.WARNING, Status.FAIL).checks if c.name != 'drift:share'] + [share]
     if prediction is not None:
         out.append(Check('drift:prediction', Status.WARNING if prediction.drifted else Status.SUCCESS, prediction.statistic,
                          f"no drift (drift when {prediction.rule})", f"model scores: {prediction.stattest} {fmt(prediction.statistic)} against the reference "
@@ -801,6 +804,7 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
                           max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
                           sample_rows:int=5000, # rows of each side kept for the report
                           previous:pd.DataFrame|None=None, # scored rows of the previous monitored window
+                          errors=None, # regression: the version's error model (`mlprod.profiles.stored_errors`)
                          ) -> MonitorResult:
     "Every check of a streamed batch window as a `MonitorResult`: the checks of `evaluate_window`, fed with counts, labelled rows and a sample."
     th, ref, s = thresholds, model.reference() if reference is None else reference, summary
@@ -809,7 +813,7 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
     checks = (dq := unseen_checks(n, s.unseen_rows, {c: (k, pd.Series(v, dtype='int64')) for c, (k, v) in s.unseen.items()}, th))
     figures = dict(rows=n, unseen_share=dq[0].observed)
     drift, pdrift = window_drift(profile, s.profile, th)
-    checks += drift_checks(drift, th, pdrift)
+    checks += drift_checks(drift, th, pdrift, thresholds_note(profile, th))
     figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
     if len(s.sample) < n:  # the sample's missing shares are not the window's: the counted ones go with the figures
@@ -829,9 +833,9 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
     lab = s.labelled if s.labelled is not None else pd.DataFrame({PREDICTION: [], model.target: []})
     scores = lab[[c for c in lab.columns if c not in (PREDICTION, model.target)]].to_numpy(float) if model.task == 'multiclass' else None
     rc, rf = realized_checks(model, lab, metric, th, *_baseline(model, metric, cal), train_metric, n_rows=n, scores=scores)
-    ec, ef = estimated_checks(model, s.sample, cal, metric, th, max_ece)
+    ec, ef = estimated_checks(model, s.sample, cal, metric, th, max_ece, profile.calibration)
     checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
-    sc, sf = signal_checks(s.sample, model, profile, th, previous=previous, holdout=holdout, reference=ref); checks += sc; figures.update(sf)
+    sc, sf = signal_checks(s.sample, model, profile, th, previous=previous, holdout=holdout, errors=errors, reference=ref); checks += sc; figures.update(sf)
     checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
     return MonitorResult(s.model, str(model.version), s.alias, s.start, s.end, 'batch', Checks(f"Monitor {s.model} v{model.version}", checks),
                          figures, drift, pdrift, cal, uuid.uuid4().hex, utcnow(), notes=tuple(notes),
@@ -859,8 +863,9 @@ def monitor_batch(name:str, # model name from mlprod.toml
     s = stream_batch_window(cfg, model, profile, runs, t0, t1, max_rows, chunk_rows, max_values, alias=alias if version is None else None)
     if not s.rows: raise NoDataError(name, t0, t1, 'batch')
     prev = previous_rows(Window(name, s.version, s.alias, t0, t1, 'batch', s.sample), model, cfg)
+    errors = stored_errors(model, cfg, holdout) if model.task == 'regression' else None  # fitted once, as `monitor` does
     return evaluate_batch_window(s, model, profile, mc.thresholds, metric=mc.metric, reference=model.reference(), holdout=holdout,
-                                 max_ece=max_ece, sample_rows=sample_rows, previous=prev)
+                                 max_ece=max_ece, sample_rows=sample_rows, previous=prev, errors=errors)
 
 # %% ../nbs/06_monitor.ipynb #036a19ac
 def load_window(name:str, # model name from mlprod.toml
@@ -1100,9 +1105,7 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     n = figures['rows'] = len(current)
     checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
     drift, pdrift = window_drift(profile, current, th)
-    note = thresholds_note(profile, th)  # where the thresholds come from, said on drift:share
-    checks += [dataclasses.replace(c, message=f"{c.message}; {note}", details={**c.details, 'thresholds': note}) if c.name == 'drift:share' else c
-               for c in drift_checks(drift, th, pdrift)]
+    checks += drift_checks(drift, th, pdrift, thresholds_note(profile, th))
     figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
     cal = window_calibration(model, profile, holdout, window.prior, th.min_rows, ref)
