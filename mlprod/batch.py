@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
-           'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift']
+           'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'compiled_dir',
+           'batch_predictor', 'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_batches',
+           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local', 'parquet_drift']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -207,14 +207,15 @@ def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
     return X
 
 # %% ../nbs/05e_batch.ipynb #bf03c199
-def _scores(served:Served, chunk:pd.DataFrame) -> tuple:
+def _scores(served:Served, chunk:pd.DataFrame, predictor=None) -> tuple:
     "(predictions as `mlflow.pyfunc` gives them, probabilities n × k in `loaded.classes` order or None) of rows the contract accepts."
     sc, loaded, n = served.scorer, served.loaded, len(chunk)
+    trees = (predictor or sc.predictor) if isinstance(sc, CompiledModel) else None  # the compiled encoder feeds both
     if n == 0: return np.zeros(0), (None if served.task == 'regression' else np.zeros((0, len(loaded.classes))))
     if served.task == 'regression':
-        if isinstance(sc, CompiledModel): return sc.predictor.raw(encode_frame(sc.encoder, chunk)).ravel(), None
+        if trees is not None: return trees.raw(encode_frame(sc.encoder, chunk)).ravel(), None
         return np.asarray(loaded.model.predict(_model_frame(loaded, chunk)), dtype='float64').ravel(), None
-    if isinstance(sc, CompiledModel): P, own = sc.predictor.raw(encode_frame(sc.encoder, chunk)), list(sc.classes)
+    if trees is not None: P, own = trees.raw(encode_frame(sc.encoder, chunk)), list(sc.classes)
     else: P, own = np.asarray(loaded.model.predict_proba(_model_frame(loaded, chunk)), dtype='float64'), list(loaded.model.classes_)
     P = np.asarray(P, dtype='float64').reshape(n, -1)
     own_plain = [_plain(c) for c in own]
@@ -250,7 +251,9 @@ def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.Da
 def _time_reasons(chunk:pd.DataFrame, time_column:str) -> tuple:
     "(UTC timestamps, {row: reason} for missing or unreadable times)."
     raw = chunk[time_column]
-    t = pd.to_datetime(raw, errors='coerce', utc=True)
+    if isinstance(raw.dtype, pd.DatetimeTZDtype): t = raw.dt.tz_convert('UTC')  # Parquet timestamps: no parsing
+    elif raw.dtype.kind == 'M': t = raw.dt.tz_localize('UTC')
+    else: t = pd.to_datetime(raw, errors='coerce', utc=True)
     bad = np.flatnonzero(t.isna().to_numpy())
     return t, {int(i): (time_column, [f"column {time_column!r}: got {_plain(raw.iloc[i])!r}; allowed: a timestamp (the time column)"], _plain(raw.iloc[i])) for i in bad}
 
@@ -261,6 +264,7 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
                 time_column:str|None=None, # event-time column copied to the output (UTC)
                 scored_at:dt.datetime|None=None, # the time stamped on every row (default: now)
                 validator:RowValidator|None=None, # the contract (default: the served one)
+                predictor=None, # a predictor of the encoded rows (`batch_predictor`; default: the served scorer's)
                ) -> tuple: # (scored rows in `output_schema` order, rejects in `REJECT_COLUMNS`)
     "Check `chunk` against the contract and score the rows it accepts: (scored, rejects)."
     served = batch_model(model)
@@ -273,7 +277,7 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
         for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
     keep = np.ones(len(chunk), dtype=bool); keep[list(reasons)] = False
     ok = chunk if not reasons else chunk.iloc[np.flatnonzero(keep)]
-    preds, P = _scores(served, ok)
+    preds, P = _scores(served, ok, predictor)
     out = {}
     if id_column: out[id_column] = id_text(ok[id_column])
     out['prediction'] = preds
@@ -286,6 +290,33 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
     scored['scored_at'] = scored['scored_at'].astype('datetime64[us, UTC]')
     if time_column: scored[time_column] = scored[time_column].astype('datetime64[us, UTC]')
     return scored, _reject_frame(chunk, reasons, id_column)
+
+# %% ../nbs/05e_batch.ipynb #00ae3d66
+def compiled_dir() -> Path:
+    "The default folder of compiled models: `MLPROD_COMPILED_DIR`, else `mlprod-compiled` in the temporary folder."
+    import tempfile
+    return Path(os.environ.get('MLPROD_COMPILED_DIR') or Path(tempfile.gettempdir())/'mlprod-compiled')
+
+def _served_kind(served:Served, why:str) -> str:
+    sc = served.scorer
+    return f"served scorer ({getattr(sc, 'kind', type(sc).__name__)} {getattr(sc, 'estimator', '')}; {why})".replace(' ;', ';')
+
+def batch_predictor(served:Served, # `batch_model(...)`
+                    cache_dir=None, # folder of compiled models (default `compiled_dir()`)
+                    threads:int|None=None, # `mlprod.optimize.scoring_threads`
+                    tol:float=1e-9, # largest |compiled - model| allowed on the proof rows
+                    proof_rows:int=20_000) -> tuple: # reference rows in the proof, at most
+    "(compiled trees proven equal, or None; what will score the rows)."
+    from mlprod.optimize import OptimizeError, compiled_predictor, proof_matrix
+    from mlprod.scoring import split_model
+    sc, loaded = served.scorer, served.loaded
+    if not isinstance(sc, CompiledModel) or sc.estimator not in ('LGBMClassifier', 'LGBMRegressor'):
+        return None, _served_kind(served, 'compiled trees: LightGBM models only')
+    try: p = compiled_predictor(split_model(loaded.model)[1], proof_matrix(loaded, sc.encoder, proof_rows), cache_dir or compiled_dir(), threads, tol)
+    except OptimizeError as e:
+        log.warning('%s v%s: scoring with the served scorer, not the compiled trees: %s', loaded.name, loaded.version, e)
+        return None, _served_kind(served, f"compiled trees refused: {e}")
+    return p, p.describe()
 
 # %% ../nbs/05e_batch.ipynb #5e65019e
 @dataclass(frozen=True)
@@ -310,6 +341,7 @@ class BatchResult:
     id_column:str|None=None
     time_column:str|None=None
     max_reject_share:float|None=None # the threshold the run was held to
+    predictor:str|None=None # what scored the rows: the compiled trees and their proof, or the served scorer and why
     @property
     def reject_share(self) -> float: return self.n_rejected / self.n_rows if self.n_rows else 0.0
     @property
@@ -337,7 +369,7 @@ def _repr_html_(self:BatchResult) -> str:
     rows = [('model', f"{self.name} v{self.version}"), ('engine', self.engine), ('input', self.input), ('output', self.output),
             ('rejects', self.rejects_path or 'none'), ('rows', f"{self.n_rows:,}"), ('scored', f"{self.n_scored:,}"),
             ('rejected', f"{self.n_rejected:,} ({self.reject_share:.2%})"), ('time', f"{self.seconds:,.1f} s, {self.rows_per_s:,.0f} rows/s"),
-            ('peak memory', '–' if self.peak_mb is None else f"{self.peak_mb:,.0f} MB")]
+            ('peak memory', '–' if self.peak_mb is None else f"{self.peak_mb:,.0f} MB"), ('predictor', self.predictor or '–')]
     return styled('<table class="mlprod-batch">' + ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + '</table>')
 
 # %% ../nbs/05e_batch.ipynb #12196e9b
@@ -506,7 +538,10 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
                 chunk_rows:int=100_000, # rows per chunk (bounds memory)
                 unseen:str='auto', # models.NAME.unseen_categories
                 scored_at:dt.datetime|None=None, # the time stamped on the rows (default: the start of the run)
-                progress:bool=False) -> BatchResult: # show a progress bar on stderr
+                progress:bool=False, # show a progress bar on stderr
+                compiled:bool=True, # score with the compiled trees when the model has them and they prove equal (`batch_predictor`)
+                cache_dir=None, # where compiled models are kept (default: `compiled_dir()`)
+                threads:int|None=None) -> BatchResult: # threads of the compiled trees (`mlprod.optimize.scoring_threads`)
     "Score `input` chunk by chunk into `output` with rejects beside it; a `BatchError` (with `.result`) when too many rows are rejected."
     served, started, t0 = batch_model(model, unseen), utcnow(), time.perf_counter()
     if Path(output).resolve() == Path(input).resolve(): raise ConfigError('output', str(output), 'a path other than the input')
@@ -517,11 +552,12 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
     cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
     total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
+    predictor, how = batch_predictor(served, cache_dir, threads) if compiled else (None, _served_kind(served, 'compiled=False'))
     w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
     n = n_rej = 0; err = None
     try:
         for chunk in chunks:
-            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at)
+            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor)
             w.write(scored, rejects); n += len(chunk); n_rej += len(rejects); bar.update(n, len(chunk))
             if total and _too_many(n_rej, total, max_reject_share): err = (n_rej, n, True); break
         if err is None and _too_many(n_rej, n, max_reject_share): err = (n_rej, n, False)
@@ -531,7 +567,7 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     secs = time.perf_counter() - t0
     res = BatchResult(loaded.name, str(loaded.version), 'local', str(input), str(output) if err is None else '', rpath, n, n - n_rej, n_rej,
                       secs, n / secs if secs else 0.0, peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None),
-                      id_column, time_column, max_reject_share)
+                      id_column, time_column, max_reject_share, how)
     if err is not None:
         e = _reject_error(loaded.name, err[0], err[1], max_reject_share, rpath, err[2]); e.result = res; raise e
     log.info('%s', res.summary())

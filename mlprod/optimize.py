@@ -640,6 +640,7 @@ def proof_matrix(loaded, # a `mlprod.registry.LoadedModel`
                  max_rows:int=20_000) -> np.ndarray: # reference rows at most
     "The encoded reference and probe rows of a version."
     feats = list(encoder.features)
+    if not callable(getattr(loaded, 'reference', None)): raise OptimizeError(f"proof: got a {type(loaded).__name__} without reference rows; allowed: a registered version (`LoadedModel.reference`)")
     ref = loaded.reference()
     ref = ref.sample(max_rows, random_state=0) if len(ref) > max_rows else ref
     probes = probe_rows(feats, list(encoder.categorical), loaded.schema)

@@ -116,7 +116,8 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
                                     max_reject_share=share, cfg=cfg)
         else:
             result = score_local(registry.load(name, alias, cfg), input, output, id_column=id_column, time_column=time_column,
-                                 max_reject_share=share, chunk_rows=chunk_rows, unseen=mc.unseen_categories, progress=progress)
+                                 max_reject_share=share, chunk_rows=chunk_rows, unseen=mc.unseen_categories, progress=progress,
+                                 cache_dir=Path(cfg.state_dir)/'compiled')
         return result
     except Exception as e:
         result, error = getattr(e, 'result', None), f"{type(e).__name__}: {e}"
