@@ -182,16 +182,24 @@ def category_codes(values:pd.Series, # a categorical column of a chunk
     return np.array([n_known + 1 if k is None else table.get(k, n_known) for k in keys], dtype=np.intp)
 
 # %% ../nbs/05e_batch.ipynb #4e2e06ad
+def _passthrough(p) -> bool:
+    "True when a numeric column reaches one output unchanged, missing as NaN (e.g. LightGBM's own missing handling)."
+    one = len(p.positions) == 1 and p.missing is not None and np.isnan(np.asarray(p.missing, dtype='float64')).all()
+    ident = p.ops == () if p.ops is not None else bool(np.all(p.scale == 1.0) and np.all(p.shift == 0.0))
+    return one and ident
+
 def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  chunk:pd.DataFrame) -> np.ndarray: # rows with the encoder's input columns
     "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy (one table look-up per distinct category)."
     n = len(chunk)
-    X = np.empty((n, encoder.n_outputs))
+    X = np.empty((n, encoder.n_outputs), order='F')  # filled column by column, then one copy to the row order the trees read
     rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
     X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
     for p in encoder.plans:
         if p.kind == 'numeric':
-            x = _numeric_array(chunk[p.column]); miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
+            x = _numeric_array(chunk[p.column])
+            if _passthrough(p): X[:, p.positions[0]] = x; continue  # the value as it is, NaN where missing
+            miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
             X[:, p.positions] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
             if miss.any():
                 if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
@@ -203,8 +211,9 @@ def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
         z = np.zeros(len(p.positions))
         T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
-        X[:, p.positions] = T[codes]
-    return X
+        if len(p.positions) == 1: X[:, p.positions[0]] = T[:, 0].take(codes)
+        else: X[:, p.positions] = T[codes]
+    return np.ascontiguousarray(X)
 
 # %% ../nbs/05e_batch.ipynb #bf03c199
 def _scores(served:Served, chunk:pd.DataFrame, predictor=None) -> tuple:
