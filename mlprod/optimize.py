@@ -595,19 +595,23 @@ def compile_lleaves(model_str:str, # the booster's model text (`mlprod.scoring.b
     "(lleaves.Model, compiled by this call?, seconds, object file path)."
     try: import lleaves
     except ImportError as e: raise BackendUnavailable(f"lleaves: {e}; `pip install lleaves 'llvmlite<0.45'` to enable it") from None
-    t = time.perf_counter()
-    d = Path(cache_dir); d.mkdir(parents=True, exist_ok=True)
-    key = _lleaves_key(model_str)
-    txt, obj = d/f"lgbm-{key}.txt", d/f"lgbm-{key}.o"
-    if not txt.exists():
-        tmp = d/f".{txt.name}.tmp-{os.getpid()}-{threading.get_ident()}"; tmp.write_text(model_str); os.replace(tmp, txt)
+    t, d = time.perf_counter(), Path(cache_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        key = _lleaves_key(model_str)
+        txt, obj = d/f"lgbm-{key}.txt", d/f"lgbm-{key}.o"
+        if not txt.exists():
+            tmp = d/f".{txt.name}.tmp-{os.getpid()}-{threading.get_ident()}"; tmp.write_text(model_str); os.replace(tmp, txt)
+    except OSError as e: raise OptimizeError(f"cache_dir: got {str(d)!r}, which cannot be written ({e}); allowed: a writable folder") from None
     m = lleaves.Model(model_file=str(txt))
     compiled = not obj.exists()
-    if compiled:
-        tmp = d/f".{obj.name}.tmp-{os.getpid()}-{threading.get_ident()}"
-        try: m.compile(cache=str(tmp)); os.replace(tmp, obj)
-        finally: Path(tmp).unlink(missing_ok=True)
-    else: m.compile(cache=str(obj))
+    tmp = d/f".{obj.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        if compiled: m.compile(cache=str(tmp)); os.replace(tmp, obj)
+        else: m.compile(cache=str(obj))
+    except Exception as e:  # e.g. an llvmlite without the legacy pass manager lleaves 1.3 uses
+        raise BackendUnavailable(f"lleaves: compiling failed ({type(e).__name__}: {e}); allowed: lleaves with llvmlite<0.45") from None
+    finally: tmp.unlink(missing_ok=True)
     return m, compiled, time.perf_counter() - t, str(obj)
 
 # %% ../nbs/04_optimize.ipynb #f6ac75cf
