@@ -584,11 +584,12 @@ class CompiledPredictor:
 
 # %% ../nbs/04_optimize.ipynb #0f13c7f6
 def _lleaves_key(model_str:str) -> str:
-    import lleaves, llvmlite
+    "The cache key of a compiled model: its text, the lleaves and llvmlite versions and the CPU it is compiled for."
+    from importlib.metadata import version
     import llvmlite.binding as llvm
     llvm.initialize_native_target()
     host = f"{llvm.get_host_cpu_name()}|{llvm.get_host_cpu_features().flatten()}"
-    return hashlib.sha256('\n'.join([model_str, lleaves.__version__ if hasattr(lleaves, '__version__') else '', llvmlite.__version__, host]).encode()).hexdigest()[:24]
+    return hashlib.sha256('\n'.join([model_str, version('lleaves'), version('llvmlite'), host]).encode()).hexdigest()[:24]
 
 def compile_lleaves(model_str:str, # the booster's model text (`mlprod.scoring.booster_string`)
                     cache_dir) -> tuple: # folder of compiled models (created)
