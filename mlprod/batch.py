@@ -20,11 +20,12 @@ from .serve import RowValidator, Served, prepare, violation_dict
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
+__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'compiled_dir',
-           'batch_predictor', 'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_batches',
-           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local', 'parquet_drift']
+           'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes', 'encode_frame', 'id_text',
+           'event_times', 'score_frame', 'compiled_dir', 'batch_predictor', 'BatchResult', 'input_format',
+           'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
+           'score_local', 'parquet_drift']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -154,6 +155,27 @@ def reject_reasons(validator:RowValidator, # the served contract (`batch_model(.
             if msgs: out.setdefault(i, (col.name, [], v))[1].extend(msgs)
     return out
 
+# %% ../nbs/05e_batch.ipynb #0d433f13
+def missing_columns(validator:RowValidator, # the served contract (`batch_model(...).validator`)
+                    have:Sequence[str]) -> list: # the input's column names (`input_columns`)
+    "The contract's columns not in `have` that the contract refuses to score without, in contract order."
+    base, out = valid_row(validator), []
+    for col in validator.schema.columns:
+        if col.name in have: continue
+        lacking = {k: v for k, v in base.items() if k != col.name}
+        if any(x.column == col.name for x in validator.check(lacking, 1)[0]): out.append(col.name)
+    return out
+
+def missing_columns_error(input, # the input path
+                          missing:Sequence[str], # `missing_columns`
+                          expected:Sequence[str], # the columns the model reads
+                          n_rows:int|None=None) -> BatchError: # rows of the input, when known
+    "The structural error of an input without columns the model needs (raised before anything is scored or written)."
+    rows = f" (all {n_rows:,} row(s))" if n_rows is not None else ''
+    what = ', '.join(f"column {c!r} is missing" for c in missing)
+    return BatchError(f"columns: got {str(input)!r}, where {what}{rows}; allowed: an input with every column the model reads: {list(expected)}. "
+                      "Nothing was scored or written; add the column(s) to the input (runbook: runbooks/batch-failed.md)")
+
 # %% ../nbs/05e_batch.ipynb #17056911
 def _numeric_array(values:pd.Series) -> np.ndarray:
     "float64 values, NaN for missing (the contract already refused anything else)."
@@ -257,14 +279,37 @@ def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.Da
                          'reason': pd.Series([' | '.join(reasons[i][1]) for i in pos], dtype=object),
                          'value': pd.Series([text(reasons[i][2]) for i in pos], dtype=object)})
 
-def _time_reasons(chunk:pd.DataFrame, time_column:str) -> tuple:
-    "(UTC timestamps, {row: reason} for missing or unreadable times)."
-    raw = chunk[time_column]
-    if isinstance(raw.dtype, pd.DatetimeTZDtype): t = raw.dt.tz_convert('UTC')  # Parquet timestamps: no parsing
-    elif raw.dtype.kind == 'M': t = raw.dt.tz_localize('UTC')
-    else: t = pd.to_datetime(raw, errors='coerce', utc=True)
+# %% ../nbs/05e_batch.ipynb #a0702f77
+TIME_UNITS = ('s', 'ms', 'us', 'ns') # units of numeric event times (epoch counts)
+
+def event_times(values:pd.Series, # the time column of a chunk
+                time_unit:str='s') -> tuple: # unit of numbers: 's', 'ms', 'us' or 'ns' since 1970-01-01 UTC
+    "(UTC timestamps, {row position: reason} for values that are missing or cannot be read)."
+    if time_unit not in TIME_UNITS: raise ConfigError('time_unit', time_unit, ', '.join(map(repr, TIME_UNITS)))
+    if isinstance(values.dtype, pd.DatetimeTZDtype): t = values.dt.tz_convert('UTC')  # Parquet timestamps: no parsing
+    elif values.dtype.kind == 'M': t = values.dt.tz_localize('UTC')
+    else:
+        num = values.astype('float64') if values.dtype.kind in 'iuf' else pd.to_numeric(values, errors='coerce')
+        t = pd.Series(pd.NaT, index=values.index, dtype='datetime64[ns, UTC]')
+        isnum = num.notna().to_numpy() & np.isfinite(num.to_numpy(dtype='float64', na_value=np.nan))
+        if isnum.any():
+            x = num.to_numpy(dtype='float64', na_value=np.nan)[isnum]
+            ns = x * {'s': 1e9, 'ms': 1e6, 'us': 1e3, 'ns': 1.0}[time_unit]
+            ok = (ns > -9.2e18) & (ns < 9.2e18)  # inside pandas' nanosecond range (1677-2262)
+            exact = values.to_numpy()[isnum] if values.dtype.kind in 'iu' else None  # integers converted exactly, not through float64
+            conv = pd.to_datetime(exact[ok] if exact is not None else x[ok], unit=time_unit, utc=True)
+            t.iloc[np.flatnonzero(isnum)[ok]] = conv
+        text = ~isnum & values.notna().to_numpy()
+        if text.any() and values.dtype.kind not in 'iufb':
+            t.iloc[np.flatnonzero(text)] = pd.to_datetime(values[text], errors='coerce', utc=True, format='mixed')
     bad = np.flatnonzero(t.isna().to_numpy())
-    return t, {int(i): (time_column, [f"column {time_column!r}: got {_plain(raw.iloc[i])!r}; allowed: a timestamp (the time column)"], _plain(raw.iloc[i])) for i in bad}
+    allowed = f"a timestamp, or a number of {dict(s='seconds', ms='milliseconds', us='microseconds', ns='nanoseconds')[time_unit]} since 1970-01-01 UTC (time_unit={time_unit!r}; 's', 'ms', 'us' or 'ns')"
+    return t, {int(i): [f"column {values.name!r}: got {_plain(values.iloc[i])!r}; allowed: {allowed}"] for i in bad}
+
+def _time_reasons(chunk:pd.DataFrame, time_column:str, time_unit:str='s') -> tuple:
+    "(UTC timestamps, {row: (column, reasons, value)} for missing or unreadable times)."
+    t, bad = event_times(chunk[time_column], time_unit)
+    return t, {i: (time_column, r, _plain(chunk[time_column].iloc[i])) for i, r in bad.items()}
 
 # %% ../nbs/05e_batch.ipynb #9e13da84
 def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
@@ -274,6 +319,7 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
                 scored_at:dt.datetime|None=None, # the time stamped on every row (default: now)
                 validator:RowValidator|None=None, # the contract (default: the served one)
                 predictor=None, # a predictor of the encoded rows (`batch_predictor`; default: the served scorer's)
+                time_unit:str='s', # unit of numeric times in `time_column` (`event_times`)
                ) -> tuple: # (scored rows in `output_schema` order, rejects in `REJECT_COLUMNS`)
     "Check `chunk` against the contract and score the rows it accepts: (scored, rejects)."
     served = batch_model(model)
@@ -282,7 +328,7 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
         if c and c not in chunk.columns: raise BatchError(f"column {c!r}: got no such column in the input; allowed: one of {list(chunk.columns)[:20]}")
     reasons = reject_reasons(validator, chunk)
     if time_column:
-        times, bad_t = _time_reasons(chunk, time_column)
+        times, bad_t = _time_reasons(chunk, time_column, time_unit)
         for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
     keep = np.ones(len(chunk), dtype=bool); keep[list(reasons)] = False
     ok = chunk if not reasons else chunk.iloc[np.flatnonzero(keep)]
@@ -364,6 +410,7 @@ class BatchResult:
     time_column:str|None=None
     max_reject_share:float|None=None # the threshold the run was held to
     predictor:str|None=None # what scored the rows: the compiled trees and their proof, or the served scorer and why
+    time_unit:str|None=None # unit numeric event times were read in (`event_times`; None: no time column)
     @property
     def reject_share(self) -> float: return self.n_rejected / self.n_rows if self.n_rows else 0.0
     @property
@@ -551,6 +598,11 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
 # %% ../nbs/05e_batch.ipynb #8b31a71c
+def _count_rows(path) -> int|None:
+    "Rows of a Parquet input from its metadata (None for CSV: unknown without reading it)."
+    import pyarrow.dataset as ds
+    return ds.dataset(str(path), format='parquet').count_rows() if input_format(path) == 'parquet' else None
+
 def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
                 input, # Parquet file or folder, or CSV file
                 output, # the Parquet file to write (atomically)
@@ -563,7 +615,8 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
                 progress:bool=False, # show a progress bar on stderr
                 compiled:bool=True, # score with the compiled trees when the model has them and they prove equal (`batch_predictor`)
                 cache_dir=None, # where compiled models are kept (default: `compiled_dir()`)
-                threads:int|None=None) -> BatchResult: # threads of the compiled trees (`mlprod.optimize.scoring_threads`)
+                threads:int|None=None, # threads of the compiled trees (`mlprod.optimize.scoring_threads`)
+                time_unit:str='s') -> BatchResult: # unit of numeric times in `time_column`: 's', 'ms', 'us' or 'ns' (`event_times`)
     "Score `input` chunk by chunk into `output` with rejects beside it; a `BatchError` (with `.result`) when too many rows are rejected."
     served, started, t0 = batch_model(model, unseen), utcnow(), time.perf_counter()
     if Path(output).resolve() == Path(input).resolve(): raise ConfigError('output', str(output), 'a path other than the input')
@@ -571,6 +624,15 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     have = input_columns(input)
     for c in (id_column, time_column):
         if c and c not in have: raise BatchError(f"column {c!r}: got no such column in {input}; allowed: one of {have[:20]}")
+    if time_column and time_unit not in TIME_UNITS: raise ConfigError('time_unit', time_unit, ', '.join(map(repr, TIME_UNITS)))
+    unit = time_unit if time_column else None
+    if gone := missing_columns(served.validator, have):
+        n = _count_rows(input)
+        e = missing_columns_error(input, gone, loaded.features, n)
+        e.result = BatchResult(loaded.name, str(loaded.version), 'local', str(input), '', None, n or 0, 0, n or 0, time.perf_counter() - t0, 0.0,
+                               peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None), id_column, time_column,
+                               max_reject_share, None, unit)
+        raise e
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
     cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
     total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
@@ -579,7 +641,7 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     n = n_rej = 0; err = None
     try:
         for chunk in chunks:
-            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor)
+            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor, time_unit=time_unit)
             w.write(scored, rejects); n += len(chunk); n_rej += len(rejects); bar.update(n, len(chunk))
             if total and _too_many(n_rej, total, max_reject_share): err = (n_rej, n, True); break
         if err is None and _too_many(n_rej, n, max_reject_share): err = (n_rej, n, False)
@@ -589,7 +651,7 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     secs = time.perf_counter() - t0
     res = BatchResult(loaded.name, str(loaded.version), 'local', str(input), str(output) if err is None else '', rpath, n, n - n_rej, n_rej,
                       secs, n / secs if secs else 0.0, peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None),
-                      id_column, time_column, max_reject_share, how)
+                      id_column, time_column, max_reject_share, how, unit)
     if err is not None:
         e = _reject_error(loaded.name, err[0], err[1], max_reject_share, rpath, err[2]); e.result = res; raise e
     log.info('%s', res.summary())

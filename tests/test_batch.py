@@ -108,13 +108,12 @@ def test_rejects_with_reasons_and_threshold(proj, flights, tmp_path):
     # the same rows under 'score': unseen carriers are scored (and flagged), like online
     r2 = score_local(lm, tmp_path/'april.csv', tmp_path/'april2.parquet', id_column='flight_id', unseen='score')
     assert r2.n_rejected == 2
-    # a missing column rejects every row: the run fails, the output is not written, the rejects are
+    # a column missing from the whole input: one structural error before scoring (the column, the input, the model's columns), nothing written
     d.drop(columns=['dest']).to_csv(tmp_path/'nodest.csv', index=False)
-    with pytest.raises(BatchError, match='max_reject_share'):
+    with pytest.raises(BatchError, match="column 'dest' is missing") as e:
         score_local(lm, tmp_path/'nodest.csv', tmp_path/'nodest.parquet', id_column='flight_id')
-    assert not (tmp_path/'nodest.parquet').exists()
-    rej = pd.read_parquet(rejects_path(tmp_path/'nodest.parquet'))
-    assert len(rej) == len(d) and rej['reason'].str.contains("'dest'").all()
+    assert 'nodest.csv' in str(e.value) and str(list(lm.features)) in str(e.value), e.value
+    assert not (tmp_path/'nodest.parquet').exists() and not rejects_path(tmp_path/'nodest.parquet').exists()
     with pytest.raises(BatchError, match='allowed: at most 0.01%'):
         score_local(lm, tmp_path/'april.csv', tmp_path/'strict.parquet', max_reject_share=0.0001, unseen='reject')
 
@@ -153,7 +152,7 @@ def test_score_job_report_and_failure(proj, flights, tmp_path):
     "The `score` job notebook runs under `mlprod run` (papermill, HTML report, figures); too many rejects fail the run and its report shows them."
     cfg, model = proj
     d = flight_rows(flights, '2013-07-01', '2013-07-02')
-    d.to_parquet(tmp_path/'july.parquet'); d.drop(columns=['dest']).to_parquet(tmp_path/'broken.parquet')
+    d.to_parquet(tmp_path/'july.parquet'); d.assign(distance=np.inf).to_parquet(tmp_path/'broken.parquet')  # every row refused
     def run(src, out):
         r = subprocess.run([str(BIN/'mlprod'), '--project', str(cfg.root), 'run', 'score', '-p', 'input', str(src), '-p', 'output', str(out),
                             '-p', 'id_column', 'flight_id', '-p', 'time_column', 'time_hour', '--json', '--no-dashboard'],
@@ -168,7 +167,7 @@ def test_score_job_report_and_failure(proj, flights, tmp_path):
     assert r.returncode != 0 and run_bad and run_bad['status'] == 'failed', r.stdout[-2000:]
     assert not (tmp_path/'broken.scores.parquet').exists() and (tmp_path/'broken.scores.rejects.parquet').exists()
     html = open(run_bad['report_path']).read()
-    assert 'max_reject_share' in html and "'dest'" in html  # the error, and the rejects table's reason
+    assert 'max_reject_share' in html and "'distance'" in html  # the error, and the rejects table's reason
 
 
 def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
@@ -252,3 +251,30 @@ def test_compiled_trees_on_a_user_regression_model(tmp_path):
     rows = later.set_index(later['booking_id'].astype(str)).loc[out['booking_id']]
     assert (~rows['agent'].isin(train['agent'])).sum() > 100  # agents the training months never saw are scored too
     np.testing.assert_allclose(out['prediction'], model.predict(rows[cats + nums]), rtol=0, atol=1e-9)
+
+
+def test_cli_missing_column_is_one_structural_error_and_epoch_seconds_are_seconds(proj, flights, tmp_path):
+    "`mlprod score` on an input without a column the model reads: exit 1 before scoring, naming the column, the input and the model's columns, nothing written; integer epoch seconds in the time column land in 2013, not 1970."
+    cfg, model = proj
+    from mlprod.score import batch_runs
+    from mlprod.batch import rejects_path
+    d = flight_rows(flights, '2013-08-01', '2013-08-02')
+    d.drop(columns=['carrier', 'dest']).to_parquet(tmp_path/'no_cols.parquet')
+    out = tmp_path/'out'/'no_cols.parquet'
+    def score(src, dst, *extra):
+        return subprocess.run([str(BIN/'mlprod'), '--project', str(cfg.root), 'score', 'flights', '--input', str(src), '--output', str(dst),
+                               '--id-column', 'flight_id', *extra], env=offline_env(), capture_output=True, text=True, timeout=300)
+    r = score(tmp_path/'no_cols.parquet', out)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "column 'carrier' is missing, column 'dest' is missing" in r.stdout and f"(all {len(d):,} row(s))" in r.stdout, r.stdout
+    assert 'no_cols.parquet' in r.stdout and "'origin'" in r.stdout and r.stdout.count('is missing') == 2, r.stdout
+    assert not out.exists() and not rejects_path(out).exists() and not list(out.parent.glob('.*tmp-*'))
+    runs = batch_runs(cfg.db_url, 'flights', status='failed')
+    assert "column 'dest' is missing" in runs['error'].iloc[0] and runs['n_scored'].iloc[0] == 0, runs.iloc[0].to_dict()
+    # event times as integer epoch seconds: read as seconds (the documented default), the unit in the result
+    d.assign(time_hour=pd.to_datetime(d['time_hour'], utc=True).astype('int64') // 10**9).to_parquet(tmp_path/'epoch.parquet')
+    r = score(tmp_path/'epoch.parquet', tmp_path/'epoch.scores.parquet', '--time-column', 'time_hour', '--json')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads(r.stdout)['time_unit'] == 's'
+    t = pd.read_parquet(tmp_path/'epoch.scores.parquet')['time_hour']
+    assert t.tolist() == pd.to_datetime(d['time_hour'], utc=True).tolist() and t.min() >= pd.Timestamp('2013-08-01', tz='UTC')
