@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
            'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes', 'encode_frame', 'id_text',
-           'event_times', 'score_frame', 'compiled_dir', 'batch_predictor', 'BatchResult', 'input_format',
-           'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift']
+           'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult',
+           'input_format', 'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file',
+           'rejects_path', 'peak_mb', 'score_local', 'parquet_drift']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -354,7 +354,9 @@ def compiled_dir() -> Path:
 
 _PREDICTORS = {}
 
-def _served_kind(served:Served, why:str) -> str:
+def served_kind(served:Served, # `batch_model(...)`
+                why:str) -> str: # why the compiled trees do not score
+    "What `BatchResult.predictor` says when the served scorer scores the rows."
     sc = served.scorer
     return f"served scorer ({getattr(sc, 'kind', type(sc).__name__)} {getattr(sc, 'estimator', '')}; {why})".replace(' ;', ';')
 
@@ -379,11 +381,11 @@ def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tupl
     from mlprod.scoring import split_model
     sc, loaded = served.scorer, served.loaded
     if not isinstance(sc, CompiledModel) or sc.estimator not in ('LGBMClassifier', 'LGBMRegressor'):
-        return None, _served_kind(served, 'compiled trees: LightGBM models only')
+        return None, served_kind(served, 'compiled trees: LightGBM models only')
     try: p = compiled_predictor(split_model(loaded.model)[1], proof_matrix(loaded, sc.encoder, proof_rows), cache_dir or compiled_dir(), threads, tol)
     except OptimizeError as e:
         log.warning('%s v%s: scoring with the served scorer, not the compiled trees: %s', loaded.name, loaded.version, e)
-        return None, _served_kind(served, f"compiled trees refused: {e}")
+        return None, served_kind(served, f"compiled trees refused: {e}")
     return p, p.describe()
 
 # %% ../nbs/05e_batch.ipynb #5e65019e
@@ -636,7 +638,7 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
     cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
     total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
-    predictor, how = batch_predictor(served, cache_dir, threads) if compiled else (None, _served_kind(served, 'compiled=False'))
+    predictor, how = batch_predictor(served, cache_dir, threads) if compiled else (None, served_kind(served, 'compiled=False'))
     w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
     n = n_rej = 0; err = None
     try:
