@@ -301,7 +301,7 @@ def event_times(values:pd.Series, # the time column of a chunk
             t.iloc[np.flatnonzero(isnum)[ok]] = conv
         text = ~isnum & values.notna().to_numpy()
         if text.any() and values.dtype.kind not in 'iufb':
-            t.iloc[np.flatnonzero(text)] = pd.to_datetime(values[text], errors='coerce', utc=True, format='mixed')
+            t.iloc[np.flatnonzero(text)] = pd.to_datetime(values[text], errors='coerce', utc=True)
     bad = np.flatnonzero(t.isna().to_numpy())
     allowed = f"a timestamp, or a number of {dict(s='seconds', ms='milliseconds', us='microseconds', ns='nanoseconds')[time_unit]} since 1970-01-01 UTC (time_unit={time_unit!r}; 's', 'ms', 'us' or 'ns')"
     return t, {int(i): [f"column {values.name!r}: got {_plain(values.iloc[i])!r}; allowed: {allowed}"] for i in bad}

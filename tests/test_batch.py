@@ -278,3 +278,12 @@ def test_cli_missing_column_is_one_structural_error_and_epoch_seconds_are_second
     assert json.loads(r.stdout)['time_unit'] == 's'
     t = pd.read_parquet(tmp_path/'epoch.scores.parquet')['time_hour']
     assert t.tolist() == pd.to_datetime(d['time_hour'], utc=True).tolist() and t.min() >= pd.Timestamp('2013-08-01', tz='UTC')
+    # milliseconds: read as such with --time-unit ms; without it every row is refused with a reason naming the unit (never 1970)
+    d.assign(time_hour=pd.to_datetime(d['time_hour'], utc=True).astype('int64') // 10**6).to_parquet(tmp_path/'epoch_ms.parquet')
+    r = score(tmp_path/'epoch_ms.parquet', tmp_path/'ms.scores.parquet', '--time-column', 'time_hour', '--time-unit', 'ms', '--json')
+    assert r.returncode == 0 and json.loads(r.stdout)['time_unit'] == 'ms', r.stdout[-2000:] + r.stderr[-2000:]
+    assert pd.read_parquet(tmp_path/'ms.scores.parquet')['time_hour'].tolist() == pd.to_datetime(d['time_hour'], utc=True).tolist()
+    r = score(tmp_path/'epoch_ms.parquet', tmp_path/'ms_as_s.scores.parquet', '--time-column', 'time_hour')
+    assert r.returncode == 1 and not (tmp_path/'ms_as_s.scores.parquet').exists(), r.stdout[-2000:]
+    rej = pd.read_parquet(rejects_path(tmp_path/'ms_as_s.scores.parquet'))
+    assert len(rej) == len(d) and rej['reason'].str.contains("time_unit='s'").all(), rej['reason'][0]
