@@ -20,11 +20,12 @@ from .serve import RowValidator, Served, prepare, violation_dict
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
+__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
            'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'category_keys', 'category_codes', 'encode_frame', 'id_text', 'score_frame', 'BatchResult', 'input_format',
-           'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
+           'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes', 'encode_frame', 'id_text',
+           'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult',
+           'input_format', 'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file',
+           'rejects_path', 'peak_mb', 'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -154,6 +155,27 @@ def reject_reasons(validator:RowValidator, # the served contract (`batch_model(.
             if msgs: out.setdefault(i, (col.name, [], v))[1].extend(msgs)
     return out
 
+# %% ../nbs/05e_batch.ipynb #0d433f13
+def missing_columns(validator:RowValidator, # the served contract (`batch_model(...).validator`)
+                    have:Sequence[str]) -> list: # the input's column names (`input_columns`)
+    "The contract's columns not in `have` that the contract refuses to score without, in contract order."
+    base, out = valid_row(validator), []
+    for col in validator.schema.columns:
+        if col.name in have: continue
+        lacking = {k: v for k, v in base.items() if k != col.name}
+        if any(x.column == col.name for x in validator.check(lacking, 1)[0]): out.append(col.name)
+    return out
+
+def missing_columns_error(input, # the input path
+                          missing:Sequence[str], # `missing_columns`
+                          expected:Sequence[str], # the columns the model reads
+                          n_rows:int|None=None) -> BatchError: # rows of the input, when known
+    "The structural error of an input without columns the model needs (raised before anything is scored or written)."
+    rows = f" (all {n_rows:,} row(s))" if n_rows is not None else ''
+    what = ', '.join(f"column {c!r} is missing" for c in missing)
+    return BatchError(f"columns: got {str(input)!r}, where {what}{rows}; allowed: an input with every column the model reads: {list(expected)}. "
+                      "Nothing was scored or written; add the column(s) to the input (runbook: runbooks/batch-failed.md)")
+
 # %% ../nbs/05e_batch.ipynb #17056911
 def _numeric_array(values:pd.Series) -> np.ndarray:
     "float64 values, NaN for missing (the contract already refused anything else)."
@@ -182,16 +204,24 @@ def category_codes(values:pd.Series, # a categorical column of a chunk
     return np.array([n_known + 1 if k is None else table.get(k, n_known) for k in keys], dtype=np.intp)
 
 # %% ../nbs/05e_batch.ipynb #4e2e06ad
+def _passthrough(p) -> bool:
+    "True when a numeric column reaches one output unchanged, missing as NaN (e.g. LightGBM's own missing handling)."
+    one = len(p.positions) == 1 and p.missing is not None and np.isnan(np.asarray(p.missing, dtype='float64')).all()
+    ident = p.ops == () if p.ops is not None else bool(np.all(p.scale == 1.0) and np.all(p.shift == 0.0))
+    return one and ident
+
 def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  chunk:pd.DataFrame) -> np.ndarray: # rows with the encoder's input columns
     "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy (one table look-up per distinct category)."
     n = len(chunk)
-    X = np.empty((n, encoder.n_outputs))
+    X = np.empty((n, encoder.n_outputs), order='F')  # filled column by column, then one copy to the row order the trees read
     rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
     X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
     for p in encoder.plans:
         if p.kind == 'numeric':
-            x = _numeric_array(chunk[p.column]); miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
+            x = _numeric_array(chunk[p.column])
+            if _passthrough(p): X[:, p.positions[0]] = x; continue  # the value as it is, NaN where missing
+            miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
             X[:, p.positions] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
             if miss.any():
                 if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
@@ -203,18 +233,20 @@ def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
         z = np.zeros(len(p.positions))
         T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
-        X[:, p.positions] = T[codes]
-    return X
+        if len(p.positions) == 1: X[:, p.positions[0]] = T[:, 0].take(codes)
+        else: X[:, p.positions] = T[codes]
+    return np.ascontiguousarray(X)
 
 # %% ../nbs/05e_batch.ipynb #bf03c199
-def _scores(served:Served, chunk:pd.DataFrame) -> tuple:
+def _scores(served:Served, chunk:pd.DataFrame, predictor=None) -> tuple:
     "(predictions as `mlflow.pyfunc` gives them, probabilities n × k in `loaded.classes` order or None) of rows the contract accepts."
     sc, loaded, n = served.scorer, served.loaded, len(chunk)
+    trees = (predictor or sc.predictor) if isinstance(sc, CompiledModel) else None  # the compiled encoder feeds both
     if n == 0: return np.zeros(0), (None if served.task == 'regression' else np.zeros((0, len(loaded.classes))))
     if served.task == 'regression':
-        if isinstance(sc, CompiledModel): return sc.predictor.raw(encode_frame(sc.encoder, chunk)).ravel(), None
+        if trees is not None: return trees.raw(encode_frame(sc.encoder, chunk)).ravel(), None
         return np.asarray(loaded.model.predict(_model_frame(loaded, chunk)), dtype='float64').ravel(), None
-    if isinstance(sc, CompiledModel): P, own = sc.predictor.raw(encode_frame(sc.encoder, chunk)), list(sc.classes)
+    if trees is not None: P, own = trees.raw(encode_frame(sc.encoder, chunk)), list(sc.classes)
     else: P, own = np.asarray(loaded.model.predict_proba(_model_frame(loaded, chunk)), dtype='float64'), list(loaded.model.classes_)
     P = np.asarray(P, dtype='float64').reshape(n, -1)
     own_plain = [_plain(c) for c in own]
@@ -247,12 +279,37 @@ def _reject_frame(chunk:pd.DataFrame, reasons:dict, id_column:str|None) -> pd.Da
                          'reason': pd.Series([' | '.join(reasons[i][1]) for i in pos], dtype=object),
                          'value': pd.Series([text(reasons[i][2]) for i in pos], dtype=object)})
 
-def _time_reasons(chunk:pd.DataFrame, time_column:str) -> tuple:
-    "(UTC timestamps, {row: reason} for missing or unreadable times)."
-    raw = chunk[time_column]
-    t = pd.to_datetime(raw, errors='coerce', utc=True)
+# %% ../nbs/05e_batch.ipynb #a0702f77
+TIME_UNITS = ('s', 'ms', 'us', 'ns') # units of numeric event times (epoch counts)
+
+def event_times(values:pd.Series, # the time column of a chunk
+                time_unit:str='s') -> tuple: # unit of numbers: 's', 'ms', 'us' or 'ns' since 1970-01-01 UTC
+    "(UTC timestamps, {row position: reason} for values that are missing or cannot be read)."
+    if time_unit not in TIME_UNITS: raise ConfigError('time_unit', time_unit, ', '.join(map(repr, TIME_UNITS)))
+    if isinstance(values.dtype, pd.DatetimeTZDtype): t = values.dt.tz_convert('UTC')  # Parquet timestamps: no parsing
+    elif values.dtype.kind == 'M': t = values.dt.tz_localize('UTC')
+    else:
+        num = values.astype('float64') if values.dtype.kind in 'iuf' else pd.to_numeric(values, errors='coerce')
+        t = pd.Series(pd.NaT, index=values.index, dtype='datetime64[ns, UTC]')
+        isnum = num.notna().to_numpy() & np.isfinite(num.to_numpy(dtype='float64', na_value=np.nan))
+        if isnum.any():
+            x = num.to_numpy(dtype='float64', na_value=np.nan)[isnum]
+            ns = x * {'s': 1e9, 'ms': 1e6, 'us': 1e3, 'ns': 1.0}[time_unit]
+            ok = (ns > -9.2e18) & (ns < 9.2e18)  # inside pandas' nanosecond range (1677-2262)
+            exact = values.to_numpy()[isnum] if values.dtype.kind in 'iu' else None  # integers converted exactly, not through float64
+            conv = pd.to_datetime(exact[ok] if exact is not None else x[ok], unit=time_unit, utc=True)
+            t.iloc[np.flatnonzero(isnum)[ok]] = conv
+        text = ~isnum & values.notna().to_numpy()
+        if text.any() and values.dtype.kind not in 'iufb':
+            t.iloc[np.flatnonzero(text)] = pd.to_datetime(values[text], errors='coerce', utc=True)
     bad = np.flatnonzero(t.isna().to_numpy())
-    return t, {int(i): (time_column, [f"column {time_column!r}: got {_plain(raw.iloc[i])!r}; allowed: a timestamp (the time column)"], _plain(raw.iloc[i])) for i in bad}
+    allowed = f"a timestamp, or a number of {dict(s='seconds', ms='milliseconds', us='microseconds', ns='nanoseconds')[time_unit]} since 1970-01-01 UTC (time_unit={time_unit!r}; 's', 'ms', 'us' or 'ns')"
+    return t, {int(i): [f"column {values.name!r}: got {_plain(values.iloc[i])!r}; allowed: {allowed}"] for i in bad}
+
+def _time_reasons(chunk:pd.DataFrame, time_column:str, time_unit:str='s') -> tuple:
+    "(UTC timestamps, {row: (column, reasons, value)} for missing or unreadable times)."
+    t, bad = event_times(chunk[time_column], time_unit)
+    return t, {i: (time_column, r, _plain(chunk[time_column].iloc[i])) for i, r in bad.items()}
 
 # %% ../nbs/05e_batch.ipynb #9e13da84
 def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
@@ -261,6 +318,8 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
                 time_column:str|None=None, # event-time column copied to the output (UTC)
                 scored_at:dt.datetime|None=None, # the time stamped on every row (default: now)
                 validator:RowValidator|None=None, # the contract (default: the served one)
+                predictor=None, # a predictor of the encoded rows (`batch_predictor`; default: the served scorer's)
+                time_unit:str='s', # unit of numeric times in `time_column` (`event_times`)
                ) -> tuple: # (scored rows in `output_schema` order, rejects in `REJECT_COLUMNS`)
     "Check `chunk` against the contract and score the rows it accepts: (scored, rejects)."
     served = batch_model(model)
@@ -269,11 +328,11 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
         if c and c not in chunk.columns: raise BatchError(f"column {c!r}: got no such column in the input; allowed: one of {list(chunk.columns)[:20]}")
     reasons = reject_reasons(validator, chunk)
     if time_column:
-        times, bad_t = _time_reasons(chunk, time_column)
+        times, bad_t = _time_reasons(chunk, time_column, time_unit)
         for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
     keep = np.ones(len(chunk), dtype=bool); keep[list(reasons)] = False
     ok = chunk if not reasons else chunk.iloc[np.flatnonzero(keep)]
-    preds, P = _scores(served, ok)
+    preds, P = _scores(served, ok, predictor)
     out = {}
     if id_column: out[id_column] = id_text(ok[id_column])
     out['prediction'] = preds
@@ -286,6 +345,48 @@ def score_frame(model, # a LoadedModel or a `Served` (`batch_model`)
     scored['scored_at'] = scored['scored_at'].astype('datetime64[us, UTC]')
     if time_column: scored[time_column] = scored[time_column].astype('datetime64[us, UTC]')
     return scored, _reject_frame(chunk, reasons, id_column)
+
+# %% ../nbs/05e_batch.ipynb #00ae3d66
+def compiled_dir() -> Path:
+    "The default folder of compiled models: `MLPROD_COMPILED_DIR`, else `mlprod-compiled` in the temporary folder."
+    import tempfile
+    return Path(os.environ.get('MLPROD_COMPILED_DIR') or Path(tempfile.gettempdir())/'mlprod-compiled')
+
+_PREDICTORS = {}
+
+def served_kind(served:Served, # `batch_model(...)`
+                why:str) -> str: # why the compiled trees do not score
+    "What `BatchResult.predictor` says when the served scorer scores the rows."
+    sc = served.scorer
+    return f"served scorer ({getattr(sc, 'kind', type(sc).__name__)} {getattr(sc, 'estimator', '')}; {why})".replace(' ;', ';')
+
+def batch_predictor(served:Served, # `batch_model(...)`
+                    cache_dir=None, # folder of compiled models (default `compiled_dir()`)
+                    threads:int|None=None, # `mlprod.optimize.scoring_threads`
+                    tol:float=1e-9, # largest |compiled - model| allowed on the proof rows
+                    proof_rows:int=20_000) -> tuple: # reference rows in the proof, at most
+    "(compiled trees proven equal, or None; what will score the rows): built once per process, served model and settings."
+    key = (id(served), str(cache_dir or compiled_dir()), threads, tol, proof_rows)
+    with _PREPARED_LOCK:
+        hit = _PREDICTORS.get(key)
+        if hit is not None and hit[0] is served: return hit[1]
+    got = _batch_predictor(served, cache_dir, threads, tol, proof_rows)
+    with _PREPARED_LOCK:
+        if len(_PREDICTORS) > 8: _PREDICTORS.clear()
+        _PREDICTORS[key] = (served, got)
+    return got
+
+def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tuple:
+    from mlprod.optimize import OptimizeError, compiled_predictor, proof_matrix
+    from mlprod.scoring import split_model
+    sc, loaded = served.scorer, served.loaded
+    if not isinstance(sc, CompiledModel) or sc.estimator not in ('LGBMClassifier', 'LGBMRegressor'):
+        return None, served_kind(served, 'compiled trees: LightGBM models only')
+    try: p = compiled_predictor(split_model(loaded.model)[1], proof_matrix(loaded, sc.encoder, proof_rows), cache_dir or compiled_dir(), threads, tol)
+    except OptimizeError as e:
+        log.warning('%s v%s: scoring with the served scorer, not the compiled trees: %s', loaded.name, loaded.version, e)
+        return None, served_kind(served, f"compiled trees refused: {e}")
+    return p, p.describe()
 
 # %% ../nbs/05e_batch.ipynb #5e65019e
 @dataclass(frozen=True)
@@ -310,6 +411,8 @@ class BatchResult:
     id_column:str|None=None
     time_column:str|None=None
     max_reject_share:float|None=None # the threshold the run was held to
+    predictor:str|None=None # what scored the rows: the compiled trees and their proof, or the served scorer and why
+    time_unit:str|None=None # unit numeric event times were read in (`event_times`; None: no time column)
     @property
     def reject_share(self) -> float: return self.n_rejected / self.n_rows if self.n_rows else 0.0
     @property
@@ -337,7 +440,7 @@ def _repr_html_(self:BatchResult) -> str:
     rows = [('model', f"{self.name} v{self.version}"), ('engine', self.engine), ('input', self.input), ('output', self.output),
             ('rejects', self.rejects_path or 'none'), ('rows', f"{self.n_rows:,}"), ('scored', f"{self.n_scored:,}"),
             ('rejected', f"{self.n_rejected:,} ({self.reject_share:.2%})"), ('time', f"{self.seconds:,.1f} s, {self.rows_per_s:,.0f} rows/s"),
-            ('peak memory', '–' if self.peak_mb is None else f"{self.peak_mb:,.0f} MB")]
+            ('peak memory', '–' if self.peak_mb is None else f"{self.peak_mb:,.0f} MB"), ('predictor', self.predictor or '–')]
     return styled('<table class="mlprod-batch">' + ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + '</table>')
 
 # %% ../nbs/05e_batch.ipynb #12196e9b
@@ -497,6 +600,11 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
 # %% ../nbs/05e_batch.ipynb #8b31a71c
+def _count_rows(path) -> int|None:
+    "Rows of a Parquet input from its metadata (None for CSV: unknown without reading it)."
+    import pyarrow.dataset as ds
+    return ds.dataset(str(path), format='parquet').count_rows() if input_format(path) == 'parquet' else None
+
 def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
                 input, # Parquet file or folder, or CSV file
                 output, # the Parquet file to write (atomically)
@@ -506,7 +614,11 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
                 chunk_rows:int=100_000, # rows per chunk (bounds memory)
                 unseen:str='auto', # models.NAME.unseen_categories
                 scored_at:dt.datetime|None=None, # the time stamped on the rows (default: the start of the run)
-                progress:bool=False) -> BatchResult: # show a progress bar on stderr
+                progress:bool=False, # show a progress bar on stderr
+                compiled:bool=True, # score with the compiled trees when the model has them and they prove equal (`batch_predictor`)
+                cache_dir=None, # where compiled models are kept (default: `compiled_dir()`)
+                threads:int|None=None, # threads of the compiled trees (`mlprod.optimize.scoring_threads`)
+                time_unit:str='s') -> BatchResult: # unit of numeric times in `time_column`: 's', 'ms', 'us' or 'ns' (`event_times`)
     "Score `input` chunk by chunk into `output` with rejects beside it; a `BatchError` (with `.result`) when too many rows are rejected."
     served, started, t0 = batch_model(model, unseen), utcnow(), time.perf_counter()
     if Path(output).resolve() == Path(input).resolve(): raise ConfigError('output', str(output), 'a path other than the input')
@@ -514,14 +626,24 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     have = input_columns(input)
     for c in (id_column, time_column):
         if c and c not in have: raise BatchError(f"column {c!r}: got no such column in {input}; allowed: one of {have[:20]}")
+    if time_column and time_unit not in TIME_UNITS: raise ConfigError('time_unit', time_unit, ', '.join(map(repr, TIME_UNITS)))
+    unit = time_unit if time_column else None
+    if gone := missing_columns(served.validator, have):
+        n = _count_rows(input)
+        e = missing_columns_error(input, gone, loaded.features, n)
+        e.result = BatchResult(loaded.name, str(loaded.version), 'local', str(input), '', None, n or 0, 0, n or 0, time.perf_counter() - t0, 0.0,
+                               peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None), id_column, time_column,
+                               max_reject_share, None, unit)
+        raise e
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
     cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
     total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
+    predictor, how = batch_predictor(served, cache_dir, threads) if compiled else (None, served_kind(served, 'compiled=False'))
     w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
     n = n_rej = 0; err = None
     try:
         for chunk in chunks:
-            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at)
+            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor, time_unit=time_unit)
             w.write(scored, rejects); n += len(chunk); n_rej += len(rejects); bar.update(n, len(chunk))
             if total and _too_many(n_rej, total, max_reject_share): err = (n_rej, n, True); break
         if err is None and _too_many(n_rej, n, max_reject_share): err = (n_rej, n, False)
@@ -531,7 +653,7 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     secs = time.perf_counter() - t0
     res = BatchResult(loaded.name, str(loaded.version), 'local', str(input), str(output) if err is None else '', rpath, n, n - n_rej, n_rej,
                       secs, n / secs if secs else 0.0, peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None),
-                      id_column, time_column, max_reject_share)
+                      id_column, time_column, max_reject_share, how, unit)
     if err is not None:
         e = _reject_error(loaded.name, err[0], err[1], max_reject_share, rpath, err[2]); e.result = res; raise e
     log.info('%s', res.summary())

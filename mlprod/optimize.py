@@ -22,7 +22,8 @@ __all__ = ['log', 'BACKENDS', 'OptimizeError', 'UnsupportedModelError', 'encode'
            'LightGBMNumpyClassifier', 'OnnxBinaryClassifier', 'CompiledTreesClassifier', 'BackendUnavailable',
            'build_lightgbm_numpy', 'build_onnx', 'build_compiled_trees', 'register_backend', 'edge_rows', 'Equivalence',
            'check_equivalence', 'measure_latency', 'BackendResult', 'OptimizationResult', 'optimize_model', 'optimize',
-           'cmd_optimize']
+           'PredictorMismatch', 'scoring_threads', 'CompiledPredictor', 'compile_lleaves', 'compiled_predictor',
+           'proof_matrix', 'cmd_optimize']
 
 # %% ../nbs/04_optimize.ipynb #6f6e9998
 class OptimizeError(MlprodError):
@@ -541,6 +542,116 @@ def optimize(name:str, # registered model name
         res = dataclasses.replace(res, new_version=_register_optimized(loaded, res, cfg))
         log.info('%s version %s optimized with %s: registered as version %s', name, loaded.version, res.winner, res.new_version)
     return res
+
+# %% ../nbs/04_optimize.ipynb #7906c2f9
+class PredictorMismatch(OptimizeError):
+    "A compiled predictor does not score the proof rows like the model; `.max_abs_diff` says by how much."
+    def __init__(self, msg:str, max_abs_diff:float):
+        super().__init__(msg); self.max_abs_diff = max_abs_diff
+
+# %% ../nbs/04_optimize.ipynb #d3d44890
+def scoring_threads(threads:int|None=None) -> int: # None: MLPROD_SCORE_THREADS, else the usable cores
+    "Threads for batch scoring."
+    raw = threads if threads is not None else os.environ.get('MLPROD_SCORE_THREADS')
+    if raw is None: return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    try: n = int(raw)
+    except (TypeError, ValueError): n = 0
+    if n < 1: raise ConfigError('threads', raw, 'a whole number of threads >= 1 (argument or MLPROD_SCORE_THREADS)')
+    return n
+
+# %% ../nbs/04_optimize.ipynb #e9492adf
+@dataclass
+class CompiledPredictor:
+    "LightGBM trees compiled by lleaves, proven equal to the booster on the proof rows."
+    model:Any # the compiled `lleaves.Model`
+    classifier:bool
+    threads:int # threads `raw` uses
+    path:str # the cached object file
+    compiled:bool # True: compiled by this call; False: loaded from the cache
+    compile_s:float # seconds to compile or load
+    max_abs_diff:float # largest |compiled - model| on the proof rows
+    proof_rows:int # rows of that proof
+    kind:str = 'lleaves'
+    def raw(self, X:np.ndarray) -> np.ndarray:
+        "Probabilities (n × k, classifiers) or predictions (regressors) of a float64 matrix."
+        p = np.asarray(self.model.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=self.threads), dtype=np.float64)
+        if not self.classifier: return p.ravel()
+        return p if p.ndim == 2 else np.column_stack([1.0 - p, p])
+    def describe(self) -> str:
+        "One line for logs and results."
+        return (f"{self.kind} ({'compiled' if self.compiled else 'cached'} in {self.compile_s:.2f} s, {self.threads} threads, "
+                f"max |diff| {self.max_abs_diff:.1e} on {self.proof_rows:,} proof rows)")
+
+# %% ../nbs/04_optimize.ipynb #0f13c7f6
+def _lleaves_key(model_str:str) -> str:
+    "The cache key of a compiled model: its text, the lleaves and llvmlite versions and the CPU it is compiled for."
+    from importlib.metadata import version
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    host = f"{llvm.get_host_cpu_name()}|{llvm.get_host_cpu_features().flatten()}"
+    return hashlib.sha256('\n'.join([model_str, version('lleaves'), version('llvmlite'), host]).encode()).hexdigest()[:24]
+
+def compile_lleaves(model_str:str, # the booster's model text (`mlprod.scoring.booster_string`)
+                    cache_dir) -> tuple: # folder of compiled models (created)
+    "(lleaves.Model, compiled by this call?, seconds, object file path)."
+    try: import lleaves
+    except ImportError as e: raise BackendUnavailable(f"lleaves: {e}; `pip install lleaves 'llvmlite<0.45'` to enable it") from None
+    t, d = time.perf_counter(), Path(cache_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        key = _lleaves_key(model_str)
+        txt, obj = d/f"lgbm-{key}.txt", d/f"lgbm-{key}.o"
+        if not txt.exists():
+            tmp = d/f".{txt.name}.tmp-{os.getpid()}-{threading.get_ident()}"; tmp.write_text(model_str); os.replace(tmp, txt)
+    except OSError as e: raise OptimizeError(f"cache_dir: got {str(d)!r}, which cannot be written ({e}); allowed: a writable folder") from None
+    m = lleaves.Model(model_file=str(txt))
+    compiled = not obj.exists()
+    tmp = d/f".{obj.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        if compiled: m.compile(cache=str(tmp)); os.replace(tmp, obj)
+        else: m.compile(cache=str(obj))
+    except Exception as e:  # e.g. an llvmlite without the legacy pass manager lleaves 1.3 uses
+        raise BackendUnavailable(f"lleaves: compiling failed ({type(e).__name__}: {e}); allowed: lleaves with llvmlite<0.45") from None
+    finally: tmp.unlink(missing_ok=True)
+    return m, compiled, time.perf_counter() - t, str(obj)
+
+# %% ../nbs/04_optimize.ipynb #f6ac75cf
+def compiled_predictor(est, # a fitted LGBMClassifier or LGBMRegressor (the pipeline's last step)
+                       proof:np.ndarray, # encoded rows to prove it on (e.g. `proof_matrix`)
+                       cache_dir, # folder of compiled models, e.g. STATE_DIR/compiled
+                       threads:int|None=None, # `scoring_threads`
+                       tol:float=1e-9, # largest |compiled - model| allowed
+                       reference:np.ndarray|None=None) -> CompiledPredictor: # the model's scores of `proof` (default: the booster's)
+    "The trees of `est` compiled by lleaves and proven equal on `proof`, or `PredictorMismatch`."
+    name = type(est).__name__
+    if name not in ('LGBMClassifier', 'LGBMRegressor') or not hasattr(est, 'booster_'):
+        raise UnsupportedModelError(f"model: final estimator {name}; allowed: a fitted LGBMClassifier or LGBMRegressor")
+    if est.booster_.pandas_categorical: raise UnsupportedModelError("model: LightGBM reads pandas categorical dtypes itself; allowed: categories encoded by the pipeline")
+    import lightgbm as lgb
+    ms = booster_string(est)
+    m, compiled, secs, path = compile_lleaves(ms, cache_dir)
+    P = np.ascontiguousarray(proof, dtype=np.float64)
+    ref = lgb.Booster(model_str=ms).predict(P, num_threads=1) if reference is None else np.asarray(reference, dtype=np.float64)
+    got = np.asarray(m.predict(P, n_jobs=1), dtype=np.float64)
+    diff = float(np.max(np.abs(got.reshape(ref.shape) - ref))) if len(P) else 0.0
+    if not len(P) or not diff <= tol:
+        raise PredictorMismatch(f"predictor: got max |lleaves - model| = {diff:.3g} on {len(P):,} proof rows; allowed: at most {tol:g} on at least one row", diff)
+    log.info('lleaves predictor for %s: %s in %.2f s, max |diff| %.1e on %s rows', name, 'compiled' if compiled else 'loaded from cache', secs, diff, f"{len(P):,}")
+    return CompiledPredictor(m, name == 'LGBMClassifier', scoring_threads(threads), path, compiled, secs, diff, len(P))
+
+# %% ../nbs/04_optimize.ipynb #88e27d2b
+def proof_matrix(loaded, # a `mlprod.registry.LoadedModel`
+                 encoder:Encoder, # its compiled encoder (`CompiledModel.encoder`)
+                 max_rows:int=20_000) -> np.ndarray: # reference rows at most
+    "The encoded reference and probe rows of a version."
+    feats = list(encoder.features)
+    if not callable(getattr(loaded, 'reference', None)): raise OptimizeError(f"proof: got a {type(loaded).__name__} without reference rows; allowed: a registered version (`LoadedModel.reference`)")
+    ref = loaded.reference()
+    ref = ref.sample(max_rows, random_state=0) if len(ref) > max_rows else ref
+    probes = probe_rows(feats, list(encoder.categorical), loaded.schema)
+    n_probe = len(next(iter(probes.values()))) if probes else 0
+    cols = {c: ref[c].astype(object).where(ref[c].notna(), None).tolist() + list(probes.get(c, [])) for c in feats}
+    return encoder.matrix(cols, len(ref) + n_probe)
 
 # %% ../nbs/04_optimize.ipynb #c45086db
 def cmd_optimize(name:str, # registered model name

@@ -95,6 +95,7 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
           *, alias:str='production', # alias (or version number) of the version to score with
           id_column:str|None=None, # column copied to the output as text: the key labels join on (`mlprod labels ingest`, request_id = id)
           time_column:str|None=None, # event-time column copied to the output; monitoring windows use it (else scored_at)
+          time_unit:str='s', # unit of numeric times in `time_column`: 's', 'ms', 'us' or 'ns' (`mlprod.batch.event_times`)
           engine:str='local', # 'local' (this process) or 'spark'
           spark_master:str|None=None, # Spark master URL (default: $SPARK_REMOTE, else local[2])
           max_reject_share:float|None=None, # fail past this share of rejected rows (default: thresholds.max_reject_share)
@@ -116,10 +117,11 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
     try:
         if engine == 'spark':
             result = spark_scorer()(name, input, output, alias=alias, id_column=id_column, time_column=time_column, master=spark_master,
-                                    max_reject_share=share, cfg=cfg)
+                                    max_reject_share=share, cfg=cfg, time_unit=time_unit)
         else:
             result = score_local(registry.load(name, alias, cfg), input, output, id_column=id_column, time_column=time_column,
-                                 max_reject_share=share, chunk_rows=chunk_rows, unseen=mc.unseen_categories, progress=progress)
+                                 max_reject_share=share, chunk_rows=chunk_rows, unseen=mc.unseen_categories, progress=progress,
+                                 cache_dir=Path(cfg.state_dir)/'compiled', time_unit=time_unit)
         return result
     except Exception as e:
         result, error = getattr(e, 'result', None), f"{type(e).__name__}: {e}"
@@ -168,6 +170,7 @@ def cmd_score(name:str, # registered model name
               alias:str='production', # alias (or version number) of the version to score with
               id_column:str|None=None, # column copied to the output as text; labels join on it (request_id = id)
               time_column:str|None=None, # event-time column copied to the output (monitoring windows use it)
+              time_unit:Literal['s', 'ms', 'us', 'ns']='s', # unit of numeric times in --time-column (epoch counts)
               engine:Literal['local', 'spark']='local', # where to run
               spark_master:str|None=None, # Spark master URL (default: $SPARK_REMOTE, else local[2])
               max_reject_share:float|None=None, # fail past this share of rejected rows (default: thresholds.max_reject_share)
@@ -178,7 +181,7 @@ def cmd_score(name:str, # registered model name
     from mlprod.config import get_config
     from mlprod.core import to_json
     try:
-        r = score(name, input, output, alias=alias, id_column=id_column, time_column=time_column, engine=engine,
+        r = score(name, input, output, alias=alias, id_column=id_column, time_column=time_column, time_unit=time_unit, engine=engine,
                   spark_master=spark_master, max_reject_share=max_reject_share, progress=not json, cfg=get_config(project))
     except BatchError as e:
         if getattr(e, 'result', None) is None: raise

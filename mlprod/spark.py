@@ -14,15 +14,17 @@ import pandas as pd
 from .core import MlprodError, ConfigError, DataError, utcnow
 from .drift import ColumnProfile, ReferenceProfile, NUMERICAL, detect_drift
 from .batch import (BatchError, BatchResult, batch_model, coerce_numeric, input_format, output_columns, output_schema,
-                          proba_column, rejects_path, score_frame)
+                          proba_column, rejects_path, score_frame, batch_predictor, served_kind, compiled_dir, missing_columns,
+                          missing_columns_error, TIME_UNITS)
+from .optimize import CompiledPredictor
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SPARK_EXTRA', 'DEFAULT_MASTER', 'ROW', 'REJECT_FIELDS', 'SparkMissingError', 'require_pyspark', 'session_conf',
            'spark_session', 'value_counts_spark', 'column_profile', 'spark_profile', 'spark_input_format', 'read_input',
-           'combined_schema', 'ship_model', 'shipped_model', 'partition_scorer', 'spark_temp', 'commit_folder',
-           'scored_profile', 'score_spark']
+           'parquet_nanos', 'combined_schema', 'ship_model', 'shipped_model', 'host_cpu', 'ship_predictor',
+           'shipped_predictor', 'partition_scorer', 'spark_temp', 'commit_folder', 'scored_profile', 'score_spark']
 
 # %% ../nbs/05f_spark.ipynb #9d7ce310
 SPARK_EXTRA = 'pip install "mlprod[spark]"' # how to install the Spark engine
@@ -169,6 +171,16 @@ def read_input(spark, # a SparkSession
     offsets = spark.createDataFrame(sizes[['_f', '_o']])
     return df.join(F.broadcast(offsets), '_f').withColumn(ROW, F.col('_o') + F.col('_r')).drop('_f', '_r', '_o')
 
+# %% ../nbs/05f_spark.ipynb #547f5058
+def parquet_nanos(path, # Parquet file or folder, local or a URL pyarrow reads
+                  column:str) -> bool:
+    "True when `column` of the Parquet input is a timestamp in nanoseconds (which Spark reads as a long)."
+    import pyarrow as pa, pyarrow.dataset as ds
+    src = str(_local(path)) if _is_local(path) else str(path)
+    try: t = ds.dataset(src, format='parquet').schema.field(column).type
+    except KeyError: return False
+    return pa.types.is_timestamp(t) and t.unit == 'ns'
+
 # %% ../nbs/05f_spark.ipynb #60f16e28
 REJECT_FIELDS = ('id', 'column', 'reason', 'value') # reject columns carried as `_mlprod_reject_<name>` beside the output's
 
@@ -204,6 +216,51 @@ def shipped_model(shipped, # what `ship_model` returned
         hit = _SHIPPED[id(shipped)] = (shipped, pickle.loads(shipped.value))
     return hit[1]
 
+# %% ../nbs/05f_spark.ipynb #3e9e9e4c
+def host_cpu() -> str:
+    "The CPU compiled trees of this process target: LLVM's host CPU name and feature flags."
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    return f"{llvm.get_host_cpu_name()}|{llvm.get_host_cpu_features().flatten()}"
+
+def ship_predictor(spark, # the SparkSession (None: paths only, as for a local master)
+                   predictor:CompiledPredictor|None) -> dict|None: # `batch_predictor(...)[0]` on the driver
+    "What executors need to load the driver's proven compiled trees: their file paths (local master) or their bytes (a broadcast)."
+    if predictor is None: return None
+    obj = Path(predictor.path); txt = obj.with_suffix('.txt')
+    spec = dict(name=obj.stem, classifier=predictor.classifier, host=host_cpu(), max_abs_diff=predictor.max_abs_diff, proof_rows=predictor.proof_rows)
+    jvm = getattr(spark, '_jvm', None) if spark is not None else None
+    if spark is None or (jvm is not None and spark.sparkContext.master.startswith('local')): return spec | dict(txt=str(txt), obj=str(obj))
+    data = (txt.read_bytes(), obj.read_bytes())
+    return spec | dict(data=spark.sparkContext.broadcast(data) if jvm is not None else data)
+
+# %% ../nbs/05f_spark.ipynb #67eaa082
+_TREES = {} # compiled model name -> CompiledPredictor or None, per Python worker
+
+def _write_once(path:Path, data:bytes):
+    if path.exists(): return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}"); tmp.write_bytes(data); os.replace(tmp, path)
+
+def shipped_predictor(spec:dict|None, # what `ship_predictor` made on the driver
+                      cache_dir=None) -> CompiledPredictor|None: # where shipped bytes are written (default `compiled_dir()/'shipped'`)
+    "The driver's compiled trees on this executor (one thread), or None when there are none or this CPU differs from the driver's."
+    if spec is None: return None
+    if spec['name'] in _TREES: return _TREES[spec['name']]
+    if host_cpu() != spec['host']:
+        log.warning('compiled trees %s: this executor CPU differs from the driver\'s; scoring with the served scorer', spec['name'])
+        _TREES[spec['name']] = None; return None
+    if 'data' in spec:
+        data = spec['data'].value if hasattr(spec['data'], 'value') else spec['data']
+        d = Path(cache_dir or compiled_dir()/'shipped'); txt, obj = d/f"{spec['name']}.txt", d/f"{spec['name']}.o"
+        _write_once(txt, data[0]); _write_once(obj, data[1])
+    else: txt, obj = Path(spec['txt']), Path(spec['obj'])
+    if not obj.exists(): raise BatchError(f"compiled trees: got no object file at {obj}; allowed: the file the driver compiled and proved (a file system the executors share)")
+    import lleaves
+    t = time.perf_counter(); m = lleaves.Model(model_file=str(txt)); m.compile(cache=str(obj))
+    p = _TREES[spec['name']] = CompiledPredictor(m, spec['classifier'], 1, str(obj), False, time.perf_counter() - t, spec['max_abs_diff'], spec['proof_rows'])
+    return p
+
 # %% ../nbs/05f_spark.ipynb #29b1815c
 def _nulls(n:int, columns) -> dict: return {c: pd.Series([None] * n, dtype=object) for c in columns}
 
@@ -213,17 +270,19 @@ def partition_scorer(model, # a LoadedModel, or what `ship_model` made of it
                      scored_at=None, # the time stamped on every row of the run
                      unseen:str='auto', # models.NAME.unseen_categories
                      numeric:Sequence[str]=(), # columns read as text (CSV) to convert with `coerce_numeric`
+                     predictor:dict|None=None, # the driver's compiled trees (`ship_predictor`; None: the served scorer)
+                     time_unit:str='s', # unit of numeric times in `time_column` (`mlprod.batch.event_times`)
                     ):
     "The function `mapInPandas` runs per partition: `score_frame` on each batch; yields its scored rows, then its rejects."
     rcols = [f'_mlprod_reject_{c}' for c in REJECT_FIELDS]
     def score_partition(batches):
-        served = batch_model(shipped_model(model), unseen)
+        served, trees = batch_model(shipped_model(model), unseen), shipped_predictor(predictor)
         out = output_columns(served.loaded, id_column, time_column)
         for chunk in batches:
             chunk = chunk.set_index(ROW).rename_axis(None)
             for c in numeric:
                 if c in chunk.columns: chunk[c] = coerce_numeric(chunk[c])
-            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=scored_at)
+            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=scored_at, predictor=trees, time_unit=time_unit)
             if len(scored): yield scored.assign(**_nulls(len(scored), [ROW, *rcols]))
             if len(rejects):
                 r = rejects.reset_index(drop=True)
@@ -305,7 +364,7 @@ def _write(frame, tmp:str):
     "Write `frame` as Parquet into the new folder `tmp`."
     frame.write.mode('errorifexists').parquet(str(_local(tmp)) if _is_local(tmp) else tmp)
 
-def _finish(spark, model, both, df, input, output, started, t0, id_column, time_column, max_reject_share, profile, numeric) -> BatchResult:
+def _finish(spark, model, both, df, input, output, started, t0, id_column, time_column, max_reject_share, profile, numeric, how, unit) -> BatchResult:
     "Count, write the rejects, apply the reject rule, write and commit the output, profile: the rest of `score_spark`."
     from pyspark.sql import functions as F
     files, rtarget = _Files(spark), str(rejects_path(_local(output)) if _is_local(output) else rejects_path(output))
@@ -321,7 +380,7 @@ def _finish(spark, model, both, df, input, output, started, t0, id_column, time_
     def result(out:str, drift=None) -> BatchResult:
         secs = time.perf_counter() - t0
         return BatchResult(model.name, str(model.version), 'spark', str(input), out, rtarget if n_rej else None, n, n - n_rej, n_rej, secs,
-                           n / secs if secs else 0.0, None, started, utcnow(), drift, getattr(model, 'alias', None), id_column, time_column, max_reject_share)
+                           n / secs if secs else 0.0, None, started, utcnow(), drift, getattr(model, 'alias', None), id_column, time_column, max_reject_share, how, unit)
     if max_reject_share is not None and n and n_rej > max_reject_share * n:
         e = BatchError(f"max_reject_share: got {n_rej:,} rejected of {n:,} rows ({n_rej / n:.2%}); allowed: at most {max_reject_share:.2%}. "
                        f"Nothing was written to the output; the reasons are in {rtarget} (runbook: runbooks/batch-failed.md)")
@@ -354,9 +413,13 @@ def score_spark(name, # registered model name (or a LoadedModel to score with)
                 scored_at=None, # the time stamped on the rows (default: the start of the run)
                 profile:ReferenceProfile|None=None, # when given: the drift of the scored rows against it, in `BatchResult.drift`
                 spark=None, # a SparkSession (default `spark_session(master)`)
+                compiled:bool=True, # score with the compiled trees, proven on the driver and shipped to executors (`ship_predictor`)
+                cache_dir=None, # where the driver keeps compiled models (default: `compiled_dir()`; local master: shared with executors)
+                time_unit:str='s', # unit of numeric times in `time_column`: 's', 'ms', 'us' or 'ns' (`mlprod.batch.event_times`)
                ) -> BatchResult:
     "Score `input` on Spark (`score_frame` in `mapInPandas`) into `output`: the local engine's rows, rejects and reject rule."
     from pyspark import StorageLevel
+    from pyspark.sql import functions as F
     from mlprod import registry
     from mlprod.config import get_config
     started, t0 = utcnow(), time.perf_counter()
@@ -369,10 +432,22 @@ def score_spark(name, # registered model name (or a LoadedModel to score with)
     df = read_input(spark, input)
     for c in (id_column, time_column):
         if c and c not in df.columns: raise BatchError(f"column {c!r}: got no such column in {input}; allowed: one of {df.columns[:20]}")
+    if time_column and time_unit not in TIME_UNITS: raise ConfigError('time_unit', time_unit, ', '.join(map(repr, TIME_UNITS)))
+    unit = time_unit if time_column else None
+    if time_column and str(df.schema[time_column].dataType) == 'LongType()' and spark_input_format(input) == 'parquet' and parquet_nanos(input, time_column):
+        df = df.withColumn(time_column, F.timestamp_micros(F.expr(f'div({_quoted(time_column)}, 1000)')))  # the timestamp it is, not a count in time_unit
     served = batch_model(model, unseen)  # fails here, on the driver, when the model cannot be served
+    if gone := missing_columns(served.validator, df.columns):
+        n = df.count(); e = missing_columns_error(input, gone, model.features, n)
+        e.result = BatchResult(model.name, str(model.version), 'spark', str(input), '', None, n, 0, n, time.perf_counter() - t0, 0.0, None,
+                               started, utcnow(), None, getattr(model, 'alias', None), id_column, time_column, max_reject_share, None, unit)
+        raise e
+    trees, how = batch_predictor(served, cache_dir, 1) if compiled else (None, served_kind(served, 'compiled=False'))
+    if trees is not None: how = f"{how}, shipped to the executors"
     cols = [c for c in dict.fromkeys([*model.features, id_column, time_column]) if c and c in df.columns]
     numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric' and c.name in cols] if spark_input_format(input) == 'csv' else []
-    fn = partition_scorer(ship_model(spark, model), id_column=id_column, time_column=time_column, scored_at=scored_at or started, unseen=unseen, numeric=numeric)
+    fn = partition_scorer(ship_model(spark, model), id_column=id_column, time_column=time_column, scored_at=scored_at or started, unseen=unseen, numeric=numeric,
+                          predictor=ship_predictor(spark, trees), time_unit=time_unit)
     both = df.select(*[_quoted(c) for c in cols], ROW).mapInPandas(fn, combined_schema(model, id_column, time_column)).persist(StorageLevel.MEMORY_AND_DISK)
-    try: return _finish(spark, model, both, df, input, output, started, t0, id_column, time_column, max_reject_share, profile, numeric)
+    try: return _finish(spark, model, both, df, input, output, started, t0, id_column, time_column, max_reject_share, profile, numeric, how, unit)
     finally: both.unpersist()

