@@ -13,7 +13,8 @@ from . import config as _config
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'cmd_init', 'cmd_config', 'command_function', 'build_parser', 'main']
+__all__ = ['log', 'COMMANDS', 'OPTION_SPELLING', 'PROJECT_COMMANDS', 'cmd_init', 'cmd_config', 'command_function', 'build_parser',
+           'project_note', 'main']
 
 # %% ../nbs/13_cli.ipynb #b6bf65f4
 def _init_model(d:Path, model:str|None, data:str, target:str|None, time_column:str|None, force:bool) -> Path:
@@ -121,7 +122,7 @@ def build_parser(command:str|None=None, # the command about to run (only its mod
     "The `mlprod` parser: every command listed, the options of `command` derived from its function."
     p = argparse.ArgumentParser(prog='mlprod', description='Take a tabular model from a notebook to production and keep it healthy.')
     p.add_argument('--debug', action='store_true', help='show tracebacks and debug logs')
-    p.add_argument('--project', default=None, help='project folder or mlprod.toml (default: found from the working folder)')
+    p.add_argument('--project', default=None, help='project folder or mlprod.toml (default: the mlprod.toml of the working folder or of the nearest folder above it)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for name, (module, func, text) in COMMANDS.items():
         top = name.split()[0]
@@ -133,6 +134,20 @@ def build_parser(command:str|None=None, # the command about to run (only its mod
             add_command(sub, name, command_function(name), help=text, **OPTION_SPELLING.get(name, {}))
     return p
 
+# %% ../nbs/13_cli.ipynb #1cd46f39
+PROJECT_COMMANDS = ('register', 'deploy', 'promote', 'rollback', 'retrain', 'score') # commands that print `project_note` first
+
+def project_note(cfg:_config.ProjectConfig, # the config the command runs with
+                 cwd:str|Path|None=None, # the working folder (default: the process's)
+                ) -> str:
+    "The line that names the project file a command uses ('project: /path/mlprod.toml'), saying when it lies above the working folder."
+    here = Path(cwd or Path.cwd()).resolve()
+    if cfg.source == 'embedded defaults':
+        return f"project: embedded defaults (no mlprod.toml in {here} or above it; `mlprod init` writes one)"
+    root = Path(cfg.root).resolve()
+    above = root != here and root in here.parents
+    return f"project: {cfg.source}" + (f" (found above the working folder {here})" if above else '')
+
 # %% ../nbs/13_cli.ipynb #c5cf9395
 def main(argv=None) -> int:
     "Entry point of the `mlprod` console script."
@@ -143,7 +158,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     if not args.command: parser.print_help(); return 2
     try:
-        if args.command != 'init': _config.ensure_importable(_config.get_config(args.project))  # the project's own code imports
+        if args.command != 'init':
+            cfg = _config.get_config(args.project)
+            if args.command in PROJECT_COMMANDS: print(project_note(cfg), file=sys.stderr)  # which project a change goes into
+            _config.ensure_importable(cfg)  # the project's own code imports
         return int(args.func(args) or 0)
     except MlprodError as e:
         if args.debug: traceback.print_exc()

@@ -53,12 +53,13 @@ div.mlprod-report{padding:4px 8px}
 .mlprod-report header.mlprod-head{border-bottom:1px solid #d0d7de;padding-bottom:8px;margin-bottom:12px}
 .mlprod-report header.mlprod-head .meta{color:#57606a;font-size:90%}
 .mlprod-report .mlprod-failure{border:2px solid #cf222e;background:#ffebe9;padding:10px 14px;border-radius:6px;margin:10px 0}
-.mlprod-report .mlprod-failure pre{white-space:pre-wrap;background:#fff;padding:6px;border:1px solid #ffcecb;max-height:300px;overflow:auto}
+.mlprod-report .mlprod-failure{overflow-wrap:anywhere}
+.mlprod-report .mlprod-failure pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#fff;padding:6px;border:1px solid #ffcecb;max-height:300px;overflow-y:auto}
 .mlprod-report .mlprod-summary{border-left:6px solid #1a7f37;background:#f6fff8;padding:4px 14px;margin:8px 0}
 .mlprod-report .mlprod-summary.mlprod-warning{border-color:#9a6700;background:#fff8e5}
 .mlprod-report .mlprod-summary.mlprod-fail,.mlprod-report .mlprod-summary.mlprod-error{border-color:#cf222e;background:#ffebe9}
 .mlprod-report .jp-Cell{margin:4px 0}
-.mlprod-report .jp-OutputArea-output pre{background:#f6f8fa;padding:6px 8px;overflow-x:auto;white-space:pre-wrap}
+.mlprod-report .jp-OutputArea-output pre{background:#f6f8fa;padding:6px 8px;overflow-x:auto;white-space:pre-wrap;overflow-wrap:anywhere}
 .mlprod-report img{max-width:100%;height:auto}
 .mlprod-report [data-mime-type="application/vnd.jupyter.stderr"] pre{background:#fff8c5}
 .mlprod-report .jp-OutputArea-output.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"] pre{background:#ffebe9}

@@ -4,7 +4,8 @@
 
 # %% ../nbs/01a_recipes.ipynb #f5b9b442
 from __future__ import annotations
-import importlib, logging
+import importlib, importlib.machinery, logging, sys, sysconfig
+from pathlib import Path
 from typing import Callable
 import pandas as pd
 from .core import ConfigError, DataError
@@ -13,7 +14,29 @@ from .config import ModelConfig, ProjectConfig, ensure_importable, importable_pa
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'resolve', 'feature_columns', 'train_lightgbm']
+__all__ = ['log', 'foreign_module', 'resolve', 'feature_columns', 'train_lightgbm']
+
+# %% ../nbs/01a_recipes.ipynb #b7e2d4a9
+_INSTALLED = tuple(str(Path(p).resolve()) for p in {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')})
+
+def _location(spec) -> tuple:
+    "Where a module spec points: its file, or the folders of a namespace package."
+    if spec is None: return ()
+    if spec.origin and spec.origin not in ('namespace', 'built-in', 'frozen'): return (str(Path(spec.origin).resolve()),)
+    return tuple(str(Path(p).resolve()) for p in (spec.submodule_search_locations or ()))
+
+def foreign_module(name:str, # a top-level module name, e.g. 'my_src'
+                   paths:list, # the project's folders (`mlprod.config.ensure_importable`)
+                  ) -> tuple|None: # (loaded from, the project's) or None
+    "The locations of `name` when the module loaded under it is not the one in `paths` (None when it is, or when `paths` has none)."
+    m = sys.modules.get(name)
+    if m is None or name in sys.stdlib_module_names or name == 'mlprod': return None
+    own = importlib.machinery.PathFinder.find_spec(name, [str(p) for p in paths])
+    if own is None: return None  # not the project's code (an installed package): the loaded one is the one to use
+    loaded, wanted = _location(getattr(m, '__spec__', None)), _location(own)
+    if not loaded and getattr(m, '__file__', None): loaded = (str(Path(m.__file__).resolve()),)
+    if not loaded or any(l.startswith(_INSTALLED) for l in loaded): return None  # installed code is never swapped out
+    return None if loaded == wanted else (', '.join(loaded) or '(unknown)', ', '.join(wanted))
 
 # %% ../nbs/01a_recipes.ipynb #b6293690
 def resolve(ref:str, # `module:function`, e.g. 'my_src:train'
@@ -25,12 +48,19 @@ def resolve(ref:str, # `module:function`, e.g. 'my_src:train'
         raise ConfigError(key, ref, "'package.module:function'")
     paths = ensure_importable(cfg) if cfg is not None else (importable_paths() or ensure_importable(get_config()))
     mod, fn = ref.split(':')
+    top = mod.split('.')[0]
+    if (seen := foreign_module(top, paths)) is not None:
+        log.info('%s: %r was imported from %s; importing it again from the project (%s)', key, top, *seen)
+        for k in [k for k in sys.modules if k == top or k.startswith(top + '.')]: del sys.modules[k]
+        importlib.invalidate_caches()
     try: m = importlib.import_module(mod)
     except ModuleNotFoundError as e:
         if e.name is None or not (mod == e.name or mod.startswith(e.name + '.')): raise ConfigError(key, ref, 'an importable module', f"importing {mod!r} failed: {e}") from None
         raise ConfigError(key, ref, "a module in the project folder, a [project] python_path folder or an installed package",
                           f"cannot import module {mod!r} (searched: {', '.join(paths)} and the installed packages)") from None
     except ImportError as e: raise ConfigError(key, ref, 'an importable module', f"importing {mod!r} failed: {e}") from None
+    if (seen := foreign_module(top, paths)) is not None:
+        raise ConfigError(key, ref, f"module {top!r} from the project's folders ({seen[1]})", f"Python imported it from {seen[0]} instead; rename one of the two modules")
     f = getattr(m, fn, None)
     if not callable(f): raise ConfigError(key, ref, f"a function defined in {mod}")
     return f

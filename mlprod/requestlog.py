@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'LOG_COLUMNS', 'READ_COLUMNS', 'PREDICTION', 'UNSEEN', 'RequestLogError', 'json_value', 'encode_features',
            'decode_features', 'encode_predictions', 'decode_predictions', 'label_value', 'encode_labels',
            'decode_labels', 'encode_unseen', 'decode_unseen', 'unseen_by_row', 'log_row', 'RequestLog', 'LabelReport',
-           'log_labels', 'ingest_labels', 'read_requests', 'labels_series', 'expand_requests', 'cmd_labels_ingest']
+           'batch_output_ids', 'log_labels', 'ingest_labels', 'read_requests', 'labels_series', 'expand_requests',
+           'cmd_labels_ingest']
 
 # %% ../nbs/04a_requestlog.ipynb #d2607388
 class RequestLogError(MlprodError):
@@ -217,10 +218,36 @@ class LabelReport:
     "What `log_labels` recorded."
     n_requests:int # request ids labelled
     n_labels:int # labels stored (rows)
-    n_unknown:int # request ids not found in the request log (stored anyway)
+    n_unknown:int # request ids found neither in the request log nor in a batch run's output (stored anyway)
     unknown:tuple=() # up to 10 of them
     def to_dict(self) -> dict: return jsonable(self)
     def _repr_html_(self): return styled(f"<div>labels: {self.n_requests} request(s), {self.n_labels} label(s), {self.n_unknown} unknown id(s) {esc(', '.join(self.unknown))}</div>")
+
+# %% ../nbs/04a_requestlog.ipynb #776ef215
+def batch_output_ids(db_url:str, # the mlprod database (its `batch_runs` table says where the outputs are)
+                     ids:Sequence[str], # the ids to look for (e.g. the request ids of labels)
+                     batch_rows:int=65_536, # ids read at a time from an output
+                    ) -> set:
+    "The ids among `ids` that a successful `mlprod score` run wrote to its output's id column."
+    import pyarrow as pa, pyarrow.compute as pc, pyarrow.dataset as ds
+    pending, t = {str(i) for i in ids}, db.batch_runs
+    if not pending: return set()
+    q = (sa.select(t.c.output, t.c.id_column).where(t.c.status == 'success', t.c.output.is_not(None), t.c.id_column.is_not(None))
+         .order_by(t.c.started_at.desc()))
+    with db.engine(db_url).connect() as conn: runs = list(dict.fromkeys(tuple(r) for r in conn.execute(q)))
+    found = set()
+    for output, column in runs:
+        if not pending: break
+        try: batches = ds.dataset(str(output), format='parquet').to_batches(columns=[column], batch_size=batch_rows)
+        except (OSError, pa.ArrowInvalid) as e:
+            log.warning('labels: batch output %s cannot be read (%s); ids only it holds count as unknown', output, e); continue
+        wanted = pa.array(sorted(pending), pa.string())
+        for b in batches:
+            col = b.column(0) if pa.types.is_string(b.column(0).type) else pc.cast(b.column(0), pa.string())
+            hits = set(pc.filter(col, pc.is_in(col, value_set=wanted)).to_pylist())
+            if hits: found |= hits; pending -= hits
+            if not pending: break
+    return found
 
 # %% ../nbs/04a_requestlog.ipynb #269496bc
 def _label_rows(ids:list, labels:list) -> list:
@@ -238,7 +265,7 @@ def log_labels(request_ids:Sequence[str], # request ids from the X-Request-ID re
                labels:Sequence, # one label per request id: a value, or a list with one value per row of the request
                cfg=None, # project config (default: get_config())
                db_url:str|None=None) -> LabelReport: # mlprod database URL (default: the config's)
-    "Record ground truth for logged requests, replacing earlier labels of the same requests."
+    "Record ground truth for logged requests and batch-scored ids, replacing earlier labels of the same ids."
     ids = list(request_ids)
     rows = _label_rows(ids, list(labels))
     if db_url is None:
@@ -252,7 +279,10 @@ def log_labels(request_ids:Sequence[str], # request ids from the X-Request-ID re
             known |= set(conn.execute(sa.select(db.requests_log.c.request_id).where(db.requests_log.c.request_id.in_(chunk))).scalars())
         if rows: conn.execute(db.labels.insert(), rows)
     unknown = [r for r in ids if r not in known]
-    if unknown: log.warning('labels: %d request id(s) not in the request log, e.g. %s', len(unknown), unknown[:3])
+    if unknown:  # ids `mlprod score --id-column` wrote are known too
+        scored = batch_output_ids(db_url, unknown)
+        unknown = [r for r in unknown if r not in scored]
+    if unknown: log.warning('labels: %d request id(s) not in the request log or a batch output, e.g. %s', len(unknown), unknown[:3])
     return LabelReport(len(ids), sum(len(json.loads(r['labels'])) for r in rows), len(unknown), tuple(unknown[:10]))
 
 # %% ../nbs/04a_requestlog.ipynb #4cc1becd
@@ -340,5 +370,5 @@ def cmd_labels_ingest(file:str, # CSV or Parquet file with columns request_id, l
     "Record ground-truth labels from a CSV or Parquet file (request_id, label, optional row)."
     from mlprod.config import get_config
     r = ingest_labels(file, cfg=get_config(project))
-    print(f"labelled {r.n_requests} request(s), {r.n_labels} label(s)" + (f"; {r.n_unknown} request id(s) not in the request log, e.g. {', '.join(r.unknown[:3])}" if r.n_unknown else ''))
+    print(f"labelled {r.n_requests} request(s), {r.n_labels} label(s)" + (f"; {r.n_unknown} request id(s) not in the request log or a batch output, e.g. {', '.join(r.unknown[:3])}" if r.n_unknown else ''))
     return 0

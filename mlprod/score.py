@@ -15,7 +15,8 @@ from .batch import BatchResult, BatchError, score_local
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENGINES', 'SPARK_EXTRA', 'spark_scorer', 'time_range', 'record_run', 'batch_runs', 'score', 'cmd_score']
+__all__ = ['log', 'ENGINES', 'SPARK_EXTRA', 'spark_scorer', 'time_range', 'record_run', 'batch_runs', 'score', 'reject_summary',
+           'duplicate_ids', 'cmd_score']
 
 # %% ../nbs/05g_score.ipynb #5c1cb694
 ENGINES = ('local', 'spark') # what `engine=` accepts
@@ -124,6 +125,40 @@ def score(name:str, # registered model name (a [models.NAME] section of mlprod.t
     finally:
         if record: record_run(cfg.db_url, result, name=name, input=str(input), engine=engine, error=error)
 
+# %% ../nbs/05g_score.ipynb #f8b2c3d4
+def reject_summary(rejects_path, # the rejects Parquet of a run (`BatchResult.rejects_path`)
+                   top:int=3, # how many reasons
+                   width:int=240, # longest reason kept (longer ones end with '…')
+                  ) -> list: # [(rows, reason), ...]
+    "The most frequent reject reasons of a run with their row counts, most frequent first."
+    import pyarrow.parquet as pq
+    t = pq.read_table(str(rejects_path), columns=['reason']).group_by('reason').aggregate([('reason', 'count')])
+    counts = sorted(zip(t['reason_count'].to_pylist(), t['reason'].to_pylist()), key=lambda x: (-x[0], x[1] or ''))[:top]
+    return [(int(n), r if r is None or len(r) <= width else r[:width - 1] + '…') for n, r in counts]
+
+# %% ../nbs/05g_score.ipynb #c2e3f4a5
+def duplicate_ids(path, # a scored Parquet file or folder
+                  column:str, # its id column
+                  examples:int=3, # how many of the repeated ids to return
+                 ) -> tuple: # (rows whose id is repeated, some of those ids)
+    "The rows of a scored output whose id appears more than once, and a few such ids (streamed: ~8 bytes a row)."
+    import numpy as np, pyarrow.dataset as ds
+    d = ds.dataset(str(path), format='parquet')
+    ids = lambda b: b.column(0).to_numpy(zero_copy_only=False).astype(object)
+    h = [pd.util.hash_array(ids(b)) for b in d.to_batches(columns=[column]) if b.num_rows]
+    h = np.concatenate(h) if h else np.array([], dtype='uint64')
+    u, counts = np.unique(h, return_counts=True)
+    repeated = u[counts > 1]
+    if not len(repeated): return 0, []
+    seen = []
+    for b in d.to_batches(columns=[column]):
+        v = ids(b)
+        for x in v[np.isin(pd.util.hash_array(v), repeated)]:
+            if x not in seen: seen.append(x)
+            if len(seen) >= examples: break
+        if len(seen) >= examples: break
+    return int(counts[counts > 1].sum()), seen
+
 # %% ../nbs/05g_score.ipynb #18d82279
 def cmd_score(name:str, # registered model name
               *, input:str, # Parquet file or folder, or CSV file
@@ -145,7 +180,18 @@ def cmd_score(name:str, # registered model name
                   spark_master=spark_master, max_reject_share=max_reject_share, progress=not json, cfg=get_config(project))
     except BatchError as e:
         if getattr(e, 'result', None) is None: raise
-        print(to_json(e.result.to_dict(), indent=2) if json else f"failed: {e}")
+        print(to_json(e.result.to_dict(), indent=2) if json else f"failed: {e}" + _why_rejected(e.result))
         return 1
-    print(to_json(r.to_dict(), indent=2) if json else r.summary())
+    print(to_json(r.to_dict(), indent=2) if json else r.summary() + _why_rejected(r) + _repeated_ids(r))
     return 0
+
+def _repeated_ids(r:BatchResult) -> str:
+    "A warning line when the output's id column repeats ids ('' when every id is unique or there is no id column)."
+    if not r.id_column or not r.n_scored: return ''
+    n, ex = duplicate_ids(r.output, r.id_column)
+    return f"\nwarning: {n:,} row(s) share an id in {r.id_column!r} (e.g. {', '.join(map(repr, ex))}): labels join by id, so monitoring cannot tell them apart" if n else ''
+
+def _why_rejected(r:BatchResult) -> str:
+    "The top reject reasons of run `r`, as lines to print after its summary ('' when nothing was rejected)."
+    if not r.n_rejected or not r.rejects_path: return ''
+    return '\nrejected rows, by reason:' + ''.join(f"\n  {n:,} row(s): {why}" for n, why in reject_summary(r.rejects_path))

@@ -328,3 +328,233 @@ def test_your_model_your_data(case, tmp_path):
     finally:
         print(f"\n{case.id}:\n" + '\n'.join(flow.log))
     assert not flow.failures, f"{len(flow.failures)} failed check(s) in {case.id}:\n" + '\n'.join(flow.failures)
+
+
+# --- the batch path (issue 17) on users' projects: `mlprod score` → `mlprod labels ingest` → `mlprod monitor --source batch` ---
+# Each project is registered once per module (zero-config, then promoted); every test scores its own window, so the runs
+# one test records never fall into another test's monitoring window.
+BATCH_WINDOWS = {'hotel_rates': ('2016-12-01', '2017-01-01'), 'storms': ('2017-01-01', '2018-01-01')}
+
+
+def _user_module(root: Path, project: str):
+    "The project's `my_src.py` under a name of its own (a same-named module of another project is left alone)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"my_src_batch_{project}", root / 'my_src.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def _registered(tmp_path_factory, project: str) -> Flow:
+    "A copy of `project` with version 1 registered (zero-config) and promoted to production."
+    case = next(c for c in CASES if c.project == project and not c.hand_written)
+    flow = Flow(case)
+    flow.root, flow.env = _sandbox(case, tmp_path_factory.mktemp(f"batch-{project}"))
+    flow.python('register version 1 (zero-config)', 'first_model.py', *case.first, needs=FEATURE_ZERO_CONFIG, stop=True)
+    flow.cli('promote v1', 'promote', case.name, '1', '--reason', 'batch scoring', '--force', stop=True)
+    flow.src = _user_module(flow.root, project)
+    return flow
+
+
+def _batch_input(flow: Flow, start: str, end: str, name: str, fmt: str = 'parquet', **time_as) -> tuple:
+    "The rows of [start, end) with an integer id `row_id` (1,000,000 up), written as the user's input without the target; (rows, path)."
+    src, case = flow.src, flow.case
+    rows = src.load(start, end)
+    rows.insert(0, 'row_id', np.arange(len(rows), dtype='int64') + 1_000_000)
+    data = rows.drop(columns=[case.target])
+    for col, f in time_as.items(): data[col] = f(data[col])
+    path = flow.root / 'data' / f"{name}.{fmt}"
+    path.parent.mkdir(exist_ok=True)
+    data.to_parquet(path, index=False) if fmt == 'parquet' else data.to_csv(path, index=False)
+    return rows, path
+
+
+def _score(flow: Flow, what: str, path: Path, out: str, ok_codes=(0,)):
+    "`mlprod score NAME --input path --output out --id-column row_id --time-column T --json`: (process, its JSON)."
+    r = flow.cli(what, 'score', flow.case.name, '--input', path, '--output', out, '--id-column', 'row_id', '--time-column',
+                 flow.case.time_column, '--json', ok_codes=ok_codes)
+    return r, _json_out(r) or {}
+
+
+def _ingest_labels(flow: Flow, rows: pd.DataFrame, name: str):
+    "Labels by id with the original label values (strings for storms), ingested with `mlprod labels ingest`."
+    path = flow.root / 'data' / f"{name}.labels.csv"
+    pd.DataFrame({'request_id': rows['row_id'], 'label': rows[flow.case.target]}).to_csv(path, index=False)
+    return flow.cli('ingest labels by id', 'labels', 'ingest', path)
+
+
+def _monitor_batch(flow: Flow, start: str, end: str) -> dict:
+    r = flow.cli('monitor the batch window', 'monitor', flow.case.name, '--start', start, '--end', end, '--source', 'batch', '--json',
+                 '--no-mlflow', '--no-alerts', ok_codes=(0, 1))
+    return _json_out(r) or {}
+
+
+def _hand_metric(metric: str, scored: pd.DataFrame, labels: pd.Series) -> float:
+    "The realized metric computed here from the scored Parquet and the labels (aligned by row)."
+    from sklearn.metrics import mean_absolute_error, roc_auc_score
+    y = labels.to_numpy()
+    if metric == 'rmse': return float(np.sqrt(np.mean((scored['prediction'].to_numpy() - y.astype(float)) ** 2)))
+    if metric == 'mae': return float(mean_absolute_error(y.astype(float), scored['prediction']))
+    if metric in ('roc_auc_ovr', 'macro_roc_auc', 'roc_auc_ovr_macro'):  # one-vs-rest AUC of each class present, averaged
+        present = [c for c in sorted(set(y)) if f"proba_{c}" in scored.columns and 0 < (y == c).sum() < len(y)]
+        return float(np.mean([roc_auc_score(y == c, scored[f"proba_{c}"]) for c in present]))
+    raise AssertionError(f"no hand computation for metric {metric!r}")
+
+
+def _assert_ok(flow: Flow):
+    assert not flow.failures, f"{len(flow.failures)} failed check(s) in {flow.case.project}:\n" + '\n'.join(flow.failures) + '\n' + '\n'.join(flow.log)
+
+
+@pytest.fixture(scope='module')
+def hotel_batch(tmp_path_factory):
+    "hotel_rates (regression) registered, December 2016 scored from Parquet by integer id and labelled by id."
+    flow = _registered(tmp_path_factory, 'hotel_rates')
+    rows, path = _batch_input(flow, *BATCH_WINDOWS['hotel_rates'], 'december')
+    r, res = _score(flow, 'score December', path, 'out/december.parquet')
+    lab = _ingest_labels(flow, rows, 'december')
+    return dict(flow=flow, rows=rows, path=path, score=res, labels=lab)
+
+
+@pytest.fixture(scope='module')
+def storms_batch(tmp_path_factory):
+    "storms (multiclass, string labels) registered, 2017 scored from a CSV export by integer id and labelled by id."
+    flow = _registered(tmp_path_factory, 'storms')
+    rows, path = _batch_input(flow, *BATCH_WINDOWS['storms'], 'y2017', fmt='csv')
+    r, res = _score(flow, 'score 2017 (CSV)', path, 'out/y2017.parquet')
+    lab = _ingest_labels(flow, rows, 'y2017')
+    return dict(flow=flow, rows=rows, path=path, score=res, labels=lab)
+
+
+def _check_batch_loop(b: dict, window: tuple) -> dict:
+    "Score → labels → monitor of one project's window: the output, the label join and the realized metric against a hand computation."
+    flow, rows, case = b['flow'], b['rows'], b['flow'].case
+    n = len(rows)
+    flow.check('score: every row scored, none rejected', (b['score'].get('n_scored'), b['score'].get('n_rejected')) == (n, 0), b['score'])
+    out = pd.read_parquet(flow.root / 'out' / f"{Path(b['path']).stem}.parquet")
+    flow.check('output: one row per input row, ids as text', len(out) == n and set(out['row_id']) == set(rows['row_id'].astype(str)),
+               out.head().to_string())
+    flow.check('output: the event time kept (UTC)', str(out[case.time_column].dtype) == 'datetime64[us, UTC]' and
+               out[case.time_column].min() >= pd.Timestamp(window[0], tz='UTC'), out[case.time_column].describe().to_string())
+    flow.check('labels: every label joins a scored id', f"labelled {n} request(s)" in b['labels'].stdout, b['labels'].stdout + b['labels'].stderr)
+    mon = _monitor_batch(flow, *window)
+    figs = mon.get('figures', {})
+    flow.log.append(f"    monitor: status {mon.get('status')}, rows {figs.get('rows')}, {figs.get('metric')} {figs.get('realized_metric')}")
+    flow.check('monitor reads the batch window', mon.get('source') == 'batch' and figs.get('rows') == n, {k: mon.get(k) for k in ('source', 'status', 'figures')})
+    flow.check('labels cover every scored row', figs.get('label_coverage') == 1.0, figs)
+    merged = out.merge(rows.assign(row_id=rows['row_id'].astype(str))[['row_id', case.target]], on='row_id', validate='one_to_one')
+    hand = _hand_metric(figs.get('metric', ''), merged, merged[case.target])
+    flow.check(f"realized {figs.get('metric')} equals the one computed from the output and the labels ({hand:.6g})",
+               isinstance(figs.get('realized_metric'), float) and math.isclose(figs['realized_metric'], hand, rel_tol=1e-9), figs)
+    return dict(out=out, monitor=mon, hand=hand)
+
+
+def test_batch_regression_user_project(hotel_batch):
+    "hotel_rates: a regression model scores December from Parquet; labels by integer id; the monitor's realized RMSE is the output's."
+    flow = hotel_batch['flow']
+    res = _check_batch_loop(hotel_batch, BATCH_WINDOWS['hotel_rates'])
+    out = res['out']
+    flow.check('regression output: a finite number per row and no class probabilities',
+               out['prediction'].dtype.kind == 'f' and np.isfinite(out['prediction']).all() and not any(c.startswith('proba_') for c in out.columns),
+               out.dtypes.to_string())
+    # a column the model needs is missing from the file: the run fails, writes nothing, and says which column
+    rows, path = _batch_input(flow, *BATCH_WINDOWS['hotel_rates'], 'no-agent')
+    pd.read_parquet(path).drop(columns=['agent']).to_parquet(path, index=False)
+    r = flow.cli('score without the agent column', 'score', flow.case.name, '--input', path, '--output', 'out/no-agent.parquet',
+                 '--id-column', 'row_id', ok_codes=(1,))
+    flow.check("the failure names the missing column", "column 'agent' is missing" in r.stdout and f"{len(rows):,} row(s)" in r.stdout, r.stdout)
+    flow.check('nothing written', not (flow.root / 'out' / 'no-agent.parquet').exists())
+    # ids repeated in the export (a one-to-many join upstream): scored, with a warning that labels cannot tell the rows apart
+    rows, path = _batch_input(flow, '2017-02-01', '2017-03-01', 'february-repeated-ids')
+    pd.read_parquet(path).assign(row_id=lambda d: d['row_id'] % 50).to_parquet(path, index=False)
+    r = flow.cli('score with repeated ids', 'score', flow.case.name, '--input', path, '--output', 'out/february.parquet', '--id-column', 'row_id')
+    flow.check('the repeated ids are named', f"warning: {len(rows):,} row(s) share an id in 'row_id'" in r.stdout, r.stdout)
+    _assert_ok(flow)
+
+
+def test_batch_multiclass_user_project(storms_batch):
+    "storms: a multiclass model with string labels scores 2017 from CSV; class probabilities; realized one-vs-rest AUC is the output's; the score job reports it."
+    flow = storms_batch['flow']
+    res = _check_batch_loop(storms_batch, BATCH_WINDOWS['storms'])
+    out, rows = res['out'], storms_batch['rows']
+    proba = [c for c in out.columns if c.startswith('proba_')]
+    classes = {c[len('proba_'):] for c in proba}
+    flow.check('multiclass output: one probability column per class, summing to 1, the prediction its most probable class',
+               len(proba) >= len(set(rows[flow.case.target])) and np.allclose(out[proba].sum(axis=1), 1) and set(out['prediction']) <= classes
+               and (out[proba].to_numpy().argmax(axis=1) == [proba.index(f"proba_{p}") for p in out['prediction']]).all(),
+               out.head().to_string())
+    # the scheduled form: the score job (papermill) on the same CSV, after the monitor (its output would join the window)
+    r = flow.cli('score job', 'run', 'score', '-p', 'model', flow.case.name, '-p', 'input', storms_batch['path'], '-p', 'output',
+                 'out/job.parquet', '-p', 'id_column', 'row_id', '-p', 'time_column', flow.case.time_column, '--json', '--no-dashboard', timeout=600)
+    run = _json_out(r) or {}
+    flow.check('score job succeeded with figures', run.get('status') == 'success' and run.get('figures', {}).get('scored') == len(rows), run)
+    if run.get('report_path'):
+        html = Path(run['report_path']).read_text()
+        flow.check('score job report shows the predicted classes and the class probabilities',
+                   'Predicted classes of storms' in html and 'Mean class probability of storms' in html and 'Traceback' not in html, html[-1500:])
+        job = pd.read_parquet(flow.root / 'out' / 'job.parquet')
+        flow.check('the job scored what the command scored', job.sort_values('row_id')[proba].reset_index(drop=True).equals(out.sort_values('row_id')[proba].reset_index(drop=True)))
+    _assert_ok(flow)
+
+
+# --- breakages found on the batch path, in code other engineers own: each test states what a user expects ---
+XFAIL_RESCORED = ('mlprod.monitor.read_batch_window (batch window cells, 06_monitor): every successful run of the window is concatenated, '
+                  'so rows scored twice (a rerun, the job after a manual run) are counted twice; the latest run per id should win')
+XFAIL_TEXT_TIME = ("mlprod.monitor._read_filtered (batch window cells, 06_monitor): the input's time column is filtered with a timestamp, "
+                   "so an input whose time column is ISO text or epoch numbers (which `mlprod score` accepts) crashes the monitor "
+                   "with ArrowNotImplementedError; filter the scored output's (UTC) time and join the input by id")
+XFAIL_EPOCH = ("mlprod.batch._time_reasons (05e_batch): integer epoch seconds in the time column are read as nanoseconds "
+               "(pd.to_datetime(int)), so every row lands in 1970 silently; read them as seconds or reject with a reason")
+XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration owners): a regression's realized RMSE has no baseline "
+                  "or threshold (baseline None), so performance:rmse is SUCCESS at 6x the version's held-out RMSE and worse than "
+                  "predicting the mean; 'performance decides' cannot decide for regression")
+
+
+@pytest.mark.xfail(reason=XFAIL_RESCORED)
+def test_batch_rescored_rows_counted_once(hotel_batch):
+    "Scoring the same November rows twice (two outputs): the monitor's window still holds each row once."
+    flow = hotel_batch['flow']
+    rows, path = _batch_input(flow, '2016-11-01', '2016-12-01', 'november')
+    _score(flow, 'score November', path, 'out/november.parquet')
+    _score(flow, 'score November again', path, 'out/november-rerun.parquet')
+    figs = _monitor_batch(flow, '2016-11-01', '2016-12-01').get('figures', {})
+    assert figs.get('rows') == len(rows), f"monitor counted {figs.get('rows')} rows for {len(rows)} scored ids"
+
+
+@pytest.mark.xfail(reason=XFAIL_TEXT_TIME)
+def test_batch_time_column_as_text_is_monitored(hotel_batch):
+    "An export whose time column is ISO text (a CSV-minded pipeline writing Parquet): scored, then monitored like any other."
+    flow = hotel_batch['flow']
+    rows, path = _batch_input(flow, '2016-10-01', '2016-11-01', 'october-text-time',
+                              arrival_date=lambda t: t.dt.strftime('%Y-%m-%dT%H:%M:%SZ'))
+    r, res = _score(flow, 'score October (time as text)', path, 'out/october.parquet')
+    assert res.get('n_scored') == len(rows), res
+    r = subprocess.run([str(BIN / 'mlprod'), 'monitor', 'hotel_rates', '--start', '2016-10-01', '--end', '2016-11-01', '--source', 'batch',
+                        '--json', '--no-mlflow', '--no-alerts'], cwd=flow.root, env=flow.env, capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1) and (_json_out(r) or {}).get('figures', {}).get('rows') == len(rows), r.stderr[-1500:]
+
+
+@pytest.mark.xfail(reason=XFAIL_EPOCH)
+def test_batch_epoch_seconds_time_column(hotel_batch):
+    "Event times as integer epoch seconds: the output's times are January 2017 (or the rows are rejected with a reason), never 1970."
+    flow = hotel_batch['flow']
+    rows, path = _batch_input(flow, '2017-01-01', '2017-02-01', 'january-epoch', arrival_date=lambda t: t.astype('int64') // 10**9)
+    r, res = _score(flow, 'score January (epoch seconds)', path, 'out/january.parquet', ok_codes=(0, 1))
+    if res.get('n_scored'):
+        t = pd.read_parquet(flow.root / 'out' / 'january.parquet')['arrival_date']
+        assert t.min() >= pd.Timestamp('2017-01-01', tz='UTC'), f"epoch seconds read as {t.min()} .. {t.max()}"
+    else: assert 'arrival_date' in r.stdout, r.stdout
+
+
+def test_labels_of_batch_ids_are_not_reported_missing(hotel_batch):
+    "Labels for ids `mlprod score` wrote (December, from the fixture) are not reported as ids missing from the request log."
+    lab = hotel_batch['labels']
+    assert lab.returncode == 0 and 'not in the request log' not in lab.stdout + lab.stderr, lab.stdout + lab.stderr
+
+
+@pytest.mark.xfail(reason=XFAIL_REG_PERF)
+def test_regression_realized_performance_can_fail(hotel_batch):
+    "December prices after a summer-trained model: realized RMSE ~6x the held-out one and above the labels' spread is not a SUCCESS."
+    flow, rows = hotel_batch['flow'], hotel_batch['rows']
+    mon = _monitor_batch(flow, *BATCH_WINDOWS['hotel_rates'])
+    perf = next((c for c in mon.get('checks', []) if c['name'] == 'performance:rmse'), {})
+    assert perf.get('observed', 0) > float(rows[flow.case.target].std()), perf  # worse than always predicting the mean
+    assert perf.get('status') in ('WARNING', 'FAIL'), perf
