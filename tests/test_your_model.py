@@ -550,7 +550,6 @@ def test_labels_of_batch_ids_are_not_reported_missing(hotel_batch):
     assert lab.returncode == 0 and 'not in the request log' not in lab.stdout + lab.stderr, lab.stdout + lab.stderr
 
 
-@pytest.mark.xfail(reason=XFAIL_REG_PERF)
 def test_regression_realized_performance_can_fail(hotel_batch):
     "December prices after a summer-trained model: realized RMSE ~6x the held-out one and above the labels' spread is not a SUCCESS."
     flow, rows = hotel_batch['flow'], hotel_batch['rows']
