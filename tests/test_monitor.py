@@ -1,6 +1,7 @@
 """mlprod.monitor on real flights data: drift findings, realized and estimated (CBPE) performance, the request log,
 service health, alerts and the CLI. Run with `-s` to see the per-month CBPE figures."""
 import dataclasses, datetime as dt, json, re, time
+from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from sklearn.metrics import roc_auc_score
 
@@ -393,7 +394,6 @@ def test_monitor_job_stays_within_its_measured_time(stored, flights):
 def _hotel_src():
     "The hotel_rates user project's data source and recipe (tests/userprojects/hotel_rates/my_src.py), under a name of its own."
     import importlib.util
-    from pathlib import Path
     path = Path(__file__).resolve().parent / 'userprojects' / 'hotel_rates' / 'my_src.py'
     spec = importlib.util.spec_from_file_location('my_src_hotel_monitor', path)
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
@@ -410,10 +410,12 @@ def test_regression_rmse_fails_on_a_shifted_window_and_passes_in_distribution(tm
                            for a, b in ((0, n_tr), (n_tr, n_tr + n_ho), (n_tr + n_ho, len(summer))))
     model = src.train(train)
     t0 = time.perf_counter()
-    vi = registry.register(model, src.NAME, train, target=src.TARGET, time_column=src.TIME_COLUMN, holdout=hold,
-                           metrics={'holdout_mae': 1.0}, cfg=str(tmp_path))
+    # the user's hand-written section, with fewer calibration draws than the default 200 (the profile is built at registration)
+    toml = (Path(src.__file__).parent / 'handwritten.toml').read_text() + '\n[models.hotel_rates.thresholds]\ncalibration_draws = 40\n'
+    (tmp_path / 'mlprod.toml').write_text(toml)
+    cfg = parse_config(toml, root=tmp_path, env={})
+    vi = registry.register(model, src.NAME, train, holdout=hold, metrics={'holdout_mae': 1.0}, cfg=cfg)
     t_register = time.perf_counter() - t0
-    cfg = parse_config((tmp_path / 'mlprod.toml').read_text(), root=tmp_path, env={})
     rmse = lambda d: float(np.sqrt(np.mean((model.predict(d[src.FEATURES]) - d[src.TARGET]) ** 2)))
     metrics = json.loads(vi.tags['mlprod.metrics'])
     assert metrics['holdout_rmse'] == pytest.approx(rmse(hold), rel=1e-9)
