@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError', 'NoDataError', 'service_checks',
-           'metric_interval', 'performance_check', 'estimate_check', 'drift_checks', 'align_dtypes', 'unseen_masks',
-           'unseen_columns', 'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength', 'chart_rank',
-           'performance_chart', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
+           'metric_interval', 'no_skill_metric', 'performance_check', 'estimate_check', 'drift_checks', 'align_dtypes',
+           'unseen_masks', 'unseen_columns', 'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength',
+           'chart_rank', 'performance_chart', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
            'read_source_window', 'window_labels', 'batch_window_chunks', 'batch_window_notes', 'batch_runs_in',
            'read_batch_window', 'BatchSummary', 'stream_batch_window', 'evaluate_batch_window', 'monitor_batch',
            'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
@@ -111,16 +111,40 @@ def metric_interval(y_true, scores, metric:str='roc_auc', task:str='binary', n_b
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return value, float(lo), float(hi), 'bootstrap'
 
-# %% ../nbs/06_monitor.ipynb #6f1dc665
+# %% ../nbs/06_monitor.ipynb #e730a85d
 def _drop(value:float, baseline:float, greater_is_better:bool) -> float:
     "How much worse `value` is than `baseline` (positive = worse)."
     return baseline - value if greater_is_better else value - baseline
 
+def _worse_surely(level:float, lo, hi, greater_is_better:bool) -> bool:
+    "Is the whole confidence interval worse than `level`? (False without an interval.)"
+    if lo is None or hi is None: return False
+    return hi < level if greater_is_better else lo > level
+
+# %% ../nbs/06_monitor.ipynb #95e0ac29
+def no_skill_metric(y_true, # labels of the labelled rows, encoded (`mlprod.compare.encode_labels`)
+                    metric:str, # the metric (an error or loss: rmse, mae, r2, log_loss, brier)
+                    task:str, # 'binary', 'multiclass' or 'regression'
+                    n_classes:int=0, # multiclass: the number of probability columns
+                   ) -> float|None:
+    "The metric of the best constant prediction of these labels (their mean, median or class shares); None for ranking and thresholded metrics."
+    from mlprod.compare import get_metric
+    m, y = get_metric(metric, task), np.asarray(y_true, dtype=float)
+    if not len(y): return None
+    if task == 'regression': const = np.full(len(y), np.median(y) if metric == 'mae' else y.mean())
+    elif task == 'binary' and metric in ('log_loss', 'brier'): const = np.full(len(y), y.mean())
+    elif task == 'multiclass' and metric == 'log_loss':
+        const = np.tile(np.bincount(y.astype(int), minlength=n_classes) / len(y), (len(y), 1))
+    else: return None
+    try: return m(y, const)
+    except MlprodError: return None
+
+# %% ../nbs/06_monitor.ipynb #c9ac7b9b
 def performance_check(y_true, # labels of the labelled rows, encoded (`mlprod.compare.encode_labels`)
                       scores, # the model's scores of the same rows (multiclass: the probability matrix)
                       metric:str='roc_auc', # headline metric
                       task:str='binary',
-                      thresholds:Thresholds=Thresholds(), # min_metric, max_metric_drop, min_rows
+                      thresholds:Thresholds=Thresholds(), # min_metric, max_metric_drop, max_error_increase, min_rows
                       baseline:float|None=None, # the version's holdout metric, for the drop test
                       baseline_source:str='', # where the baseline comes from, in words
                       training_metric:float|None=None, # the metric on the training snapshot (context only)
@@ -134,22 +158,33 @@ def performance_check(y_true, # labels of the labelled rows, encoded (`mlprod.co
     details = dict(n_labelled=n, ci_low=lo, ci_high=hi, ci_method=how, baseline=baseline, baseline_source=baseline_source,
                    training_metric=training_metric)
     ci = f" (95% CI {fmt(lo)} … {fmt(hi)}, {how})" if lo is not None else ''
-    problems, expected = [], []
+    fails, warns, expected = [], [], []
+    def judge(level, problem):  # an error level: FAIL when the whole CI is worse, WARNING when only the value is
+        if _worse_surely(level, lo, hi, m.greater_is_better): fails.append(problem)
+        else: warns.append(f"{problem}, but its 95% CI reaches {fmt(level)}: a warning, not a failure")
     if m.greater_is_better and task in ('binary', 'multiclass'):
         expected.append(f"≥ {fmt(thresholds.min_metric)}")
-        if value < thresholds.min_metric: problems.append(f"below the minimum {fmt(thresholds.min_metric)}")
-    if baseline is not None:
-        d = _drop(value, baseline, m.greater_is_better); details['drop'] = d
+        if value < thresholds.min_metric: fails.append(f"below the minimum {fmt(thresholds.min_metric)}")
+    else:  # errors, losses and R²: no absolute minimum, but never worse than a constant prediction of the window's labels
+        ns = no_skill_metric(y, metric, task, np.shape(scores)[1] if np.ndim(scores) == 2 else 0); details['no_skill'] = ns
+        if ns is not None:
+            expected.append(f"better than {fmt(ns)} (a constant prediction of these labels)")
+            if not m.better(value, ns): judge(ns, f"no better than a constant prediction of these labels ({fmt(ns)})")
+    if baseline is not None and m.greater_is_better:
+        d = _drop(value, baseline, True); details['drop'] = d
         expected.append(f"within {fmt(thresholds.max_metric_drop)} of {fmt(baseline)} ({baseline_source})")
-        if d > thresholds.max_metric_drop: problems.append(f"{fmt(d)} worse than the baseline {fmt(baseline)} ({baseline_source})")
+        if d > thresholds.max_metric_drop: fails.append(f"{fmt(d)} worse than the baseline {fmt(baseline)} ({baseline_source})")
+    elif baseline is not None:  # an error metric is judged relative to its baseline: euros of RMSE are not AUC points
+        limit = baseline * (1 + thresholds.max_error_increase); details.update(drop=_drop(value, baseline, False), limit=limit)
+        expected.append(f"≤ {fmt(limit)} ({thresholds.max_error_increase:.0%} above {fmt(baseline)}, {baseline_source}; FAIL when its 95% CI is above too)")
+        if value > limit: judge(limit, f"{value / baseline - 1:.0%} above the baseline {fmt(baseline)} ({baseline_source}; limit {fmt(limit)})")
     ctx = f"; on its training data {fmt(training_metric)}" if training_metric is not None else ''
     msg = f"{metric} {fmt(value)}{ci} on {n} labelled row(s)"
     if n < thresholds.min_rows:
         return Check(name, Status.WARNING, value, ' and '.join(expected) or None,
                      f"{msg}: fewer than {thresholds.min_rows} labelled rows, no verdict{ctx}", details)
-    status = Status.FAIL if problems else Status.SUCCESS
-    return Check(name, status, value, ' and '.join(expected) or None,
-                 msg + (': ' + '; '.join(problems) if problems else '') + ctx, details)
+    status = Status.FAIL if fails else Status.WARNING if warns else Status.SUCCESS
+    return Check(name, status, value, ' and '.join(expected) or None, msg + (': ' + '; '.join(fails + warns) if fails or warns else '') + ctx, details)
 
 # %% ../nbs/06_monitor.ipynb #dc4977c1
 def estimate_check(scores, # the model's scores of the window (no labels needed)
@@ -962,11 +997,16 @@ def window_calibration(model, # the version
 # %% ../nbs/06_monitor.ipynb #e0913206
 def _baseline(model, metric:str, calibration:Calibration|None) -> tuple:
     "(value, source) of the metric a window is compared with: tagged holdout metric, else the calibration rows' metric."
+    from mlprod.registry import HOLDOUT_TAG
     try: tagged = json.loads(model.tags.get('mlprod.metrics') or '{}')
     except ValueError: tagged = {}
+    try: computed = json.loads(model.tags.get(HOLDOUT_TAG) or '{}')
+    except ValueError: computed = {}
     for k in (f"holdout_{metric}", f"test_{metric}", f"validation_{metric}", f"valid_{metric}", metric):
         v = tagged.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v): return float(v), f"registered {k}"
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if k in computed.get('metrics', ()): return float(v), f"{k} computed by mlprod on {int(computed.get('rows') or 0):,} holdout rows at registration"
+            return float(v), f"registered {k}"
     if metric == 'roc_auc' and calibration is not None and calibration.source != 'training snapshot' and calibration.metric is not None:
         return calibration.metric, f"{calibration.source} rows before the window"
     return None, ''

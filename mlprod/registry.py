@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
 
 # %% auto #0
-__all__ = ['log', 'ALIASES', 'ACTIONS', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'ALIAS_STYLE', 'RegistryError', 'PromotionBlocked',
-           'RollbackError', 'registry_client', 'plain_value', 'class_index', 'PositiveScore', 'VersionInfo',
-           'label_classes', 'register', 'LoadedModel', 'resolve_version', 'load', 'clear_cache', 'Move', 'write_card',
-           'deploy', 'record_comparison', 'promote', 'previous_production', 'rollback', 'version_exists', 'History',
-           'history', 'ModelCard', 'card', 'cmd_models', 'cmd_register', 'cmd_deploy', 'cmd_promote', 'cmd_rollback',
-           'cmd_history', 'cmd_card']
+__all__ = ['log', 'ALIASES', 'ACTIONS', 'HOLDOUT_TAG', 'HISTORY_TAG', 'LAST_MOVE_TAG', 'ALIAS_STYLE', 'RegistryError',
+           'PromotionBlocked', 'RollbackError', 'registry_client', 'plain_value', 'class_index', 'PositiveScore',
+           'VersionInfo', 'label_classes', 'holdout_metrics', 'register', 'LoadedModel', 'resolve_version', 'load',
+           'clear_cache', 'Move', 'write_card', 'deploy', 'record_comparison', 'promote', 'previous_production',
+           'rollback', 'version_exists', 'History', 'history', 'ModelCard', 'card', 'cmd_models', 'cmd_register',
+           'cmd_deploy', 'cmd_promote', 'cmd_rollback', 'cmd_history', 'cmd_card']
 
 # %% ../nbs/02_registry.ipynb #236943cc
 ALIASES = ('staging', 'production')
@@ -310,6 +310,33 @@ def _ensure_registered_model(client, # MLflow client
         except Exception as e:
             if 'already exists' not in str(e).lower() and 'RESOURCE_ALREADY_EXISTS' not in str(e): raise
 
+# %% ../nbs/02_registry.ipynb #f401e65c
+HOLDOUT_TAG = 'mlprod.holdout_metrics' # version tag: which `holdout_<metric>` mlprod computed at registration, on how many rows
+
+def holdout_metrics(model, # the fitted model (scikit-learn API; a `PositiveScore` is unwrapped)
+                    holdout:pd.DataFrame, # labelled rows it did not train on (rows without a label are skipped)
+                    task:str, # 'binary', 'multiclass' or 'regression'
+                    target:str, # the label column of `holdout`
+                    features:Sequence[str], # the model's input columns
+                    classes:Sequence|None=None, # classifiers: the label values in probability-column order (default: the model's `classes_`)
+                    positive=None, # binary: the positive class (default: the second class)
+                   ) -> dict:
+    "`{'holdout_<metric>': value}` for every metric of the task `mlprod.compare` knows; metrics the rows cannot give are left out."
+    from mlprod.compare import TASKS, as_scorer, encode_labels, get_metric
+    fitted = model.model if isinstance(model, PositiveScore) else model
+    lab = holdout[holdout[target].notna()]
+    if not len(lab): return {}
+    if task != 'regression':
+        classes = [plain_value(c) for c in (fitted.classes_ if classes is None else classes)]
+        positive = (classes[1] if positive is None else positive) if task == 'binary' else None
+    y = encode_labels(lab[target], task, classes, positive, f"holdout {target!r}")
+    scores = as_scorer(fitted, task, list(features), positive, classes)(lab)
+    out = {}
+    for metric in TASKS[task]:
+        try: out[f"holdout_{metric}"] = float(get_metric(metric, task)(y, scores))
+        except MlprodError as e: log.warning('holdout %s not computed: %s', metric, e)
+    return out
+
 # %% ../nbs/02_registry.ipynb #4a4300d2
 from .profiles import store_profile
 
@@ -327,7 +354,7 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
              params:dict|None=None, # training parameters; default the final estimator's parameters that differ from its defaults
              metrics:dict|None=None, # evaluation figures to keep with the version
              description:str='', # a sentence for the MLflow UI
-             holdout:pd.DataFrame|None=None, # labelled rows it did not train on: its monitoring profile (importance, drift thresholds) is built from them now
+             holdout:pd.DataFrame|None=None, # labelled rows it did not train on: its metrics on them (`holdout_metrics`) and its monitoring profile are kept now
              cfg=None, # ProjectConfig or project folder; default `get_config()`
             ) -> VersionInfo:
     "Log `model` with its signature, schema, reference snapshot and lineage, and register a new version of `name`."
@@ -349,10 +376,14 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
     try: sample_scores = np.asarray(logged.predict(X.head(100)))
     except Exception as e: raise DataError(f"model: scoring 100 training rows failed ({type(e).__name__}: {e}); allowed: a model fitted on columns {features}") from None
     schema = Schema.infer(train_df, features, categorical)
+    user = dict(metrics or {})  # a metric the user logged is never overwritten by one computed on the holdout
+    computed = {k: v for k, v in (holdout_metrics(fitted, holdout, task, mc.target, features, classes, positive) if holdout is not None else {}).items() if k not in user}
+    metrics = {**computed, **user} if computed else metrics
     ref = _reference_snapshot(train_df, features, mc)
     params = dict(_model_params(fitted) if params is None else params)
     tags = _lineage_tags(cfg.root, mc, train_df, ref, features, categorical, _window_of(train_df, mc.time_column, window),
                          recipe or mc.recipe, params, metrics, classes, positive)
+    if computed: tags[HOLDOUT_TAG] = to_json(dict(metrics=sorted(computed), rows=int(holdout[mc.target].notna().sum())))
     exp_id = mlflow_setup(cfg)
     client = _client(cfg)
     t0 = time.perf_counter()

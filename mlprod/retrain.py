@@ -19,9 +19,8 @@ from . import registry
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'RETRAIN_STATUSES', 'Step', 'RetrainResult', 'windows', 'find_identical', 'holdout_metrics', 'retrain',
-           'triggers', 'GuardResult', 'guard', 'ReproduceResult', 'reproduce', 'cmd_retrain', 'cmd_guard',
-           'cmd_reproduce']
+__all__ = ['log', 'RETRAIN_STATUSES', 'Step', 'RetrainResult', 'windows', 'find_identical', 'retrain', 'triggers', 'GuardResult',
+           'guard', 'ReproduceResult', 'reproduce', 'cmd_retrain', 'cmd_guard', 'cmd_reproduce']
 
 # %% ../nbs/09_retrain.ipynb #18cf2f58
 RETRAIN_STATUSES = ('promoted', 'current', 'staged', 'rejected', 'failed')
@@ -102,24 +101,6 @@ def find_identical(name:str, data_fingerprint:str, recipe:str, params:dict, cfg=
             and (v.tags or {}).get('mlprod.recipe') == recipe and (v.tags or {}).get('mlprod.params') == to_json(params)
             and getattr(v, 'current_stage', None) != 'Archived']
     return str(max(int(v.version) for v in same)) if same else None
-
-# %% ../nbs/09_retrain.ipynb #3248916b
-def holdout_metrics(model, # the fitted model
-                    holdout:pd.DataFrame, # labelled rows after the training window
-                    mc, # the model's `ModelConfig` (task, target, metric, positive_class)
-                    features:list, # the model's input columns
-                   ) -> dict:
-    "`{'holdout_<metric>': value}` for a classifier (binary: ROC AUC; multiclass: the headline), or {} when it cannot be computed."
-    from mlprod.compare import as_scorer, encode_labels, get_metric, HEADLINE
-    if mc.task == 'regression' or not len(holdout) or holdout[mc.target].nunique() < 2: return {}
-    metric = 'roc_auc' if mc.task == 'binary' else mc.metric or HEADLINE[mc.task]
-    classes = [registry.plain_value(c) for c in model.classes_]
-    pos = (mc.positive_class if mc.positive_class is not None else classes[1]) if mc.task == 'binary' else None
-    try:
-        y = encode_labels(holdout[mc.target], mc.task, classes, pos, f"holdout {mc.target!r}")
-        return {f"holdout_{metric}": float(get_metric(metric, mc.task)(y, as_scorer(model, mc.task, features, pos, classes)(holdout)))}
-    except MlprodError as e:
-        log.warning('holdout %s not computed: %s', metric, e); return {}
 
 # %% ../nbs/09_retrain.ipynb #58aed96c
 def _write_report(cfg:ProjectConfig, model:str, job:str, title:str, body_html:str) -> str:
@@ -227,7 +208,7 @@ def _register_step(name:str, # registered model name
                    end, # end of the whole window (the `as_of`)
                    cfg) -> tuple:
     "Register `model` with its holdout figures and store its monitoring profile built on the holdout: (message, status, version)."
-    metrics = holdout_metrics(model, holdout, mc, features)
+    metrics = registry.holdout_metrics(model, holdout, mc.task, mc.target, features, positive=mc.positive_class)
     vi = registry.register(model, name, train, window=window, metrics=metrics, cfg=cfg, recipe=mc.recipe, params=params,
                            description=f"retrained as of {end.date()}")
     from mlprod.profiles import store_profile, thresholds_note

