@@ -445,7 +445,9 @@ def score_spark(name, # registered model name (or a LoadedModel to score with)
     trees, how = batch_predictor(served, cache_dir, 1) if compiled else (None, served_kind(served, 'compiled=False'))
     if trees is not None: how = f"{how}, shipped to the executors"
     cols = [c for c in dict.fromkeys([*model.features, id_column, time_column]) if c and c in df.columns]
-    numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric' and c.name in cols] if spark_input_format(input) == 'csv' else []
+    text = spark_input_format(input) == 'csv'  # CSV: every column is text; Parquet: numeric columns stored as text, coerced per value as locally
+    numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric' and c.name in cols
+               and (text or str(df.schema[c.name].dataType) == 'StringType()')]
     fn = partition_scorer(ship_model(spark, model), id_column=id_column, time_column=time_column, scored_at=scored_at or started, unseen=unseen, numeric=numeric,
                           predictor=ship_predictor(spark, trees), time_unit=time_unit)
     both = df.select(*[_quoted(c) for c in cols], ROW).mapInPandas(fn, combined_schema(model, id_column, time_column)).persist(StorageLevel.MEMORY_AND_DISK)
