@@ -667,6 +667,10 @@ def _paired_chunks(run:dict, model, columns:list, chunk_rows:int):
     buf = pd.DataFrame()
     for chunk in input_batches(run['input'], list(dict.fromkeys(columns + [idc])), numeric, chunk_rows)[1]:
         if len(rejected): chunk = chunk[~np.isin(chunk.index.to_numpy(), rejected)]
+        for c in numeric:  # text that scoring rejected is gone: what is left of a text-typed numeric column are numbers
+            if c in chunk and chunk[c].dtype == object:
+                try: chunk[c] = pd.to_numeric(chunk[c]).astype('float64')
+                except (TypeError, ValueError) as e: raise BatchError(f"batch run {run['id']}: column {c!r}: got a value that is not a number among the scored rows ({e}); allowed: numbers (the rejects file of the run lists the others)") from e
         while len(buf) < len(chunk):
             nxt = next(outs, None)
             if nxt is None: break

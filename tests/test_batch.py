@@ -178,9 +178,11 @@ def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
     from mlprod.requestlog import ingest_labels
     cfg, model = proj
     wk = flight_rows(flights, '2013-09-02', '2013-09-05')
-    wk.to_csv(tmp_path/'sept.csv', index=False)
+    bad = wk.astype({'temp': object}); bad.loc[bad.index[:3], 'temp'] = 'warm'  # garbage text in a numeric column: rejected, the rest monitored
+    bad.to_csv(tmp_path/'sept.csv', index=False)
     r = score('flights', tmp_path/'sept.csv', tmp_path/'sept.scores.parquet', id_column='flight_id', time_column='time_hour', cfg=cfg)
-    assert r.n_scored == len(wk)
+    assert r.n_scored == len(wk) - 3 and r.n_rejected == 3
+    wk = wk.iloc[3:]
     pd.DataFrame({'request_id': wk['flight_id'].astype(str), 'label': wk['delayed']}).to_csv(tmp_path/'sept_labels.csv', index=False)
     ingest_labels(tmp_path/'sept_labels.csv', cfg=cfg)
     res = monitor('flights', '2013-09-02', '2013-09-05', source='batch', cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
