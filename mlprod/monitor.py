@@ -669,7 +669,7 @@ def _paired_chunks(run:dict, model, columns:list, chunk_rows:int):
         if len(rejected): chunk = chunk[~np.isin(chunk.index.to_numpy(), rejected)]
         for c in numeric:  # text that scoring rejected is gone: what is left of a text-typed numeric column are numbers
             if c in chunk and chunk[c].dtype == object:
-                try: chunk[c] = pd.to_numeric(chunk[c]).astype('float64')
+                try: chunk = chunk.assign(**{c: pd.to_numeric(chunk[c]).astype('float64')})
                 except (TypeError, ValueError) as e: raise BatchError(f"batch run {run['id']}: column {c!r}: got a value that is not a number among the scored rows ({e}); allowed: numbers (the rejects file of the run lists the others)") from e
         while len(buf) < len(chunk):
             nxt = next(outs, None)
@@ -730,11 +730,14 @@ def batch_runs_in(cfg, # project config
                   name:str, t0, t1, # model name, window [t0, t1) in UTC
                   version:str|None=None, # model version (default: the one behind `alias`, else the one that scored most rows)
                   alias:str='production') -> tuple:
-    "(the successful `batch_runs` rows of `name` that overlap [t0, t1) and were scored by the version, that version)."
+    "(the successful `batch_runs` rows of `name` that overlap [t0, t1), were scored by the version and whose output no later run rewrote, that version)."
     import sqlalchemy as sa
     from mlprod import db, registry
     t = db.batch_runs
-    q = sa.select(t).where(t.c.model == name, t.c.status == 'success', t.c.time_min < to_utc(t1), t.c.time_max >= to_utc(t0)).order_by(t.c.started_at)
+    later = t.alias('later')  # a run whose output file a later successful run rewrote is left out: the file is the later run's
+    rewritten = sa.exists().where(later.c.output == t.c.output, later.c.status == 'success', later.c.started_at > t.c.started_at)
+    q = sa.select(t).where(t.c.model == name, t.c.status == 'success', t.c.time_min < to_utc(t1), t.c.time_max >= to_utc(t0),
+                           ~rewritten).order_by(t.c.started_at)
     with db.engine(cfg.db_url).connect() as conn: runs = [dict(r) for r in conn.execute(q).mappings()]
     v = str(version) if version is not None else registry.resolve_version(name, alias, cfg=cfg)
     if runs and not any(r['version'] == v for r in runs) and version is None:

@@ -189,6 +189,12 @@ def test_csv_input_is_monitored_like_parquet(proj, flights, tmp_path):
     out = pd.read_parquet(r.output)
     assert res.source == 'batch' and res.figures['rows'] == len(wk)
     assert res.figures['realized_metric'] == pytest.approx(roc_auc_score(wk['delayed'], out['proba_1']), abs=1e-9)
+    # the same output path rewritten by a later run without a time column (its rows are timed by scored_at, today): the
+    # earlier run's record no longer describes the file, so the window has no rows (not a KeyError on the missing column)
+    score('flights', tmp_path/'sept.csv', tmp_path/'sept.scores.parquet', id_column='flight_id', cfg=cfg)
+    from mlprod.monitor import NoDataError
+    with pytest.raises(NoDataError):
+        monitor('flights', '2013-09-02', '2013-09-05', source='batch', cfg=cfg, log_to_mlflow=False, alerts=False, record=False, calibration_days=0)
 
 
 def test_parquet_text_in_numeric_column_is_coerced_like_csv(proj, flights, tmp_path):
