@@ -31,8 +31,9 @@ __all__ = ['log', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError
            'read_source_window', 'window_labels', 'batch_window_chunks', 'batch_window_notes', 'batch_runs_in',
            'read_batch_window', 'BatchSummary', 'stream_batch_window', 'evaluate_batch_window', 'monitor_batch',
            'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
-           'report_samples', 'traffic_seconds', 'decide_verdict', 'evaluate_window', 'publish', 'previous_rows',
-           'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'report_samples', 'traffic_seconds', 'decide_verdict', 'window_drift_checks',
+           'performance_and_signal_checks', 'evaluate_window', 'publish', 'previous_rows', 'monitor', 'evidently_html',
+           'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d4afe1da
 from .estimate import (Calibration, fit_calibration, expected_roc_auc, simulated_roc_auc, ESTIMATE_SIGNAL,
@@ -854,10 +855,8 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
     n, notes = s.rows, []
     checks = (dq := unseen_checks(n, s.unseen_rows, {c: (k, pd.Series(v, dtype='int64')) for c, (k, v) in s.unseen.items()}, th))
     figures = dict(rows=n, unseen_share=dq[0].observed)
-    drift, pdrift = window_drift(profile, s.profile, th)
-    checks += drift_checks(drift, th, pdrift, thresholds_note(profile, th))
-    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
-    if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
+    dc, dfig, dnotes, drift, pdrift = window_drift_checks(profile, s.profile, th, n)
+    checks += dc; figures.update(dfig); notes += dnotes
     if len(s.sample) < n:  # the sample's missing shares are not the window's: the counted ones go with the figures
         figures['missing_shares'] = {c.name: c.n_missing / n for c in s.profile.columns if c.name != PREDICTION}
         notes.append(f"the window's {n:,} rows were read in chunks: data quality, drift and realized performance cover every row; the "
@@ -869,15 +868,11 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
     if s.profile.meta.get('rounded'):
         notes.append('drift counted on rounded values of columns with more distinct values than the stream keeps: ' +
                      ', '.join(f"{c} ({d} significant digits)" for c, d in s.profile.meta['rounded'].items()))
-    cal = window_calibration(model, profile, holdout, None, th.min_rows, ref)
-    metric = metric or 'roc_auc'
-    train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
     lab = s.labelled if s.labelled is not None else pd.DataFrame({PREDICTION: [], model.target: []})
     scores = lab[[c for c in lab.columns if c not in (PREDICTION, model.target)]].to_numpy(float) if model.task == 'multiclass' else None
-    rc, rf = realized_checks(model, lab, metric, th, *_baseline(model, metric, cal), train_metric, n_rows=n, scores=scores)
-    ec, ef = estimated_checks(model, s.sample, cal, metric, th, max_ece, profile.calibration)
-    checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
-    sc, sf = signal_checks(s.sample, model, profile, th, previous=previous, holdout=holdout, errors=errors, reference=ref); checks += sc; figures.update(sf)
+    pc, pfig, cal = performance_and_signal_checks(model, profile, th, s.sample, lab, metric=metric, reference=ref, holdout=holdout,
+                                                  max_ece=max_ece, previous=previous, errors=errors, n_rows=n, scores=scores)
+    checks += pc; figures.update(pfig)
     checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
     return MonitorResult(s.model, str(model.version), s.alias, s.start, s.end, 'batch', Checks(f"Monitor {s.model} v{model.version}", checks),
                          figures, drift, pdrift, cal, uuid.uuid4().hex, utcnow(), notes=tuple(notes),
@@ -1129,6 +1124,45 @@ def decide_verdict(checks:Sequence[Check], # every check of a window
             tail = ' Realized performance had the last word on drift and the estimate.' if decided is not None and driver != 'performance' else ''
             return list(checks), driver, f"{worst.value} because of {words}: {hit.name}: {hit.message}.{tail}"
 
+# %% ../nbs/06_monitor.ipynb #s4wdc02
+def window_drift_checks(profile:ReferenceProfile, # the version's reference profile
+                        current, # the window's scored rows, or the counted profile of a streamed window (`BatchSummary.profile`)
+                        thresholds:Thresholds=Thresholds(), # the model's thresholds
+                        n:int|None=None, # rows of the window (default: `len(current)`)
+                       ) -> tuple: # (checks, figures, notes, drift, prediction drift)
+    "The drift checks of a window with their figures and notes: the drift step shared by `evaluate_window` and `evaluate_batch_window`."
+    th = thresholds
+    drift, pdrift = window_drift(profile, current, th)
+    figures = dict(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
+    n = len(current) if n is None else n
+    notes = [f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy"] if n < th.min_rows else []
+    return drift_checks(drift, th, pdrift, thresholds_note(profile, th)), figures, notes, drift, pdrift
+
+# %% ../nbs/06_monitor.ipynb #s4psc02
+def performance_and_signal_checks(model, # the version
+                                  profile:ReferenceProfile, # its reference profile
+                                  thresholds:Thresholds, # the model's thresholds
+                                  rows:pd.DataFrame, # scored rows of the window (or a streamed window's sample)
+                                  labelled:pd.DataFrame, # rows with their labels, for realized performance (in memory: `rows`)
+                                  *, metric:str|None=None, # headline metric (default: roc_auc)
+                                  reference:pd.DataFrame|None=None, # the training snapshot
+                                  holdout:pd.DataFrame|None=None, # labelled rows the model did not train on
+                                  max_ece:float=0.05, # calibration error above which the estimate cannot be trusted
+                                  prior:pd.DataFrame|None=None, # labelled rows before the window (calibration)
+                                  previous:pd.DataFrame|None=None, # scored rows of the previous monitored window
+                                  errors=None, # regression: the version's error model (`mlprod.profiles.stored_errors`)
+                                  n_rows:int|None=None, # rows of a streamed window (`labelled` then holds only the labelled ones)
+                                  scores=None, # multiclass, streamed: the labelled rows' class probabilities
+                                 ) -> tuple: # (checks, figures, calibration)
+    "Realized performance, the label-free estimate and the signals of a window: the step shared by `evaluate_window` and `evaluate_batch_window`."
+    th, metric = thresholds, metric or 'roc_auc'
+    cal = window_calibration(model, profile, holdout, prior, th.min_rows, reference)
+    train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
+    rc, rf = realized_checks(model, labelled, metric, th, *_baseline(model, metric, cal), train_metric, n_rows=n_rows, scores=scores)
+    ec, ef = estimated_checks(model, rows, cal, metric, th, max_ece, profile.calibration)
+    sc, sf = signal_checks(rows, model, profile, th, previous=previous, holdout=holdout, errors=errors, reference=reference)
+    return rc + ec + sc, {**rf, **ef, 'version': str(model.version), **sf}, cal
+
 # %% ../nbs/06_monitor.ipynb #22d9bbf6
 def evaluate_window(window:Window, # from `load_window` (or built by hand)
                     model, # the version (`mlprod.registry.LoadedModel`)
@@ -1151,17 +1185,11 @@ def evaluate_window(window:Window, # from `load_window` (or built by hand)
     current = scored_rows(window, model, ref)
     n = figures['rows'] = len(current)
     checks += (dq := data_quality_checks(current, model.schema, th)); figures['unseen_share'] = dq[0].observed
-    drift, pdrift = window_drift(profile, current, th)
-    checks += drift_checks(drift, th, pdrift, thresholds_note(profile, th))
-    figures.update(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
-    if n < th.min_rows: notes.append(f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy")
-    cal = window_calibration(model, profile, holdout, window.prior, th.min_rows, ref)
-    metric = metric or 'roc_auc'
-    train_metric = profile.meta.get('calibration', {}).get('metric') if metric == 'roc_auc' else None
-    rc, rf = realized_checks(model, current, metric, th, *_baseline(model, metric, cal), train_metric)
-    ec, ef = estimated_checks(model, current, cal, metric, th, max_ece, profile.calibration)
-    checks += rc + ec; figures.update(**rf, **ef, version=str(model.version))
-    sc, sf = signal_checks(current, model, profile, th, previous=window.previous, holdout=holdout, errors=errors, reference=ref); checks += sc; figures.update(sf)
+    dc, dfig, dnotes, drift, pdrift = window_drift_checks(profile, current, th)
+    checks += dc; figures.update(dfig); notes += dnotes
+    pc, pfig, cal = performance_and_signal_checks(model, profile, th, current, current, metric=metric, reference=ref, holdout=holdout,
+                                                  max_ece=max_ece, prior=window.prior, previous=window.previous, errors=errors)
+    checks += pc; figures.update(pfig)
     checks, figures['verdict_driver'], figures['verdict_reason'] = decide_verdict(checks)
     return MonitorResult(window.model, str(model.version), window.alias, window.start, window.end, window.source,
                          Checks(f"Monitor {window.model} v{model.version}", checks), figures, drift, pdrift, cal,
