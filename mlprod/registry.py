@@ -338,8 +338,6 @@ def holdout_metrics(model, # the fitted model (scikit-learn API; a `PositiveScor
     return out
 
 # %% ../nbs/02_registry.ipynb #4a4300d2
-from .profiles import store_profile
-
 def register(model, # fitted model: scikit-learn API (predict_proba for binary and multiclass, predict for regression)
              name:str, # registered model name
              train_df:pd.DataFrame, # the training data: features, target and time column
@@ -392,7 +390,9 @@ def register(model, # fitted model: scikit-learn API (predict_proba for binary a
     mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id, tags=tags,
                                      description=description or None, model_id=getattr(info, 'model_id', None))
     log.info('registered %s version %s in %.1f s', name, mv.version, time.perf_counter() - t0)
-    if holdout is not None: store_profile(load(name, mv.version, cfg), cfg, holdout)  # the monitoring profile, stored with the version
+    if holdout is not None:  # profiles (drift, scipy: ~0.5 s) imported only when a holdout asks for one, not by every command
+        from mlprod.profiles import store_profile
+        store_profile(load(name, mv.version, cfg), cfg, holdout)  # the monitoring profile, stored with the version
     return _version_info(client.get_model_version(name, mv.version))
 
 # %% ../nbs/02_registry.ipynb #dfe33cfb
