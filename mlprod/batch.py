@@ -20,12 +20,13 @@ from .serve import RowValidator, Served, prepare, violation_dict
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
-           'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes', 'encode_frame', 'id_text',
-           'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult',
-           'input_format', 'input_columns', 'coerce_numeric', 'input_batches', 'temp_path', 'commit_file',
-           'rejects_path', 'peak_mb', 'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
+__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ESTIMATOR_PROOF_ROWS', 'BatchError', 'proba_column',
+           'output_columns', 'label_type', 'output_schema', 'rejects_schema', 'batch_model', 'valid_row',
+           'suspect_mask', 'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys',
+           'category_codes', 'encode_frame', 'id_text', 'event_times', 'score_frame', 'compiled_dir', 'served_kind',
+           'batch_predictor', 'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_batches',
+           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local', 'parquet_drift', 'WindowProfile',
+           'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -353,6 +354,7 @@ def compiled_dir() -> Path:
     return Path(os.environ.get('MLPROD_COMPILED_DIR') or Path(tempfile.gettempdir())/'mlprod-compiled')
 
 _PREDICTORS = {}
+ESTIMATOR_PROOF_ROWS = 5_000 # reference rows proving a forest or histogram boosting (the served walk of the reference is the slow side)
 
 def served_kind(served:Served, # `batch_model(...)`
                 why:str) -> str: # why the compiled trees do not score
@@ -377,15 +379,20 @@ def batch_predictor(served:Served, # `batch_model(...)`
     return got
 
 def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tuple:
-    from mlprod.optimize import OptimizeError, compiled_predictor, proof_matrix
-    from mlprod.scoring import split_model
+    from mlprod.optimize import OptimizeError, compiled_predictor, estimator_predictor, proof_matrix
+    from mlprod.scoring import split_model, ForestPredictor, HistPredictor
     sc, loaded = served.scorer, served.loaded
-    if not isinstance(sc, CompiledModel) or sc.estimator not in ('LGBMClassifier', 'LGBMRegressor'):
-        return None, served_kind(served, 'compiled trees: LightGBM models only')
-    try: p = compiled_predictor(split_model(loaded.model)[1], proof_matrix(loaded, sc.encoder, proof_rows), cache_dir or compiled_dir(), threads, tol)
+    if not isinstance(sc, CompiledModel): return None, served_kind(served, 'compiled trees: LightGBM models only')
+    try:
+        if sc.estimator in ('LGBMClassifier', 'LGBMRegressor'):
+            p = compiled_predictor(split_model(loaded.model)[1], proof_matrix(loaded, sc.encoder, proof_rows), cache_dir or compiled_dir(), threads, tol)
+        elif isinstance(sc.predictor, (ForestPredictor, HistPredictor)):  # node arrays: built for a few rows (see `estimator_predictor`)
+            P = proof_matrix(loaded, sc.encoder, min(proof_rows, ESTIMATOR_PROOF_ROWS))
+            p = estimator_predictor(split_model(loaded.model)[1], P, sc.predictor.raw(P), tol, threads)
+        else: return None, served_kind(served, 'vectorized for many rows already')
     except OptimizeError as e:
-        log.warning('%s v%s: scoring with the served scorer, not the compiled trees: %s', loaded.name, loaded.version, e)
-        return None, served_kind(served, f"compiled trees refused: {e}")
+        log.warning('%s v%s: scoring with the served scorer, not %s: %s', loaded.name, loaded.version, 'the compiled trees' if 'LGBM' in sc.estimator else "the estimator's own methods", e)
+        return None, served_kind(served, f"{'compiled trees' if 'LGBM' in sc.estimator else 'estimator'} refused: {e}")
     return p, p.describe()
 
 # %% ../nbs/05e_batch.ipynb #5e65019e

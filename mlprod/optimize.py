@@ -23,7 +23,7 @@ __all__ = ['log', 'BACKENDS', 'OptimizeError', 'UnsupportedModelError', 'encode'
            'build_lightgbm_numpy', 'build_onnx', 'build_compiled_trees', 'register_backend', 'edge_rows', 'Equivalence',
            'check_equivalence', 'measure_latency', 'BackendResult', 'OptimizationResult', 'optimize_model', 'optimize',
            'PredictorMismatch', 'scoring_threads', 'CompiledPredictor', 'compile_lleaves', 'compiled_predictor',
-           'proof_matrix', 'cmd_optimize']
+           'proof_matrix', 'EstimatorPredictor', 'encoded_estimator', 'estimator_predictor', 'cmd_optimize']
 
 # %% ../nbs/04_optimize.ipynb #6f6e9998
 class OptimizeError(MlprodError):
@@ -652,6 +652,61 @@ def proof_matrix(loaded, # a `mlprod.registry.LoadedModel`
     n_probe = len(next(iter(probes.values()))) if probes else 0
     cols = {c: ref[c].astype(object).where(ref[c].notna(), None).tolist() + list(probes.get(c, [])) for c in feats}
     return encoder.matrix(cols, len(ref) + n_probe)
+
+# %% ../nbs/04_optimize.ipynb #046ccb1c
+@dataclass
+class EstimatorPredictor:
+    "The fitted final scikit-learn estimator's own vectorized methods on encoded rows, proven equal to the served scorer."
+    est:Any # the pipeline's last step
+    classifier:bool
+    threads:int # joblib threads of a forest's trees (histogram boosting uses its own OpenMP threads)
+    max_abs_diff:float # largest |estimator - served scorer| on the proof rows
+    proof_rows:int # rows of that proof
+    prove_s:float # seconds the proof took
+    kind:str = 'estimator'
+    def raw(self, X:np.ndarray) -> np.ndarray:
+        "Probabilities (n × k, classifiers, in `est.classes_` order) or predictions (regressors) of a float64 matrix."
+        import warnings
+        from joblib import parallel_config
+        with warnings.catch_warnings(), parallel_config(n_jobs=self.threads, prefer='threads'):
+            warnings.filterwarnings('ignore', message='X does not have valid feature names')  # fitted on a DataFrame: same columns, in order
+            p = self.est.predict_proba(X) if self.classifier else self.est.predict(X)
+        return np.asarray(p, dtype=np.float64)
+    def describe(self) -> str:
+        "One line for logs and results."
+        how = 'predict_proba' if self.classifier else 'predict'
+        return (f"{self.kind} ({type(self.est).__name__}.{how} on the encoded rows, {self.threads} threads, "
+                f"max |diff| {self.max_abs_diff:.1e} against the served scorer on {self.proof_rows:,} proof rows)")
+
+# %% ../nbs/04_optimize.ipynb #149e14eb
+def encoded_estimator(est): # the fitted final estimator
+    "The estimator that reads the encoder's rows: `est`, or a shallow copy without the inner preprocessing the encoder already applied."
+    import copy
+    if getattr(est, '_preprocessor', None) is None: return est
+    out = copy.copy(est); out._preprocessor = None
+    return out
+
+# %% ../nbs/04_optimize.ipynb #b66ba086
+def estimator_predictor(est, # the fitted final estimator (the pipeline's last step)
+                        proof:np.ndarray, # encoded rows to prove it on (e.g. `proof_matrix`)
+                        reference:np.ndarray, # the served scorer's scores of `proof` (`CompiledModel.predictor.raw`)
+                        tol:float=1e-9, # largest |estimator - reference| allowed
+                        threads:int|None=None) -> EstimatorPredictor: # `scoring_threads`
+    "`est`'s own vectorized methods, proven equal to `reference` on `proof`, or `PredictorMismatch`."
+    from sklearn.base import is_classifier
+    classifier = is_classifier(est)
+    if not hasattr(est, 'predict_proba' if classifier else 'predict'):
+        raise UnsupportedModelError(f"model: final estimator {type(est).__name__} has no {'predict_proba' if classifier else 'predict'}; allowed: a fitted scikit-learn estimator")
+    t = time.perf_counter()
+    p = EstimatorPredictor(encoded_estimator(est), classifier, scoring_threads(threads), float('nan'), len(proof), 0.0)
+    P, ref = np.ascontiguousarray(proof, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    try: got = p.raw(P) if len(P) else np.zeros(0)
+    except Exception as e: raise PredictorMismatch(f"predictor: {type(est).__name__} failed on the encoded proof rows ({type(e).__name__}: {e}); allowed: an estimator that reads the encoded matrix", float('inf')) from None
+    diff = float(np.max(np.abs(got.reshape(ref.shape) - ref))) if len(P) and got.size == ref.size else float('inf')
+    if not len(P) or not diff <= tol:
+        raise PredictorMismatch(f"predictor: got max |{type(est).__name__} - served scorer| = {diff:.3g} on {len(P):,} proof rows; allowed: at most {tol:g} on at least one row", diff)
+    p.max_abs_diff, p.prove_s = diff, time.perf_counter() - t
+    return p
 
 # %% ../nbs/04_optimize.ipynb #c45086db
 def cmd_optimize(name:str, # registered model name
