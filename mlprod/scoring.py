@@ -595,21 +595,22 @@ def capabilities(model, # the fitted model (Pipeline or estimator)
                  categorical:Sequence[str]=(), # which of them are categorical
                  schema=None) -> ModelCapabilities: # a `mlprod.data.Schema` for the base row's values
     "Whether the fitted model scores unseen categories and missing values, column by column, asked of the model itself."
+    from threadpoolctl import threadpool_limits
     pre, est = split_model(model)
     cats = encoder_categories(pre) if pre is not None else {}
     base = {c: [v[0]] for c, v in probe_rows(features, categorical, schema, cats).items()}
     predict = getattr(model, 'predict_proba', None) or model.predict
-    def ask(c, v):
-        try:
-            predict(frame_of(base | {c: [v]}, features, categorical)); return True, ''
+    questions = [(c, what, v) for c in features for what, v in (('unseen', UNSEEN), ('missing', None)) if what == 'missing' or c in categorical]
+    def ask(rows:list):
+        try: predict(frame_of({c: [(v if c == q else base[c][0]) for q, _, v in rows] for c in features}, features, categorical)); return True, ''
         except Exception as e: return False, f"{type(e).__name__}: {str(e)[:160]}"
+    with threadpool_limits(1):  # a few rows: OpenMP threads would only add their start-up, once per call
+        every, _ = ask(questions)  # one call for all questions; only when the model refuses one, one call each to find which
+        answers = {(c, what): (True, '') if every else ask([(c, what, v)]) for c, what, v in questions}
     unseen, missing, reasons = {}, {}, {}
-    for c in features:
-        for what, v, out in (('unseen', UNSEEN, unseen), ('missing', None, missing)):
-            if what == 'unseen' and c not in categorical: continue
-            ok, err = ask(c, v)
-            out[c] = ok
-            reasons[(c, what)] = (f"scored by {_steps_reading(pre, est, c)}" if ok else f"refused by the fitted model ({err})")
+    for (c, what), (ok, err) in answers.items():
+        (unseen if what == 'unseen' else missing)[c] = ok
+        reasons[(c, what)] = (f"scored by {_steps_reading(pre, est, c)}" if ok else f"refused by the fitted model ({err})")
     return ModelCapabilities(unseen, missing, reasons)
 
 # %% ../nbs/01b_scoring.ipynb #8e349a06
