@@ -57,7 +57,7 @@ sync: $(STAMP)
 # documentation site in _docs/ from nbs/, nbs/tutorials/, runbooks/ and README (docs/about.md says how and why)
 .PHONY: docs
 docs: $(STAMP)
-	$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/python -m pip install -q "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10"
+	$(BIN)/python -c "import mkdocs, material, latex2mathml" 2>/dev/null || $(BIN)/python -m pip install -q "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10" "latex2mathml>=3.77"
 	$(BIN)/python docs/build.py $(DOCS_ARGS)
 
 clean:

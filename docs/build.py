@@ -200,13 +200,28 @@ def notebook_markdown(path: Path, lib: str, assets: Path, index: dict | None = N
     parts = []
     for c in proc.nb.cells:
         if getattr(c, 'api_', None): parts.append(c.api_); continue
-        if c.cell_type == 'markdown': parts.append(link_symbols(c.source, index, page) if index else c.source); continue
+        if c.cell_type == 'markdown': parts.append(math_markdown(link_symbols(c.source, index, page) if index else c.source)); continue
         if c.cell_type != 'code': continue
         d = c.directives_
         if d.get('echo', ['true'])[0].lower() != 'false' and c.source.strip(): parts.append(_fence(c.source.strip('\n'), 'python'))
         if d.get('output', ['true'])[0].lower() != 'false':
             parts += [output_markdown(o, assets, path.stem, f'{c.idx_}-{i}') for i, o in enumerate(c.get('outputs', []))]
     return '\n\n'.join(p for p in parts if p.strip()) + '\n'
+
+
+_MATH = re.compile(r'(```.*?```|`[^`\n]*`)|\$\$(.+?)\$\$|(?<![\\$\w])\$([^$\n]+?)\$(?![\w$])', re.S)
+
+
+def math_markdown(md: str) -> str:
+    "LaTeX in prose (`$x$`, `$$x$$`) as MathML, which browsers draw themselves: no script, no font download, no network; code is left alone."
+    from latex2mathml.converter import convert
+    def one(m):
+        if m.group(1): return m.group(1)
+        tex, block = (m.group(2), True) if m.group(2) is not None else (m.group(3), False)
+        try: out = convert(tex.strip(), display='block' if block else 'inline')
+        except Exception as e: raise DocsError(f'math: got {tex.strip()[:80]!r}, which latex2mathml cannot read ({e}); allowed: LaTeX it converts') from None
+        return f'\n\n<div class="math">{out}</div>\n\n' if block else out
+    return _MATH.sub(one, md)
 
 
 def _title(md: str, default: str) -> str:

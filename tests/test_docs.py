@@ -133,3 +133,20 @@ def test_search_works_from_disk(docs_site, page):
     page.wait_for_load_state('load')
     assert 'rollback' in page.url
     assert page.errors == [] and page.foreign == []
+
+
+def test_math_is_drawn_by_the_browser_offline(docs_site, page):
+    "LaTeX in the notebooks' prose reaches the site as MathML (no MathJax, no CDN): drawn with a size, no raw `$\\alpha$` left."
+    import sys
+    sys.path.insert(0, str(ROOT/'docs'))
+    from build import math_markdown
+    md = math_markdown('level $\\alpha/2$, `$HOME` and $5 to $10 stay\n\n$$P(x) \\ge 1-\\alpha$$')
+    assert md.count('<math') == 2 and '`$HOME`' in md and '$5 to $10' in md and 'display="block"' in md
+    html_ = (docs_site/'api'/'sequential.html').read_text(encoding='utf-8')
+    assert html_.count('<math') > 20 and '$\\alpha' not in html_ and '\\theta' not in html_
+    page.goto((docs_site/'api'/'sequential.html').as_uri(), wait_until='load')
+    box = page.locator('div.math math').first.bounding_box()
+    assert box and box['width'] > 100 and box['height'] > 10, box  # laid out as a formula, not an empty element
+    page.locator('div.math').first.scroll_into_view_if_needed()
+    shot(page, 'docs_math.png')
+    assert page.errors == [] and page.foreign == []
