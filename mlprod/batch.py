@@ -25,9 +25,9 @@ __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'BatchError'
            'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes', 'encode_frame', 'id_text',
            'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult',
            'input_format', 'input_columns', 'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches',
-           'arrow_numbers', 'arrow_categories', 'arrow_reasons', 'arrow_times', 'arrow_ids', 'encode_arrow',
-           'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local',
-           'parquet_drift', 'WindowProfile', 'round_significant']
+           'arrow_numbers', 'arrow_categories', 'arrow_reasons', 'pandas_extension_columns', 'arrow_times', 'arrow_ids',
+           'encode_arrow', 'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
+           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -537,7 +537,7 @@ def input_batches(path, # Parquet file or folder, or CSV file
     total, parts = input_record_batches(path, columns, chunk_rows, categorical)
     return total, (batch_frame(b, start, numeric) for start, b in parts)
 
-# %% ../nbs/05e_batch.ipynb #831f77a8
+# %% ../nbs/05e_batch.ipynb #3a5bec88
 def arrow_numbers(a) -> tuple|None:
     "(float64 values, NaN where missing; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
     import pyarrow as pa
@@ -556,7 +556,7 @@ def arrow_categories(a) -> tuple|None:
     idx = a.indices if not a.null_count else pc.fill_null(a.indices, -1)
     return a.dictionary.to_pylist(), idx.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
 
-# %% ../nbs/05e_batch.ipynb #576038cb
+# %% ../nbs/05e_batch.ipynb #18916f49
 def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:np.ndarray, out:dict, cache:dict):
     "`reject_reasons` of a dictionary-encoded column: each dictionary entry, and the missing value, judged once."
     known = None if col.categories is None else set(col.categories)
@@ -592,32 +592,47 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #a8733f74
-def arrow_times(a, # the time column of a record batch
-                name:str, # its name
+# %% ../nbs/05e_batch.ipynb #d888f002
+def pandas_extension_columns(schema) -> set:
+    "Columns that `to_pandas` turns into pandas extension types (nullable `Int64`, `string`, ...) by the pandas metadata of `schema` (a file written from pandas)."
+    out = set()
+    for c in (schema.pandas_metadata or {}).get('columns', []):
+        try: ext = isinstance(pd.api.types.pandas_dtype(c.get('numpy_type')), pd.api.extensions.ExtensionDtype)
+        except (TypeError, ValueError): ext = True  # a type pandas does not name: not decided here
+        if ext: out.add(c.get('name'))
+    return out
+
+def _pandas_column(batch, name:str) -> pd.Series:
+    "Column `name` of the pandas form of `batch` (`batch_frame`), metadata and all."
+    return batch.select([name]).to_pandas()[name]
+
+def arrow_times(batch, # a record batch
+                name:str, # its time column
                 time_unit:str='s') -> tuple: # unit of numbers (`event_times`)
-    "(UTC timestamps as an Arrow `timestamp('us', 'UTC')` array, {row: (column, reasons, value)}) as `event_times` reads the pandas form of `a`: Arrow timestamps cast as they are, anything else through `event_times`."
-    import pyarrow as pa, pyarrow.compute as pc
-    ts = pa.timestamp('us', tz='UTC')
-    if pa.types.is_timestamp(a.type) and a.type.unit in ('s', 'ms', 'us'):  # exact in microseconds; naive times are UTC, as `event_times` reads them
-        t, bad = a.cast(ts), {}
+    "(UTC timestamps as an Arrow `timestamp('us', 'UTC')` array, {row: (column, reasons, value)}) as `event_times` reads the pandas form: Arrow timestamps cast as they are, anything else through `event_times`."
+    import pyarrow as pa
+    a, ts = batch.column(name), pa.timestamp('us', tz='UTC')
+    if pa.types.is_timestamp(a.type) and a.type.unit in ('s', 'ms', 'us') and name not in pandas_extension_columns(batch.schema):
+        t, bad = a.cast(ts), {}  # exact in microseconds; naive times are UTC, as `event_times` reads them
         if a.null_count:
             pos = np.flatnonzero(a.is_null().to_numpy(zero_copy_only=False))
             s = a.take(pa.array(pos)).to_pandas().rename(name)
             bad = {int(pos[i]): (name, r, _plain(s.iloc[i])) for i, r in event_times(s, time_unit)[1].items()}
         return t, bad
-    s = a.to_pandas().rename(name)  # epoch numbers, text, nanoseconds: the pandas rules themselves
+    s = _pandas_column(batch, name)  # epoch numbers, text, nanoseconds: the pandas rules themselves
     t, bad = event_times(s, time_unit)
     return pa.Array.from_pandas(t.astype('datetime64[us, UTC]'), type=ts), {i: (name, r, _plain(s.iloc[i])) for i, r in bad.items()}
 
-def arrow_ids(a) -> 'pyarrow.Array':
-    "`id_text` of the pandas form of `a` as an Arrow string array: text, and integers without missing values, cast by Arrow; anything else through `id_text`."
+def arrow_ids(batch, # a record batch
+              name:str) -> 'pyarrow.Array': # its id column
+    "`id_text` of the pandas form of the column as an Arrow string array: text, and integers without missing values, cast by Arrow; anything else through `id_text`."
     import pyarrow as pa, pyarrow.compute as pc
-    t = a.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or (pa.types.is_integer(t) and not a.null_count): return pc.cast(a, pa.string())
-    return pa.array(id_text(a.to_pandas()).to_numpy(), type=pa.string())  # e.g. integers with missing values: pandas made them floats ('3.0')
+    a = batch.column(name); t = a.type
+    if name not in pandas_extension_columns(batch.schema) and (pa.types.is_string(t) or pa.types.is_large_string(t) or (pa.types.is_integer(t) and not a.null_count)):
+        return pc.cast(a, pa.string())
+    return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
 
-# %% ../nbs/05e_batch.ipynb #4f11537d
+# %% ../nbs/05e_batch.ipynb #5a8567dd
 def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  cols:dict, # the checked columns of `arrow_reasons`
                  n_rows:int, # rows in those columns
@@ -636,7 +651,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
-# %% ../nbs/05e_batch.ipynb #52b1adde
+# %% ../nbs/05e_batch.ipynb #fac21ecf
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
                 start:int=0, # input row number of its first row
@@ -654,21 +669,22 @@ def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
     sc, loaded, m = served.scorer, served.loaded, batch.num_rows
     trees = (predictor or sc.predictor) if isinstance(sc, CompiledModel) else None
     if trees is None or any(c and c not in batch.schema.names for c in (id_column, time_column)): return None
+    if pandas_extension_columns(batch.schema) & set(served.validator.names): return None  # e.g. nullable Int64 features: pandas' own types
     if (checked := arrow_reasons(served.validator, batch, base, cache)) is None: return None
     reasons, cols = checked
     if any(p.column not in cols for p in sc.encoder.plans): return None
     if time_column:
-        times, bad_t = arrow_times(batch.column(time_column), time_column, time_unit)
+        times, bad_t = arrow_times(batch, time_column, time_unit)
         for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
     keep = np.setdiff1d(np.arange(m), list(reasons)) if reasons else None
     n = m if keep is None else len(keep)
     schema = output_schema(loaded, id_column, time_column)
     rows = pd.RangeIndex(start, start + m)  # the input row numbers, as `batch_frame` indexes the chunk
-    rej = _reject_frame(pd.DataFrame({id_column: batch.column(id_column).to_pandas().set_axis(rows)} if id_column and reasons else {}, index=rows), reasons, id_column)
+    rej = _reject_frame(pd.DataFrame({id_column: _pandas_column(batch, id_column).set_axis(rows)} if id_column and reasons else {}, index=rows), reasons, id_column)
     if n == 0: return schema.empty_table(), rej
     P = trees.raw(encode_arrow(sc.encoder, cols, m, keep, out))
     preds, P = (P.ravel(), None) if served.task == 'regression' else _from_raw(served, P, list(sc.classes), n)
-    arrays = [arrow_ids(batch.column(id_column))] if id_column else []
+    arrays = [arrow_ids(batch, id_column)] if id_column else []
     arrays.append(pa.array(np.ascontiguousarray(preds) if preds.dtype != object else preds, type=schema.field('prediction').type))
     arrays += [pa.array(np.ascontiguousarray(P[:, j])) for j in range(P.shape[1] if P is not None else 0)]
     arrays += [pa.repeat(pa.scalar(str(served.version), pa.string()), n), pa.repeat(scored_stamp(scored_at), n)]
@@ -765,7 +781,7 @@ class _Writers:
         else: self.tmp.unlink(missing_ok=True)
         return str(self.rejects) if self.rwriter is not None else None
 
-# %% ../nbs/05e_batch.ipynb #e24a465e
+# %% ../nbs/05e_batch.ipynb #6a5fc357
 class _Ahead:
     "Iterate `items` in a background thread, at most `depth` items ahead; an error of the thread is raised by the iteration."
     def __init__(self, items, depth:int=2):
@@ -828,7 +844,7 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
     return BatchError(f"max_reject_share: got {n_rejected:,} rejected {seen} ({n_rejected / n:.2%}); allowed: at most {share:.2%}. "
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
-# %% ../nbs/05e_batch.ipynb #46d77e21
+# %% ../nbs/05e_batch.ipynb #1891ad11
 def _score_batches(served:Served, batches, w:_Writers, total:int|None, share:float|None, chunk_rows:int, progress:bool, kw:dict) -> tuple:
     "(rows read, rows rejected, None or the reject-threshold failure): read ahead, score here (`score_batch`, else `score_frame` of that chunk), write behind."
     import pyarrow as pa
