@@ -537,16 +537,19 @@ def input_batches(path, # Parquet file or folder, or CSV file
     total, parts = input_record_batches(path, columns, chunk_rows, categorical)
     return total, (batch_frame(b, start, numeric) for start, b in parts)
 
-# %% ../nbs/05e_batch.ipynb #3a5bec88
-def arrow_numbers(a) -> tuple|None:
+# %% ../nbs/05e_batch.ipynb #5714ac31
+def arrow_numbers(a, # an Arrow array
+                  out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches for values Arrow does not hold as float64
     "(float64 values, NaN where missing; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
     import pyarrow as pa
-    t = a.type
-    if pa.types.is_integer(t):
-        if a.null_count: return a.to_numpy(zero_copy_only=False), None  # float64 with NaN, as pandas reads it
-        ints = a.to_numpy(); return ints.astype('float64'), ints
-    if pa.types.is_float32(t) or pa.types.is_float64(t): return a.to_numpy(zero_copy_only=False).astype('float64', copy=False), None
-    return None
+    t, n = a.type, len(a)
+    if pa.types.is_float64(t): return a.to_numpy(zero_copy_only=False), None  # no copy without missing values
+    if not (pa.types.is_integer(t) or pa.types.is_float32(t)): return None
+    if pa.types.is_integer(t) and a.null_count: return a.to_numpy(zero_copy_only=False), None  # float64 with NaN, as pandas reads it
+    raw = a.to_numpy(zero_copy_only=False)
+    x = out[:n] if out is not None and len(out) >= n else np.empty(n)
+    x[:] = raw  # the cast of `astype('float64')`
+    return x, (raw if pa.types.is_integer(t) else None)
 
 def arrow_categories(a) -> tuple|None:
     "(the dictionary's entries as a list of `str`, each row's entry position, -1 where missing) of a dictionary-encoded text array, or None for any other array."
@@ -556,7 +559,7 @@ def arrow_categories(a) -> tuple|None:
     idx = a.indices if not a.null_count else pc.fill_null(a.indices, -1)
     return a.dictionary.to_pylist(), idx.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
 
-# %% ../nbs/05e_batch.ipynb #18916f49
+# %% ../nbs/05e_batch.ipynb #83e686c2
 def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:np.ndarray, out:dict, cache:dict):
     "`reject_reasons` of a dictionary-encoded column: each dictionary entry, and the missing value, judged once."
     known = None if col.categories is None else set(col.categories)
@@ -574,7 +577,7 @@ def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:
 def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(...).validator`)
                   batch, # an Arrow record batch holding every contract column
                   base:dict|None=None, # a valid row (default `valid_row(validator)`)
-                  cache:dict|None=None) -> tuple|None: # column → {value key: reasons}, kept across the batches of a run
+                  cache:dict|None=None) -> tuple|None: # column → {value key: reasons}, and the number buffers, kept across the batches of a run
     "(`reject_reasons` of the pandas form of `batch`, column → ('numeric', values, ints) or ('categorical', entries, positions)), or None when a column is not plain numbers or dictionary-encoded text."
     base, cache, out, cols = base or valid_row(validator), {} if cache is None else cache, {}, {}
     names = set(batch.schema.names)
@@ -582,7 +585,9 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
         if col.name not in names: return None
         a, seen = batch.column(col.name), cache.setdefault(col.name, {})
         if col.kind == 'numeric':
-            if (got := arrow_numbers(a)) is None: return None
+            buf = cache.get(('float64', col.name))
+            if buf is None or len(buf) < len(a): buf = cache[('float64', col.name)] = np.empty(len(a))
+            if (got := arrow_numbers(a, buf)) is None: return None
             x, ints = got; cols[col.name] = ('numeric', x, ints)
             pos = np.flatnonzero(suspect_mask(col, pd.Series(x, copy=False)))
             if len(pos): _judge(validator, base, col.name, pos.tolist(), (ints if ints is not None else x)[pos].tolist(), out, seen)
@@ -592,7 +597,7 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #d888f002
+# %% ../nbs/05e_batch.ipynb #7abbcdc5
 def pandas_extension_columns(schema) -> set:
     "Columns that `to_pandas` turns into pandas extension types (nullable `Int64`, `string`, ...) by the pandas metadata of `schema` (a file written from pandas)."
     out = set()
@@ -632,7 +637,7 @@ def arrow_ids(batch, # a record batch
         return pc.cast(a, pa.string())
     return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
 
-# %% ../nbs/05e_batch.ipynb #5a8567dd
+# %% ../nbs/05e_batch.ipynb #a5f6d256
 def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  cols:dict, # the checked columns of `arrow_reasons`
                  n_rows:int, # rows in those columns
@@ -651,7 +656,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
-# %% ../nbs/05e_batch.ipynb #fac21ecf
+# %% ../nbs/05e_batch.ipynb #b976ba29
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
                 start:int=0, # input row number of its first row
@@ -781,7 +786,7 @@ class _Writers:
         else: self.tmp.unlink(missing_ok=True)
         return str(self.rejects) if self.rwriter is not None else None
 
-# %% ../nbs/05e_batch.ipynb #6a5fc357
+# %% ../nbs/05e_batch.ipynb #e994ae13
 class _Ahead:
     "Iterate `items` in a background thread, at most `depth` items ahead; an error of the thread is raised by the iteration."
     def __init__(self, items, depth:int=2):
@@ -844,7 +849,7 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
     return BatchError(f"max_reject_share: got {n_rejected:,} rejected {seen} ({n_rejected / n:.2%}); allowed: at most {share:.2%}. "
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
-# %% ../nbs/05e_batch.ipynb #1891ad11
+# %% ../nbs/05e_batch.ipynb #29cf5aec
 def _score_batches(served:Served, batches, w:_Writers, total:int|None, share:float|None, chunk_rows:int, progress:bool, kw:dict) -> tuple:
     "(rows read, rows rejected, None or the reject-threshold failure): read ahead, score here (`score_batch`, else `score_frame` of that chunk), write behind."
     import pyarrow as pa
