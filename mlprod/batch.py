@@ -20,14 +20,15 @@ from .serve import RowValidator, Served, prepare, violation_dict
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'BatchError', 'proba_column', 'output_columns', 'label_type',
-           'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask', 'reject_reasons',
-           'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes', 'encode_frame', 'id_text',
-           'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult',
-           'input_format', 'input_columns', 'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches',
-           'arrow_numbers', 'arrow_categories', 'arrow_reasons', 'pandas_extension_columns', 'arrow_times', 'arrow_ids',
-           'encode_arrow', 'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb',
-           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
+__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ARROW_POOLS', 'BatchError', 'proba_column', 'output_columns',
+           'label_type', 'output_schema', 'rejects_schema', 'batch_model', 'valid_row', 'suspect_mask',
+           'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys', 'category_codes',
+           'encode_frame', 'id_text', 'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor',
+           'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_record_batches', 'batch_frame',
+           'input_batches', 'arrow_numbers', 'arrow_categories', 'arrow_reasons', 'pandas_extension_columns',
+           'arrow_times', 'arrow_ids', 'encode_arrow', 'score_batch', 'scored_stamp', 'temp_path', 'commit_file',
+           'rejects_path', 'peak_mb', 'arrow_memory_pool', 'score_local', 'parquet_drift', 'WindowProfile',
+           'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -537,7 +538,7 @@ def input_batches(path, # Parquet file or folder, or CSV file
     total, parts = input_record_batches(path, columns, chunk_rows, categorical)
     return total, (batch_frame(b, start, numeric) for start, b in parts)
 
-# %% ../nbs/05e_batch.ipynb #5714ac31
+# %% ../nbs/05e_batch.ipynb #21b3dd6f
 def arrow_numbers(a, # an Arrow array
                   out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches for values Arrow does not hold as float64
     "(float64 values, NaN where missing; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
@@ -559,7 +560,7 @@ def arrow_categories(a) -> tuple|None:
     idx = a.indices if not a.null_count else pc.fill_null(a.indices, -1)
     return a.dictionary.to_pylist(), idx.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
 
-# %% ../nbs/05e_batch.ipynb #83e686c2
+# %% ../nbs/05e_batch.ipynb #00255176
 def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:np.ndarray, out:dict, cache:dict):
     "`reject_reasons` of a dictionary-encoded column: each dictionary entry, and the missing value, judged once."
     known = None if col.categories is None else set(col.categories)
@@ -597,7 +598,7 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #7abbcdc5
+# %% ../nbs/05e_batch.ipynb #8d63f467
 def pandas_extension_columns(schema) -> set:
     "Columns that `to_pandas` turns into pandas extension types (nullable `Int64`, `string`, ...) by the pandas metadata of `schema` (a file written from pandas)."
     out = set()
@@ -637,7 +638,7 @@ def arrow_ids(batch, # a record batch
         return pc.cast(a, pa.string())
     return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
 
-# %% ../nbs/05e_batch.ipynb #a5f6d256
+# %% ../nbs/05e_batch.ipynb #42ed0abc
 def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  cols:dict, # the checked columns of `arrow_reasons`
                  n_rows:int, # rows in those columns
@@ -656,7 +657,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
-# %% ../nbs/05e_batch.ipynb #b976ba29
+# %% ../nbs/05e_batch.ipynb #f1e6471f
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
                 start:int=0, # input row number of its first row
@@ -786,7 +787,7 @@ class _Writers:
         else: self.tmp.unlink(missing_ok=True)
         return str(self.rejects) if self.rwriter is not None else None
 
-# %% ../nbs/05e_batch.ipynb #e994ae13
+# %% ../nbs/05e_batch.ipynb #50e50ef7
 class _Ahead:
     "Iterate `items` in a background thread, at most `depth` items ahead; an error of the thread is raised by the iteration."
     def __init__(self, items, depth:int=2):
@@ -849,7 +850,25 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
     return BatchError(f"max_reject_share: got {n_rejected:,} rejected {seen} ({n_rejected / n:.2%}); allowed: at most {share:.2%}. "
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
-# %% ../nbs/05e_batch.ipynb #29cf5aec
+# %% ../nbs/05e_batch.ipynb #84a42047
+import contextlib
+
+ARROW_POOLS = ('jemalloc', 'mimalloc', 'system') # pyarrow memory pools a run can use (`arrow_memory_pool`)
+
+@contextlib.contextmanager
+def arrow_memory_pool(name:str|None='jemalloc'): # one of `ARROW_POOLS` (None: leave pyarrow's default)
+    "Make `name` pyarrow's default memory pool inside the block (when this pyarrow build has it), then restore the previous one."
+    import pyarrow as pa
+    if name is not None and name not in ARROW_POOLS: raise ConfigError('MLPROD_ARROW_POOL', name, ', '.join(map(repr, ARROW_POOLS)))
+    prev = pa.default_memory_pool()
+    try: pool = getattr(pa, f"{name}_memory_pool")() if name else None
+    except NotImplementedError: pool = None  # a build without it: the default
+    if pool is not None: pa.set_memory_pool(pool)
+    try: yield pa.default_memory_pool()
+    finally:
+        if pool is not None: pa.set_memory_pool(prev)
+
+# %% ../nbs/05e_batch.ipynb #c3dd032d
 def _score_batches(served:Served, batches, w:_Writers, total:int|None, share:float|None, chunk_rows:int, progress:bool, kw:dict) -> tuple:
     "(rows read, rows rejected, None or the reject-threshold failure): read ahead, score here (`score_batch`, else `score_frame` of that chunk), write behind."
     import pyarrow as pa
@@ -913,12 +932,13 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
     cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
     total, batches = input_record_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], chunk_rows, cats)
     predictor, how = batch_predictor(served, cache_dir, threads) if compiled else (None, served_kind(served, 'compiled=False'))
-    w = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column)
     kw = dict(id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor, time_unit=time_unit)
-    try: n, n_rej, err = _score_batches(served, batches, w, total, max_reject_share, chunk_rows, progress, kw)
-    except BaseException:
-        w.close(keep_output=False); raise
-    rpath = w.close(keep_output=err is None)
+    with arrow_memory_pool(os.environ.get('MLPROD_ARROW_POOL', 'jemalloc') or None):  # the reader's, the writers' and the output's buffers
+        w = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column)
+        try: n, n_rej, err = _score_batches(served, batches, w, total, max_reject_share, chunk_rows, progress, kw)
+        except BaseException:
+            w.close(keep_output=False); raise
+        rpath = w.close(keep_output=err is None)
     secs = time.perf_counter() - t0
     res = BatchResult(loaded.name, str(loaded.version), 'local', str(input), str(output) if err is None else '', rpath, n, n - n_rej, n_rej,
                       secs, n / secs if secs else 0.0, peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None),
