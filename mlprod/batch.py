@@ -114,12 +114,12 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 def suspect_mask(col, # a `mlprod.data.ColumnSchema`
-                 values:pd.Series) -> np.ndarray: # the chunk's values of that column
+                 values:pd.Series|np.ndarray) -> np.ndarray: # the chunk's values of that column (numbers: a float64 array will do)
     "Boolean mask of the values that might break the contract of `col` (to be judged by the validator)."
     kind = values.dtype.kind
     if col.kind == 'numeric':
         if kind not in 'fiu': return np.ones(len(values), dtype=bool)
-        x = values.to_numpy(dtype='float64', na_value=np.nan)
+        x = values if isinstance(values, np.ndarray) and values.dtype == np.float64 else values.to_numpy(dtype='float64', na_value=np.nan)
         bad = ~np.isfinite(x)
         if col.nullable: bad &= ~np.isnan(x)
         if col.min is not None: bad |= (x < col.min) | (x > col.max)
@@ -538,19 +538,19 @@ def input_batches(path, # Parquet file or folder, or CSV file
     total, parts = input_record_batches(path, columns, chunk_rows, categorical)
     return total, (batch_frame(b, start, numeric) for start, b in parts)
 
-# %% ../nbs/05e_batch.ipynb #21b3dd6f
+# %% ../nbs/05e_batch.ipynb #ac7be8ab
 def arrow_numbers(a, # an Arrow array
-                  out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches for values Arrow does not hold as float64
-    "(float64 values, NaN where missing; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
+                  out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches (default: new memory)
+    "(float64 values, NaN where missing, as pandas reads them; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
     import pyarrow as pa
     t, n = a.type, len(a)
-    if pa.types.is_float64(t): return a.to_numpy(zero_copy_only=False), None  # no copy without missing values
-    if not (pa.types.is_integer(t) or pa.types.is_float32(t)): return None
-    if pa.types.is_integer(t) and a.null_count: return a.to_numpy(zero_copy_only=False), None  # float64 with NaN, as pandas reads it
-    raw = a.to_numpy(zero_copy_only=False)
+    if not (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)): return None
+    if pa.types.is_float64(t) and not a.null_count: return a.to_numpy(), None  # no copy
+    raw = np.frombuffer(a.buffers()[1], dtype=t.to_pandas_dtype(), count=a.offset + n)[a.offset:] if a.null_count < n else np.zeros(n)
     x = out[:n] if out is not None and len(out) >= n else np.empty(n)
     x[:] = raw  # the cast of `astype('float64')`
-    return x, (raw if pa.types.is_integer(t) else None)
+    if a.null_count: x[a.is_null().to_numpy(zero_copy_only=False)] = np.nan  # what `to_numpy` and pandas put there
+    return x, (raw if pa.types.is_integer(t) and not a.null_count else None)
 
 def arrow_categories(a) -> tuple|None:
     "(the dictionary's entries as a list of `str`, each row's entry position, -1 where missing) of a dictionary-encoded text array, or None for any other array."
@@ -560,7 +560,7 @@ def arrow_categories(a) -> tuple|None:
     idx = a.indices if not a.null_count else pc.fill_null(a.indices, -1)
     return a.dictionary.to_pylist(), idx.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
 
-# %% ../nbs/05e_batch.ipynb #00255176
+# %% ../nbs/05e_batch.ipynb #335b69ec
 def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:np.ndarray, out:dict, cache:dict):
     "`reject_reasons` of a dictionary-encoded column: each dictionary entry, and the missing value, judged once."
     known = None if col.categories is None else set(col.categories)
@@ -590,7 +590,7 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             if buf is None or len(buf) < len(a): buf = cache[('float64', col.name)] = np.empty(len(a))
             if (got := arrow_numbers(a, buf)) is None: return None
             x, ints = got; cols[col.name] = ('numeric', x, ints)
-            pos = np.flatnonzero(suspect_mask(col, pd.Series(x, copy=False)))
+            pos = np.flatnonzero(suspect_mask(col, x))
             if len(pos): _judge(validator, base, col.name, pos.tolist(), (ints if ints is not None else x)[pos].tolist(), out, seen)
         else:
             if (got := arrow_categories(a)) is None: return None
@@ -598,15 +598,21 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #8d63f467
+# %% ../nbs/05e_batch.ipynb #79017a6c
+_EXTENSION_COLUMNS = {} # pandas metadata → its extension columns (the batches of a file share one)
+
 def pandas_extension_columns(schema) -> set:
     "Columns that `to_pandas` turns into pandas extension types (nullable `Int64`, `string`, ...) by the pandas metadata of `schema` (a file written from pandas)."
+    key = (schema.metadata or {}).get(b'pandas')
+    if key in _EXTENSION_COLUMNS: return _EXTENSION_COLUMNS[key]
     out = set()
     for c in (schema.pandas_metadata or {}).get('columns', []):
         try: ext = isinstance(pd.api.types.pandas_dtype(c.get('numpy_type')), pd.api.extensions.ExtensionDtype)
         except (TypeError, ValueError): ext = True  # a type pandas does not name: not decided here
         if ext: out.add(c.get('name'))
-    return out
+    if len(_EXTENSION_COLUMNS) > 64: _EXTENSION_COLUMNS.clear()
+    _EXTENSION_COLUMNS[key] = frozenset(out)
+    return _EXTENSION_COLUMNS[key]
 
 def _pandas_column(batch, name:str) -> pd.Series:
     "Column `name` of the pandas form of `batch` (`batch_frame`), metadata and all."
@@ -638,7 +644,7 @@ def arrow_ids(batch, # a record batch
         return pc.cast(a, pa.string())
     return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
 
-# %% ../nbs/05e_batch.ipynb #42ed0abc
+# %% ../nbs/05e_batch.ipynb #538e4f05
 def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  cols:dict, # the checked columns of `arrow_reasons`
                  n_rows:int, # rows in those columns
@@ -647,7 +653,8 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
     "`encode_frame` of the pandas form of the checked columns, bit for bit, written into (a view of) `out`."
     n = n_rows if rows is None else len(rows)
     X = out[:n] if out is not None and out.shape[0] >= n and out.shape[1] == encoder.n_outputs and out.flags.c_contiguous else np.empty((n, encoder.n_outputs))
-    X[:] = encoder.base  # outputs no column writes keep the base row's value
+    rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
+    if len(rest): X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
     for p in encoder.plans:
         kind, a, b = cols[p.column]
         if kind != p.kind: raise ScoringError(f"column {p.column!r}: got {kind} values; allowed: {p.kind} values for this model")
@@ -657,7 +664,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
-# %% ../nbs/05e_batch.ipynb #f1e6471f
+# %% ../nbs/05e_batch.ipynb #ae6c58e1
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
                 start:int=0, # input row number of its first row
@@ -787,7 +794,7 @@ class _Writers:
         else: self.tmp.unlink(missing_ok=True)
         return str(self.rejects) if self.rwriter is not None else None
 
-# %% ../nbs/05e_batch.ipynb #50e50ef7
+# %% ../nbs/05e_batch.ipynb #b7ee7f91
 class _Ahead:
     "Iterate `items` in a background thread, at most `depth` items ahead; an error of the thread is raised by the iteration."
     def __init__(self, items, depth:int=2):
@@ -850,7 +857,7 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
     return BatchError(f"max_reject_share: got {n_rejected:,} rejected {seen} ({n_rejected / n:.2%}); allowed: at most {share:.2%}. "
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
-# %% ../nbs/05e_batch.ipynb #84a42047
+# %% ../nbs/05e_batch.ipynb #ac2c3d52
 import contextlib
 
 ARROW_POOLS = ('jemalloc', 'mimalloc', 'system') # pyarrow memory pools a run can use (`arrow_memory_pool`)
@@ -868,7 +875,7 @@ def arrow_memory_pool(name:str|None='jemalloc'): # one of `ARROW_POOLS` (None: l
     finally:
         if pool is not None: pa.set_memory_pool(prev)
 
-# %% ../nbs/05e_batch.ipynb #c3dd032d
+# %% ../nbs/05e_batch.ipynb #db94c38e
 def _score_batches(served:Served, batches, w:_Writers, total:int|None, share:float|None, chunk_rows:int, progress:bool, kw:dict) -> tuple:
     "(rows read, rows rejected, None or the reject-threshold failure): read ahead, score here (`score_batch`, else `score_frame` of that chunk), write behind."
     import pyarrow as pa
