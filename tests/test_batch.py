@@ -494,3 +494,32 @@ def test_arrow_fast_path_equals_pandas_path_on_every_task(flights, tmp_path, tmp
                     rej = pd.read_parquet(fast.rejects_path).set_index('row')
                     assert rej.loc[5, 'column'] == 'distance' and 'infinite' in rej.loc[5, 'reason'] and rej.loc[8, 'column'] == 'time_hour', (what, rej.head(12))
     assert sum(fast_calls) >= 0.6 * len(fast_calls) and not all(fast_calls), (sum(fast_calls), len(fast_calls))  # most chunks fast, the text ones not
+
+
+def test_a_failing_reader_or_writer_thread_fails_the_run_with_its_error_and_no_output(proj, flights, tmp_path, monkeypatch):
+    "The read-ahead thread hits a broken file, or the write-behind thread fails: the run raises that error, no output or temporary file is left, and a rerun succeeds."
+    from mlprod import batch, registry
+    cfg, model = proj
+    lm = registry.load('flights', 'production', cfg)
+    d = flight_rows(flights, '2013-05-01', '2013-05-03')
+    (tmp_path/'in').mkdir()
+    d.iloc[:2000].to_parquet(tmp_path/'in'/'a.parquet', row_group_size=500)
+    (tmp_path/'in'/'b.parquet').write_bytes((tmp_path/'in'/'a.parquet').read_bytes()[:3000])  # a truncated file, read after a's chunks
+    kw = dict(id_column='flight_id', time_column='time_hour', chunk_rows=500, cache_dir=tmp_path/'compiled')
+    with pytest.raises(Exception) as e:
+        batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
+    assert 'Parquet' in str(e.value) or 'parquet' in str(e.value) or 'magic' in str(e.value).lower(), repr(e.value)
+    assert not (tmp_path/'out'/'scores.parquet').exists() and not list((tmp_path/'out').glob('.*tmp-*'))
+    (tmp_path/'in'/'b.parquet').unlink()
+    calls, real = [], batch._Writers.write
+    def failing(self, scored, rejects):
+        calls.append(scored.num_rows)
+        if len(calls) == 2: raise OSError(28, 'No space left on device')
+        return real(self, scored, rejects)
+    monkeypatch.setattr(batch._Writers, 'write', failing)
+    with pytest.raises(OSError, match='No space left on device'):
+        batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
+    assert not (tmp_path/'out'/'scores.parquet').exists() and not list((tmp_path/'out').glob('.*tmp-*'))
+    monkeypatch.setattr(batch._Writers, 'write', real)
+    r = batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
+    assert r.n_rows == 2000 and len(pd.read_parquet(r.output)) == r.n_scored > 1500, r
