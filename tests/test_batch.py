@@ -522,4 +522,4 @@ def test_a_failing_reader_or_writer_thread_fails_the_run_with_its_error_and_no_o
     assert not (tmp_path/'out'/'scores.parquet').exists() and not list((tmp_path/'out').glob('.*tmp-*'))
     monkeypatch.setattr(batch._Writers, 'write', real)
     r = batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
-    assert r.n_rows == 2000 and len(pd.read_parquet(r.output)) == r.n_scored > 1500, r
+    assert r.n_rows == len(d) and len(pd.read_parquet(r.output)) == r.n_scored > 0.9 * len(d), r
