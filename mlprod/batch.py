@@ -538,7 +538,7 @@ def input_batches(path, # Parquet file or folder, or CSV file
     total, parts = input_record_batches(path, columns, chunk_rows, categorical)
     return total, (batch_frame(b, start, numeric) for start, b in parts)
 
-# %% ../nbs/05e_batch.ipynb #9a6187ec
+# %% ../nbs/05e_batch.ipynb #22385b9f
 def arrow_numbers(a, # an Arrow array
                   out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches (default: new memory)
     "(float64 values, NaN where missing, as pandas reads them; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
@@ -560,7 +560,7 @@ def arrow_categories(a) -> tuple|None:
     idx = a.indices if not a.null_count else pc.fill_null(a.indices, -1)
     return a.dictionary.to_pylist(), idx.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
 
-# %% ../nbs/05e_batch.ipynb #cadd42e3
+# %% ../nbs/05e_batch.ipynb #c258fed4
 def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:np.ndarray, out:dict, cache:dict):
     "`reject_reasons` of a dictionary-encoded column: each dictionary entry, and the missing value, judged once."
     known = None if col.categories is None else set(col.categories)
@@ -598,7 +598,7 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #32f62d47
+# %% ../nbs/05e_batch.ipynb #94d9bd48
 _EXTENSION_COLUMNS = {} # pandas metadata → its extension columns (the batches of a file share one)
 
 def pandas_extension_columns(schema) -> set:
@@ -644,7 +644,7 @@ def arrow_ids(batch, # a record batch
         return pc.cast(a, pa.string())
     return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
 
-# %% ../nbs/05e_batch.ipynb #63e28a8c
+# %% ../nbs/05e_batch.ipynb #bdaf84a6
 def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  cols:dict, # the checked columns of `arrow_reasons`
                  n_rows:int, # rows in those columns
@@ -664,7 +664,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
-# %% ../nbs/05e_batch.ipynb #55f98b36
+# %% ../nbs/05e_batch.ipynb #799fff84
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
                 start:int=0, # input row number of its first row
@@ -794,7 +794,7 @@ class _Writers:
         else: self.tmp.unlink(missing_ok=True)
         return str(self.rejects) if self.rwriter is not None else None
 
-# %% ../nbs/05e_batch.ipynb #1665f6bd
+# %% ../nbs/05e_batch.ipynb #a309cc6b
 class _Ahead:
     "Iterate `items` in a background thread, at most `depth` items ahead; an error of the thread is raised by the iteration."
     def __init__(self, items, depth:int=2):
@@ -854,7 +854,7 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
     return BatchError(f"max_reject_share: got {n_rejected:,} rejected {seen} ({n_rejected / n:.2%}); allowed: at most {share:.2%}. "
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
 
-# %% ../nbs/05e_batch.ipynb #90bbc305
+# %% ../nbs/05e_batch.ipynb #fb2feeac
 import contextlib
 
 ARROW_POOLS = ('jemalloc', 'mimalloc', 'system') # pyarrow memory pools a run can use (`arrow_memory_pool`)
@@ -872,7 +872,7 @@ def arrow_memory_pool(name:str|None='jemalloc'): # one of `ARROW_POOLS` (None: l
     finally:
         if pool is not None: pa.set_memory_pool(prev)
 
-# %% ../nbs/05e_batch.ipynb #d2dead83
+# %% ../nbs/05e_batch.ipynb #44a4e138
 def _score_batches(served:Served, batches, w:_Writers, total:int|None, share:float|None, chunk_rows:int, progress:bool, kw:dict) -> tuple:
     "(rows read, rows rejected, None or the reject-threshold failure): read ahead, score here (`score_batch`, else `score_frame` of that chunk), write behind."
     import pyarrow as pa
