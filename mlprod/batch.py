@@ -538,7 +538,7 @@ def input_batches(path, # Parquet file or folder, or CSV file
     total, parts = input_record_batches(path, columns, chunk_rows, categorical)
     return total, (batch_frame(b, start, numeric) for start, b in parts)
 
-# %% ../nbs/05e_batch.ipynb #22385b9f
+# %% ../nbs/05e_batch.ipynb #2a3a80c5
 def arrow_numbers(a, # an Arrow array
                   out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches (default: new memory)
     "(float64 values, NaN where missing, as pandas reads them; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
@@ -552,7 +552,7 @@ def arrow_numbers(a, # an Arrow array
     if a.null_count: x[a.is_null().to_numpy(zero_copy_only=False)] = np.nan  # what `to_numpy` and pandas put there
     return x, (raw if pa.types.is_integer(t) and not a.null_count else None)
 
-def arrow_categories(a) -> tuple|None:
+def arrow_categories(a) -> tuple|None: # an Arrow array (a categorical column as the reader gives it)
     "(the dictionary's entries as a list of `str`, each row's entry position, -1 where missing) of a dictionary-encoded text array, or None for any other array."
     import pyarrow as pa, pyarrow.compute as pc
     t = a.type
@@ -598,10 +598,10 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #94d9bd48
+# %% ../nbs/05e_batch.ipynb #5c869af6
 _EXTENSION_COLUMNS = {} # pandas metadata → its extension columns (the batches of a file share one)
 
-def pandas_extension_columns(schema) -> set:
+def pandas_extension_columns(schema) -> set: # the Arrow schema of a record batch
     "Columns that `to_pandas` turns into pandas extension types (nullable `Int64`, `string`, ...) by the pandas metadata of `schema` (a file written from pandas)."
     key = (schema.metadata or {}).get(b'pandas')
     if key in _EXTENSION_COLUMNS: return _EXTENSION_COLUMNS[key]
@@ -664,7 +664,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
-# %% ../nbs/05e_batch.ipynb #799fff84
+# %% ../nbs/05e_batch.ipynb #33e5e503
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
                 start:int=0, # input row number of its first row
@@ -706,7 +706,7 @@ def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
     if keep is not None and time_column: arrays[-1] = arrays[-1].take(keep)
     return pa.Table.from_arrays(arrays, schema=schema), rej
 
-def scored_stamp(scored_at:dt.datetime|None=None) -> 'pyarrow.TimestampScalar':
+def scored_stamp(scored_at:dt.datetime|None=None) -> 'pyarrow.TimestampScalar': # the run's time (naive: UTC)
     "The `scored_at` value of the output rows (default: now), as `score_frame` writes it: UTC, in microseconds."
     import pyarrow as pa
     at = pd.Timestamp(scored_at or utcnow())
