@@ -598,7 +598,7 @@ def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(..
             _category_reasons(validator, base, col, *got, out, seen)
     return out, cols
 
-# %% ../nbs/05e_batch.ipynb #5c869af6
+# %% ../nbs/05e_batch.ipynb #57225696
 _EXTENSION_COLUMNS = {} # pandas metadata → its extension columns (the batches of a file share one)
 
 def pandas_extension_columns(schema) -> set: # the Arrow schema of a record batch
@@ -624,8 +624,12 @@ def arrow_times(batch, # a record batch
     "(UTC timestamps as an Arrow `timestamp('us', 'UTC')` array, {row: (column, reasons, value)}) as `event_times` reads the pandas form: Arrow timestamps cast as they are, anything else through `event_times`."
     import pyarrow as pa
     a, ts = batch.column(name), pa.timestamp('us', tz='UTC')
-    if pa.types.is_timestamp(a.type) and a.type.unit in ('s', 'ms', 'us') and name not in pandas_extension_columns(batch.schema):
-        t, bad = a.cast(ts), {}  # exact in microseconds; naive times are UTC, as `event_times` reads them
+    t = None
+    if pa.types.is_timestamp(a.type) and name not in pandas_extension_columns(batch.schema):
+        try: t = a.cast(ts)  # exact in microseconds (nanoseconds only when whole microseconds); naive times are UTC, as `event_times` reads them
+        except pa.ArrowInvalid: t = None  # nanoseconds to truncate: pandas' own rounding below
+    if t is not None:
+        bad = {}
         if a.null_count:
             pos = np.flatnonzero(a.is_null().to_numpy(zero_copy_only=False))
             s = a.take(pa.array(pos)).to_pandas().rename(name)
