@@ -20,13 +20,15 @@ from .serve import RowValidator, Served, prepare, violation_dict
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ESTIMATOR_PROOF_ROWS', 'BatchError', 'proba_column',
-           'output_columns', 'label_type', 'output_schema', 'rejects_schema', 'batch_model', 'valid_row',
-           'suspect_mask', 'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys',
+__all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ESTIMATOR_PROOF_ROWS', 'ARROW_POOLS', 'BatchError',
+           'proba_column', 'output_columns', 'label_type', 'output_schema', 'rejects_schema', 'batch_model',
+           'valid_row', 'suspect_mask', 'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys',
            'category_codes', 'encode_frame', 'id_text', 'event_times', 'score_frame', 'compiled_dir', 'served_kind',
-           'batch_predictor', 'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_batches',
-           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'score_local', 'parquet_drift', 'WindowProfile',
-           'round_significant']
+           'batch_predictor', 'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_record_batches',
+           'batch_frame', 'input_batches', 'arrow_numbers', 'arrow_categories', 'arrow_reasons',
+           'pandas_extension_columns', 'arrow_times', 'arrow_ids', 'encode_arrow', 'score_batch', 'scored_stamp',
+           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'arrow_memory_pool', 'score_local', 'parquet_drift',
+           'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -112,12 +114,12 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 def suspect_mask(col, # a `mlprod.data.ColumnSchema`
-                 values:pd.Series) -> np.ndarray: # the chunk's values of that column
+                 values:pd.Series|np.ndarray) -> np.ndarray: # the chunk's values of that column (numbers: a float64 array will do)
     "Boolean mask of the values that might break the contract of `col` (to be judged by the validator)."
     kind = values.dtype.kind
     if col.kind == 'numeric':
         if kind not in 'fiu': return np.ones(len(values), dtype=bool)
-        x = values.to_numpy(dtype='float64', na_value=np.nan)
+        x = values if isinstance(values, np.ndarray) and values.dtype == np.float64 else values.to_numpy(dtype='float64', na_value=np.nan)
         bad = ~np.isfinite(x)
         if col.nullable: bad &= ~np.isnan(x)
         if col.min is not None: bad |= (x < col.min) | (x > col.max)
@@ -133,6 +135,15 @@ def _verdict(validator:RowValidator, base:dict, column:str, v) -> list:
     vs = validator.check(base | {column: [v]}, 1)[0]
     return [violation_dict(x, validator.why.get((x.kind, x.column), ''))['message'] for x in vs if x.column == column]
 
+def _judge(validator:RowValidator, base:dict, column:str, pos:list, values:list, out:dict, cache:dict):
+    "Add the validator's verdicts on the suspect `values` (at row positions `pos`) of `column` to `out`; each distinct value judged once (`cache`)."
+    for i, v in zip(pos, values):
+        v = _plain(v)
+        key = ('nan',) if isinstance(v, float) and v != v else (type(v).__name__, repr(v))
+        msgs = cache.get(key)
+        if msgs is None: msgs = cache[key] = _verdict(validator, base, column, v)
+        if msgs: out.setdefault(i, (column, [], v))[1].extend(msgs)
+
 def reject_reasons(validator:RowValidator, # the served contract (`batch_model(...).validator`)
                    chunk:pd.DataFrame, # the rows to check (any other columns are ignored)
                    base:dict|None=None) -> dict: # a valid row (default `valid_row(validator)`)
@@ -146,14 +157,7 @@ def reject_reasons(validator:RowValidator, # the served contract (`batch_model(.
             continue
         s = chunk[col.name]
         pos = np.flatnonzero(suspect_mask(col, s))
-        if not len(pos): continue
-        cache = {}
-        for i, v in zip(pos.tolist(), s.iloc[pos].tolist()):
-            v = _plain(v)
-            key = ('nan',) if isinstance(v, float) and v != v else (type(v).__name__, repr(v))
-            msgs = cache.get(key)
-            if msgs is None: msgs = cache[key] = _verdict(validator, base, col.name, v)
-            if msgs: out.setdefault(i, (col.name, [], v))[1].extend(msgs)
+        if len(pos): _judge(validator, base, col.name, pos.tolist(), s.iloc[pos].tolist(), out, {})
     return out
 
 # %% ../nbs/05e_batch.ipynb #0d433f13
@@ -211,6 +215,25 @@ def _passthrough(p) -> bool:
     ident = p.ops == () if p.ops is not None else bool(np.all(p.scale == 1.0) and np.all(p.shift == 0.0))
     return one and ident
 
+def _fill_numeric(p, x:np.ndarray, X:np.ndarray):
+    "Write the outputs of the numeric column plan `p` for float64 values `x` (NaN: missing) into the matrix `X`."
+    if _passthrough(p): X[:, p.positions[0]] = x; return  # the value as it is, NaN where missing
+    miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
+    X[:, p.positions] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
+    if miss.any():
+        if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+        X[np.ix_(miss, p.positions)] = p.missing
+
+def _fill_codes(p, codes:np.ndarray, X:np.ndarray):
+    "Write the outputs of the categorical column plan `p` for its `category_codes` into the matrix `X`."
+    n_known = len(p.rows); miss = codes == n_known + 1
+    if p.unseen is None and (codes == n_known).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
+    if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+    z = np.zeros(len(p.positions))
+    T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
+    if len(p.positions) == 1: X[:, p.positions[0]] = T[:, 0].take(codes)
+    else: X[:, p.positions] = T[codes]
+
 def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  chunk:pd.DataFrame) -> np.ndarray: # rows with the encoder's input columns
     "The float64 matrix `encoder.matrix` gives for these rows, built column by column with numpy (one table look-up per distinct category)."
@@ -219,23 +242,8 @@ def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
     rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
     X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
     for p in encoder.plans:
-        if p.kind == 'numeric':
-            x = _numeric_array(chunk[p.column])
-            if _passthrough(p): X[:, p.positions[0]] = x; continue  # the value as it is, NaN where missing
-            miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
-            X[:, p.positions] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
-            if miss.any():
-                if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
-                X[np.ix_(miss, p.positions)] = p.missing
-            continue
-        n_known = len(p.rows)
-        codes = category_codes(chunk[p.column], p.table); miss = codes == n_known + 1
-        if p.unseen is None and (codes == n_known).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
-        if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
-        z = np.zeros(len(p.positions))
-        T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
-        if len(p.positions) == 1: X[:, p.positions[0]] = T[:, 0].take(codes)
-        else: X[:, p.positions] = T[codes]
+        if p.kind == 'numeric': _fill_numeric(p, _numeric_array(chunk[p.column]), X)
+        else: _fill_codes(p, category_codes(chunk[p.column], p.table), X)
     return np.ascontiguousarray(X)
 
 # %% ../nbs/05e_batch.ipynb #bf03c199
@@ -249,6 +257,11 @@ def _scores(served:Served, chunk:pd.DataFrame, predictor=None) -> tuple:
         return np.asarray(loaded.model.predict(_model_frame(loaded, chunk)), dtype='float64').ravel(), None
     if trees is not None: P, own = trees.raw(encode_frame(sc.encoder, chunk)), list(sc.classes)
     else: P, own = np.asarray(loaded.model.predict_proba(_model_frame(loaded, chunk)), dtype='float64'), list(loaded.model.classes_)
+    return _from_raw(served, P, own, n)
+
+def _from_raw(served:Served, P, own:list, n:int) -> tuple:
+    "(predictions, probabilities in `loaded.classes` order) of a classifier from its scorer's probabilities `P` in the scorer's class order `own`."
+    loaded = served.loaded
     P = np.asarray(P, dtype='float64').reshape(n, -1)
     own_plain = [_plain(c) for c in own]
     P = P[:, [own_plain.index(c) for c in loaded.classes]]
@@ -487,12 +500,11 @@ def _parquet_batches(d, cols:list, chunk_rows:int, categorical:list):
             if len(have) < len(cols): b = pa.RecordBatch.from_arrays([b.column(c) if c in have else pa.nulls(b.num_rows, d.schema.field(c).type) for c in cols], names=cols)
             yield b
 
-def input_batches(path, # Parquet file or folder, or CSV file
-                  columns:Sequence[str], # the columns to read (those the input lacks are left out)
-                  numeric:Sequence[str]=(), # columns to convert to numbers where they hold text (`coerce_numeric`; CSV and Parquet alike)
-                  chunk_rows:int=100_000, # rows per chunk at most
-                  categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded, as pandas categoricals
-    "(total rows or None when unknown, iterator of DataFrames indexed by input row number); at most a few chunks read ahead."
+def input_record_batches(path, # Parquet file or folder, or CSV file
+                         columns:Sequence[str], # the columns to read (those the input lacks are left out)
+                         chunk_rows:int=100_000, # rows per batch at most
+                         categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded
+    "(total rows or None when unknown, iterator of (first input row number, Arrow record batch)); CSV columns all read as text."
     import pyarrow as pa, pyarrow.dataset as ds, pyarrow.csv as pcsv
     have = input_columns(path)
     cols = [c for c in dict.fromkeys(columns) if c in have]
@@ -504,18 +516,212 @@ def input_batches(path, # Parquet file or folder, or CSV file
         reader = pcsv.open_csv(str(path), read_options=pcsv.ReadOptions(block_size=1 << 22),
                                convert_options=pcsv.ConvertOptions(include_columns=cols, column_types={c: pa.string() for c in cols}, strings_can_be_null=True))
         batches = iter(reader)
-    def chunks():
+    def parts():
         start = 0
         for b in batches:
             for k in range(0, b.num_rows, chunk_rows):
                 part = b.slice(k, chunk_rows)
                 if not part.num_rows: continue
-                df = part.to_pandas()
-                df.index = pd.RangeIndex(start, start + len(df)); start += len(df)
-                for c in numeric:
-                    if c in df.columns: df[c] = coerce_numeric(df[c])  # CSV text, or a Parquet text column: each value on its own
-                yield df
-    return total, chunks()
+                yield start, part; start += part.num_rows
+    return total, parts()
+
+def batch_frame(batch, # an Arrow record batch of `input_record_batches`
+                start:int=0, # input row number of its first row
+                numeric:Sequence[str]=()) -> pd.DataFrame: # columns to convert to numbers where they hold text (`coerce_numeric`)
+    "The pandas chunk of a record batch: indexed by input row number, the categorical columns as pandas categoricals, text in numeric columns coerced."
+    df = batch.to_pandas()
+    df.index = pd.RangeIndex(start, start + len(df))
+    for c in numeric:
+        if c in df.columns: df[c] = coerce_numeric(df[c])  # CSV text, or a Parquet text column: each value on its own
+    return df
+
+def input_batches(path, # Parquet file or folder, or CSV file
+                  columns:Sequence[str], # the columns to read (those the input lacks are left out)
+                  numeric:Sequence[str]=(), # columns to convert to numbers where they hold text (`coerce_numeric`; CSV and Parquet alike)
+                  chunk_rows:int=100_000, # rows per chunk at most
+                  categorical:Sequence[str]=()) -> tuple: # Parquet: columns read dictionary-encoded, as pandas categoricals
+    "(total rows or None when unknown, iterator of DataFrames indexed by input row number); at most a few chunks read ahead."
+    total, parts = input_record_batches(path, columns, chunk_rows, categorical)
+    return total, (batch_frame(b, start, numeric) for start, b in parts)
+
+# %% ../nbs/05e_batch.ipynb #2a3a80c5
+def arrow_numbers(a, # an Arrow array
+                  out:np.ndarray|None=None) -> tuple|None: # a float64 buffer reused across batches (default: new memory)
+    "(float64 values, NaN where missing, as pandas reads them; the integers themselves when `a` holds integers and no missing value) of an Arrow array, or None when it holds anything but numbers."
+    import pyarrow as pa
+    t, n = a.type, len(a)
+    if not (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)): return None
+    if pa.types.is_float64(t) and not a.null_count: return a.to_numpy(), None  # no copy
+    raw = np.frombuffer(a.buffers()[1], dtype=t.to_pandas_dtype(), count=a.offset + n)[a.offset:] if a.null_count < n else np.zeros(n)
+    x = out[:n] if out is not None and len(out) >= n else np.empty(n)
+    x[:] = raw  # the cast of `astype('float64')`
+    if a.null_count: x[a.is_null().to_numpy(zero_copy_only=False)] = np.nan  # what `to_numpy` and pandas put there
+    return x, (raw if pa.types.is_integer(t) and not a.null_count else None)
+
+def arrow_categories(a) -> tuple|None: # an Arrow array (a categorical column as the reader gives it)
+    "(the dictionary's entries as a list of `str`, each row's entry position, -1 where missing) of a dictionary-encoded text array, or None for any other array."
+    import pyarrow as pa, pyarrow.compute as pc
+    t = a.type
+    if not pa.types.is_dictionary(t) or not (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)) or a.dictionary.null_count: return None
+    idx = a.indices if not a.null_count else pc.fill_null(a.indices, -1)
+    return a.dictionary.to_pylist(), idx.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+
+# %% ../nbs/05e_batch.ipynb #c258fed4
+def _category_reasons(validator:RowValidator, base:dict, col, entries:list, idx:np.ndarray, out:dict, cache:dict):
+    "`reject_reasons` of a dictionary-encoded column: each dictionary entry, and the missing value, judged once."
+    known = None if col.categories is None else set(col.categories)
+    def verdict(v):
+        key = ('nan',) if v != v else (type(v).__name__, repr(v))  # the keys of `_judge`
+        if key not in cache: cache[key] = _verdict(validator, base, col.name, v)
+        return cache[key]
+    refused = {j: msgs for j, e in enumerate(entries) if known is not None and e not in known and (msgs := verdict(e))}
+    if not col.nullable and (msgs := verdict(math.nan)) and (idx < 0).any(): refused[-1] = msgs  # missing: NaN, as pandas gives a categorical's missing value
+    if not refused: return
+    for i in np.flatnonzero(np.isin(idx, list(refused))).tolist():
+        j = int(idx[i])
+        out.setdefault(i, (col.name, [], entries[j] if j >= 0 else math.nan))[1].extend(refused[j])
+
+def arrow_reasons(validator:RowValidator, # the served contract (`batch_model(...).validator`)
+                  batch, # an Arrow record batch holding every contract column
+                  base:dict|None=None, # a valid row (default `valid_row(validator)`)
+                  cache:dict|None=None) -> tuple|None: # column → {value key: reasons}, and the number buffers, kept across the batches of a run
+    "(`reject_reasons` of the pandas form of `batch`, column → ('numeric', values, ints) or ('categorical', entries, positions)), or None when a column is not plain numbers or dictionary-encoded text."
+    base, cache, out, cols = base or valid_row(validator), {} if cache is None else cache, {}, {}
+    names = set(batch.schema.names)
+    for col in validator.schema.columns:
+        if col.name not in names: return None
+        a, seen = batch.column(col.name), cache.setdefault(col.name, {})
+        if col.kind == 'numeric':
+            buf = cache.get(('float64', col.name))
+            if buf is None or len(buf) < len(a): buf = cache[('float64', col.name)] = np.empty(len(a))
+            if (got := arrow_numbers(a, buf)) is None: return None
+            x, ints = got; cols[col.name] = ('numeric', x, ints)
+            pos = np.flatnonzero(suspect_mask(col, x))
+            if len(pos): _judge(validator, base, col.name, pos.tolist(), (ints if ints is not None else x)[pos].tolist(), out, seen)
+        else:
+            if (got := arrow_categories(a)) is None: return None
+            cols[col.name] = ('categorical', *got)
+            _category_reasons(validator, base, col, *got, out, seen)
+    return out, cols
+
+# %% ../nbs/05e_batch.ipynb #57225696
+_EXTENSION_COLUMNS = {} # pandas metadata → its extension columns (the batches of a file share one)
+
+def pandas_extension_columns(schema) -> set: # the Arrow schema of a record batch
+    "Columns that `to_pandas` turns into pandas extension types (nullable `Int64`, `string`, ...) by the pandas metadata of `schema` (a file written from pandas)."
+    key = (schema.metadata or {}).get(b'pandas')
+    if key in _EXTENSION_COLUMNS: return _EXTENSION_COLUMNS[key]
+    out = set()
+    for c in (schema.pandas_metadata or {}).get('columns', []):
+        try: ext = isinstance(pd.api.types.pandas_dtype(c.get('numpy_type')), pd.api.extensions.ExtensionDtype)
+        except (TypeError, ValueError): ext = True  # a type pandas does not name: not decided here
+        if ext: out.add(c.get('name'))
+    if len(_EXTENSION_COLUMNS) > 64: _EXTENSION_COLUMNS.clear()
+    _EXTENSION_COLUMNS[key] = frozenset(out)
+    return _EXTENSION_COLUMNS[key]
+
+def _pandas_column(batch, name:str) -> pd.Series:
+    "Column `name` of the pandas form of `batch` (`batch_frame`), metadata and all."
+    return batch.select([name]).to_pandas()[name]
+
+def arrow_times(batch, # a record batch
+                name:str, # its time column
+                time_unit:str='s') -> tuple: # unit of numbers (`event_times`)
+    "(UTC timestamps as an Arrow `timestamp('us', 'UTC')` array, {row: (column, reasons, value)}) as `event_times` reads the pandas form: Arrow timestamps cast as they are, anything else through `event_times`."
+    import pyarrow as pa
+    a, ts = batch.column(name), pa.timestamp('us', tz='UTC')
+    t = None
+    if pa.types.is_timestamp(a.type) and name not in pandas_extension_columns(batch.schema):
+        try: t = a.cast(ts)  # exact in microseconds (nanoseconds only when whole microseconds); naive times are UTC, as `event_times` reads them
+        except pa.ArrowInvalid: t = None  # nanoseconds to truncate: pandas' own rounding below
+    if t is not None:
+        bad = {}
+        if a.null_count:
+            pos = np.flatnonzero(a.is_null().to_numpy(zero_copy_only=False))
+            s = a.take(pa.array(pos)).to_pandas().rename(name)
+            bad = {int(pos[i]): (name, r, _plain(s.iloc[i])) for i, r in event_times(s, time_unit)[1].items()}
+        return t, bad
+    s = _pandas_column(batch, name)  # epoch numbers, text, nanoseconds: the pandas rules themselves
+    t, bad = event_times(s, time_unit)
+    return pa.Array.from_pandas(t.astype('datetime64[us, UTC]'), type=ts), {i: (name, r, _plain(s.iloc[i])) for i, r in bad.items()}
+
+def arrow_ids(batch, # a record batch
+              name:str) -> 'pyarrow.Array': # its id column
+    "`id_text` of the pandas form of the column as an Arrow string array: text, and integers without missing values, cast by Arrow; anything else through `id_text`."
+    import pyarrow as pa, pyarrow.compute as pc
+    a = batch.column(name); t = a.type
+    if name not in pandas_extension_columns(batch.schema) and (pa.types.is_string(t) or pa.types.is_large_string(t) or (pa.types.is_integer(t) and not a.null_count)):
+        return pc.cast(a, pa.string())
+    return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
+
+# %% ../nbs/05e_batch.ipynb #bdaf84a6
+def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
+                 cols:dict, # the checked columns of `arrow_reasons`
+                 n_rows:int, # rows in those columns
+                 rows:np.ndarray|None=None, # positions of the rows to encode (None: all)
+                 out:np.ndarray|None=None) -> np.ndarray: # a C-order buffer reused across batches (rows × outputs; grown when too small)
+    "`encode_frame` of the pandas form of the checked columns, bit for bit, written into (a view of) `out`."
+    n = n_rows if rows is None else len(rows)
+    X = out[:n] if out is not None and out.shape[0] >= n and out.shape[1] == encoder.n_outputs and out.flags.c_contiguous else np.empty((n, encoder.n_outputs))
+    rest = np.setdiff1d(np.arange(encoder.n_outputs), np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)]))
+    if len(rest): X[:, rest] = encoder.base[rest]  # outputs no column writes keep the base row's value
+    for p in encoder.plans:
+        kind, a, b = cols[p.column]
+        if kind != p.kind: raise ScoringError(f"column {p.column!r}: got {kind} values; allowed: {p.kind} values for this model")
+        if kind == 'numeric': _fill_numeric(p, a if rows is None else a[rows], X); continue
+        k = len(p.table)  # `category_codes`: each dictionary entry looked up once; missing after unseen
+        codes = np.array([p.table.get(e, k) for e in a] + [k + 1], dtype=np.intp)[b if rows is None else b[rows]]
+        _fill_codes(p, codes, X)
+    return X
+
+# %% ../nbs/05e_batch.ipynb #33e5e503
+def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
+                batch, # an Arrow record batch: the model's features, plus the id and time columns when named
+                start:int=0, # input row number of its first row
+                *, id_column:str|None=None, # column copied to the output as text
+                time_column:str|None=None, # event-time column copied to the output (UTC)
+                scored_at:dt.datetime|None=None, # the time stamped on every row (default: now)
+                predictor=None, # a predictor of the encoded rows (`batch_predictor`; default: the served scorer's)
+                time_unit:str='s', # unit of numeric times in `time_column`
+                out:np.ndarray|None=None, # the encode buffer reused across batches (`encode_arrow`)
+                base:dict|None=None, # a valid row (`valid_row`), computed once per run
+                cache:dict|None=None) -> tuple|None: # verdicts kept across the batches of a run (`arrow_reasons`)
+    "`score_frame` of `batch` without pandas: (scored rows as an Arrow table in `output_schema`, rejects), or None when the fast check cannot decide it exactly."
+    import pyarrow as pa
+    served = batch_model(model)
+    sc, loaded, m = served.scorer, served.loaded, batch.num_rows
+    trees = (predictor or sc.predictor) if isinstance(sc, CompiledModel) else None
+    if trees is None or any(c and c not in batch.schema.names for c in (id_column, time_column)): return None
+    if pandas_extension_columns(batch.schema) & set(served.validator.names): return None  # e.g. nullable Int64 features: pandas' own types
+    if (checked := arrow_reasons(served.validator, batch, base, cache)) is None: return None
+    reasons, cols = checked
+    if any(p.column not in cols for p in sc.encoder.plans): return None
+    if time_column:
+        times, bad_t = arrow_times(batch, time_column, time_unit)
+        for i, r in bad_t.items(): reasons.setdefault(i, (r[0], [], r[2]))[1].extend(r[1])
+    keep = np.setdiff1d(np.arange(m), list(reasons)) if reasons else None
+    n = m if keep is None else len(keep)
+    schema = output_schema(loaded, id_column, time_column)
+    rows = pd.RangeIndex(start, start + m)  # the input row numbers, as `batch_frame` indexes the chunk
+    rej = _reject_frame(pd.DataFrame({id_column: _pandas_column(batch, id_column).set_axis(rows)} if id_column and reasons else {}, index=rows), reasons, id_column)
+    if n == 0: return schema.empty_table(), rej
+    P = trees.raw(encode_arrow(sc.encoder, cols, m, keep, out))
+    preds, P = (P.ravel(), None) if served.task == 'regression' else _from_raw(served, P, list(sc.classes), n)
+    arrays = [arrow_ids(batch, id_column)] if id_column else []
+    arrays.append(pa.array(np.ascontiguousarray(preds) if preds.dtype != object else preds, type=schema.field('prediction').type))
+    arrays += [pa.array(np.ascontiguousarray(P[:, j])) for j in range(P.shape[1] if P is not None else 0)]
+    arrays += [pa.repeat(pa.scalar(str(served.version), pa.string()), n), pa.repeat(scored_stamp(scored_at), n)]
+    if time_column: arrays.append(times)
+    if keep is not None and id_column: arrays[0] = arrays[0].take(keep)
+    if keep is not None and time_column: arrays[-1] = arrays[-1].take(keep)
+    return pa.Table.from_arrays(arrays, schema=schema), rej
+
+def scored_stamp(scored_at:dt.datetime|None=None) -> 'pyarrow.TimestampScalar': # the run's time (naive: UTC)
+    "The `scored_at` value of the output rows (default: now), as `score_frame` writes it: UTC, in microseconds."
+    import pyarrow as pa
+    at = pd.Timestamp(scored_at or utcnow())
+    at = at.tz_localize('UTC') if at.tzinfo is None else at.tz_convert('UTC')
+    return pa.Array.from_pandas(pd.Series([at]).astype('datetime64[us, UTC]'), type=pa.timestamp('us', tz='UTC'))[0]
 
 # %% ../nbs/05e_batch.ipynb #3c928b41
 def _alive(pid:int) -> bool:
@@ -582,9 +788,10 @@ class _Writers:
         self.tmp, self.rtmp = temp_path(self.output), temp_path(self.rejects)
         few = [f.name for f in schema if f.name != id_column and not pa.types.is_floating(f.type)]  # version, times, labels: few distinct values
         self.schema, self.writer, self.rwriter = schema, pq.ParquetWriter(self.tmp, schema, use_dictionary=few), None
-    def write(self, scored:pd.DataFrame, rejects:pd.DataFrame):
+    def write(self, scored, # an Arrow table in `schema`
+              rejects:pd.DataFrame):
         import pyarrow as pa, pyarrow.parquet as pq
-        if len(scored): self.writer.write_table(pa.Table.from_pandas(scored, schema=self.schema, preserve_index=False))
+        if scored.num_rows: self.writer.write_table(scored)
         if len(rejects):
             if self.rwriter is None: self.rwriter = pq.ParquetWriter(self.rtmp, rejects_schema())
             self.rwriter.write_table(pa.Table.from_pandas(rejects, schema=rejects_schema(), preserve_index=False))
@@ -597,6 +804,57 @@ class _Writers:
         else: self.tmp.unlink(missing_ok=True)
         return str(self.rejects) if self.rwriter is not None else None
 
+# %% ../nbs/05e_batch.ipynb #a309cc6b
+class _Ahead:
+    "Iterate `items` in a background thread, at most `depth` items ahead; an error of the thread is raised by the iteration."
+    def __init__(self, items, depth:int=2):
+        import queue
+        self.q, self.stop = queue.Queue(depth), threading.Event()
+        self.t = threading.Thread(target=self._run, args=(items,), daemon=True, name='mlprod-read-ahead'); self.t.start()
+    def _put(self, item):
+        if not self.stop.is_set(): self.q.put(item)  # blocks while the queue is full; `close` drains it
+    def _run(self, items):
+        try:
+            for x in items:
+                if self.stop.is_set(): return
+                self._put(('item', x))
+            self._put(('end', None))
+        except BaseException as e: self._put(('error', e))
+    def __iter__(self):
+        while True:
+            kind, x = self.q.get()
+            if kind == 'end': return
+            if kind == 'error': raise x
+            yield x
+    def close(self):
+        "Stop reading ahead and wait for the thread."
+        import queue
+        self.stop.set()
+        while self.t.is_alive():
+            try: self.q.get(timeout=0.1)
+            except queue.Empty: pass
+        self.t.join()
+
+class _Behind:
+    "Call `fn(*args)` for each `put` in a background thread, at most `depth` calls waiting; `join` waits for them and raises the thread's error."
+    def __init__(self, fn, depth:int=2):
+        import queue
+        self.q, self.error, self.cancelled = queue.Queue(depth), None, False
+        self.t = threading.Thread(target=self._run, args=(fn,), daemon=True, name='mlprod-write-behind'); self.t.start()
+    def _run(self, fn):
+        while (args := self.q.get()) is not None:
+            if self.error is None and not self.cancelled:
+                try: fn(*args)
+                except BaseException as e: self.error = e
+    def put(self, *args):
+        if self.error is not None: raise self.error
+        self.q.put(args)
+    def join(self, cancel:bool=False):
+        "Wait for the calls queued (skip them when `cancel`); raise the thread's error unless cancelled."
+        self.cancelled = self.cancelled or cancel
+        if self.t.is_alive(): self.q.put(None); self.t.join()
+        if self.error is not None and not cancel: raise self.error
+
 # %% ../nbs/05e_batch.ipynb #4d9088eb
 def _too_many(n_rejected:int, n:int, share:float|None) -> bool:
     return share is not None and n > 0 and n_rejected > share * n
@@ -605,6 +863,49 @@ def _reject_error(name, n_rejected:int, n:int, share:float, rejects:str|None, pa
     seen = f"of the first {n:,} rows" if partial else f"of {n:,} rows"
     return BatchError(f"max_reject_share: got {n_rejected:,} rejected {seen} ({n_rejected / n:.2%}); allowed: at most {share:.2%}. "
                       f"Nothing was written to the output; the reasons are in {rejects or 'the log'} (runbook: runbooks/batch-failed.md)")
+
+# %% ../nbs/05e_batch.ipynb #fb2feeac
+import contextlib
+
+ARROW_POOLS = ('jemalloc', 'mimalloc', 'system') # pyarrow memory pools a run can use (`arrow_memory_pool`)
+
+@contextlib.contextmanager
+def arrow_memory_pool(name:str|None='jemalloc'): # one of `ARROW_POOLS` (None: leave pyarrow's default)
+    "Make `name` pyarrow's default memory pool inside the block (when this pyarrow build has it), then restore the previous one."
+    import pyarrow as pa
+    if name is not None and name not in ARROW_POOLS: raise ConfigError('MLPROD_ARROW_POOL', name, ', '.join(map(repr, ARROW_POOLS)))
+    prev = pa.default_memory_pool()
+    try: pool = getattr(pa, f"{name}_memory_pool")() if name else None
+    except NotImplementedError: pool = None  # a build without it: the default
+    if pool is not None: pa.set_memory_pool(pool)
+    try: yield pa.default_memory_pool()
+    finally:
+        if pool is not None: pa.set_memory_pool(prev)
+
+# %% ../nbs/05e_batch.ipynb #44a4e138
+def _score_batches(served:Served, batches, w:_Writers, total:int|None, share:float|None, chunk_rows:int, progress:bool, kw:dict) -> tuple:
+    "(rows read, rows rejected, None or the reject-threshold failure): read ahead, score here (`score_batch`, else `score_frame` of that chunk), write behind."
+    import pyarrow as pa
+    numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
+    enc = served.scorer.encoder if isinstance(served.scorer, CompiledModel) else None
+    fast = dict(kw, out=np.empty((chunk_rows, enc.n_outputs)) if enc is not None else None, base=valid_row(served.validator), cache={})
+    reader, writer, bar = _Ahead(batches, 2), _Behind(w.write, 2), _Progress(total, progress)
+    n = n_rej = 0; err = None
+    try:
+        for start, b in reader:
+            got = score_batch(served, b, start, **fast)
+            if got is None:  # a chunk the Arrow check cannot decide exactly (text in a numeric column, other types): the pandas rules
+                scored, rejects = score_frame(served, batch_frame(b, start, numeric), **kw)
+                got = pa.Table.from_pandas(scored, schema=w.schema, preserve_index=False), rejects
+            writer.put(*got); n += b.num_rows; n_rej += len(got[1]); bar.update(n, b.num_rows)
+            if total and _too_many(n_rej, total, share): err = (n_rej, n, True); break
+        if err is None and _too_many(n_rej, n, share): err = (n_rej, n, False)
+        writer.join()
+    except BaseException:
+        writer.join(cancel=True); raise
+    finally:
+        reader.close(); bar.close()
+    return n, n_rej, err
 
 # %% ../nbs/05e_batch.ipynb #8b31a71c
 def _count_rows(path) -> int|None:
@@ -642,21 +943,16 @@ def score_local(model, # a LoadedModel (or a `Served` from `batch_model`)
                                peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None), id_column, time_column,
                                max_reject_share, None, unit)
         raise e
-    numeric = [c.name for c in served.validator.schema.columns if c.kind == 'numeric']
     cats = [c.name for c in served.validator.schema.columns if c.kind != 'numeric' and c.name not in (id_column, time_column)]
-    total, chunks = input_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], numeric, chunk_rows, cats)
+    total, batches = input_record_batches(input, list(loaded.features) + [c for c in (id_column, time_column) if c], chunk_rows, cats)
     predictor, how = batch_predictor(served, cache_dir, threads) if compiled else (None, served_kind(served, 'compiled=False'))
-    w, bar = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column), _Progress(total, progress)
-    n = n_rej = 0; err = None
-    try:
-        for chunk in chunks:
-            scored, rejects = score_frame(served, chunk, id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor, time_unit=time_unit)
-            w.write(scored, rejects); n += len(chunk); n_rej += len(rejects); bar.update(n, len(chunk))
-            if total and _too_many(n_rej, total, max_reject_share): err = (n_rej, n, True); break
-        if err is None and _too_many(n_rej, n, max_reject_share): err = (n_rej, n, False)
-    except BaseException:
-        w.close(keep_output=False); bar.close(); raise
-    rpath = w.close(keep_output=err is None); bar.close()
+    kw = dict(id_column=id_column, time_column=time_column, scored_at=at, predictor=predictor, time_unit=time_unit)
+    with arrow_memory_pool(os.environ.get('MLPROD_ARROW_POOL', 'jemalloc') or None):  # the reader's, the writers' and the output's buffers
+        w = _Writers(Path(output), output_schema(loaded, id_column, time_column), id_column)
+        try: n, n_rej, err = _score_batches(served, batches, w, total, max_reject_share, chunk_rows, progress, kw)
+        except BaseException:
+            w.close(keep_output=False); raise
+        rpath = w.close(keep_output=err is None)
     secs = time.perf_counter() - t0
     res = BatchResult(loaded.name, str(loaded.version), 'local', str(input), str(output) if err is None else '', rpath, n, n - n_rej, n_rej,
                       secs, n / secs if secs else 0.0, peak_mb(), started, utcnow(), None, served.alias or getattr(loaded, 'alias', None),

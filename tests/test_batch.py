@@ -391,3 +391,135 @@ def test_cli_missing_column_is_one_structural_error_and_epoch_seconds_are_second
     assert r.returncode == 1 and not (tmp_path/'ms_as_s.scores.parquet').exists(), r.stdout[-2000:]
     rej = pd.read_parquet(rejects_path(tmp_path/'ms_as_s.scores.parquet'))
     assert len(rej) == len(d) and rej['reason'].str.contains("time_unit='s'").all(), rej['reason'][0]
+
+
+FEATS = ["carrier", "origin", "dest", "hour", "dep_weekday", "sched_dep_time", "distance", "temp", "dewp", "humid", "wind_dir",
+         "wind_speed", "precip", "pressure", "visib"]
+TASKS_TOML = f'''
+[models.late]
+task = "binary"
+target = "late"
+positive_class = "late"
+time_column = "time_hour"
+features = {FEATS}
+categorical = ["carrier", "origin", "dest"]
+
+[models.origin]
+task = "multiclass"
+target = "origin"
+time_column = "time_hour"
+features = {[f for f in FEATS if f != 'origin']}
+categorical = ["carrier", "dest"]
+
+[models.arrival]
+task = "regression"
+target = "arr_delay"
+time_column = "time_hour"
+features = {FEATS}
+categorical = ["carrier", "origin", "dest"]
+'''
+
+
+def _lgbm_pipeline(df, feats, cats, target, est):
+    "The `train_lightgbm` pipeline (OrdinalEncoder + LightGBM) with any estimator: a multiclass or string-label classifier."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+    prep = ColumnTransformer([('cat', OrdinalEncoder(handle_unknown='use_encoded_value', unknown_value=-1, encoded_missing_value=-1, dtype='float64'), cats),
+                              ('num', 'passthrough', [c for c in feats if c not in cats])], verbose_feature_names_out=False)
+    return Pipeline([('prep', prep), ('model', est)]).fit(df[feats], df[target])
+
+
+def _garbage_inputs(flights, folder):
+    "April 2013 flights with garbage, as Parquet inputs of several kinds: {name: path}."
+    d = flight_rows(flights, '2013-04-01', '2013-04-04').reset_index(drop=True).astype({'distance': 'float64', 'hour': 'float64'})
+    d.loc[[0, 1], 'carrier'] = 'ZZ'; d.loc[[2, 3], 'dest'] = None; d.loc[4, 'temp'] = np.nan; d.loc[5, 'distance'] = np.inf
+    d.loc[6, 'hour'] = 99; d.loc[7, 'distance'] = -1e9; d.loc[8, 'time_hour'] = None; d.loc[[9, 10], 'carrier'] = None
+    d.loc[11, 'origin'] = 'XYZ'; d.loc[12, 'pressure'] = None
+    folder.mkdir()
+    out = {'int_ids': folder/'int_ids.parquet', 'text_ids': folder/'text_ids.parquet', 'mixed_folder': folder/'mixed',
+           'epoch_times_float_ids': folder/'epoch.parquet'}
+    d.to_parquet(out['int_ids'], row_group_size=700)
+    d.assign(flight_id='f-' + d['flight_id'].astype(str)).to_parquet(out['text_ids'], row_group_size=700)
+    (folder/'mixed').mkdir()  # one file with text in a numeric column (its chunks through pandas), one clean file
+    text = d.iloc[:1500].assign(temp=d['temp'].iloc[:1500].map(lambda v: '' if v != v else repr(float(v))).astype(object))
+    text.loc[[20, 30], 'temp'] = ['warm', 'n/a?']
+    text.to_parquet(folder/'mixed'/'a.parquet', row_group_size=700); d.iloc[1500:].to_parquet(folder/'mixed'/'b.parquet', row_group_size=700)
+    e = d.assign(time_hour=pd.to_datetime(d['time_hour'], utc=True).astype('int64') // 10**9)
+    e.loc[8, 'time_hour'] = 10**15  # seconds past the year 2262: refused with the unit in the reason
+    e = e.astype({'flight_id': 'Int64'}); e.loc[13, 'flight_id'] = None  # integer ids with a missing one: floats for pandas ('3.0')
+    e.to_parquet(out['epoch_times_float_ids'], row_group_size=700)
+    return out, len(d)
+
+
+def test_arrow_fast_path_equals_pandas_path_on_every_task(flights, tmp_path, tmp_path_factory, monkeypatch):
+    "Garbage flights inputs scored by the Arrow fast path and by the pandas path (`score_frame` per chunk): identical outputs and rejects files, for binary (0/1 and string labels), multiclass and regression models."
+    import dataclasses, datetime as dt, lightgbm as lgb, pyarrow.parquet as pq
+    from mlprod import batch, registry
+    from mlprod.config import DEFAULT_TOML, parse_config, ensure_state
+    from mlprod.recipes import train_lightgbm
+    root = tmp_path_factory.mktemp('fastpath')
+    toml = DEFAULT_TOML.replace('n_estimators = 200', 'n_estimators = 20').replace('reference_sample = 100000', 'reference_sample = 5000') + TASKS_TOML
+    cfg = ensure_state(parse_config(toml, root=root, env={}))
+    train = window(flights, '2013-01-01', '2013-02-01').sample(8000, random_state=0).sort_values('time_hour').reset_index(drop=True)
+    train = train.dropna(subset=['arr_delay']).assign(late=lambda x: np.where(x['delayed'] == 1, 'late', 'on time'))
+    small = dict(n_estimators=20, num_leaves=15, verbose=-1, n_jobs=1)
+    models = {'flights': train_lightgbm(train, cfg.model('flights')),
+              'late': _lgbm_pipeline(train, FEATS, ['carrier', 'origin', 'dest'], 'late', lgb.LGBMClassifier(**small)),
+              'origin': _lgbm_pipeline(train, [f for f in FEATS if f != 'origin'], ['carrier', 'dest'], 'origin', lgb.LGBMClassifier(**small)),
+              'arrival': _lgbm_pipeline(train, FEATS, ['carrier', 'origin', 'dest'], 'arr_delay', lgb.LGBMRegressor(**small))}
+    inputs, n = _garbage_inputs(flights, tmp_path/'in')
+    at = dt.datetime(2026, 12, 4, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+    fast_calls, real_score_batch = [], batch.score_batch
+    def counted(*a, **k):
+        r = real_score_batch(*a, **k); fast_calls.append(r is not None); return r
+    for name, model in models.items():
+        v = registry.register(model, name, train, cfg=cfg)
+        lm = registry.load(name, v.version, cfg)
+        for unseen in ('auto', 'reject'):
+            for kind, path in inputs.items():
+                kw = dict(id_column='flight_id', time_column='time_hour', max_reject_share=None, unseen=unseen, scored_at=at, chunk_rows=500,
+                          cache_dir=tmp_path/'compiled')
+                out = tmp_path/'out'/f"{name}-{unseen}-{kind}"
+                monkeypatch.setattr(batch, 'score_batch', counted)
+                fast = batch.score_local(lm, path, out/'fast.parquet', **kw)
+                monkeypatch.setattr(batch, 'score_batch', lambda *a, **k: None)  # every chunk through score_frame
+                slow = batch.score_local(lm, path, out/'pandas.parquet', **kw)
+                what = (name, unseen, kind)
+                assert fast.predictor.startswith('lleaves') and (fast.n_rows, fast.n_scored, fast.n_rejected) == (slow.n_rows, slow.n_scored, slow.n_rejected) == (n, n - slow.n_rejected, slow.n_rejected), (what, fast, slow)
+                f, s = pq.read_table(fast.output), pq.read_table(slow.output)
+                assert f.schema == s.schema and f.equals(s), what
+                assert fast.n_rejected >= (8 if unseen == 'reject' else 2) and pq.read_table(fast.rejects_path).equals(pq.read_table(slow.rejects_path)), what
+                if kind == 'int_ids':  # the rejects hold each refused row with its reason and value, as the pandas rules say
+                    rej = pd.read_parquet(fast.rejects_path).set_index('row')
+                    assert rej.loc[5, 'column'] == 'distance' and 'infinite' in rej.loc[5, 'reason'] and rej.loc[8, 'column'] == 'time_hour', (what, rej.head(12))
+    assert sum(fast_calls) >= 0.6 * len(fast_calls) and not all(fast_calls), (sum(fast_calls), len(fast_calls))  # most chunks fast, the text ones not
+
+
+def test_a_failing_reader_or_writer_thread_fails_the_run_with_its_error_and_no_output(proj, flights, tmp_path, monkeypatch):
+    "The read-ahead thread hits a broken file, or the write-behind thread fails: the run raises that error, no output or temporary file is left, and a rerun succeeds."
+    from mlprod import batch, registry
+    cfg, model = proj
+    lm = registry.load('flights', 'production', cfg)
+    d = flight_rows(flights, '2013-05-01', '2013-05-03')
+    (tmp_path/'in').mkdir()
+    d.iloc[:2000].to_parquet(tmp_path/'in'/'a.parquet', row_group_size=500)
+    (tmp_path/'in'/'b.parquet').write_bytes((tmp_path/'in'/'a.parquet').read_bytes()[:3000])  # a truncated file, read after a's chunks
+    kw = dict(id_column='flight_id', time_column='time_hour', chunk_rows=500, cache_dir=tmp_path/'compiled')
+    with pytest.raises(Exception) as e:
+        batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
+    assert 'Parquet' in str(e.value) or 'parquet' in str(e.value) or 'magic' in str(e.value).lower(), repr(e.value)
+    assert not (tmp_path/'out'/'scores.parquet').exists() and not list((tmp_path/'out').glob('.*tmp-*'))
+    (tmp_path/'in'/'b.parquet').unlink()
+    calls, real = [], batch._Writers.write
+    def failing(self, scored, rejects):
+        calls.append(scored.num_rows)
+        if len(calls) == 2: raise OSError(28, 'No space left on device')
+        return real(self, scored, rejects)
+    monkeypatch.setattr(batch._Writers, 'write', failing)
+    with pytest.raises(OSError, match='No space left on device'):
+        batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
+    assert not (tmp_path/'out'/'scores.parquet').exists() and not list((tmp_path/'out').glob('.*tmp-*'))
+    monkeypatch.setattr(batch._Writers, 'write', real)
+    r = batch.score_local(lm, tmp_path/'in', tmp_path/'out'/'scores.parquet', **kw)
+    assert r.n_rows == len(d) and len(pd.read_parquet(r.output)) == r.n_scored > 0.9 * len(d), r
