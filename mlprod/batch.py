@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ESTIMATOR_PROOF_ROWS', 'ARROW_POOLS', 'BatchError',
            'proba_column', 'output_columns', 'label_type', 'output_schema', 'rejects_schema', 'batch_model',
            'valid_row', 'suspect_mask', 'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys',
-           'category_codes', 'encode_frame', 'id_text', 'event_times', 'score_frame', 'compiled_dir', 'served_kind',
-           'batch_predictor', 'BatchResult', 'input_format', 'input_columns', 'coerce_numeric', 'input_record_batches',
-           'batch_frame', 'input_batches', 'arrow_numbers', 'arrow_categories', 'arrow_reasons',
-           'pandas_extension_columns', 'arrow_times', 'arrow_ids', 'encode_arrow', 'score_batch', 'scored_stamp',
-           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'arrow_memory_pool', 'score_local', 'parquet_drift',
-           'WindowProfile', 'round_significant']
+           'category_codes', 'output_columns_of', 'encode_frame', 'id_text', 'event_times', 'score_frame',
+           'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult', 'input_format', 'input_columns',
+           'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches', 'arrow_numbers',
+           'arrow_categories', 'arrow_reasons', 'pandas_extension_columns', 'arrow_times', 'arrow_ids', 'encode_arrow',
+           'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'arrow_memory_pool',
+           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -215,11 +215,17 @@ def _passthrough(p) -> bool:
     ident = p.ops == () if p.ops is not None else bool(np.all(p.scale == 1.0) and np.all(p.shift == 0.0))
     return one and ident
 
+def output_columns_of(positions:np.ndarray):
+    "The columns `positions` name in the matrix: a slice when they are one increasing run (a one-hot block), else the array."
+    pos = np.asarray(positions)
+    if len(pos) > 1 and np.all(np.diff(pos) == 1): return slice(int(pos[0]), int(pos[-1]) + 1)
+    return pos
+
 def _fill_numeric(p, x:np.ndarray, X:np.ndarray):
     "Write the outputs of the numeric column plan `p` for float64 values `x` (NaN: missing) into the matrix `X`."
     if _passthrough(p): X[:, p.positions[0]] = x; return  # the value as it is, NaN where missing
     miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
-    X[:, p.positions] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
+    X[:, output_columns_of(p.positions)] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
     if miss.any():
         if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
         X[np.ix_(miss, p.positions)] = p.missing
@@ -232,7 +238,7 @@ def _fill_codes(p, codes:np.ndarray, X:np.ndarray):
     z = np.zeros(len(p.positions))
     T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
     if len(p.positions) == 1: X[:, p.positions[0]] = T[:, 0].take(codes)
-    else: X[:, p.positions] = T[codes]
+    else: X[:, output_columns_of(p.positions)] = T.take(codes, axis=0)  # a slice: 30 ms for 100,000 rows × 82 one-hot columns, where the fancy index took 0.1-1.3 s
 
 def encode_frame(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  chunk:pd.DataFrame) -> np.ndarray: # rows with the encoder's input columns
