@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ESTIMATOR_PROOF_ROWS', 'ARROW_POOLS', 'BatchError',
            'proba_column', 'output_columns', 'label_type', 'output_schema', 'rejects_schema', 'batch_model',
            'valid_row', 'suspect_mask', 'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys',
-           'category_codes', 'output_columns_of', 'encode_frame', 'id_text', 'event_times', 'score_frame',
-           'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult', 'input_format', 'input_columns',
-           'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches', 'arrow_numbers',
+           'category_codes', 'output_columns_of', 'numeric_block', 'encode_frame', 'id_text', 'event_times',
+           'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult', 'input_format',
+           'input_columns', 'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches', 'arrow_numbers',
            'arrow_categories', 'arrow_reasons', 'pandas_extension_columns', 'arrow_times', 'arrow_ids', 'encode_arrow',
-           'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'arrow_memory_pool',
-           'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
+           'FoldedLinear', 'folded_linear', 'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path',
+           'peak_mb', 'arrow_memory_pool', 'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -221,14 +221,20 @@ def output_columns_of(positions:np.ndarray):
     if len(pos) > 1 and np.all(np.diff(pos) == 1): return slice(int(pos[0]), int(pos[-1]) + 1)
     return pos
 
+def numeric_block(p, # a numeric `ColumnPlan`
+                  x:np.ndarray) -> np.ndarray: # its float64 values, NaN where missing
+    "The outputs of a numeric column plan for values `x`: rows × len(p.positions)."
+    miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
+    V = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
+    if miss.any():
+        if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+        V = np.broadcast_to(V, (len(x), len(p.positions))).copy(); V[miss] = p.missing
+    return V
+
 def _fill_numeric(p, x:np.ndarray, X:np.ndarray):
     "Write the outputs of the numeric column plan `p` for float64 values `x` (NaN: missing) into the matrix `X`."
     if _passthrough(p): X[:, p.positions[0]] = x; return  # the value as it is, NaN where missing
-    miss = np.isnan(x); x0 = np.where(miss, 0.0, x)
-    X[:, output_columns_of(p.positions)] = apply_ops(p.ops, x0)[:, None] if p.ops is not None else np.outer(x0, p.scale) + p.shift
-    if miss.any():
-        if p.missing is None: raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
-        X[np.ix_(miss, p.positions)] = p.missing
+    X[:, output_columns_of(p.positions)] = numeric_block(p, x)
 
 def _fill_codes(p, codes:np.ndarray, X:np.ndarray):
     "Write the outputs of the categorical column plan `p` for its `category_codes` into the matrix `X`."
@@ -399,7 +405,7 @@ def batch_predictor(served:Served, # `batch_model(...)`
 
 def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tuple:
     from mlprod.optimize import OptimizeError, compiled_predictor, estimator_predictor, proof_matrix
-    from mlprod.scoring import split_model, ForestPredictor, HistPredictor
+    from mlprod.scoring import split_model, ForestPredictor, HistPredictor, LinearPredictor
     sc, loaded = served.scorer, served.loaded
     if not isinstance(sc, CompiledModel): return None, served_kind(served, 'compiled trees: LightGBM models only')
     try:
@@ -408,10 +414,11 @@ def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tupl
         elif isinstance(sc.predictor, (ForestPredictor, HistPredictor)):  # node arrays: built for a few rows (see `estimator_predictor`)
             P = proof_matrix(loaded, sc.encoder, min(proof_rows, ESTIMATOR_PROOF_ROWS))
             p = estimator_predictor(split_model(loaded.model)[1], P, sc.predictor.raw(P), tol, threads)
+        elif isinstance(sc.predictor, LinearPredictor): p = folded_linear(served, tol, proof_rows)
         else: return None, served_kind(served, 'vectorized for many rows already')
     except OptimizeError as e:
-        log.warning('%s v%s: scoring with the served scorer, not %s: %s', loaded.name, loaded.version, 'the compiled trees' if 'LGBM' in sc.estimator else "the estimator's own methods", e)
-        return None, served_kind(served, f"{'compiled trees' if 'LGBM' in sc.estimator else 'estimator'} refused: {e}")
+        log.warning('%s v%s: scoring with the served scorer, not %s: %s', loaded.name, loaded.version, 'the compiled trees' if 'LGBM' in sc.estimator else 'its batch predictor', e)
+        return None, served_kind(served, f"{'compiled trees' if 'LGBM' in sc.estimator else 'batch predictor'} refused: {e}")
     return p, p.describe()
 
 # %% ../nbs/05e_batch.ipynb #5e65019e
@@ -680,6 +687,70 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         _fill_codes(p, codes, X)
     return X
 
+# %% ../nbs/05e_batch.ipynb #1395a147
+class FoldedLinear:
+    "A linear model scored straight from the checked columns (`arrow_reasons`): coefficients folded into per-category tables, no encoded matrix."
+    kind = 'linear-fold'
+    def __init__(self, encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
+                 linear): # its `mlprod.scoring.LinearPredictor`
+        W = np.atleast_2d(linear.coef)
+        written = np.concatenate([p.positions for p in encoder.plans] or [np.zeros(0, int)])
+        rest = np.setdiff1d(np.arange(encoder.n_outputs), written)
+        self.encoder, self.linear, self.W = encoder, linear, W
+        self.const = np.atleast_1d(linear.intercept) + encoder.base[rest] @ W[:, rest].T  # outputs no column writes
+        z = lambda p: np.zeros(len(p.positions))
+        self.tables = {p.column: np.vstack([p.rows, p.unseen if p.unseen is not None else z(p), p.missing if p.missing is not None else z(p)]) @ W[:, p.positions].T
+                       for p in encoder.plans if p.kind != 'numeric'}
+        self.max_abs_diff, self.proof_rows = float('nan'), 0
+    def raw(self, X:np.ndarray) -> np.ndarray: return self.linear.raw(X)  # an encoded matrix (the pandas path)
+    def describe(self) -> str:
+        return f"{self.kind} (coefficients folded per category, max |diff| {self.max_abs_diff:.1e} against the served scorer on {self.proof_rows:,} proof rows)"
+
+# %% ../nbs/05e_batch.ipynb #7b491abd
+@patch
+def raw_columns(self:FoldedLinear, cols:dict, # the checked columns of `arrow_reasons`
+                n_rows:int, # rows in those columns
+                rows:np.ndarray|None=None) -> np.ndarray: # positions of the rows to score (None: all)
+    "`LinearPredictor.raw` of `encode_arrow(...)` of these rows, without the matrix."
+    n = n_rows if rows is None else len(rows)
+    d = np.repeat(self.const[None, :], n, axis=0)
+    for p in self.encoder.plans:
+        kind, a, b = cols[p.column]
+        if kind != p.kind: raise ScoringError(f"column {p.column!r}: got {kind} values; allowed: {p.kind} values for this model")
+        W = self.W[:, p.positions]
+        if kind == 'numeric':
+            x = a if rows is None else a[rows]
+            d += (x[:, None] if _passthrough(p) else numeric_block(p, x)) @ W.T; continue
+        k = len(p.table)
+        codes = np.array([p.table.get(e, k) for e in a] + [k + 1], dtype=np.intp)[b if rows is None else b[rows]]
+        if p.unseen is None and (codes == k).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
+        if p.missing is None and (codes == k + 1).any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+        d += self.tables[p.column].take(codes, axis=0)
+    return self.linear.link(d)
+
+# %% ../nbs/05e_batch.ipynb #7d45ac58
+def folded_linear(served:Served, # `batch_model(...)` of a linear model
+                  tol:float=1e-9, # largest |folded - served scorer| allowed on the proof rows
+                  max_rows:int=20_000) -> FoldedLinear: # reference rows in the proof, at most
+    "`FoldedLinear` of a served linear model, proven against `encode_arrow` + the served scorer on its reference rows, or an `OptimizeError` saying why not."
+    import pyarrow as pa
+    from mlprod.optimize import OptimizeError, PredictorMismatch
+    sc, loaded = served.scorer, served.loaded
+    if not callable(getattr(loaded, 'reference', None)): raise OptimizeError(f"proof: got a {type(loaded).__name__} without reference rows; allowed: a registered version (`LoadedModel.reference`)")
+    ref = loaded.reference()
+    ref = ref.sample(max_rows, random_state=0) if len(ref) > max_rows else ref
+    text = lambda v: pa.array([None if pd.isna(x) else str(_plain(x)) for x in v], pa.string()).dictionary_encode()
+    batch = pa.RecordBatch.from_pydict({c.name: pa.array(pd.to_numeric(ref[c.name], errors='coerce').to_numpy('float64'), from_pandas=True) if c.kind == 'numeric' else text(ref[c.name])
+                                        for c in served.validator.schema.columns})
+    if (got := arrow_reasons(served.validator, batch)) is None: raise OptimizeError("proof: the reference rows do not read as numbers and text categories; allowed: a contract of numeric and categorical columns")
+    keep = np.setdiff1d(np.arange(len(ref)), list(got[0]))
+    fl = FoldedLinear(sc.encoder, sc.predictor)
+    a, b = fl.raw_columns(got[1], len(ref), keep), sc.predictor.raw(encode_arrow(sc.encoder, got[1], len(ref), keep))
+    diff = float(np.max(np.abs(a - b))) if len(keep) else float('inf')
+    if not diff <= tol: raise PredictorMismatch(f"predictor: got max |folded - served scorer| = {diff:.3g} on {len(keep):,} proof rows; allowed: at most {tol:g} on at least one row", diff)
+    fl.max_abs_diff, fl.proof_rows = diff, len(keep)
+    return fl
+
 # %% ../nbs/05e_batch.ipynb #33e5e503
 def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
                 batch, # an Arrow record batch: the model's features, plus the id and time columns when named
@@ -711,7 +782,7 @@ def score_batch(model, # a LoadedModel or a `Served` (`batch_model`)
     rows = pd.RangeIndex(start, start + m)  # the input row numbers, as `batch_frame` indexes the chunk
     rej = _reject_frame(pd.DataFrame({id_column: _pandas_column(batch, id_column).set_axis(rows)} if id_column and reasons else {}, index=rows), reasons, id_column)
     if n == 0: return schema.empty_table(), rej
-    P = trees.raw(encode_arrow(sc.encoder, cols, m, keep, out))
+    P = trees.raw_columns(cols, m, keep) if hasattr(trees, 'raw_columns') else trees.raw(encode_arrow(sc.encoder, cols, m, keep, out))
     preds, P = (P.ravel(), None) if served.task == 'regression' else _from_raw(served, P, list(sc.classes), n)
     arrays = [arrow_ids(batch, id_column)] if id_column else []
     arrays.append(pa.array(np.ascontiguousarray(preds) if preds.dtype != object else preds, type=schema.field('prediction').type))

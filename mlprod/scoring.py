@@ -479,10 +479,11 @@ class LinearPredictor:
             if not hasattr(est, 'predict_proba'): raise UnsupportedModelError(f"model: {type(est).__name__} has no predict_proba; allowed: a probabilistic classifier")
             multi = getattr(est, 'multi_class', 'auto')
             self.softmax = isinstance(est, LogisticRegression) and multi != 'ovr' and not (multi == 'auto' and est.solver == 'liblinear')
-    def raw(self, X:np.ndarray) -> np.ndarray:
+    def raw(self, X:np.ndarray) -> np.ndarray: return self.link(X @ self.coef.T + self.intercept)
+    def link(self, d:np.ndarray) -> np.ndarray:
+        "The predictor's output of the decision values `d` = X·coefᵀ + intercept (n, or n × k)."
         from scipy.special import expit
         from sklearn.utils.extmath import softmax
-        d = X @ self.coef.T + self.intercept
         if not self.classifier: return d.ravel() if self.coef.ndim == 1 or self.coef.shape[0] == 1 else d
         if d.shape[1] == 1: p = expit(d[:, 0]); return np.column_stack([1 - p, p])
         if self.softmax: return softmax(d, copy=False)

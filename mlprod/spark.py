@@ -13,7 +13,7 @@ import pandas as pd
 
 from .core import MlprodError, ConfigError, DataError, utcnow
 from .drift import ColumnProfile, ReferenceProfile, NUMERICAL, detect_drift
-from .batch import (BatchError, BatchResult, batch_model, coerce_numeric, input_format, output_columns, output_schema,
+from .batch import (FoldedLinear, BatchError, BatchResult, batch_model, coerce_numeric, input_format, output_columns, output_schema,
                           proba_column, rejects_path, score_frame, batch_predictor, served_kind, compiled_dir, missing_columns,
                           missing_columns_error, TIME_UNITS)
 from .optimize import CompiledPredictor, EstimatorPredictor, encoded_estimator
@@ -228,8 +228,8 @@ def ship_predictor(spark, # the SparkSession (None: paths only, as for a local m
                    predictor:CompiledPredictor|None) -> dict|None: # `batch_predictor(...)[0]` on the driver
     "What executors need to load the driver's proven compiled trees: their file paths (local master) or their bytes (a broadcast); an estimator's own methods travel with the shipped model."
     if predictor is None: return None
-    if getattr(predictor, 'kind', '') == 'estimator':
-        return dict(kind='estimator', name='estimator', classifier=predictor.classifier, max_abs_diff=predictor.max_abs_diff, proof_rows=predictor.proof_rows)
+    if getattr(predictor, 'kind', '') in ('estimator', 'linear-fold'):  # rebuilt on the executor from the shipped model
+        return dict(kind=predictor.kind, name=predictor.kind, classifier=getattr(predictor, 'classifier', None), max_abs_diff=predictor.max_abs_diff, proof_rows=predictor.proof_rows)
     obj = Path(predictor.path); txt = obj.with_suffix('.txt')
     spec = dict(name=obj.stem, classifier=predictor.classifier, host=host_cpu(), max_abs_diff=predictor.max_abs_diff, proof_rows=predictor.proof_rows)
     jvm = getattr(spark, '_jvm', None) if spark is not None else None
@@ -247,12 +247,17 @@ def _write_once(path:Path, data:bytes):
 
 def shipped_predictor(spec:dict|None, # what `ship_predictor` made on the driver
                       cache_dir=None, # where shipped bytes are written (default `compiled_dir()/'shipped'`)
-                      model=None) -> CompiledPredictor|None: # the shipped LoadedModel (an estimator's predictor is its last step)
+                      model=None, # the shipped LoadedModel (an estimator's predictor is its last step)
+                      served=None) -> CompiledPredictor|None: # its `batch_model` (a folded linear model reads its encoder and coefficients)
     "The driver's compiled trees (or estimator) on this executor (one thread), or None when there are none or this CPU differs from the driver's."
     if spec is None: return None
     if spec.get('kind') == 'estimator':
         if model is None: raise BatchError("predictor: got an estimator spec without the shipped model; allowed: `shipped_predictor(spec, model=...)`")
         return EstimatorPredictor(encoded_estimator(split_model(model.model)[1]), spec['classifier'], 1, spec['max_abs_diff'], spec['proof_rows'], 0.0)
+    if spec.get('kind') == 'linear-fold':
+        if served is None: raise BatchError("predictor: got a folded linear spec without the served model; allowed: `shipped_predictor(spec, served=...)`")
+        p = FoldedLinear(served.scorer.encoder, served.scorer.predictor); p.max_abs_diff, p.proof_rows = spec['max_abs_diff'], spec['proof_rows']
+        return p
     if spec['name'] in _TREES: return _TREES[spec['name']]
     if host_cpu() != spec['host']:
         log.warning('compiled trees %s: this executor CPU differs from the driver\'s; scoring with the served scorer', spec['name'])
@@ -284,7 +289,8 @@ def partition_scorer(model, # a LoadedModel, or what `ship_model` made of it
     rcols = [f'_mlprod_reject_{c}' for c in REJECT_FIELDS]
     def score_partition(batches):
         loaded = shipped_model(model)
-        served, trees = batch_model(loaded, unseen), shipped_predictor(predictor, model=loaded)
+        served = batch_model(loaded, unseen)
+        trees = shipped_predictor(predictor, model=loaded, served=served)
         out = output_columns(served.loaded, id_column, time_column)
         for chunk in batches:
             chunk = chunk.set_index(ROW).rename_axis(None)

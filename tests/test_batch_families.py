@@ -11,6 +11,7 @@ import numpy as np, pandas as pd, pytest
 
 USERPROJECTS = Path(__file__).parent / 'userprojects'
 WINDOWS = {'storms': (('2004-01-01', '2015-01-01'), ('2015-01-01', '2016-01-01')),
+           'mpls_stops': (('2017-01-01', '2017-04-01'), ('2017-04-01', '2017-06-01')),
            'hotel_rates': (('2016-07-01', '2016-10-01'), ('2016-10-01', '2016-12-01'))}
 
 
@@ -38,6 +39,10 @@ def storms(tmp_path_factory): return _user_project(tmp_path_factory, 'storms')
 
 @pytest.fixture(scope='module')
 def hotel(tmp_path_factory): return _user_project(tmp_path_factory, 'hotel_rates')
+
+
+@pytest.fixture(scope='module')
+def mpls(tmp_path_factory): return _user_project(tmp_path_factory, 'mpls_stops')
 
 
 def _score_local(cfg, src, rows, tmp_path):
@@ -76,11 +81,24 @@ def test_histogram_boosting_with_inner_preprocessing_scores_like_the_pipeline(ho
     np.testing.assert_allclose(out['prediction'], lm.model.predict(kept[list(lm.features)]), rtol=0, atol=1e-9)
 
 
-def test_spark_ships_the_estimator_and_equals_the_local_engine(storms, tmp_path):
-    "The Spark engine (local[2]) scores storms with the estimator shipped with the model: the local engine's output, row for row."
+def test_linear_model_scores_without_the_one_hot_matrix(mpls, tmp_path):
+    "mpls_stops (OneHotEncoder + StandardScaler -> LogisticRegression, string labels): coefficients folded per category, equal to the pipeline."
+    cfg, src, rows = mpls
+    lm, r, out = _score_local(cfg, src, rows, tmp_path)
+    assert r.predictor.startswith('linear-fold (coefficients folded per category'), r.predictor
+    kept = rows.set_index('row_id').loc[out['row_id']]
+    want = lm.model.predict_proba(kept[list(lm.features)])
+    pos = list(lm.model.classes_).index(lm.positive_class)
+    np.testing.assert_allclose(out['prediction'], want[:, pos], rtol=0, atol=1e-9)
+    assert r.n_scored > 0.95 * len(rows), r
+
+
+@pytest.mark.parametrize('project', ['storms', 'mpls_stops'])
+def test_spark_ships_the_batch_predictor_and_equals_the_local_engine(project, request, tmp_path):
+    "The Spark engine (local[2]) rebuilds the batch predictor from the shipped model (a forest's own methods, a folded linear model): the local engine's output, row for row."
     from mlprod import registry
     from mlprod.spark import score_spark, spark_session
-    cfg, src, rows = storms
+    cfg, src, rows = request.getfixturevalue({'storms': 'storms', 'mpls_stops': 'mpls'}[project])
     lm, loc, a = _score_local(cfg, src, rows, tmp_path)
     spark = spark_session('local[2]')
     try:
@@ -88,7 +106,7 @@ def test_spark_ships_the_estimator_and_equals_the_local_engine(storms, tmp_path)
                           time_column=src.TIME_COLUMN, cache_dir=tmp_path / 'compiled', max_reject_share=None)
     finally:
         spark.stop()
-    assert spk.predictor.startswith('estimator (RandomForestClassifier'), spk.predictor
+    assert spk.predictor.startswith({'storms': 'estimator (RandomForestClassifier', 'mpls_stops': 'linear-fold'}[project]), spk.predictor
     b = pd.read_parquet(spk.output)
     b = b.assign(row_id=b['row_id'].astype('int64')).sort_values('row_id').reset_index(drop=True)
     assert b['row_id'].tolist() == a['row_id'].tolist() and (spk.n_scored, spk.n_rejected) == (loc.n_scored, loc.n_rejected)
