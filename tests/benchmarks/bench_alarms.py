@@ -66,10 +66,10 @@ def _scored(model, rows):
     return rows.assign(**{PREDICTION: model.predict_scores(rows)})
 
 
-def _checks(model, prof, th, cal, baseline, window):
-    "The label-free checks of a window as `mlprod.monitor.evaluate_window` builds them (data quality, every drift check, the estimate), the domain classifier aside."
+def _checks(model, prof, th, cal, baseline, window, extra=()):
+    "The label-free checks of a window as `mlprod.monitor.evaluate_window` builds them (data quality, every drift check, the estimate), the domain classifier aside unless given in `extra`."
     from mlprod import monitor as M, profiles as P
-    checks = M.data_quality_checks(window, model.schema, th) + M.window_drift_checks(prof, window, th)[0]
+    checks = M.data_quality_checks(window, model.schema, th) + M.window_drift_checks(prof, window, th)[0] + list(extra)
     checks += [M.estimate_check(window[P.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=20, drift_calibration=prof.calibration)]
     return M.decide_verdict(checks)[0]
 
@@ -271,21 +271,23 @@ def test_alarm_quality(flights):
         f"({summary[k, 'contiguous', 200][0]:.1%} / {summary[k, 'contiguous', 200][1]:.1%} at 200), power {_rate(power['contiguous', k]):.1%}" for k in (default, other)))
 
     # the domain classifier (drift:multivariate, WARNING only): its threshold from reference splits (without a holdout) or holdout windows
-    from mlprod.signals import domain_auc, domain_null
+    from mlprod.signals import domain_auc, domain_null, domain_check, DomainDrift
     cats, dom = [c for c in feats if c in model.categorical], {}
     print(f"\nDomain classifier on in-distribution windows (half B, {N_DOMAIN} windows per size and kind; threshold at "
           f"{th.domain_false_alarm:.0%} from 4 reference splits, or from 4 windows of half A against the training rows); "
-          "monitor = the whole label-free verdict with drift:multivariate (holdout threshold), WARNING or worse")
+          "monitor = the whole label-free verdict with drift:multivariate (holdout threshold) among its checks, WARNING or worse")
     print(f"{'rows':>7} {'windows':<10} | {'AUC median':>10} | {'threshold (splits)':>18} {'drifted':>7} | {'threshold (holdout)':>19} {'drifted':>7} | "
           f"{'monitor WARN+':>13} | {'s/window':>8}")
     for n in DOMAIN_SIZES:
         nulls = [domain_null(train, n, feats, cats, th.domain_false_alarm, max_rows=th.domain_max_rows, holdout=h) for h in (None, A)]
         for kind, ws in (('random', list(_windows(Bs, n, N_DOMAIN, 100 + n))), ('contiguous', list(_contiguous(Bt, n, N_DOMAIN, 100 + n)))):
             t = time.perf_counter()
-            aucs = np.array([domain_auc(train, w, feats, cats, th.domain_max_rows)[0] for w in ws])
-            sec = (time.perf_counter() - t) / N_DOMAIN
+            fits = [domain_auc(train, w, feats, cats, th.domain_max_rows) for w in ws]
+            sec, aucs = (time.perf_counter() - t) / N_DOMAIN, np.array([f[0] for f in fits])
             fa_dom = [_rate(aucs > nl.threshold) for nl in nulls]
-            whole = [_status(_checks(model, prof, th, cal, baseline, w)) != Status.SUCCESS or a > nulls[1].threshold for w, a in zip(ws, aucs)]
+            nl = nulls[1]
+            whole = [_status(_checks(model, prof, th, cal, baseline, w, [domain_check(DomainDrift(a, max(a - 1.96 * se, 0), min(a + 1.96 * se, 1), nl.threshold,
+                     nl.mean, th.domain_false_alarm, nr, nc, 0.0, nl.source), th)])) != Status.SUCCESS for w, (a, se, nr, nc) in zip(ws, fits)]
             dom[n, kind] = _rate(whole)
             print(f"{n:>7} {kind:<10} | {np.median(aucs):>10.3f} | {nulls[0].threshold:>18.3f} {fa_dom[0]:>7.1%} | {nulls[1].threshold:>19.3f} {fa_dom[1]:>7.1%} | "
                   f"{dom[n, kind]:>13.1%} | {sec:>8.2f}")
