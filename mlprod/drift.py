@@ -740,6 +740,11 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
             st = column_statistics(profile, rows, names)
             a[k], sig[k] = [st[c][:2] for c in names], [float(f(rows)) for f in signals.values()]
         q = _quantiles(a, rates) # (rates, columns, 2)
+        if time_column is not None: # a column's own limit covers row-sampling noise too (a block of a schedule varies less than random rows)
+            r = np.empty((n_draws, len(names), 2))
+            for k, rows in enumerate(_chunks(frame, n, n_draws, rng, None)):
+                st = column_statistics(profile, rows, names); r[k] = [st[c][:2] for c in names]
+            q = np.fmax(q, _quantiles(r, rates))
         typical = np.nan_to_num(np.nanmedian(a, axis=0)) # (columns, 2): the scale the score divides by
         for j, c in enumerate(names):
             cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist()); cols[c]['typical'].append(typical[j].tolist())

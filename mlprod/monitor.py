@@ -31,7 +31,7 @@ __all__ = ['log', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError
            'read_source_window', 'window_labels', 'batch_window_chunks', 'batch_window_notes', 'batch_runs_in',
            'read_batch_window', 'BatchSummary', 'stream_batch_window', 'evaluate_batch_window', 'monitor_batch',
            'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
-           'report_samples', 'traffic_seconds', 'decide_verdict', 'window_drift_checks',
+           'report_samples', 'traffic_seconds', 'drift_explains', 'decide_verdict', 'window_drift_checks',
            'performance_and_signal_checks', 'evaluate_window', 'publish', 'previous_rows', 'monitor', 'evidently_html',
            'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
@@ -1098,6 +1098,17 @@ def traffic_seconds(requests:pd.DataFrame, # request-log rows (column `at`, the 
     if len(at) == 0: return (t1 - t0).total_seconds()
     return max((at.max() - at.min()).total_seconds(), 1.0)
 
+# %% ../nbs/06_monitor.ipynb #s5dex02
+def drift_explains(checks:Sequence[Check], # from `drift_checks`
+                  ) -> list:
+    "Calibrated mode: drift checks outside the budget (`drift:<column>`, `drift:multivariate`, ...) lowered from WARNING to SUCCESS (explaining) while `drift:share` passes."
+    share = next((c for c in checks if c.name == 'drift:share'), None)
+    if share is None or share.status != Status.SUCCESS or (share.details or {}).get('mode') != 'calibrated': return list(checks)
+    why = 'drifted, explains only: the importance-weighted score (drift:share) is within its false-alarm budget'
+    return [dataclasses.replace(c, status=Status.SUCCESS, message=f"{c.message} ({why})", details={**(c.details or {}), 'drifted': True})
+            if c.status == Status.WARNING and c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction') else c
+            for c in checks]
+
 # %% ../nbs/06_monitor.ipynb #7e8d8690
 VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels)'), ('estimated:', 'estimate', 'the label-free performance estimate'),
                    ('service:', 'service', 'the service'), ('data_quality:', 'data_quality', 'data quality'),
@@ -1107,6 +1118,7 @@ VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels
 def decide_verdict(checks:Sequence[Check], # every check of a window
                   ) -> tuple:
     "(checks, driver, reason): realized performance with a verdict sets the estimate aside and lowers failed drift checks to WARNING; the signal behind the worst status."
+    checks = drift_explains(checks)
     decided = next((c for c in checks if c.name.startswith('performance:') and c.name != 'performance:label_coverage'
                     and c.status in (Status.SUCCESS, Status.FAIL)), None)
     if decided is not None:

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'PREDICTION', 'PROFILE_ARTIFACT', 'prediction_column', 'model_importances', 'version_importance',
-           'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile', 'reference_profile',
-           'thresholds_note', 'store_profile', 'stored_errors']
+           'chunks_column', 'calibrate_profile', 'profile_path', 'build_reference_profile', 'stored_profile',
+           'reference_profile', 'thresholds_note', 'store_profile', 'stored_errors']
 
 # %% ../nbs/05h_profiles.ipynb #ab4a1bc7
 PREDICTION = 'prediction' # column of model scores in frames given to `monitor` and in the reference profile
@@ -69,6 +69,23 @@ def version_importance(model, # a `mlprod.registry.LoadedModel`
     return {}, 'none (equal weights)'
 
 
+# %% ../nbs/05h_profiles.ipynb #4d3ec506
+def chunks_column(model, # the version (its `time_column` lineage tag, when registered by mlprod)
+                  holdout:pd.DataFrame|None, # the rows the thresholds are measured on
+                  thresholds:Thresholds=Thresholds(), # `calibration_chunks`: 'auto', 'time' or 'random'
+                 ) -> str|None:
+    "The column whose contiguous blocks calibrate the thresholds, None for bootstrap rows: `calibration_chunks` resolved for this version and holdout."
+    chunks = validate_thresholds(thresholds).calibration_chunks
+    if chunks == 'random' or holdout is None: return None
+    try: column = model.time_column
+    except (AttributeError, NotFoundError): column = None
+    if column and column in holdout.columns: return column
+    if chunks == 'time':
+        raise ConfigError('thresholds.calibration_chunks', 'time', "'random', or a holdout holding the version's time column "
+                          f"{column!r}", 'give calibrate_profile a holdout with it, or time_column=')
+    log.info("calibration_chunks = 'auto': random rows, the holdout holds no time column of the version (%r)", column)
+    return None
+
 # %% ../nbs/05h_profiles.ipynb #aaafbda1
 def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile` (its importance decides the score's weights)
                       model, # the version
@@ -76,15 +93,11 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
                       reference:pd.DataFrame|None=None, # its training snapshot (default: `model.reference()`)
                       thresholds:Thresholds=Thresholds(), # false_alarm_fail/warning, importance_floor, calibration_draws
                       seed:int=0,
-                      time_column:str|None=None, # a time column of the holdout: chunks are contiguous blocks in its order (default: the version's, when `calibration_chunks='time'`)
+                      time_column:str|None=None, # a time column of the holdout: chunks are contiguous blocks in its order (default: `chunks_column`)
                      ) -> ReferenceProfile:
     "`profile` with drift thresholds (data-set score, prediction, estimate: one budget) measured on the holdout (else a split of the training snapshot)."
     th, feats = validate_thresholds(thresholds), [c for c in profile.names if c != PREDICTION]
-    if time_column is None and th.calibration_chunks == 'time':
-        time_column = getattr(model, 'time_column', None)
-        if not time_column or holdout is None or time_column not in holdout.columns:
-            raise ConfigError('thresholds.calibration_chunks', 'time', "'random', or a holdout holding the version's time column "
-                              f"{time_column!r}", 'give calibrate_profile a holdout with it, or time_column=')
+    if time_column is None: time_column = chunks_column(model, holdout, th)
     if holdout is not None and len(holdout) >= 20: rows, against, source = holdout, profile, 'holdout'
     else:
         ref = model.reference() if reference is None else reference

@@ -269,3 +269,31 @@ def test_calibrated_thresholds_are_reproducible_and_stored(flights, tmp_path):
     blocks = P.calibrate_profile(prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration
     assert blocks.chunking == 'time blocks of time_hour' and blocks.to_dict() == P.calibrate_profile(
         prof, model, hold, train, dataclasses.replace(th, calibration_chunks='time'), time_column='time_hour').calibration.to_dict()
+
+
+def test_auto_chunks_use_the_versions_time_column(flights):
+    "calibration_chunks = 'auto' (the default) draws time blocks when the holdout holds the version's time column, random rows when it does not; a column's own limit from blocks covers random rows' noise too."
+    import json
+    from sklearn.linear_model import LogisticRegression
+    from mlprod.registry import LoadedModel
+    from mlprod.data import Schema
+    from mlprod.core import utcnow
+    from mlprod import profiles as P
+    from mlprod.config import Thresholds
+    feats = ['sched_dep_time', 'distance', 'temp', 'humid']
+    jan, feb = flights[flights.month == 1].dropna(subset=feats), flights[flights.month == 2].dropna(subset=feats)
+    train, hold = jan.head(6000), feb.head(4000)
+    tags = {'mlprod.target': 'delayed', 'mlprod.classes': json.dumps([0, 1]), 'mlprod.positive_class': '1', 'mlprod.time_column': 'time_hour'}
+    model = LoadedModel('m', '1', None, LogisticRegression(max_iter=500).fit(train[feats], train.delayed), Schema.infer(train[feats], feats), feats, [],
+                        'binary', tags, 'run', '', utcnow(), _ref={'df': train})
+    th = Thresholds(calibration_draws=60)
+    assert th.calibration_chunks == 'auto'
+    blocks = P.build_reference_profile(model, train, hold, th).calibration
+    rows = P.calibrate_profile(P.build_reference_profile(model, train, hold, th), model, hold.drop(columns='time_hour'), train, th).calibration
+    assert (blocks.chunking, rows.chunking) == ('time blocks of time_hour', 'random rows')
+    forced = P.calibrate_profile(P.build_reference_profile(model, train, hold, th), model, hold, train, Thresholds(calibration_draws=60, calibration_chunks='random'))
+    assert forced.calibration.chunking == 'random rows'
+    # each column's own limit: never below what random rows of the same holdout give (a block of a schedule varies less than random rows)
+    for c in feats:
+        for n in (200, 1000):
+            assert blocks.threshold(c, n) >= 0.9 * forced.calibration.threshold(c, n), (c, n, blocks.threshold(c, n), forced.calibration.threshold(c, n))
