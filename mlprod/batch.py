@@ -14,7 +14,7 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .core import MlprodError, ConfigError, jsonable, esc, utcnow
-from .scoring import CompiledModel, Encoder, ScoringError, apply_ops
+from .scoring import CompiledModel, Encoder, ScoringError, apply_ops, missing_markers, split_model
 from .serve import RowValidator, Served, prepare, violation_dict
 
 log = logging.getLogger(__name__)
@@ -281,9 +281,13 @@ def _from_raw(served:Served, P, own:list, n:int) -> tuple:
     return np.asarray(list(loaded.classes), dtype=object)[P.argmax(axis=1)], P
 
 def _model_frame(loaded, chunk:pd.DataFrame) -> pd.DataFrame:
-    "The DataFrame the model's own methods read (the types of `mlprod.scoring.frame_of`)."
-    cats = set(loaded.categorical)
-    return pd.DataFrame({c: (pd.Series(category_keys(chunk[c]), dtype=object) if c in cats else _numeric_array(chunk[c])) for c in loaded.features})
+    "The DataFrame the model's own methods read (the types and missing markers of `mlprod.scoring.frame_of`)."
+    marks = missing_markers(split_model(loaded.model)[0], loaded.categorical)
+    def keys(c):
+        k = category_keys(chunk[c])
+        if marks[c] is not None: k[pd.isna(k)] = marks[c]  # a missing category as the model's training data held it
+        return pd.Series(k, dtype=object)
+    return pd.DataFrame({c: (keys(c) if c in marks else _numeric_array(chunk[c])) for c in loaded.features})
 
 # %% ../nbs/05e_batch.ipynb #a7c1e0d0
 def id_text(values:pd.Series) -> pd.Series:

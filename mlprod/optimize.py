@@ -262,7 +262,7 @@ def edge_rows(X:pd.DataFrame, # held-out rows
     "Probe rows (`mlprod.scoring.probe_rows`) over the ranges and categories of `X`, as the frame the model reads."
     feats, cats = list(encoding.features), list(encoding.categorical)
     categories = {p.column: list(p.table) for p in encoding.plans if p.kind == 'categorical'}
-    return frame_of(probe_rows(feats, cats, Schema.infer(X, feats, cats), categories), feats, cats)
+    return frame_of(probe_rows(feats, cats, Schema.infer(X, feats, cats), categories), feats, cats, encoding.markers)
 
 def _abs_diff(a, b) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

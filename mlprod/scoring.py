@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'UNSEEN', 'ScoringError', 'UnsupportedModelError', 'is_missing', 'frame_of', 'split_model', 'Then',
-           'with_inner', 'encoder_categories', 'ColumnPlan', 'numeric_ops', 'apply_ops', 'Encoder', 'compile_encoder',
-           'Trees', 'trees_of_sklearn', 'trees_of_hist', 'ForestPredictor', 'HistPredictor', 'FastBooster',
-           'booster_string', 'LightGBMPredictor', 'LinearPredictor', 'compile_predictor', 'CompiledModel', 'probe_rows',
-           'ModelCapabilities', 'capabilities', 'compile_model', 'fast_path']
+           'with_inner', 'encoder_categories', 'missing_markers', 'ColumnPlan', 'numeric_ops', 'apply_ops', 'Encoder',
+           'compile_encoder', 'Trees', 'trees_of_sklearn', 'trees_of_hist', 'ForestPredictor', 'HistPredictor',
+           'FastBooster', 'booster_string', 'LightGBMPredictor', 'LinearPredictor', 'compile_predictor',
+           'CompiledModel', 'probe_rows', 'ModelCapabilities', 'capabilities', 'compile_model', 'fast_path']
 
 # %% ../nbs/01b_scoring.ipynb #30b39ba6
 class ScoringError(MlprodError):
@@ -42,12 +42,15 @@ def _cat(v):
 
 def frame_of(columns:dict, # column name → list of values
              features:Sequence[str], # the model's input columns, in order
-             categorical:Sequence[str]=()) -> pd.DataFrame: # which of them are categorical
+             categorical:Sequence[str]=(), # which of them are categorical
+             missing:dict|None=None) -> pd.DataFrame: # categorical column → what its missing values become (`missing_markers`; default None)
     "The DataFrame of column lists that the model's own `predict` is given."
-    cats, data = set(categorical), {}
+    cats, data, missing = set(categorical), {}, missing or {}
     for c in features:
         vals = columns[c]
-        if c in cats: data[c] = pd.Series([_cat(v) for v in vals], dtype=object)
+        if c in cats:
+            m = missing.get(c)
+            data[c] = pd.Series([m if (k := _cat(v)) is None else k for v in vals], dtype=object)
         else: data[c] = np.array([math.nan if is_missing(v) else v for v in vals], dtype='float64')
     return pd.DataFrame(data)
 
@@ -101,6 +104,26 @@ def encoder_categories(pre) -> dict:
         for c, cats in zip(cols, enc.categories_): out[c] = [v for v in cats if not is_missing(v)]
     return out
 
+# %% ../nbs/01b_scoring.ipynb #5c0e8d21
+def _chain_marker(chain:list, k:int):
+    "The missing marker of the k-th input column of one transformer chain (`_column_chains`)."
+    from sklearn.impute import SimpleImputer
+    enc = next((s for s in chain if hasattr(s, 'categories_')), None)
+    known = list(enc.categories_[k]) if enc is not None and k < len(enc.categories_) else []
+    if any(v is None for v in known): return None  # missing values reached the encoder as None in training
+    if isinstance(chain[0], SimpleImputer): return chain[0].missing_values
+    return next((v for v in known if is_missing(v)), None)
+
+def missing_markers(pre, # the fitted preprocessing (`split_model(model)[0]`, or `with_inner`'s); None: none
+                    categorical:Sequence[str]) -> dict: # the categorical input columns
+    "Categorical column → the value the fitted model reads as a missing value of it (NaN, None, or an imputer's `missing_values`)."
+    out = dict.fromkeys(categorical)
+    done = set()
+    for cols, chain in (_column_chains(pre) if pre is not None else []):
+        for k, c in enumerate(cols):
+            if c in out and c not in done: out[c], done = _chain_marker(chain, k), done | {c}
+    return out
+
 # %% ../nbs/01b_scoring.ipynb #e66b7407
 @dataclass
 class ColumnPlan:
@@ -122,12 +145,12 @@ def _dense(a) -> np.ndarray:
     a = a.toarray() if hasattr(a, 'toarray') else a
     return np.asarray(a.to_numpy() if hasattr(a, 'to_numpy') else a, dtype=np.float64)
 
-def _transform(pre, rows:dict, features, categorical) -> np.ndarray:
-    if pre is None: return frame_of(rows, features, categorical).to_numpy(dtype=np.float64)
-    return _dense(pre.transform(frame_of(rows, features, categorical)))
+def _transform(pre, rows:dict, features, categorical, missing:dict|None=None) -> np.ndarray:
+    if pre is None: return frame_of(rows, features, categorical, missing).to_numpy(dtype=np.float64)
+    return _dense(pre.transform(frame_of(rows, features, categorical, missing)))
 
-def _try_transform(pre, rows, features, categorical):
-    try: return _transform(pre, rows, features, categorical), ''
+def _try_transform(pre, rows, features, categorical, missing:dict|None=None):
+    try: return _transform(pre, rows, features, categorical, missing), ''
     except Exception as e: return None, f"{type(e).__name__}: {str(e)[:200]}"
 
 def _moved(out:np.ndarray, base:np.ndarray) -> np.ndarray:
@@ -188,11 +211,11 @@ def _calibrate_numeric(pre, base:dict, c:str, features, categorical, B:np.ndarra
     if ops is not None and not np.array_equal(apply_ops(ops, _POINTS), out[:, pos[0]]): ops = None
     return ColumnPlan(c, pos, 'numeric', scale=a, shift=b, missing=None if miss is None else miss[0, pos], missing_error=miss_err, ops=ops)
 
-def _calibrate_categorical(pre, base:dict, c:str, cats:list, features, categorical, B:np.ndarray) -> ColumnPlan:
+def _calibrate_categorical(pre, base:dict, c:str, cats:list, features, categorical, B:np.ndarray, missing:dict|None=None) -> ColumnPlan:
     keys = list(dict.fromkeys(_cat(v) for v in cats))
     out, err = _try_transform(pre, {k: v * len(keys) for k, v in base.items()} | {c: keys}, features, categorical)
     if out is None: raise UnsupportedModelError(f"column {c!r}: the preprocessing fails on its own categories ({err})")
-    miss, miss_err = _try_transform(pre, base | {c: [None]}, features, categorical)
+    miss, miss_err = _try_transform(pre, base | {c: [None]}, features, categorical, missing)  # the training data's missing marker
     unseen, unseen_err = _try_transform(pre, base | {c: [UNSEEN]}, features, categorical)
     extra = [m for m in (miss, unseen) if m is not None]
     pos = _moved(np.vstack([out, *extra]), B).astype(int)
@@ -208,6 +231,7 @@ class Encoder:
     categorical:tuple
     base:np.ndarray # the output row of the base input row
     plans:tuple # one ColumnPlan per input column
+    markers:dict=field(default_factory=dict) # categorical column → its missing marker in the model's own frame (`missing_markers`)
     @property
     def n_outputs(self) -> int: return len(self.base)
 
@@ -226,18 +250,18 @@ def compile_encoder(pre, # the fitted preprocessing (None: the estimator reads t
     cats = encoder_categories(pre) if pre is not None else {}
     declared = set(categorical) | {c for c, v in cats.items() if any(isinstance(x, str) for x in v)}  # string categories: categorical
     features, categorical = tuple(features), tuple(c for c in features if c in declared)
-    base = _base_row(features, categorical, cats)
+    base, markers = _base_row(features, categorical, cats), missing_markers(pre, categorical)
     B, err = _try_transform(pre, base, features, categorical)
     if B is None: raise UnsupportedModelError(f"preprocessing: fails on a base row ({err})")
     B = B[0]
-    plans = [(_calibrate_categorical(pre, base, c, cats[c], features, categorical, B) if c in categorical
+    plans = [(_calibrate_categorical(pre, base, c, cats[c], features, categorical, B, markers) if c in categorical
               else _calibrate_numeric(pre, base, c, features, categorical, B)) for c in features]
     seen = {}
     for p in plans:
         for j in p.positions:
             if j in seen: raise UnsupportedModelError(f"output column {j}: depends on both {seen[j]!r} and {p.column!r}; allowed: preprocessing where each output reads one input column")
             seen[j] = p.column
-    return Encoder(features, categorical, B, tuple(plans))
+    return Encoder(features, categorical, B, tuple(plans), markers)
 
 # %% ../nbs/01b_scoring.ipynb #2094ca49
 def _refused(p:ColumnPlan, what:str, v) -> ScoringError:
@@ -600,10 +624,11 @@ def capabilities(model, # the fitted model (Pipeline or estimator)
     pre, est = split_model(model)
     cats = encoder_categories(pre) if pre is not None else {}
     base = {c: [v[0]] for c, v in probe_rows(features, categorical, schema, cats).items()}
+    markers = missing_markers(pre, categorical)  # a missing value as the model's training data held it
     predict = getattr(model, 'predict_proba', None) or model.predict
     questions = [(c, what, v) for c in features for what, v in (('unseen', UNSEEN), ('missing', None)) if what == 'missing' or c in categorical]
     def ask(rows:list):
-        try: predict(frame_of({c: [(v if c == q else base[c][0]) for q, _, v in rows] for c in features}, features, categorical)); return True, ''
+        try: predict(frame_of({c: [(v if c == q else base[c][0]) for q, _, v in rows] for c in features}, features, categorical, markers)); return True, ''
         except Exception as e: return False, f"{type(e).__name__}: {str(e)[:160]}"
     with threadpool_limits(1):  # a few rows: OpenMP threads would only add their start-up, once per call
         every, _ = ask(questions)  # one call for all questions; only when the model refuses one, one call each to find which
@@ -632,7 +657,7 @@ def _prove(cm:CompiledModel, model, probes:dict, cap:ModelCapabilities, toleranc
     for i in sorted(set(range(n)) - set(ok)):
         if not _refuses(cm.raw, pick([i])): raise UnsupportedModelError(f"probe row {i}: the model refuses it but the fast path scores it")
     good = pick(ok)
-    want, want_labels = _reference(model, frame_of(good, feats, cats), cm.classes is not None)
+    want, want_labels = _reference(model, frame_of(good, feats, cats, cm.encoder.markers), cm.classes is not None)
     many = cm.raw(good, len(ok))
     one = np.concatenate([cm.raw(pick([i]), 1) for i in ok])
     diff = float(max(np.max(np.abs(many - want)), np.max(np.abs(one - want))))

@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import MlprodError, ConfigError, DataError, NotFoundError, jsonable, esc, utcnow
 from .data import Schema, Violation
 from .requestlog import RequestLog, json_value
-from .scoring import frame_of, fast_path, capabilities, UNSEEN
+from .scoring import frame_of, fast_path, capabilities, missing_markers, split_model, UNSEEN
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +331,10 @@ class FrameScorer:
         self.loaded, self.reason = loaded, reason
         self.features, self.categorical = list(loaded.features), list(loaded.categorical)
         self.classes = getattr(getattr(loaded, 'model', None), 'classes_', None)
+        self.missing = missing_markers(split_model(getattr(loaded, 'model', None))[0], self.categorical)  # as in the training data
     def frame(self, columns:dict, n_rows:int):
-        "The DataFrame the model reads."
-        return frame_of(columns, self.features, self.categorical)
+        "The DataFrame the model reads (a missing category as the model's `missing_markers`)."
+        return frame_of(columns, self.features, self.categorical, self.missing)
     def __call__(self, columns:dict, n_rows:int) -> np.ndarray:
         "Scores as `LoadedModel.predict_scores` gives them."
         s = np.asarray(self.loaded.predict_scores(self.frame(columns, n_rows))).ravel()
