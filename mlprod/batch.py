@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'OUTPUT_COLUMNS', 'REJECT_COLUMNS', 'TIME_UNITS', 'ESTIMATOR_PROOF_ROWS', 'ARROW_POOLS', 'BatchError',
            'proba_column', 'output_columns', 'label_type', 'output_schema', 'rejects_schema', 'batch_model',
            'valid_row', 'suspect_mask', 'reject_reasons', 'missing_columns', 'missing_columns_error', 'category_keys',
-           'category_codes', 'output_columns_of', 'numeric_block', 'encode_frame', 'id_text', 'event_times',
-           'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult', 'input_format',
-           'input_columns', 'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches', 'arrow_numbers',
-           'arrow_categories', 'arrow_reasons', 'pandas_extension_columns', 'arrow_times', 'arrow_ids', 'encode_arrow',
-           'FoldedLinear', 'folded_linear', 'score_batch', 'scored_stamp', 'temp_path', 'commit_file', 'rejects_path',
-           'peak_mb', 'arrow_memory_pool', 'score_local', 'parquet_drift', 'WindowProfile', 'round_significant']
+           'category_codes', 'output_columns_of', 'numeric_block', 'refuse_codes', 'encode_frame', 'id_text',
+           'event_times', 'score_frame', 'compiled_dir', 'served_kind', 'batch_predictor', 'BatchResult',
+           'input_format', 'input_columns', 'coerce_numeric', 'input_record_batches', 'batch_frame', 'input_batches',
+           'arrow_numbers', 'arrow_categories', 'arrow_reasons', 'pandas_extension_columns', 'arrow_times', 'arrow_ids',
+           'dictionary_codes', 'encode_arrow', 'FoldedLinear', 'folded_linear', 'score_batch', 'scored_stamp',
+           'temp_path', 'commit_file', 'rejects_path', 'peak_mb', 'arrow_memory_pool', 'score_local', 'parquet_drift',
+           'WindowProfile', 'round_significant']
 
 # %% ../nbs/05e_batch.ipynb #3a98ae9f
 class BatchError(MlprodError):
@@ -236,11 +237,16 @@ def _fill_numeric(p, x:np.ndarray, X:np.ndarray):
     if _passthrough(p): X[:, p.positions[0]] = x; return  # the value as it is, NaN where missing
     X[:, output_columns_of(p.positions)] = numeric_block(p, x)
 
+def refuse_codes(p, # a categorical `ColumnPlan`
+                 codes:np.ndarray): # its `category_codes`
+    "A `ScoringError` when a code is unseen or missing and the fitted model scores neither."
+    n_known = len(p.rows)
+    if p.unseen is None and (codes == n_known).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
+    if p.missing is None and (codes == n_known + 1).any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+
 def _fill_codes(p, codes:np.ndarray, X:np.ndarray):
     "Write the outputs of the categorical column plan `p` for its `category_codes` into the matrix `X`."
-    n_known = len(p.rows); miss = codes == n_known + 1
-    if p.unseen is None and (codes == n_known).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
-    if p.missing is None and miss.any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+    refuse_codes(p, codes)
     z = np.zeros(len(p.positions))
     T = np.vstack([p.rows, p.unseen if p.unseen is not None else z, p.missing if p.missing is not None else z])
     if len(p.positions) == 1: X[:, p.positions[0]] = T[:, 0].take(codes)
@@ -672,6 +678,14 @@ def arrow_ids(batch, # a record batch
     return pa.array(id_text(_pandas_column(batch, name)).to_numpy(), type=pa.string())  # e.g. integers with missing values: floats ('3.0') or Int64
 
 # %% ../nbs/05e_batch.ipynb #bdaf84a6
+def dictionary_codes(p, # a categorical `ColumnPlan`
+                     entries:list, # the column's dictionary (`arrow_categories`)
+                     positions:np.ndarray, # each row's entry, -1 where missing
+                     rows:np.ndarray|None=None) -> np.ndarray: # the rows to code (None: all)
+    "`category_codes` of a dictionary-encoded column: each dictionary entry looked up once; unseen `len(p.table)`, missing one more."
+    k = len(p.table)
+    return np.array([p.table.get(e, k) for e in entries] + [k + 1], dtype=np.intp)[positions if rows is None else positions[rows]]
+
 def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder`)
                  cols:dict, # the checked columns of `arrow_reasons`
                  n_rows:int, # rows in those columns
@@ -686,9 +700,7 @@ def encode_arrow(encoder:Encoder, # the compiled encoder (`CompiledModel.encoder
         kind, a, b = cols[p.column]
         if kind != p.kind: raise ScoringError(f"column {p.column!r}: got {kind} values; allowed: {p.kind} values for this model")
         if kind == 'numeric': _fill_numeric(p, a if rows is None else a[rows], X); continue
-        k = len(p.table)  # `category_codes`: each dictionary entry looked up once; missing after unseen
-        codes = np.array([p.table.get(e, k) for e in a] + [k + 1], dtype=np.intp)[b if rows is None else b[rows]]
-        _fill_codes(p, codes, X)
+        _fill_codes(p, dictionary_codes(p, a, b, rows), X)
     return X
 
 # %% ../nbs/05e_batch.ipynb #1395a147
@@ -725,10 +737,7 @@ def raw_columns(self:FoldedLinear, cols:dict, # the checked columns of `arrow_re
         if kind == 'numeric':
             x = a if rows is None else a[rows]
             d += (x[:, None] if _passthrough(p) else numeric_block(p, x)) @ W.T; continue
-        k = len(p.table)
-        codes = np.array([p.table.get(e, k) for e in a] + [k + 1], dtype=np.intp)[b if rows is None else b[rows]]
-        if p.unseen is None and (codes == k).any(): raise ScoringError(f"column {p.column!r}: got an unseen value; allowed: values the fitted model scores ({p.unseen_error})")
-        if p.missing is None and (codes == k + 1).any(): raise ScoringError(f"column {p.column!r}: got a missing value; allowed: values the fitted model scores ({p.missing_error})")
+        codes = dictionary_codes(p, a, b, rows); refuse_codes(p, codes)
         d += self.tables[p.column].take(codes, axis=0)
     return self.linear.link(d)
 
