@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'NUMERICAL', 'CATEGORICAL', 'INT_CARDINALITY_LIMIT', 'SMALL_REFERENCE', 'FEW_VALUES', 'JS_VALUE_BINS',
            'PROFILE_FORMAT', 'PROFILE_VERSION', 'STATTESTS', 'CALIBRATION_SIZES', 'FALSE_ALARM_RATES',
-           'MIN_MISSING_SHIFT', 'EmptyColumnError', 'ProfileFormatError', 'infer_kind', 'wasserstein_from_counts',
-           'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest', 'is_drift', 'ColumnDrift',
-           'DriftResult', 'detect_drift', 'calibrated_stattest', 'missing_count', 'column_statistics',
-           'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'importance_shares',
-           'permutation_importance', 'column_ratios', 'joint_thresholds', 'calibrate_drift', 'UncalibratedProfileError',
-           'calibrated_drift']
+           'MIN_MISSING_SHIFT', 'CALIBRATION_METHOD', 'EmptyColumnError', 'ProfileFormatError', 'infer_kind',
+           'wasserstein_from_counts', 'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest',
+           'is_drift', 'ColumnDrift', 'DriftResult', 'detect_drift', 'calibrated_stattest', 'missing_count',
+           'column_statistics', 'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'importance_shares',
+           'permutation_importance', 'column_ratios', 'joint_thresholds', 'tail_bounds', 'calibrate_drift',
+           'UncalibratedProfileError', 'calibrated_drift']
 
 # %% ../nbs/05a_drift.ipynb #c9f66b16
 class EmptyColumnError(DataError):
@@ -351,6 +351,7 @@ class DriftResult:
     score_fail:float|None=None # calibrated: the score that fails (the strictest false-alarm rate)
     score_warning:float|None=None # calibrated: the score that warns
     rates:tuple=() # calibrated: the false-alarm rates per window behind score_fail and score_warning
+    important:tuple=() # calibrated: (column, times its typical noise, WARNING threshold, FAIL threshold) of each important column beyond its own share of the budget
     def __post_init__(self): object.__setattr__(self, 'columns', tuple(self.columns))
     @property
     def drifted_columns(self) -> list: return [c.column for c in self.columns if c.drifted]
@@ -584,6 +585,7 @@ class DriftCalibration:
     joint:dict=field(default_factory=dict) # 'column:NAME' / 'signal:NAME' -> [[threshold per rate] per size], calibrated jointly with the score
     signal_reference:dict=field(default_factory=dict) # signal name -> its value on all the calibration rows (e.g. the estimated metric)
     chunking:str='random rows' # how chunks were drawn: 'random rows' or 'time blocks of COLUMN'
+    method:int=1 # how the thresholds were measured (`CALIBRATION_METHOD` when they were)
     def threshold(self, column:str, n:int, which:str='distance', rate:int=0) -> float:
         "Column `column`'s `which` ('distance' or 'missing') threshold for an `n`-row window at `rates[rate]`."
         v = interpolate_threshold(self.sizes, [q[rate] for q in self.columns[column][which]], n)
@@ -596,7 +598,7 @@ class DriftCalibration:
         "The data-set score's threshold for an `n`-row window at `rates[rate]`."
         return interpolate_threshold(self.sizes, [q[rate] for q in self.score], n)
     def joint_threshold(self, name:str, n:int, rate:int=0) -> float|None:
-        "The threshold of joint check `name` ('column:prediction', 'signal:estimate') for an `n`-row window at `rates[rate]`; None if not calibrated."
+        "The threshold of joint check `name` ('column:prediction', 'important:COLUMN', 'signal:estimate') for an `n`-row window at `rates[rate]`; None if not calibrated."
         if name not in self.joint: return None
         return interpolate_threshold(self.sizes, [q[rate] for q in self.joint[name]], n)
     def to_dict(self) -> dict: return jsonable(dataclasses.asdict(self))
@@ -680,6 +682,7 @@ def _quantiles(a:np.ndarray, rates:Sequence[float]) -> np.ndarray:
 def joint_thresholds(stats, # (draws, checks) statistics of in-distribution chunks, bigger = further from the reference (NaN: not measured)
                      rates:Sequence[float], # false-alarm rates per window, strictest first
                      members=None, # (rates, checks) booleans: which checks raise the verdict at each rate (default: all)
+                     effective:int|None=None, # independent draws among them, when fewer than drawn (time blocks): too few for a rate, the larger of these and `tail_bounds`
                     ) -> np.ndarray:
     "(rates, checks) thresholds: at each rate, a new draw is beyond at least one member check's threshold at most that share of the time."
     from scipy.stats import rankdata
@@ -693,9 +696,37 @@ def joint_thresholds(stats, # (draws, checks) statistics of in-distribution chun
             lj = level if m[i, j] else _quantiles(F[:, j], [r])[0] # a check outside the verdict keeps its own rate
             below = s[F[:, j] <= lj, j]
             out[i, j] = below.max() if below.size else -np.inf
-    return np.nan_to_num(out, neginf=0.0)
+    out = np.nan_to_num(out, neginf=0.0)
+    if effective is None: return out
+    few = np.array([effective < 1 / r - 1 for r in rates]) # too few independent draws to certify the rate: bound the tail
+    return np.where(few[:, None], np.fmax(out, tail_bounds(stats, rates, m, effective)), out)
 
-# %% ../nbs/05a_drift.ipynb #59dd49b8
+# %% ../nbs/05a_drift.ipynb #s6tail02
+def tail_bounds(stats, # (draws, checks) statistics of in-distribution chunks, bigger = further from the reference (NaN: not measured)
+                rates:Sequence[float], # false-alarm rates per window, strictest first
+                members=None, # (rates, checks) booleans: which checks raise the verdict at each rate (default: all)
+                effective:int=2, # independent draws among them (overlapping time blocks: calibration rows // window size)
+               ) -> np.ndarray:
+    "(rates, checks) thresholds from a normal model of each check (log scale when positive): Student's t bound on the members' largest standardized value for `effective` independent draws."
+    from scipy.stats import t as student
+    s = np.asarray(stats, float)
+    m = np.ones((len(rates), s.shape[1]), bool) if members is None else np.asarray(members, bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        pos = np.nanmin(s, 0) > 0
+        g = np.where(pos, np.log(np.where(s > 0, s, 1.0)), s)
+        mu, sd = np.nanmean(g, 0), np.nanstd(g, 0, ddof=1)
+        z = (g - mu) / np.where(sd > 0, sd, 1.0)
+        k, out = max(int(effective), 2), np.empty((len(rates), s.shape[1]))
+        for i, r in enumerate(rates):
+            f = float(student.ppf(1 - r, k - 1)) * math.sqrt(1 + 1 / k)
+            M = np.nanmax(z[:, m[i]], 1) if m[i].any() else np.zeros(len(s))
+            level = float(np.nanmean(M) + f * np.nanstd(M, ddof=1))
+            v = mu + np.where(m[i], level, f) * np.nan_to_num(sd)
+            out[i] = np.where(pos, np.exp(np.minimum(v, 700)), v)
+    return np.nan_to_num(out, nan=0.0)
+
+# %% ../nbs/05a_drift.ipynb #s6chunk1
 def _chunks(frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None):
     "`n_draws` chunks for an `n`-row window: bootstrap rows (a little fewer, see above), or contiguous blocks in `time_column` order."
     if time_column is None:
@@ -705,6 +736,39 @@ def _chunks(frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None):
     ordered = frame.sort_values(time_column, kind='stable')
     size = min(n, len(ordered))
     for start in rng.integers(0, len(ordered) - size + 1, n_draws): yield ordered.iloc[start:start + size]
+
+def _draw_statistics(profile:ReferenceProfile, frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None, signals:Mapping={}) -> tuple:
+    "((draws, columns, 2) distances and missing-share changes, (draws, signals) values) of `_chunks` of `frame` against `profile`."
+    names = profile.names
+    have = [c for c in names if c in frame.columns] # a column `frame` lacks (history without the prediction) is not measured: NaN
+    a, sig = np.full((n_draws, len(names), 2), np.nan), np.empty((n_draws, len(signals)))
+    for k, rows in enumerate(_chunks(frame, n, n_draws, rng, time_column)):
+        st = column_statistics(profile, rows, have)
+        a[k], sig[k] = [st[c][:2] if c in st else (np.nan, np.nan) for c in names], [float(f(rows)) for f in signals.values()]
+    return a, sig
+
+# %% ../nbs/05a_drift.ipynb #s6budg01
+def _budget(inputs:np.ndarray, # (draws, 1 + important columns): the data-set score and its important columns, times their typical noise
+            outputs:np.ndarray, # (draws, verdict columns + signals) of the same chunks
+            n_vcols:int, # verdict columns among `outputs` (they only warn)
+            rates:Sequence[float], # false-alarm rates per window, strictest first
+            effective:int|None, # independent chunks among the draws (time blocks), None for bootstrap rows
+            history:np.ndarray|None=None, # (draws, columns) times the typical noise of `history` blocks, or None
+            w:np.ndarray|None=None, wi:Sequence[int]=(), # the score's weights per column; the important columns' positions
+            history_blocks:int=0, # independent blocks among the history draws
+           ) -> np.ndarray:
+    "(rates, checks) thresholds of [score, important columns, verdict columns, signals]: one joint budget, or with `history` the budget halved between the inputs (holdout and history blocks) and the rest (holdout)."
+    mo = np.ones((len(rates), outputs.shape[1]), bool); mo[0, :n_vcols] = len(rates) == 1 # verdict columns only warn
+    if history is None:
+        m = np.column_stack([np.ones((len(rates), inputs.shape[1]), bool), mo])
+        return joint_thresholds(np.column_stack([inputs, outputs]), rates, m, effective=effective)
+    pooled = np.vstack([inputs, np.column_stack([history @ w, history[:, list(wi)]])])
+    ti = joint_thresholds(pooled, [r / 2 if mo[i].any() else r for i, r in enumerate(rates)], effective=(effective or 0) + history_blocks)
+    if not outputs.shape[1]: return ti
+    return np.column_stack([ti, joint_thresholds(outputs, [r / 2 for r in rates], mo, effective=effective)])
+
+# %% ../nbs/05a_drift.ipynb #59dd49b8
+CALIBRATION_METHOD = 2 # 2: important columns in the data-set budget, time blocks' tails bounded (`tail_bounds`), `history` blocks; 1: before
 
 def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     frame:pd.DataFrame, # in-distribution rows the profile was not built from (a holdout)
@@ -719,8 +783,9 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     verdict_columns:Sequence[str]=(), # profiled columns whose drift warns the verdict (e.g. the prediction): in its WARNING budget
                     signals:Mapping[str,Any]|None=None, # name -> function of a chunk's rows giving a statistic, bigger = worse: in every budget
                     time_column:str|None=None, # draw contiguous blocks in this column's order (natural variation over time) instead of random rows
+                    history:pd.DataFrame|None=None, # time blocks: more in-distribution rows with `time_column` (the training snapshot) whose blocks join the input columns' draws
                    ) -> DriftCalibration:
-    "Thresholds for each column, and for the data-set score, `verdict_columns` and `signals` jointly, from chunks of `frame` at each of `sizes`."
+    "Thresholds for each column, and for the data-set score, its columns alone, `verdict_columns` and `signals` jointly, from chunks of `frame` at each of `sizes`."
     rates = tuple(sorted(float(r) for r in rates))
     if not rates or not all(0 < r < 0.5 for r in rates): raise ConfigError('rates', list(rates), 'false-alarm rates in (0, 0.5)')
     if not isinstance(n_draws, int) or n_draws < 20: raise ConfigError('n_draws', n_draws, 'an integer >= 20')
@@ -728,32 +793,31 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
     missing = [c for c in names + vcols + ([time_column] if time_column else []) if c not in frame.columns]
     if missing: raise DataError(f"calibration rows: got no column(s) {missing}; allowed: a frame with every profiled column")
     if len(frame) < 20: raise DataError(f"calibration rows: got {len(frame)}; allowed: at least 20 rows (a holdout)")
+    history = history if time_column is not None and history is not None and {time_column, *names} - set(vcols) <= set(history.columns) else None
     weights = importance_weights(profile.importance if importance is None else importance, names if score_columns is None else score_columns, importance_floor)
     grid = [int(s) for s in sorted(set(sizes)) if int(s) <= len(frame)] or [len(frame)]
     rng, w, vi = np.random.default_rng(seed), np.array([weights.get(c, 0.0) for c in names]), [names.index(c) for c in vcols]
+    wi = [names.index(c) for c in weights] if len(weights) > 1 and time_column else [] # time blocks: a column alone beyond its share of the budget fails too
     cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[], typical=[]) for c in names}, []
-    joint = {**{f'column:{c}': [] for c in vcols}, **{f'signal:{s}': [] for s in signals}}
-    members = np.ones((len(rates), 1 + len(vcols) + len(signals)), bool); members[0, 1:1 + len(vcols)] = len(rates) == 1 # columns only warn
+    joint = {**{f'important:{names[j]}': [] for j in wi}, **{f'column:{c}': [] for c in vcols}, **{f'signal:{s}': [] for s in signals}}
     for n in grid:
-        a, sig = np.empty((n_draws, len(names), 2)), np.empty((n_draws, len(signals)))
-        for k, rows in enumerate(_chunks(frame, n, n_draws, rng, time_column)):
-            st = column_statistics(profile, rows, names)
-            a[k], sig[k] = [st[c][:2] for c in names], [float(f(rows)) for f in signals.values()]
+        a, sig = _draw_statistics(profile, frame, n, n_draws, rng, time_column, signals)
         q = _quantiles(a, rates) # (rates, columns, 2)
         if time_column is not None: # a column's own limit covers row-sampling noise too (a block of a schedule varies less than random rows)
-            r = np.empty((n_draws, len(names), 2))
-            for k, rows in enumerate(_chunks(frame, n, n_draws, rng, None)):
-                st = column_statistics(profile, rows, names); r[k] = [st[c][:2] for c in names]
-            q = np.fmax(q, _quantiles(r, rates))
+            ar = _draw_statistics(profile, frame, n, n_draws, rng, None)[0]; q = np.fmax(q, _quantiles(ar, rates))
         typical = np.nan_to_num(np.nanmedian(a, axis=0)) # (columns, 2): the scale the score divides by
         for j, c in enumerate(names):
             cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist()); cols[c]['typical'].append(typical[j].tolist())
         z = _ratios(a, typical) # (draws, columns): times the typical noise
-        th = joint_thresholds(np.column_stack([z @ w, z[:, vi], sig]), rates, members)
+        th = _budget(np.column_stack([z @ w, z[:, wi]]), np.column_stack([z[:, vi], sig]), len(vcols), rates, time_column and len(frame) // n,
+                     None if history is None or len(history) < 2 * n else _ratios(_draw_statistics(profile, history, n, n_draws, rng, time_column)[0], typical),
+                     w, wi, history is not None and len(history) // n)
+        if time_column is not None: # so do the score and its important columns
+            zr = _ratios(ar, typical); th[:, :1 + len(wi)] = np.fmax(th[:, :1 + len(wi)], joint_thresholds(np.column_stack([zr @ w, zr[:, wi]]), rates))
         score.append(th[:, 0].tolist())
         for j, key in enumerate(joint): joint[key].append(th[:, 1 + j].tolist())
     return DriftCalibration(tuple(grid), rates, cols, tuple(score), weights, n_draws, seed, source, len(frame), float(importance_floor),
-                            joint, {}, 'random rows' if time_column is None else f'time blocks of {time_column}')
+                            joint, {}, 'random rows' if time_column is None else f'time blocks of {time_column}', CALIBRATION_METHOD)
 
 # %% ../nbs/05a_drift.ipynb #3448479f
 class UncalibratedProfileError(ConfigError):
@@ -782,9 +846,11 @@ def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (f
     rows = [ColumnDrift(c, profile[c].kind, cal.columns[c]['stattest'], st[c][0], dth[c], bool(ratio[c] > 1), profile[c].n, st[c][2],
                         missing_shift=st[c][1], missing_threshold=mth[c], importance=imp.get(c), ratio=ratio[c]) for c in names]
     typ = {c: cal.typical(c, n) for c in names if c in cal.weights}
-    score = float(sum(cal.weights[c] * v for c, v in column_ratios({c: st[c] for c in typ}, {c: t[0] for c, t in typ.items()},
-                                                                     {c: t[1] for c, t in typ.items()}).items()))
+    z = column_ratios({c: st[c] for c in typ}, {c: t[0] for c, t in typ.items()}, {c: t[1] for c, t in typ.items()}) # times the typical noise
+    score = float(sum(cal.weights[c] * v for c, v in z.items()))
     fail, warn = cal.score_threshold(n, 0), cal.score_threshold(n, len(cal.rates) - 1)
+    alone = {c: (cal.joint_threshold(f'important:{c}', n, len(cal.rates) - 1), cal.joint_threshold(f'important:{c}', n, 0)) for c in z}
+    important = tuple((c, float(z[c]), *t) for c, t in alone.items() if t[0] is not None and z[c] > t[0])
     n_drifted = sum(r.drifted for r in rows)
-    return DriftResult(tuple(rows), n_drifted, n_drifted / len(rows) if rows else 0.0, 0.5, bool(score > fail), profile.n_rows, n,
-                       mode='calibrated', score=score, score_fail=fail, score_warning=warn, rates=tuple(cal.rates))
+    return DriftResult(tuple(rows), n_drifted, n_drifted / len(rows) if rows else 0.0, 0.5, bool(score > fail or any(v > f for _, v, _, f in important)),
+                       profile.n_rows, n, mode='calibrated', score=score, score_fail=fail, score_warning=warn, rates=tuple(cal.rates), important=important)

@@ -237,17 +237,19 @@ def _share_check(drift:DriftResult, thresholds:Thresholds) -> Check:
         st = (Status.FAIL if share >= thresholds.drift_share_fail else Status.WARNING if share >= thresholds.drift_share_warning else Status.SUCCESS)
         return Check('drift:share', st, share, f"< {fmt(thresholds.drift_share_warning)} (fails at {fmt(thresholds.drift_share_fail)})",
                      f"{drift.n_drifted} of {len(drift)} input columns drifted" + (f": {', '.join(drift.drifted_columns)}" if drift.n_drifted else ''), details)
-    s = drift.score
-    st = Status.FAIL if s > drift.score_fail else Status.WARNING if s > drift.score_warning else Status.SUCCESS
+    s, alone = drift.score, drift.important
+    st = (Status.FAIL if s > drift.score_fail or any(v > f for _, v, _, f in alone) else
+          Status.WARNING if s > drift.score_warning or alone else Status.SUCCESS)
+    beyond = '; '.join(f"{c} alone: {fmt(v)}× its typical noise (warns at {fmt(w)}, fails at {fmt(f)})" for c, v, w, f in alone)
     top = '; '.join(f"{c.column} ({fmt(c.ratio)}× its limit" + (f", importance {c.importance:.0%})" if c.importance is not None else ')')
                     for c in drift.ranked(True)[:5])
     rates = ' / '.join(f"{r:.0%}" for r in reversed(drift.rates))
-    details.update(score_warning=drift.score_warning, score_fail=drift.score_fail, rates=list(drift.rates),
+    details.update(score_warning=drift.score_warning, score_fail=drift.score_fail, rates=list(drift.rates), important_alone=[list(x) for x in alone],
                    ranked=[dict(column=c.column, importance=c.importance, ratio=c.ratio) for c in drift.ranked(True)])
     return Check('drift:share', st, s, f"< {fmt(drift.score_warning)} (fails at {fmt(drift.score_fail)})",
                  f"importance-weighted drift score {fmt(s)} on {drift.n_current} rows (warns at {fmt(drift.score_warning)}, fails at "
                  f"{fmt(drift.score_fail)}: {rates} false alarms per window); {drift.n_drifted} of {len(drift)} input columns beyond "
-                 "their limits" + (f", by importance × drift: {top}" if top else ''), details)
+                 "their limits" + (f", by importance × drift: {top}" if top else '') + (f"; {beyond}" if beyond else ''), details)
 
 def drift_checks(drift:DriftResult, # per-feature drift of the window
                  thresholds:Thresholds=Thresholds(), # drift_share_warning, drift_share_fail (fixed mode)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core import DataError, ConfigError, NotFoundError
 from .config import ProjectConfig, Thresholds, validate_thresholds
-from .drift import (ReferenceProfile, ProfileFormatError, CATEGORICAL, NUMERICAL, calibrate_drift,
+from .drift import (ReferenceProfile, CALIBRATION_METHOD, ProfileFormatError, CATEGORICAL, NUMERICAL, calibrate_drift,
                           permutation_importance)
 from .estimate import fit_calibration, expected_roc_auc, ESTIMATE_SIGNAL, calibration_key
 
@@ -119,7 +119,8 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
             reference_values = {ESTIMATE_SIGNAL: est, f'{ESTIMATE_SIGNAL}_map': calibration_key(cal)}
     dc = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning), n_draws=th.calibration_draws,
                          seed=seed, importance_floor=th.importance_floor, source=source, verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
-                         signals=signals, time_column=time_column)
+                         signals=signals, time_column=time_column,
+                         history=(model.reference() if reference is None else reference) if time_column and source == 'holdout' else None)
     return dataclasses.replace(profile, calibration=dataclasses.replace(dc, signal_reference=reference_values))
 
 # %% ../nbs/05h_profiles.ipynb #d27ff636
@@ -158,6 +159,7 @@ def _stale(prof:ReferenceProfile, th:Thresholds, holdout) -> str:
     if cal is None: return 'it holds no calibrated thresholds'
     if (tuple(cal.rates), cal.n_draws, cal.importance_floor) != ((th.false_alarm_fail, th.false_alarm_warning), th.calibration_draws, th.importance_floor):
         return 'the thresholds settings changed'
+    if cal.method != CALIBRATION_METHOD: return f'its thresholds were measured by an older method ({cal.method}, now {CALIBRATION_METHOD})'
     return 'a holdout is given now' if holdout is not None and cal.source != 'holdout' else ''
 
 def stored_profile(model, # a `mlprod.registry.LoadedModel`

@@ -259,7 +259,8 @@ def test_calibrated_thresholds_are_reproducible_and_stored(flights, tmp_path):
     th = Thresholds(calibration_draws=60)
     prof = P.build_reference_profile(model, train, hold, th)
     cal = prof.calibration
-    assert sorted(cal.joint) == ['column:prediction', 'signal:estimate'] and cal.signal_reference['estimate'] > 0.5
+    assert {'column:prediction', 'signal:estimate'} <= set(cal.joint) and cal.signal_reference['estimate'] > 0.5
+    assert {k[len('important:'):] for k in cal.joint if k.startswith('important:')} == set(cal.weights)   # each column of the score, alone too
     again = P.calibrate_profile(prof, model, hold, train, th)
     assert again.calibration.to_dict() == cal.to_dict()   # same seed, same rows: the same thresholds
     other = P.calibrate_profile(prof, model, hold, train, th, seed=1).calibration

@@ -11,7 +11,9 @@ hundreds of windows.
 - Windows are drawn two ways: random rows of the measured half (with replacement), and contiguous stretches of it in
   time order (200 rows ~ 9 hours, 1,000 rows ~ 2 days): what a user's hourly or daily window is.
 - Thresholds: the library's default chunks (`thresholds.calibration_chunks = 'auto'`: time blocks of `time_hour`, the
-  version's time column) against bootstrap rows ('random'), both measured.
+  version's time column) against bootstrap rows ('random'), both measured. Time blocks (calibration method 2): each
+  important column alone joins the data-set budget, the tail is bounded where too few independent blocks certify a
+  rate (`mlprod.drift.tail_bounds`), and the training snapshot's blocks join the input columns' draws (`history`).
 - False alarms: the verdicts of >= 200 windows of 200, 1,000 and 10,000 random rows of half B (data-set = drift:share;
   label-free = drift:share, drift:prediction and the estimate; whole = every check `evaluate_window` builds without
   labels but the domain classifier, settled by `decide_verdict`; `evaluate_window` itself is checked to give the same
