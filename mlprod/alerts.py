@@ -46,6 +46,7 @@ DEFAULT_RULES = (
     AlertRule('estimated:*', 'warning', for_windows=2),  # estimates are noisy: two windows in a row
     AlertRule('drift:share', 'warning'),     # data set drift (per-column drift is detail, not an alert)
     AlertRule('drift:prediction', 'warning'),
+    AlertRule('drift:relations', 'warning'),  # inputs no longer agree with each other: an upstream unit, sensor or join
     AlertRule('data_quality:unseen', 'warning'),  # rows with category values unseen in training (per column is detail)
     AlertRule('job:*', 'critical'),          # a scheduled job failed
 )

@@ -55,6 +55,7 @@ class Thresholds:
     max_error_increase:float=0.2 # error metrics (rmse, mae, log_loss, brier): realized (`performance:<metric>`) or estimated (`estimated:rmse`) more than this share above the version's holdout value fails
     max_estimate_error:float=0.1 # regression estimate: relative gap between estimated and realized RMSE on holdout chunks (mean) above which it cannot be trusted
     since_last_share:float=0.3 # share of input columns drifted since the previous window that warns
+    relations_min_r2:float=0.5 # drift:relations watches numeric inputs the others explain at least this much (R², linear); 1 = none
 
 
 # %% ../nbs/00a_config.ipynb #1893a4bf
@@ -74,6 +75,7 @@ def validate_thresholds(th:Thresholds, # the thresholds to check
     if th.calibration_chunks not in CALIBRATION_CHUNKS:
         raise ConfigError(f"{prefix}.calibration_chunks", th.calibration_chunks, ' or '.join(map(repr, CALIBRATION_CHUNKS)))
     if not th.max_error_increase > 0: raise ConfigError(f"{prefix}.max_error_increase", th.max_error_increase, 'a share > 0, e.g. 0.2 (20% above the holdout)')
+    if not (0 < th.relations_min_r2 <= 1): raise ConfigError(f"{prefix}.relations_min_r2", th.relations_min_r2, 'an R² in (0, 1], e.g. 0.5 (1: watch no column)')
     if th.calibration_draws < 20: raise ConfigError(f"{prefix}.calibration_draws", th.calibration_draws, 'an integer >= 20')
     return th
 
@@ -361,6 +363,7 @@ domain_false_alarm = 0.01                # drift:multivariate: false-alarm rate 
 domain_auc_fail = 0.0                    # drift:multivariate: AUC above which it fails; 0 = it only warns (performance decides)
 domain_max_rows = 5000                   # drift:multivariate: rows per side the classifier reads (1-4 s per window on flights)
 since_last_share = 0.3                   # drift:since_last_window: share of columns drifted since the previous window that warns
+relations_min_r2 = 0.5                   # drift:relations: numeric inputs the others explain at least this much (R²) are watched; 1 = none
 max_error_increase = 0.2                 # error metrics (rmse, mae, log_loss): realized or estimated (DLE) this share above the holdout's fails
 max_estimate_error = 0.1                 # regression, estimated:rmse: estimated/realized gap on holdout chunks above which it is not trusted
 drift_statistic = 0.1                    # drift_mode = "fixed": Evidently's per-column limit

@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'NUMERICAL', 'CATEGORICAL', 'INT_CARDINALITY_LIMIT', 'SMALL_REFERENCE', 'FEW_VALUES', 'JS_VALUE_BINS',
            'PROFILE_FORMAT', 'PROFILE_VERSION', 'STATTESTS', 'CALIBRATION_SIZES', 'FALSE_ALARM_RATES',
-           'MIN_MISSING_SHIFT', 'CALIBRATION_METHOD', 'EmptyColumnError', 'ProfileFormatError', 'infer_kind',
-           'wasserstein_from_counts', 'sturges_edges', 'ColumnProfile', 'ReferenceProfile', 'default_stattest',
-           'is_drift', 'ColumnDrift', 'DriftResult', 'detect_drift', 'calibrated_stattest', 'missing_count',
-           'column_statistics', 'interpolate_threshold', 'DriftCalibration', 'importance_weights', 'importance_shares',
-           'permutation_importance', 'column_ratios', 'joint_thresholds', 'tail_bounds', 'calibrate_drift',
-           'UncalibratedProfileError', 'calibrated_drift']
+           'MIN_MISSING_SHIFT', 'CALIBRATION_METHOD', 'RELATIONS_SIGNAL', 'EmptyColumnError', 'ProfileFormatError',
+           'infer_kind', 'wasserstein_from_counts', 'sturges_edges', 'ColumnProfile', 'ReferenceProfile',
+           'default_stattest', 'is_drift', 'ColumnDrift', 'DriftResult', 'detect_drift', 'calibrated_stattest',
+           'missing_count', 'column_statistics', 'interpolate_threshold', 'DriftCalibration', 'importance_weights',
+           'importance_shares', 'permutation_importance', 'column_ratios', 'joint_thresholds', 'tail_bounds',
+           'calibrate_drift', 'UncalibratedProfileError', 'calibrated_drift', 'Relations', 'fit_relations',
+           'relation_shifts', 'relation_statistic']
 
 # %% ../nbs/05a_drift.ipynb #c9f66b16
 class EmptyColumnError(DataError):
@@ -178,6 +179,7 @@ class ReferenceProfile:
     meta:dict=field(default_factory=dict) # free JSON-able facts, e.g. model name and version
     importance:dict=field(default_factory=dict) # column -> the model's importance of it (permutation importance on a holdout)
     calibration:Any=None # `DriftCalibration`: per-window thresholds measured on the version's holdout
+    relations:Any=None # `Relations`: how the numeric inputs follow from each other in the reference (`fit_relations`)
     def __post_init__(self): object.__setattr__(self, 'columns', tuple(self.columns))
     @property
     def names(self) -> list: return [c.name for c in self.columns]
@@ -189,7 +191,8 @@ class ReferenceProfile:
     def to_dict(self) -> dict:
         return jsonable(dict(n_rows=self.n_rows, columns=[c.summary() for c in self.columns],
                               skipped=self.skipped, meta=self.meta, importance=self.importance,
-                              calibration=self.calibration.to_dict() if self.calibration else None))
+                              calibration=self.calibration.to_dict() if self.calibration else None,
+                              relations=self.relations.to_dict() if self.relations else None))
     def _repr_html_(self):
         rows = ''.join(f"<tr><td>{esc(c.name)}</td><td>{esc(c.kind)}</td><td>{esc(c.n)}</td><td>{esc(c.n_missing)}</td>"
                        f"<td>{esc(c.n_unique)}</td><td>{esc(c.std if c.kind == NUMERICAL else None)}</td></tr>" for c in self.columns)
@@ -239,7 +242,8 @@ def _save(self, path) -> Path:
     path = Path(path)
     header = dict(format=PROFILE_FORMAT, version=PROFILE_VERSION, n_rows=self.n_rows, skipped=self.skipped,
                   meta=jsonable(self.meta), columns=[],
-                  importance=jsonable(self.importance), calibration=self.calibration.to_dict() if self.calibration else None)
+                  importance=jsonable(self.importance), calibration=self.calibration.to_dict() if self.calibration else None,
+                  relations=self.relations.to_dict() if self.relations else None)
     arrays = {}
     for i, c in enumerate(self.columns):
         h = dict(name=c.name, kind=c.kind, n_missing=c.n_missing, std=None if math.isnan(c.std) else c.std,
@@ -278,9 +282,9 @@ def _load(cls, path) -> ReferenceProfile:
         counts = np.ones(len(values), np.int64) if h.get('unit_counts') else arrays[f'counts_{i}']
         cols.append(ColumnProfile(h['name'], h['kind'], values, counts, h['n_missing'],
                                   math.nan if h['std'] is None else h['std'], h['integer']))
-    cal = header.get('calibration')
+    cal, rel = header.get('calibration'), header.get('relations')
     return cls(tuple(cols), header['n_rows'], header['skipped'], header['meta'], header.get('importance') or {},
-               DriftCalibration.from_dict(cal) if cal else None)
+               DriftCalibration.from_dict(cal) if cal else None, Relations.from_dict(rel) if rel else None)
 
 ReferenceProfile.save, ReferenceProfile.load = _save, _load
 
@@ -750,7 +754,7 @@ def _draw_statistics(profile:ReferenceProfile, frame:pd.DataFrame, n:int, n_draw
 # %% ../nbs/05a_drift.ipynb #s6budg01
 def _budget(inputs:np.ndarray, # (draws, 1 + important columns): the data-set score and its important columns, times their typical noise
             outputs:np.ndarray, # (draws, verdict columns + signals) of the same chunks
-            n_vcols:int, # verdict columns among `outputs` (they only warn)
+            n_vcols:int, # verdict columns and warning signals, first among `outputs` (they only warn)
             rates:Sequence[float], # false-alarm rates per window, strictest first
             effective:int|None, # independent chunks among the draws (time blocks), None for bootstrap rows
             history:np.ndarray|None=None, # (draws, columns) times the typical noise of `history` blocks, or None
@@ -768,7 +772,7 @@ def _budget(inputs:np.ndarray, # (draws, 1 + important columns): the data-set sc
     return np.column_stack([ti, joint_thresholds(outputs, [r / 2 for r in rates], mo, effective=effective)])
 
 # %% ../nbs/05a_drift.ipynb #59dd49b8
-CALIBRATION_METHOD = 2 # 2: important columns in the data-set budget, time blocks' tails bounded (`tail_bounds`), `history` blocks; 1: before
+CALIBRATION_METHOD = 3 # 3: `warning_signals` (relations); 2: important columns alone, time blocks' tails bounded (`tail_bounds`), `history` blocks; 1: before
 
 def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     frame:pd.DataFrame, # in-distribution rows the profile was not built from (a holdout)
@@ -782,6 +786,7 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     source:str='holdout', # what `frame` is, in words
                     verdict_columns:Sequence[str]=(), # profiled columns whose drift warns the verdict (e.g. the prediction): in its WARNING budget
                     signals:Mapping[str,Any]|None=None, # name -> function of a chunk's rows giving a statistic, bigger = worse: in every budget
+                    warning_signals:Mapping[str,Any]|None=None, # the same, in the WARNING budget only (e.g. `relation_statistic`)
                     time_column:str|None=None, # draw contiguous blocks in this column's order (natural variation over time) instead of random rows
                     history:pd.DataFrame|None=None, # time blocks: more in-distribution rows with `time_column` (the training snapshot) whose blocks join the input columns' draws
                    ) -> DriftCalibration:
@@ -789,7 +794,9 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
     rates = tuple(sorted(float(r) for r in rates))
     if not rates or not all(0 < r < 0.5 for r in rates): raise ConfigError('rates', list(rates), 'false-alarm rates in (0, 0.5)')
     if not isinstance(n_draws, int) or n_draws < 20: raise ConfigError('n_draws', n_draws, 'an integer >= 20')
-    names, signals, vcols = profile.names, dict(signals or {}), list(verdict_columns)
+    names, vcols, wsig = profile.names, list(verdict_columns), dict(warning_signals or {})
+    if set(wsig) & set(signals or {}): raise ConfigError('warning_signals', sorted(set(wsig) & set(signals)), 'names not among signals')
+    signals = {**wsig, **dict(signals or {})} # warning-only ones first
     missing = [c for c in names + vcols + ([time_column] if time_column else []) if c not in frame.columns]
     if missing: raise DataError(f"calibration rows: got no column(s) {missing}; allowed: a frame with every profiled column")
     if len(frame) < 20: raise DataError(f"calibration rows: got {len(frame)}; allowed: at least 20 rows (a holdout)")
@@ -809,7 +816,7 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
         for j, c in enumerate(names):
             cols[c]['distance'].append(q[:, j, 0].tolist()); cols[c]['missing'].append(q[:, j, 1].tolist()); cols[c]['typical'].append(typical[j].tolist())
         z = _ratios(a, typical) # (draws, columns): times the typical noise
-        th = _budget(np.column_stack([z @ w, z[:, wi]]), np.column_stack([z[:, vi], sig]), len(vcols), rates, time_column and len(frame) // n,
+        th = _budget(np.column_stack([z @ w, z[:, wi]]), np.column_stack([z[:, vi], sig]), len(vcols) + len(wsig), rates, time_column and len(frame) // n,
                      None if history is None or len(history) < 2 * n else _ratios(_draw_statistics(profile, history, n, n_draws, rng, time_column)[0], typical),
                      w, wi, history is not None and len(history) // n)
         if time_column is not None: # so do the score and its important columns
@@ -854,3 +861,65 @@ def calibrated_drift(profile:ReferenceProfile, # a profile with `calibration` (f
     n_drifted = sum(r.drifted for r in rows)
     return DriftResult(tuple(rows), n_drifted, n_drifted / len(rows) if rows else 0.0, 0.5, bool(score > fail or any(v > f for _, v, _, f in important)),
                        profile.n_rows, n, mode='calibrated', score=score, score_fail=fail, score_warning=warn, rates=tuple(cal.rates), important=important)
+
+# %% ../nbs/05a_drift.ipynb #s6rel002
+@dataclass(frozen=True)
+class Relations:
+    "A linear model of each numeric input column on the others in the reference (one precision matrix), for `relation_shifts`."
+    columns:tuple # the numeric columns, in order
+    mean:tuple # reference mean per column
+    scale:tuple # reference standard deviation per column (1 when constant)
+    precision:tuple # rows of the inverse of the standardized columns' covariance (with a small ridge)
+    r2:tuple # share of each column's variance the others explain
+    min_r2:float=0.5 # columns explained at least this much are watched
+    n_rows:int=0 # reference rows the relations were fitted on
+    @property
+    def watched(self) -> list: return [c for c, r in zip(self.columns, self.r2) if r >= self.min_r2]
+    def to_dict(self) -> dict: return jsonable(dataclasses.asdict(self))
+    @classmethod
+    def from_dict(cls, d:dict) -> Relations:
+        return cls(**{k: tuple(tuple(r) for r in v) if k == 'precision' else tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+# %% ../nbs/05a_drift.ipynb #s6rel003
+def _standardized(df:pd.DataFrame, columns:Sequence[str], mean, scale) -> np.ndarray:
+    "Columns of `df` as floats, centred and scaled; missing values (and text) at the mean."
+    x = np.column_stack([pd.to_numeric(df[c], errors='coerce').to_numpy(dtype=np.float64, na_value=np.nan) for c in columns])
+    return np.nan_to_num((x - np.asarray(mean)) / np.asarray(scale), nan=0.0, posinf=0.0, neginf=0.0)
+
+def fit_relations(df:pd.DataFrame, # the reference rows
+                  columns:Sequence[str], # the numeric input columns
+                  min_r2:float=0.5, # watch columns the others explain at least this much
+                  max_rows:int=50_000, # rows used at most (a seeded sample)
+                  ridge:float=1e-3, seed:int=0) -> Relations|None:
+    "How each of `columns` follows linearly from the others in `df`; None with fewer than two columns or none watched."
+    cols = [c for c in columns if c in df.columns]
+    if len(cols) < 2 or len(df) < 3 * len(cols): return None
+    if len(df) > max_rows: df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), max_rows, replace=False))]
+    x = np.column_stack([pd.to_numeric(df[c], errors='coerce').to_numpy(dtype=np.float64, na_value=np.nan) for c in cols])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        mean, sd = np.nan_to_num(np.nanmean(x, 0)), np.nanstd(x, 0)
+    scale = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    z = _standardized(df, cols, mean, scale)
+    cov = np.cov(z, rowvar=False) + ridge * np.eye(len(cols))
+    prec = np.linalg.inv(cov)
+    r2 = np.clip(1 - 1 / (np.diag(prec) * np.diag(cov)), 0, 1)
+    rel = Relations(tuple(cols), tuple(mean.tolist()), tuple(scale.tolist()), tuple(map(tuple, prec.tolist())), tuple(r2.tolist()), float(min_r2), len(df))
+    return rel if rel.watched else None
+
+# %% ../nbs/05a_drift.ipynb #s6rel004
+RELATIONS_SIGNAL = 'relations' # name of the relation statistic among a calibration's signals ('signal:relations')
+
+def relation_shifts(relations:Relations, # from `fit_relations`
+                    rows:pd.DataFrame, # the window's rows (every column of `relations`)
+                   ) -> dict:
+    "{watched column: |mean standardized residual| over `rows`}: how far each column is from what the others say (about 0 in distribution)."
+    if not len(rows): return {c: 0.0 for c in relations.watched}
+    p = np.asarray(relations.precision)
+    r = _standardized(rows, relations.columns, relations.mean, relations.scale) @ p / np.sqrt(np.diag(p))
+    m = np.abs(r.mean(0))
+    return {c: float(v) for c, v, r2 in zip(relations.columns, m, relations.r2) if r2 >= relations.min_r2}
+
+def relation_statistic(relations:Relations|None, rows:pd.DataFrame) -> float:
+    "The largest of `relation_shifts` (0 without relations)."
+    return max(relation_shifts(relations, rows).values(), default=0.0) if relations is not None else 0.0

@@ -18,22 +18,22 @@ from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, C
 from .config import ProjectConfig, Thresholds, get_config, ensure_state, validate_thresholds
 from . import db as _db
 from .drift import (ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMALL_REFERENCE, ProfileFormatError, CATEGORICAL,
-                    NUMERICAL, calibrate_drift, calibrated_drift, permutation_importance)
+                    NUMERICAL, calibrate_drift, calibrated_drift, permutation_importance, relation_shifts, RELATIONS_SIGNAL)
 from .signals import signal_checks
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SOURCES', 'SERVICE_FIGURES', 'VERDICT_SIGNALS', 'MonitorError', 'NoDataError', 'service_checks',
-           'metric_interval', 'no_skill_metric', 'performance_check', 'estimate_check', 'drift_checks', 'align_dtypes',
-           'unseen_masks', 'unseen_columns', 'unseen_checks', 'data_quality_checks', 'MonitorResult', 'drift_strength',
-           'chart_rank', 'performance_chart', 'monitor_history', 'Window', 'require_rows', 'read_request_window',
-           'read_source_window', 'window_labels', 'batch_window_chunks', 'batch_window_notes', 'batch_runs_in',
-           'read_batch_window', 'BatchSummary', 'stream_batch_window', 'evaluate_batch_window', 'monitor_batch',
-           'load_window', 'scored_rows', 'window_drift', 'window_calibration', 'realized_checks', 'estimated_checks',
-           'report_samples', 'traffic_seconds', 'drift_explains', 'decide_verdict', 'window_drift_checks',
-           'performance_and_signal_checks', 'evaluate_window', 'publish', 'previous_rows', 'monitor', 'evidently_html',
-           'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
+           'metric_interval', 'no_skill_metric', 'performance_check', 'estimate_check', 'drift_checks',
+           'relations_check', 'align_dtypes', 'unseen_masks', 'unseen_columns', 'unseen_checks', 'data_quality_checks',
+           'MonitorResult', 'drift_strength', 'chart_rank', 'performance_chart', 'monitor_history', 'Window',
+           'require_rows', 'read_request_window', 'read_source_window', 'window_labels', 'batch_window_chunks',
+           'batch_window_notes', 'batch_runs_in', 'read_batch_window', 'BatchSummary', 'stream_batch_window',
+           'evaluate_batch_window', 'monitor_batch', 'load_window', 'scored_rows', 'window_drift', 'window_calibration',
+           'realized_checks', 'estimated_checks', 'report_samples', 'traffic_seconds', 'drift_explains',
+           'decide_verdict', 'window_drift_checks', 'performance_and_signal_checks', 'evaluate_window', 'publish',
+           'previous_rows', 'monitor', 'evidently_html', 'monitor_report_html', 'save_monitor_report', 'cmd_monitor']
 
 # %% ../nbs/06_monitor.ipynb #d4afe1da
 from .estimate import (Calibration, fit_calibration, expected_roc_auc, simulated_roc_auc, ESTIMATE_SIGNAL,
@@ -270,6 +270,26 @@ def drift_checks(drift:DriftResult, # per-feature drift of the window
 def _thresholds_for(profile:ReferenceProfile, columns:Sequence[str], value:float) -> dict:
     "`value` as the threshold of every column whose default test is a distance (more than 1,000 reference values)."
     return {c: float(value) for c in columns if profile[c].n > SMALL_REFERENCE}
+
+# %% ../nbs/06_monitor.ipynb #s6relck1
+def relations_check(profile:ReferenceProfile, # the version's reference profile (its `relations` and calibration)
+                    current, # the window's rows, or its counted profile (no rows: not measured)
+                   ) -> Check|None:
+    "`drift:relations`: do the numeric inputs still agree with each other as in the reference? WARNING at most (which one moved cannot be told); None without relations or their threshold."
+    rel, cal, key = profile.relations, profile.calibration, f'signal:{RELATIONS_SIGNAL}'
+    if rel is None or cal is None or key not in cal.joint: return None
+    if not isinstance(current, pd.DataFrame):
+        return Check('drift:relations', Status.SKIPPED, None, '', 'not measured: the window was counted as a profile, without rows to relate', {})
+    shifts = relation_shifts(rel, current)
+    value, warn = max(shifts.values()), cal.joint_threshold(key, len(current), len(cal.rates) - 1)
+    top = sorted(shifts.items(), key=lambda x: -x[1])
+    broke = [c for c, v in top if v > warn]
+    msg = (f"numeric inputs against what the others say (linear relations, R² ≥ {fmt(rel.min_r2)}): largest mean residual {fmt(value)} "
+           f"residual sd ({top[0][0]}; warns beyond {fmt(warn)}, in the WARNING budget)")
+    if broke: msg += (f"; broken for {', '.join(broke)}: one of them moved on its own (a unit, a sensor, a join) and the columns alone "
+                      "cannot tell which; drift:share and the estimate decide the verdict")
+    return Check('drift:relations', Status.WARNING if broke else Status.SUCCESS, value, f"≤ {fmt(warn)}", msg,
+                 dict(shifts=dict(top), threshold=warn, broken=broke))
 
 # %% ../nbs/06_monitor.ipynb #c6ac9b13
 def _labelled_scores(model, current:pd.DataFrame, labelled:np.ndarray):
@@ -857,12 +877,12 @@ def evaluate_batch_window(summary:BatchSummary, # from `stream_batch_window`
     n, notes = s.rows, []
     checks = (dq := unseen_checks(n, s.unseen_rows, {c: (k, pd.Series(v, dtype='int64')) for c, (k, v) in s.unseen.items()}, th))
     figures = dict(rows=n, unseen_share=dq[0].observed)
-    dc, dfig, dnotes, drift, pdrift = window_drift_checks(profile, s.profile, th, n)
+    dc, dfig, dnotes, drift, pdrift = window_drift_checks(profile, s.profile, th, n, s.sample)
     checks += dc; figures.update(dfig); notes += dnotes
     if len(s.sample) < n:  # the sample's missing shares are not the window's: the counted ones go with the figures
         figures['missing_shares'] = {c.name: c.n_missing / n for c in s.profile.columns if c.name != PREDICTION}
         notes.append(f"the window's {n:,} rows were read in chunks: data quality, drift and realized performance cover every row; the "
-                     f"label-free estimate, the multivariate signals and the report's charts use a uniform random sample of {len(s.sample):,} rows "
+                     f"label-free estimate, the multivariate signals, the relations between inputs and the report's charts use a uniform random sample of {len(s.sample):,} rows "
                      "(the missing shares of every row are in the figures, `missing_shares`)")
     notes += batch_window_notes(s.run_counts)
     for k, f in (('superseded', 'superseded_rows'), ('repeated', 'repeated_id_rows')):
@@ -1103,18 +1123,19 @@ def traffic_seconds(requests:pd.DataFrame, # request-log rows (column `at`, the 
 # %% ../nbs/06_monitor.ipynb #s5dex02
 def drift_explains(checks:Sequence[Check], # from `drift_checks`
                   ) -> list:
-    "Calibrated mode: drift checks outside the budget (`drift:<column>`, `drift:multivariate`, ...) lowered from WARNING to SUCCESS (explaining) while `drift:share` passes."
+    "Calibrated mode: drift checks outside the budget (`drift:<column>`, `drift:multivariate`, ...; not `drift:relations`, which is in it) lowered from WARNING to SUCCESS (explaining) while `drift:share` passes."
     share = next((c for c in checks if c.name == 'drift:share'), None)
     if share is None or share.status != Status.SUCCESS or (share.details or {}).get('mode') != 'calibrated': return list(checks)
     why = 'drifted, explains only: the importance-weighted score (drift:share) is within its false-alarm budget'
     return [dataclasses.replace(c, status=Status.SUCCESS, message=f"{c.message} ({why})", details={**(c.details or {}), 'drifted': True})
-            if c.status == Status.WARNING and c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction') else c
+            if c.status == Status.WARNING and c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction', 'drift:relations') else c
             for c in checks]
 
 # %% ../nbs/06_monitor.ipynb #7e8d8690
 VERDICT_SIGNALS = (('performance:', 'performance', 'realized performance (labels)'), ('estimated:', 'estimate', 'the label-free performance estimate'),
                    ('service:', 'service', 'the service'), ('data_quality:', 'data_quality', 'data quality'),
                    ('drift:share', 'drift', 'drift in the features the model uses'), ('drift:prediction', 'prediction_drift', 'prediction drift'),
+                   ('drift:relations', 'relations', 'a broken relation between input columns'),
                    ('drift:', 'column_drift', 'drift in single columns'), ('', 'other', 'another check')) # prefix, driver, words
 
 def decide_verdict(checks:Sequence[Check], # every check of a window
@@ -1143,6 +1164,7 @@ def window_drift_checks(profile:ReferenceProfile, # the version's reference prof
                         current, # the window's scored rows, or the counted profile of a streamed window (`BatchSummary.profile`)
                         thresholds:Thresholds=Thresholds(), # the model's thresholds
                         n:int|None=None, # rows of the window (default: `len(current)`)
+                        rows:pd.DataFrame|None=None, # rows to relate when `current` is a profile (a streamed window's sample)
                        ) -> tuple: # (checks, figures, notes, drift, prediction drift)
     "The drift checks of a window with their figures and notes: the drift step shared by `evaluate_window` and `evaluate_batch_window`."
     th = thresholds
@@ -1150,7 +1172,9 @@ def window_drift_checks(profile:ReferenceProfile, # the version's reference prof
     figures = dict(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     n = len(current) if n is None else n
     notes = [f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy"] if n < th.min_rows else []
-    return drift_checks(drift, th, pdrift, thresholds_note(profile, th)), figures, notes, drift, pdrift
+    rc = relations_check(profile, current if rows is None else rows) if th.drift_mode == 'calibrated' else None
+    if rc is not None and rc.observed is not None: figures['relations'] = rc.observed
+    return drift_checks(drift, th, pdrift, thresholds_note(profile, th)) + ([rc] if rc else []), figures, notes, drift, pdrift
 
 # %% ../nbs/06_monitor.ipynb #s4psc02
 def performance_and_signal_checks(model, # the version

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core import DataError, ConfigError, NotFoundError
 from .config import ProjectConfig, Thresholds, validate_thresholds
-from .drift import (ReferenceProfile, CALIBRATION_METHOD, ProfileFormatError, CATEGORICAL, NUMERICAL, calibrate_drift,
+from .drift import (ReferenceProfile, CALIBRATION_METHOD, RELATIONS_SIGNAL, fit_relations, relation_statistic, ProfileFormatError, CATEGORICAL, NUMERICAL, calibrate_drift,
                           permutation_importance)
 from .estimate import fit_calibration, expected_roc_auc, ESTIMATE_SIGNAL, calibration_key
 
@@ -120,6 +120,7 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
     dc = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning), n_draws=th.calibration_draws,
                          seed=seed, importance_floor=th.importance_floor, source=source, verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
                          signals=signals, time_column=time_column,
+                         warning_signals={RELATIONS_SIGNAL: lambda chunk: relation_statistic(profile.relations, chunk)} if profile.relations else None,
                          history=(model.reference() if reference is None else reference) if time_column and source == 'holdout' else None)
     return dataclasses.replace(profile, calibration=dataclasses.replace(dc, signal_reference=reference_values))
 
@@ -148,7 +149,8 @@ def build_reference_profile(model, # a `mlprod.registry.LoadedModel`
     mc = model.task == 'multiclass'  # the predicted class is categorical
     prof = ReferenceProfile.from_frame(frame, categorical=[c for c in model.categorical if c in frame.columns] + ([PREDICTION] if mc else []),
                                        numerical=[] if mc else [PREDICTION], meta=meta)
-    prof = dataclasses.replace(prof, importance=importance)
+    rel = fit_relations(ref, [c.name for c in prof.columns if c.kind == NUMERICAL and c.name in model.features], validate_thresholds(thresholds).relations_min_r2)
+    prof = dataclasses.replace(prof, importance=importance, relations=rel)
     return calibrate_profile(prof, model, holdout, ref, thresholds) if validate_thresholds(thresholds).drift_mode == 'calibrated' else prof
 
 # %% ../nbs/05h_profiles.ipynb #24d3eff2
@@ -159,6 +161,7 @@ def _stale(prof:ReferenceProfile, th:Thresholds, holdout) -> str:
     if cal is None: return 'it holds no calibrated thresholds'
     if (tuple(cal.rates), cal.n_draws, cal.importance_floor) != ((th.false_alarm_fail, th.false_alarm_warning), th.calibration_draws, th.importance_floor):
         return 'the thresholds settings changed'
+    if prof.relations is not None and prof.relations.min_r2 != th.relations_min_r2: return 'relations_min_r2 changed'
     if cal.method != CALIBRATION_METHOD: return f'its thresholds were measured by an older method ({cal.method}, now {CALIBRATION_METHOD})'
     return 'a holdout is given now' if holdout is not None and cal.source != 'holdout' else ''
 

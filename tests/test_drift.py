@@ -298,3 +298,36 @@ def test_auto_chunks_use_the_versions_time_column(flights):
     for c in feats:
         for n in (200, 1000):
             assert blocks.threshold(c, n) >= 0.9 * forced.calibration.threshold(c, n), (c, n, blocks.threshold(c, n), forced.calibration.threshold(c, n))
+
+
+def test_relations_are_stored_and_warn_on_a_column_moved_alone(flights, tmp_path):
+    "The version's profile keeps how its numeric inputs follow from each other; a stretch of time passes drift:relations, humidity moved on its own warns it (not explained away, and not a FAIL by itself)."
+    import json
+    from sklearn.linear_model import LogisticRegression
+    from mlprod.registry import LoadedModel
+    from mlprod.data import Schema
+    from mlprod.core import utcnow, Status
+    from mlprod import profiles as P, monitor as M
+    from mlprod.config import Thresholds
+    feats = ['hour', 'sched_dep_time', 'distance', 'temp', 'dewp', 'humid', 'pressure']
+    jan, feb = flights[flights.month == 1].dropna(subset=feats), flights[flights.month == 2].dropna(subset=feats).sort_values('time_hour')
+    train, hold, later = jan, feb.head(5000), feb.iloc[6000:7000]
+    tags = {'mlprod.target': 'delayed', 'mlprod.classes': json.dumps([0, 1]), 'mlprod.positive_class': '1', 'mlprod.time_column': 'time_hour'}
+    model = LoadedModel('m', '1', None, LogisticRegression(max_iter=500).fit(train[feats], train.delayed), Schema.infer(train[feats], feats), feats, [],
+                        'binary', tags, 'run', '', utcnow(), _ref={'df': train})
+    th = Thresholds(calibration_draws=60)
+    prof = P.build_reference_profile(model, train, hold, th)
+    assert {'hour', 'sched_dep_time', 'temp', 'dewp', 'humid'} <= set(prof.relations.watched) and 'distance' not in prof.relations.watched
+    assert 'signal:relations' in prof.calibration.joint and prof.calibration.method == 3
+    back = ReferenceProfile.load(prof.save(tmp_path / 'p.npz'))
+    assert back.relations == prof.relations and back.calibration == prof.calibration
+    scored = lambda d: d.assign(prediction=model.predict_scores(d))
+    quiet = M.relations_check(back, scored(later))
+    assert quiet.status == Status.SUCCESS, quiet.message
+    moved = scored(later.assign(humid=later.humid + 2 * train.humid.std()))
+    rc = M.relations_check(back, moved)
+    assert rc.status == Status.WARNING and 'humid' in rc.details['broken'] and rc.observed > 3 * rc.details['threshold'], rc.message
+    checks = M.window_drift_checks(back, moved, th)[0]
+    assert next(c for c in checks if c.name == 'drift:relations').status == Status.WARNING
+    decided = {c.name: c.status for c in M.decide_verdict(checks)[0]}
+    assert decided['drift:relations'] == Status.WARNING   # in the WARNING budget: drift_explains leaves it

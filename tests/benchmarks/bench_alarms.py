@@ -249,7 +249,7 @@ def test_alarm_quality(flights):
           f"AUC cost on all of B (base {base_b:.3f}); share of windows FAIL")
     print(f"{'shift':<40} {'magnitude':>9} {'AUC cost':>8} | {'random windows':^27} | {'contiguous windows':^27}")
     print(f"{'':<40} {'':>9} {'':>8} | {'random':>7} {'time':>7} {'Evidently':>9} | {'random':>7} {'time':>7} {'Evidently':>9}")
-    power, quiet = {}, {}
+    power, quiet, alarm = {}, {}, {}
     for name, fn, ladder, important in _shifts(model, prof, train, B):
         mag, cost = _pick(fn, ladder, important, B, base_b, model)
         counted = cost >= COSTLY if important else cost < CHEAP
@@ -258,8 +258,11 @@ def test_alarm_quality(flights):
             ws = list(_windows(frame, POWER_SIZE, N_WINDOWS, 7) if kind == 'random' else _contiguous(frame, POWER_SIZE, N_WINDOWS, 7))
             for chunks in ('random', 'time'):
                 p, c = modes[chunks]
-                hits = [_status(_checks(model, p, th, c, baseline, w), CORE) == Status.FAIL for w in ws]
+                cks = [_checks(model, p, th, c, baseline, w) for w in ws]
+                hits = [_status(x, CORE) == Status.FAIL for x in cks]
                 if counted: (power if important else quiet).setdefault((kind, chunks), []).extend(hits)
+                if counted and chunks == default:  # an alarm: the whole label-free verdict WARNING or worse (drift:relations among its checks)
+                    alarm.setdefault((kind, important), []).extend(_status(x) in (Status.FAIL, Status.WARNING) for x in cks)
                 cells.append(_rate(hits))
             hits = [detect_drift(prof, w, columns=feats).dataset_drift for w in ws]
             if counted: (power if important else quiet).setdefault((kind, 'evidently'), []).extend(hits)
@@ -270,6 +273,9 @@ def test_alarm_quality(flights):
     for kind in ('random', 'contiguous'):
         print(f"  {kind} windows: " + '; '.join(f"{WORDS.get(k, 'Evidently')} {_rate(power[kind, k]):.1%} / {_rate(quiet[kind, k]):.1%}"
                                             for k in ('random', 'time', 'evidently')))
+    print(f"alarms (the whole label-free verdict WARNING or worse, {WORDS[default]}): shifts costing >= {COSTLY} AUC " +
+          ', '.join(f"{k} windows {_rate(alarm[k, True]):.1%}" for k in ('contiguous', 'random')) + f"; unimportant shifts (< {CHEAP} AUC) " +
+          ', '.join(f"{k} windows {_rate(alarm[k, False]):.1%}" for k in ('contiguous', 'random')))
     print("trade-off (contiguous windows, the default's figures first): " + '; '.join(
         f"{WORDS[k]}: false alarms FAIL {summary[k, 'contiguous', 1_000][0]:.1%} / WARN+ {summary[k, 'contiguous', 1_000][1]:.1%} at 1,000 rows "
         f"({summary[k, 'contiguous', 200][0]:.1%} / {summary[k, 'contiguous', 200][1]:.1%} at 200), power {_rate(power['contiguous', k]):.1%}" for k in (default, other)))
@@ -344,6 +350,7 @@ def test_alarm_quality(flights):
           f"random/contiguous windows: FAIL {worst:.1%} (goal <= 1%), WARNING or worse {worst_w[0]:.1%} (goal <= 5%; {worst_w[1][1]} windows of "
           f"{worst_w[1][2]:,} rows, range {summary[worst_w[1]][4]:.1%}-{summary[worst_w[1]][5]:.1%}); with drift:multivariate "
           + ', '.join(f"{n} {k}: {v:.1%}" for (n, k), v in dom.items()))
+    print(f"power as an alarm (WARNING or worse): {_rate(alarm['contiguous', True]):.1%} of contiguous windows; as a FAIL on the last line")
     print(f"evidently alarm quality: false alarms {max(fa_ev.values()):.1%} (goal <= 1%), power {_rate(power['contiguous', 'evidently']):.1%} (goal >= 95%), "
           f"replay precision {pe:.2f} recall {re_:.2f}")
     print(f"alarm quality: false alarms {worst:.1%} (goal <= 1%), power {_rate(power['contiguous', default]):.1%} (goal >= 95%), "
