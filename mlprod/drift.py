@@ -590,6 +590,7 @@ class DriftCalibration:
     signal_reference:dict=field(default_factory=dict) # signal name -> its value on all the calibration rows (e.g. the estimated metric)
     chunking:str='random rows' # how chunks were drawn: 'random rows' or 'time blocks of COLUMN'
     method:int=1 # how the thresholds were measured (`CALIBRATION_METHOD` when they were)
+    alone_floor:float=1.0 # importance share from which a column alone is in the data-set budget (`important:COLUMN`)
     def threshold(self, column:str, n:int, which:str='distance', rate:int=0) -> float:
         "Column `column`'s `which` ('distance' or 'missing') threshold for an `n`-row window at `rates[rate]`."
         v = interpolate_threshold(self.sizes, [q[rate] for q in self.columns[column][which]], n)
@@ -783,6 +784,7 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     n_draws:int=200, # chunks per size
                     seed:int=0, # random seed: same seed and rows, same thresholds
                     importance_floor:float=0.0, # importance share below which a column is left out of the score
+                    alone_floor:float=0.1, # time blocks: importance share from which a column alone fails the data set (1: never)
                     source:str='holdout', # what `frame` is, in words
                     verdict_columns:Sequence[str]=(), # profiled columns whose drift warns the verdict (e.g. the prediction): in its WARNING budget
                     signals:Mapping[str,Any]|None=None, # name -> function of a chunk's rows giving a statistic, bigger = worse: in every budget
@@ -804,7 +806,8 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
     weights = importance_weights(profile.importance if importance is None else importance, names if score_columns is None else score_columns, importance_floor)
     grid = [int(s) for s in sorted(set(sizes)) if int(s) <= len(frame)] or [len(frame)]
     rng, w, vi = np.random.default_rng(seed), np.array([weights.get(c, 0.0) for c in names]), [names.index(c) for c in vcols]
-    wi = [names.index(c) for c in weights] if len(weights) > 1 and time_column else [] # time blocks: a column alone beyond its share of the budget fails too
+    imp = profile.importance if importance is None else importance # time blocks: a main column alone beyond its share of the budget fails too
+    wi = [names.index(c) for c in importance_weights(imp, list(weights), alone_floor)] if imp and len(weights) > 1 and time_column else []
     cols, score = {c: dict(stattest=calibrated_stattest(profile[c]), distance=[], missing=[], typical=[]) for c in names}, []
     joint = {**{f'important:{names[j]}': [] for j in wi}, **{f'column:{c}': [] for c in vcols}, **{f'signal:{s}': [] for s in signals}}
     for n in grid:
@@ -824,7 +827,7 @@ def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
         score.append(th[:, 0].tolist())
         for j, key in enumerate(joint): joint[key].append(th[:, 1 + j].tolist())
     return DriftCalibration(tuple(grid), rates, cols, tuple(score), weights, n_draws, seed, source, len(frame), float(importance_floor),
-                            joint, {}, 'random rows' if time_column is None else f'time blocks of {time_column}', CALIBRATION_METHOD)
+                            joint, {}, 'random rows' if time_column is None else f'time blocks of {time_column}', CALIBRATION_METHOD, float(alone_floor))
 
 # %% ../nbs/05a_drift.ipynb #3448479f
 class UncalibratedProfileError(ConfigError):

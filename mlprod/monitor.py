@@ -286,8 +286,8 @@ def relations_check(profile:ReferenceProfile, # the version's reference profile 
     broke = [c for c, v in top if v > warn]
     msg = (f"numeric inputs against what the others say (linear relations, R² ≥ {fmt(rel.min_r2)}): largest mean residual {fmt(value)} "
            f"residual sd ({top[0][0]}; warns beyond {fmt(warn)}, in the WARNING budget)")
-    if broke: msg += (f"; broken for {', '.join(broke)}: one of them moved on its own (a unit, a sensor, a join) and the columns alone "
-                      "cannot tell which; drift:share and the estimate decide the verdict")
+    if broke: msg += (f"; broken for {', '.join(broke)}: one of them moved on its own (a unit, a sensor, a join), or the rows left the range "
+                      "the training data's relations were measured on; the columns alone cannot tell which; drift:share and the estimate decide the verdict")
     return Check('drift:relations', Status.WARNING if broke else Status.SUCCESS, value, f"≤ {fmt(warn)}", msg,
                  dict(shifts=dict(top), threshold=warn, broken=broke))
 
@@ -1174,7 +1174,7 @@ def window_drift_checks(profile:ReferenceProfile, # the version's reference prof
     notes = [f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy"] if n < th.min_rows else []
     rc = relations_check(profile, current if rows is None else rows) if th.drift_mode == 'calibrated' else None
     if rc is not None and rc.observed is not None: figures['relations'] = rc.observed
-    return drift_checks(drift, th, pdrift, thresholds_note(profile, th)) + ([rc] if rc else []), figures, notes, drift, pdrift
+    return drift_checks(drift, th, pdrift, thresholds_note(profile, th, n)) + ([rc] if rc else []), figures, notes, drift, pdrift
 
 # %% ../nbs/06_monitor.ipynb #s4psc02
 def performance_and_signal_checks(model, # the version

@@ -12,7 +12,8 @@ import pandas as pd
 
 from .core import DataError, ConfigError, NotFoundError
 from .config import ProjectConfig, Thresholds, validate_thresholds
-from .drift import (ReferenceProfile, CALIBRATION_METHOD, RELATIONS_SIGNAL, fit_relations, relation_statistic, ProfileFormatError, CATEGORICAL, NUMERICAL, calibrate_drift,
+from .drift import (ReferenceProfile, CALIBRATION_METHOD, RELATIONS_SIGNAL, fit_relations, relation_statistic, ProfileFormatError,
+                          CATEGORICAL, NUMERICAL, calibrate_drift,
                           permutation_importance)
 from .estimate import fit_calibration, expected_roc_auc, ESTIMATE_SIGNAL, calibration_key
 
@@ -118,7 +119,8 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
             signals[ESTIMATE_SIGNAL] = lambda chunk: est - expected_roc_auc(cal.apply(chunk[PREDICTION].to_numpy(float)))
             reference_values = {ESTIMATE_SIGNAL: est, f'{ESTIMATE_SIGNAL}_map': calibration_key(cal)}
     dc = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning), n_draws=th.calibration_draws,
-                         seed=seed, importance_floor=th.importance_floor, source=source, verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
+                         seed=seed, importance_floor=th.importance_floor, alone_floor=th.alone_floor, source=source,
+                         verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
                          signals=signals, time_column=time_column,
                          warning_signals={RELATIONS_SIGNAL: lambda chunk: relation_statistic(profile.relations, chunk)} if profile.relations else None,
                          history=(model.reference() if reference is None else reference) if time_column and source == 'holdout' else None)
@@ -162,6 +164,7 @@ def _stale(prof:ReferenceProfile, th:Thresholds, holdout) -> str:
     if (tuple(cal.rates), cal.n_draws, cal.importance_floor) != ((th.false_alarm_fail, th.false_alarm_warning), th.calibration_draws, th.importance_floor):
         return 'the thresholds settings changed'
     if prof.relations is not None and prof.relations.min_r2 != th.relations_min_r2: return 'relations_min_r2 changed'
+    if cal.alone_floor != th.alone_floor and cal.chunking != 'random rows': return 'alone_floor changed'
     if cal.method != CALIBRATION_METHOD: return f'its thresholds were measured by an older method ({cal.method}, now {CALIBRATION_METHOD})'
     return 'a holdout is given now' if holdout is not None and cal.source != 'holdout' else ''
 
@@ -207,13 +210,18 @@ PROFILE_ARTIFACT = 'mlprod/profile.npz' # the reference profile among the artifa
 
 def thresholds_note(profile:ReferenceProfile, # the version's reference profile
                     thresholds:Thresholds=Thresholds(), # drift_mode
+                    n:int|None=None, # the window's rows: time blocks of a holdout too short for it are said
                    ) -> str:
     "Where a window's drift thresholds come from, in words ('thresholds: ...'), for the `drift:share` check and the report."
     if validate_thresholds(thresholds).drift_mode != 'calibrated': return "thresholds: fixed (Evidently's; drift_mode = 'fixed')"
     cal, when = profile.calibration, profile.meta.get('stored', 'registration')
     if cal is None: return 'thresholds: none calibrated in this profile (rebuild it)'
     if cal.source == 'holdout':
-        return f"thresholds: calibrated on {profile.meta.get('holdout_rows', '?')} holdout rows (profile stored at {profile.meta.get('stored', 'the first monitor run')})"
+        k = cal.n_rows // max(1, min(int(n), max(cal.sizes))) if n and cal.chunking.startswith('time') else None
+        short = (f"; the holdout holds {k} independent block(s) of a {int(n):,}-row window, fewer than the 20 a 5% tail needs: bounded wider, "
+                 "a longer holdout tightens them") if k is not None and k < 20 else ''
+        return (f"thresholds: calibrated on {profile.meta.get('holdout_rows', '?')} holdout rows (profile stored at "
+                f"{profile.meta.get('stored', 'the first monitor run')}){short}")
     return (f"thresholds: calibrated on a split of the training snapshot (no holdout at {when}: optimistic for the prediction; "
             "register with a holdout)")
 

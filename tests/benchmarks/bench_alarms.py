@@ -305,9 +305,10 @@ def test_alarm_quality(flights):
     # the 2013 replay, both chunkings
     print(f"\nReplay of 2013, label-free (drift + prediction + estimate; thresholds: {prof.calibration.chunking}); harmed = AUC >= {HARM_DROP} below the holdout's {baseline:.3f}")
     print("score: importance-weighted drift score (warns/fails at); pred: prediction drift in times its limit; domain: classifier AUC "
-          "(its holdout-window threshold); estimate: CBPE and its drop below the estimate on half A (warns/fails beyond)")
+          "(its holdout-window threshold); estimate: CBPE and its drop below the estimate on half A (warns/fails beyond); rel: "
+          "drift:relations' largest mean residual and where it warns (WARNING only)")
     print(f"{'month':<5} {'rows':>6} {'AUC':>6} {'drop':>6} {'harm':>5} | {'score':>5} {'warn/fail':>9} | {'pred':>5} | {'domain':>6} {'(thr)':>6} | "
-          f"{'estimate':>8} {'drop':>6} {'warn/fail':>11} | {'mlprod':>7} {'driver':<16} | {'Evidently':>9}")
+          f"{'estimate':>8} {'drop':>6} {'warn/fail':>11} | {'mlprod':>7} {'driver':<16} | {'rel':>5} {'warns':>5} | {'Evidently':>9}")
     t = flights['time_hour']; rows, months = [], {}
     from sklearn.metrics import roc_auc_score
     null_month = domain_null(train, 27_000, feats, cats, th.domain_false_alarm, max_rows=th.domain_max_rows, holdout=A)
@@ -317,17 +318,18 @@ def test_alarm_quality(flights):
         auc = roc_auc_score(month[model.target], month[P.PREDICTION])
         drift, pdrift = M.window_drift(prof, month, th)
         est = M.estimate_check(month[P.PREDICTION].to_numpy(float), cal, th, baseline, 'holdout', n_sim=50, drift_calibration=prof.calibration)
-        checks, driver, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])
-        verdict = _status(checks, CORE)
+        rel = M.relations_check(prof, month)
+        checks, driver, _ = M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est] + ([rel] if rel else []))
+        verdict, warned = _status(checks, CORE), _status(checks, (*CORE, 'drift:relations')) in (Status.FAIL, Status.WARNING)
         dm = domain_auc(train, month, feats, cats, th.domain_max_rows)[0]
         ev = detect_drift(prof, month, columns=feats).dataset_drift
         harmed = baseline - auc >= HARM_DROP
-        rows.append((harmed, verdict == Status.FAIL, ev))
+        rows.append((harmed, verdict == Status.FAIL, ev, warned))
         d = est.details
         print(f"{lo:%b}   {len(month):>6} {auc:>6.3f} {baseline - auc:>6.3f} {'yes' if harmed else 'no':>5} | {drift.score:>5.2f} "
               f"{drift.score_warning:>4.2f}/{drift.score_fail:<4.2f} | {pdrift.ratio:>5.2f} | {dm:>6.3f} {null_month.threshold:>6.3f} | "
               f"{est.observed:>8.3f} {d['reference_estimate'] - est.observed:>6.3f} {d['drop_warning']:>5.3f}/{d['drop_fail']:<5.3f} | "
-              f"{verdict.value:>7} {driver:<16} | {'FAIL' if ev else 'ok':>9}")
+              f"{verdict.value:>7} {driver:<16} | {rel.observed if rel else float('nan'):>5.2f} {rel.details['threshold'] if rel else float('nan'):>5.2f} | {'FAIL' if ev else 'ok':>9}")
     def pr(rows, k):
         tp = sum(h and a[k] for h, *a in rows); alarms = sum(a[k] for _, *a in rows); harmed = sum(h for h, *_ in rows)
         return (tp / alarms if alarms else float('nan')), (tp / harmed if harmed else float('nan'))
@@ -336,11 +338,13 @@ def test_alarm_quality(flights):
     for m, month in months.items():
         est = M.estimate_check(month[P.PREDICTION].to_numpy(float), co, th, baseline, 'holdout', n_sim=50, drift_calibration=po.calibration)
         drift, pdrift = M.window_drift(po, month, th)
-        rows_o.append((rows[m - 3][0], _status(M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])[0], CORE) == Status.FAIL, False))
+        rows_o.append((rows[m - 3][0], _status(M.decide_verdict(M.drift_checks(drift, th, pdrift) + [est])[0], CORE) == Status.FAIL, False, False))
     (pop, por) = pr(rows_o, 0)
-    print(f"{WORDS[other]} instead: replay FAIL months {[m for (h, f, _), m in zip(rows_o, months) if f]}, precision {pop:.2f} recall {por:.2f}")
+    print(f"{WORDS[other]} instead: replay FAIL months {[m for (h, f, *_), m in zip(rows_o, months) if f]}, precision {pop:.2f} recall {por:.2f}")
 
-    (p, r), (pe, re_) = pr(rows, 0), pr(rows, 1)
+    (p, r), (pe, re_), (pw, rw) = pr(rows, 0), pr(rows, 1), pr(rows, 2)
+    print(f"replay as alarms (drift:share, drift:prediction, the estimate or drift:relations WARNING or worse): months {[m for (h, f, e, w), m in zip(rows, months) if w]}, "
+          f"precision {pw:.2f} recall {rw:.2f}")
     worst = max(summary[k][0] for k in summary if k[0] == default)
     worst_w = max((summary[k][1], k) for k in summary if k[0] == default)
     print(f"\nfalse alarms per size (split A->B, random-row windows), data-set FAIL/WARNING+ (label-free FAIL/WARNING+): " +
