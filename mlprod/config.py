@@ -360,7 +360,7 @@ calibration_draws = 200                  # chunks drawn per window size when the
 calibration_chunks = "auto"              # chunks thresholds are measured on: "time" = contiguous blocks of the holdout in time_column,
                                          # "random" = bootstrap rows, "auto" (default) = "time" when the holdout holds time_column. On
                                          # flights (bench_alarms, quiet contiguous windows of 200 / 1,000 rows) random-row thresholds fail
-                                         # 100% of them, time blocks 0.6% / 0%; time blocks fail 81% of shifts costing >= 0.02 AUC and
+                                         # 100% of them, time blocks 0.6% / 0%; time blocks fail 80% of shifts costing >= 0.02 AUC and
                                          # warn on all of them (drift:relations).
                                          # Give a holdout of >= 20 windows' worth of rows per window size (fewer blocks: a looser tail).
 domain_false_alarm = 0.01                # drift:multivariate: false-alarm rate per window its domain-classifier AUC threshold is set for

@@ -444,10 +444,11 @@ def _repr_html_(self:MonitorResult) -> str:
 @patch
 def _body_html(self:MonitorResult, extra:str='') -> str:
     f = self.figures
-    keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift',
+    keys = ('rows', 'requests', 'error_rate', 'latency_p95_ms', 'throughput_rows_per_s', 'drift_share', 'prediction_drift', 'relations',
             'label_coverage', 'realized_metric', 'estimated_roc_auc', 'calibration_ece')
     figs = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(f.get(k))}</td></tr>" for k in keys if k in f)
-    main = [c for c in self.checks.checks if not (c.name.startswith('drift:') and c.name not in ('drift:share', 'drift:prediction'))]
+    per_column = {f'drift:{c.column}' for c in self.drift.columns} if self.drift is not None else set() # in the drift table below
+    main = [c for c in self.checks.checks if c.name not in per_column]
     notes = ''.join(f"<li>{esc(n)}</li>" for n in self.notes)
     alerts = ''.join(f"<li>{esc(e.action)}: {esc(e.key)} ({esc(e.severity)})</li>" for e in self.alert_events)
     return (f'<div class="mlprod-monitor"><h3>Monitor: {esc(self.model)} version {esc(self.version)} {status_badge(self.status)}</h3>'
