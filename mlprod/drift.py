@@ -742,9 +742,9 @@ def _chunks(frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None):
     size = min(n, len(ordered))
     for start in rng.integers(0, len(ordered) - size + 1, n_draws): yield ordered.iloc[start:start + size]
 
-def _draw_statistics(profile:ReferenceProfile, frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None, signals:Mapping={}) -> tuple:
+def _draw_statistics(profile:ReferenceProfile, frame:pd.DataFrame, n:int, n_draws:int, rng, time_column:str|None, signals:Mapping|None=None) -> tuple:
     "((draws, columns, 2) distances and missing-share changes, (draws, signals) values) of `_chunks` of `frame` against `profile`."
-    names = profile.names
+    names, signals = profile.names, signals or {}
     have = [c for c in names if c in frame.columns] # a column `frame` lacks (history without the prediction) is not measured: NaN
     a, sig = np.full((n_draws, len(names), 2), np.nan), np.empty((n_draws, len(signals)))
     for k, rows in enumerate(_chunks(frame, n, n_draws, rng, time_column)):

@@ -25,14 +25,15 @@ hundreds of windows.
 - Power: shifts injected into half B that cost the model >= 0.02 ROC AUC (each shift's magnitude is the first of a
   fixed ladder that costs that much; the cost is measured on all of B with its labels): an important numeric
   feature moved, a category-mix change, a missing-value spike, a unit change; 200 windows of 1,000 rows each, random
-  and contiguous; share with a FAIL (goal >= 95%), both chunkings and Evidently. Shifts in unimportant features
+  and contiguous; share with a FAIL (goal >= 95%), both chunkings and Evidently; and, default chunks, share with an alarm (the
+  whole label-free verdict WARNING or worse, `drift:relations` among its checks). Shifts in unimportant features
   costing < 0.005 AUC: FAIL share (goal <= 5%). The printed power is the default chunks' on contiguous windows.
 - The domain classifier's false-alarm rate (drift:multivariate, WARNING only): 100 random and 100 contiguous windows of
   200 and of 1,000 rows of half B, its threshold from reference splits (no holdout) and from windows of half A (a
   holdout given), and the whole verdict with it among the checks; 10,000-row windows are left out (~0.3 s per window).
 - The 2013 replay, label-free signals only (drift and the estimate, as the monitor runs without labels): months
   March - December, harmed when the month's AUC is >= 0.03 below the holdout's; precision and recall of FAIL, both
-  chunkings. The replay prints every label-free signal per month, the domain classifier's AUC among them.
+  chunkings, and of alarms (WARNING or worse of the data-set checks, the estimate and `drift:relations`). The replay prints every label-free signal per month, the domain classifier's AUC among them.
 
 Run with `make bench` or `pytest tests/benchmarks/bench_alarms.py -s -o python_files='bench_*.py'` (7-12 minutes on 2 busy cores).
 Prints the figures; asserts only what must hold whatever the goals (reproducible thresholds, sane figures)."""
@@ -329,7 +330,7 @@ def test_alarm_quality(flights):
         print(f"{lo:%b}   {len(month):>6} {auc:>6.3f} {baseline - auc:>6.3f} {'yes' if harmed else 'no':>5} | {drift.score:>5.2f} "
               f"{drift.score_warning:>4.2f}/{drift.score_fail:<4.2f} | {pdrift.ratio:>5.2f} | {dm:>6.3f} {null_month.threshold:>6.3f} | "
               f"{est.observed:>8.3f} {d['reference_estimate'] - est.observed:>6.3f} {d['drop_warning']:>5.3f}/{d['drop_fail']:<5.3f} | "
-              f"{verdict.value:>7} {driver:<16} | {rel.observed if rel else float('nan'):>5.2f} {rel.details['threshold'] if rel else float('nan'):>5.2f} | {'FAIL' if ev else 'ok':>9}")
+              f"{_status(checks).value:>7} {driver:<16} | {rel.observed if rel else float('nan'):>5.2f} {rel.details['threshold'] if rel else float('nan'):>5.2f} | {'FAIL' if ev else 'ok':>9}")
     def pr(rows, k):
         tp = sum(h and a[k] for h, *a in rows); alarms = sum(a[k] for _, *a in rows); harmed = sum(h for h, *_ in rows)
         return (tp / alarms if alarms else float('nan')), (tp / harmed if harmed else float('nan'))
