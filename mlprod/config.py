@@ -57,6 +57,7 @@ class Thresholds:
     max_estimate_error:float=0.1 # regression estimate: relative gap between estimated and realized RMSE on holdout chunks (mean) above which it cannot be trusted
     since_last_share:float=0.3 # share of input columns drifted since the previous window that warns
     relations_min_r2:float=0.5 # drift:relations watches numeric inputs the others explain at least this much (R², linear); 1 = none
+    relations_margin:float=2.0 # drift:relations fails only when the main column that moved most moved at least this many times as far as the next (in times its typical noise)
 
 
 # %% ../nbs/00a_config.ipynb #1893a4bf
@@ -77,6 +78,7 @@ def validate_thresholds(th:Thresholds, # the thresholds to check
         raise ConfigError(f"{prefix}.calibration_chunks", th.calibration_chunks, ' or '.join(map(repr, CALIBRATION_CHUNKS)))
     if not th.max_error_increase > 0: raise ConfigError(f"{prefix}.max_error_increase", th.max_error_increase, 'a share > 0, e.g. 0.2 (20% above the holdout)')
     if not (0 < th.alone_floor <= 1): raise ConfigError(f"{prefix}.alone_floor", th.alone_floor, 'an importance share in (0, 1], e.g. 0.1 (1: never)')
+    if not th.relations_margin >= 1: raise ConfigError(f"{prefix}.relations_margin", th.relations_margin, 'a factor >= 1, e.g. 2')
     if not (0 < th.relations_min_r2 <= 1): raise ConfigError(f"{prefix}.relations_min_r2", th.relations_min_r2, 'an R² in (0, 1], e.g. 0.5 (1: watch no column)')
     if th.calibration_draws < 20: raise ConfigError(f"{prefix}.calibration_draws", th.calibration_draws, 'an integer >= 20')
     return th
@@ -360,14 +362,14 @@ calibration_draws = 200                  # chunks drawn per window size when the
 calibration_chunks = "auto"              # chunks thresholds are measured on: "time" = contiguous blocks of the holdout in time_column,
                                          # "random" = bootstrap rows, "auto" (default) = "time" when the holdout holds time_column. On
                                          # flights (bench_alarms, quiet contiguous windows of 200 / 1,000 rows) random-row thresholds fail
-                                         # 100% of them, time blocks 0.6% / 0%; time blocks fail 80% of shifts costing >= 0.02 AUC and
-                                         # warn on all of them (drift:relations).
+                                         # 100% of them, time blocks 0.2% / 0%, and fail 98% of shifts costing >= 0.02 AUC.
                                          # Give a holdout of >= 20 windows' worth of rows per window size (fewer blocks: a looser tail).
 domain_false_alarm = 0.01                # drift:multivariate: false-alarm rate per window its domain-classifier AUC threshold is set for
 domain_auc_fail = 0.0                    # drift:multivariate: AUC above which it fails; 0 = it only warns (performance decides)
 domain_max_rows = 5000                   # drift:multivariate: rows per side the classifier reads (1-4 s per window on flights)
 since_last_share = 0.3                   # drift:since_last_window: share of columns drifted since the previous window that warns
 relations_min_r2 = 0.5                   # drift:relations: numeric inputs the others explain at least this much (R²) are watched; 1 = none
+relations_margin = 2.0                   # drift:relations fails when a main column moved at least this many times as far as the next
 max_error_increase = 0.2                 # error metrics (rmse, mae, log_loss): realized or estimated (DLE) this share above the holdout's fails
 max_estimate_error = 0.1                 # regression, estimated:rmse: estimated/realized gap on holdout chunks above which it is not trusted
 drift_statistic = 0.1                    # drift_mode = "fixed": Evidently's per-column limit

@@ -29,7 +29,7 @@ __all__ = ['log', 'NUMERICAL', 'CATEGORICAL', 'INT_CARDINALITY_LIMIT', 'SMALL_RE
            'missing_count', 'column_statistics', 'interpolate_threshold', 'DriftCalibration', 'importance_weights',
            'importance_shares', 'permutation_importance', 'column_ratios', 'joint_thresholds', 'tail_bounds',
            'calibrate_drift', 'UncalibratedProfileError', 'calibrated_drift', 'Relations', 'fit_relations',
-           'relation_shifts', 'relation_statistic']
+           'relation_shifts', 'relation_statistic', 'column_moves']
 
 # %% ../nbs/05a_drift.ipynb #c9f66b16
 class EmptyColumnError(DataError):
@@ -773,7 +773,7 @@ def _budget(inputs:np.ndarray, # (draws, 1 + important columns): the data-set sc
     return np.column_stack([ti, joint_thresholds(outputs, [r / 2 for r in rates], mo, effective=effective)])
 
 # %% ../nbs/05a_drift.ipynb #59dd49b8
-CALIBRATION_METHOD = 3 # 3: `warning_signals` (relations); 2: important columns alone, time blocks' tails bounded (`tail_bounds`), `history` blocks; 1: before
+CALIBRATION_METHOD = 4 # 4: the relations signal in every budget; 3: in the WARNING budget; 2: important columns alone, time blocks' tails bounded (`tail_bounds`), `history` blocks; 1: before
 
 def calibrate_drift(profile:ReferenceProfile, # the version's reference profile
                     frame:pd.DataFrame, # in-distribution rows the profile was not built from (a holdout)
@@ -926,3 +926,14 @@ def relation_shifts(relations:Relations, # from `fit_relations`
 def relation_statistic(relations:Relations|None, rows:pd.DataFrame) -> float:
     "The largest of `relation_shifts` (0 without relations)."
     return max(relation_shifts(relations, rows).values(), default=0.0) if relations is not None else 0.0
+
+# %% ../nbs/05a_drift.ipynb #s6mov002
+def column_moves(profile:ReferenceProfile, # a calibrated profile (`calibrate_drift`)
+                 rows:pd.DataFrame, # the window's rows
+                 columns:Sequence[str], # profiled columns
+                ) -> dict:
+    "{column: its distance from the reference in times the typical distance of an in-distribution window of this size}: how far each column left its own usual range."
+    cal = profile.calibration
+    if cal is None: raise UncalibratedProfileError(profile)
+    st = column_statistics(profile, rows, columns)
+    return {c: (st[c][0] if math.isfinite(st[c][0]) else 0.0) / max(cal.typical(c, len(rows))[0], 1e-12) for c in columns}

@@ -18,7 +18,8 @@ from .core import (MlprodError, ConfigError, DataError, NotFoundError, Status, C
 from .config import ProjectConfig, Thresholds, get_config, ensure_state, validate_thresholds
 from . import db as _db
 from .drift import (ReferenceProfile, DriftResult, ColumnDrift, detect_drift, SMALL_REFERENCE, ProfileFormatError, CATEGORICAL,
-                    NUMERICAL, calibrate_drift, calibrated_drift, permutation_importance, relation_shifts, RELATIONS_SIGNAL)
+                    NUMERICAL, calibrate_drift, calibrated_drift, permutation_importance, relation_shifts, RELATIONS_SIGNAL,
+                    column_moves, importance_shares)
 from .signals import signal_checks
 
 log = logging.getLogger(__name__)
@@ -274,22 +275,34 @@ def _thresholds_for(profile:ReferenceProfile, columns:Sequence[str], value:float
 # %% ../nbs/06_monitor.ipynb #s6relck1
 def relations_check(profile:ReferenceProfile, # the version's reference profile (its `relations` and calibration)
                     current, # the window's rows, or its counted profile (no rows: not measured)
+                    margin:float=2.0, # FAIL only when the column that moved most moved at least this many times as far as the next (`relations_margin`)
                    ) -> Check|None:
-    "`drift:relations`: do the numeric inputs still agree with each other as in the reference? WARNING at most (which one moved cannot be told); None without relations or their threshold."
+    "`drift:relations`: do the numeric inputs still agree as in the reference? FAIL when the column that moved most among the broken ones is a main column (`alone_floor`), else WARNING; None without relations."
     rel, cal, key = profile.relations, profile.calibration, f'signal:{RELATIONS_SIGNAL}'
     if rel is None or cal is None or key not in cal.joint: return None
     if not isinstance(current, pd.DataFrame):
         return Check('drift:relations', Status.SKIPPED, None, '', 'not measured: the window was counted as a profile, without rows to relate', {})
-    shifts = relation_shifts(rel, current)
-    value, warn = max(shifts.values()), cal.joint_threshold(key, len(current), len(cal.rates) - 1)
+    n, shifts = len(current), relation_shifts(rel, current)
+    value, warn, fail = max(shifts.values()), cal.joint_threshold(key, n, len(cal.rates) - 1), cal.joint_threshold(key, n, 0)
     top = sorted(shifts.items(), key=lambda x: -x[1])
     broke = [c for c, v in top if v > warn]
+    moves = column_moves(profile, current, broke) if broke else {}
+    blamed = max(moves, key=moves.get) if moves else None
+    share = importance_shares(profile.importance).get(blamed, 0.0) if blamed else 0.0
+    ranked = sorted(moves.values(), reverse=True)
+    clear = len(ranked) < 2 or ranked[0] >= margin * ranked[1] # which column moved is plain, not a close call
+    status = Status.FAIL if blamed and clear and value > fail and share >= cal.alone_floor else Status.WARNING if broke else Status.SUCCESS
     msg = (f"numeric inputs against what the others say (linear relations, R² ≥ {fmt(rel.min_r2)}): largest mean residual {fmt(value)} "
-           f"residual sd ({top[0][0]}; warns beyond {fmt(warn)}, in the WARNING budget)")
-    if broke: msg += (f"; broken for {', '.join(broke)}: one of them moved on its own (a unit, a sensor, a join), or the rows left the range "
-                      "the training data's relations were measured on; the columns alone cannot tell which; drift:share and the estimate decide the verdict")
-    return Check('drift:relations', Status.WARNING if broke else Status.SUCCESS, value, f"≤ {fmt(warn)}", msg,
-                 dict(shifts=dict(top), threshold=warn, broken=broke))
+           f"residual sd ({top[0][0]}; warns beyond {fmt(warn)}, fails beyond {fmt(fail)} when the column that moved is a main one)")
+    if broke:
+        moved = ', '.join(f"{c} {fmt(v)}×" for c, v in sorted(moves.items(), key=lambda x: -x[1]))
+        msg += (f"; broken for {', '.join(broke)}: one of them moved on its own (a unit, a sensor, a join), or the rows left the range the "
+                f"training data's relations were measured on. Moved most from its usual range: {blamed} (in times its typical noise: {moved}), "
+                f"{share:.0%} of the model's importance" + (': a main column, FAIL' if status == Status.FAIL else
+                f" ({'not a main column' if share < cal.alone_floor else 'not clearly the one that moved' if not clear else 'within the FAIL limit'}: "
+                "the relation alone cannot tell which column moved; drift:share and the estimate decide)"))
+    return Check('drift:relations', status, value, f"≤ {fmt(warn)}", msg, dict(shifts=dict(top), threshold=warn, fail_threshold=fail, broken=broke,
+                                                                              moved=moves, blamed=blamed, blamed_importance=share))
 
 # %% ../nbs/06_monitor.ipynb #c6ac9b13
 def _labelled_scores(model, current:pd.DataFrame, labelled:np.ndarray):
@@ -1173,7 +1186,7 @@ def window_drift_checks(profile:ReferenceProfile, # the version's reference prof
     figures = dict(drift_share=drift.drift_share, n_drifted=drift.n_drifted, prediction_drift=pdrift.statistic, drift_score=drift.score)
     n = len(current) if n is None else n
     notes = [f"only {n} rows in the window (fewer than {th.min_rows}): drift verdicts on few rows are noisy"] if n < th.min_rows else []
-    rc = relations_check(profile, current if rows is None else rows) if th.drift_mode == 'calibrated' else None
+    rc = relations_check(profile, current if rows is None else rows, th.relations_margin) if th.drift_mode == 'calibrated' else None
     if rc is not None and rc.observed is not None: figures['relations'] = rc.observed
     return drift_checks(drift, th, pdrift, thresholds_note(profile, th, n)) + ([rc] if rc else []), figures, notes, drift, pdrift
 

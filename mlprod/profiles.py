@@ -118,11 +118,11 @@ def calibrate_profile(profile:ReferenceProfile, # from `build_reference_profile`
         if math.isfinite(est):
             signals[ESTIMATE_SIGNAL] = lambda chunk: est - expected_roc_auc(cal.apply(chunk[PREDICTION].to_numpy(float)))
             reference_values = {ESTIMATE_SIGNAL: est, f'{ESTIMATE_SIGNAL}_map': calibration_key(cal)}
+    if profile.relations is not None: signals[RELATIONS_SIGNAL] = lambda chunk: relation_statistic(profile.relations, chunk) # in every budget
     dc = calibrate_drift(against, frame, profile.importance, feats, rates=(th.false_alarm_fail, th.false_alarm_warning), n_draws=th.calibration_draws,
                          seed=seed, importance_floor=th.importance_floor, alone_floor=th.alone_floor, source=source,
                          verdict_columns=[PREDICTION] if PREDICTION in profile.names else [],
                          signals=signals, time_column=time_column,
-                         warning_signals={RELATIONS_SIGNAL: lambda chunk: relation_statistic(profile.relations, chunk)} if profile.relations else None,
                          history=(model.reference() if reference is None else reference) if time_column and source == 'holdout' else None)
     return dataclasses.replace(profile, calibration=dataclasses.replace(dc, signal_reference=reference_values))
 

@@ -302,8 +302,8 @@ def test_auto_chunks_use_the_versions_time_column(flights):
 
 
 def test_relations_are_stored_and_warn_on_a_column_moved_alone(flights, tmp_path):
-    "The version's profile keeps how its numeric inputs follow from each other; a stretch of time passes drift:relations, humidity moved on its own warns it (not explained away, and not a FAIL by itself)."
-    import json
+    "The version's profile keeps how its numeric inputs follow from each other; a stretch of time passes drift:relations; humidity moved on its own fails it when humidity is a main column of the model, else warns (never explained away)."
+    import dataclasses, json
     from sklearn.linear_model import LogisticRegression
     from mlprod.registry import LoadedModel
     from mlprod.data import Schema
@@ -319,7 +319,8 @@ def test_relations_are_stored_and_warn_on_a_column_moved_alone(flights, tmp_path
     th = Thresholds(calibration_draws=60)
     prof = P.build_reference_profile(model, train, hold, th)
     assert {'hour', 'sched_dep_time', 'temp', 'dewp', 'humid'} <= set(prof.relations.watched) and 'distance' not in prof.relations.watched
-    assert 'signal:relations' in prof.calibration.joint and prof.calibration.method == 3
+    from mlprod.drift import CALIBRATION_METHOD
+    assert 'signal:relations' in prof.calibration.joint and prof.calibration.method == CALIBRATION_METHOD
     back = ReferenceProfile.load(prof.save(tmp_path / 'p.npz'))
     assert back.relations == prof.relations and back.calibration == prof.calibration
     scored = lambda d: d.assign(prediction=model.predict_scores(d))
@@ -327,8 +328,12 @@ def test_relations_are_stored_and_warn_on_a_column_moved_alone(flights, tmp_path
     assert quiet.status == Status.SUCCESS, quiet.message
     moved = scored(later.assign(humid=later.humid + 2 * train.humid.std()))
     rc = M.relations_check(back, moved)
-    assert rc.status == Status.WARNING and 'humid' in rc.details['broken'] and rc.observed > 3 * rc.details['threshold'], rc.message
+    assert 'humid' in rc.details['broken'] and rc.details['blamed'] == 'humid' and rc.observed > rc.details['fail_threshold'], rc.message
+    main = rc.details['blamed_importance'] >= back.calibration.alone_floor   # a main column moved: FAIL; else it warns
+    assert rc.status == (Status.FAIL if main else Status.WARNING), rc.message
     checks = M.window_drift_checks(back, moved, th)[0]
-    assert next(c for c in checks if c.name == 'drift:relations').status == Status.WARNING
+    assert next(c for c in checks if c.name == 'drift:relations').status == rc.status
     decided = {c.name: c.status for c in M.decide_verdict(checks)[0]}
-    assert decided['drift:relations'] == Status.WARNING   # in the WARNING budget: drift_explains leaves it
+    assert decided['drift:relations'] == rc.status   # in the budget: drift_explains leaves it
+    low = dataclasses.replace(back, importance={**back.importance, 'humid': 0.0})   # the same window for a model that does not use humid
+    assert M.relations_check(low, moved).status == Status.WARNING
