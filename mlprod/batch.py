@@ -427,8 +427,9 @@ def _batch_predictor(served:Served, cache_dir, threads, tol, proof_rows) -> tupl
         elif isinstance(sc.predictor, LinearPredictor): p = folded_linear(served, tol, proof_rows)
         else: return None, served_kind(served, 'vectorized for many rows already')
     except OptimizeError as e:
-        log.warning('%s v%s: scoring with the served scorer, not %s: %s', loaded.name, loaded.version, 'the compiled trees' if 'LGBM' in sc.estimator else 'its batch predictor', e)
-        return None, served_kind(served, f"{'compiled trees' if 'LGBM' in sc.estimator else 'batch predictor'} refused: {e}")
+        what = 'compiled trees' if 'LGBM' in sc.estimator else 'batch predictor'
+        log.warning('%s v%s: scoring with the served scorer, not its %s: %s', loaded.name, loaded.version, what, e)
+        return None, served_kind(served, f"{what} refused: {e}")
     return p, p.describe()
 
 # %% ../nbs/05e_batch.ipynb #5e65019e
